@@ -1,0 +1,1 @@
+"""Detection rules as code: rule files, parameters, query backends and scans."""

@@ -1,0 +1,1 @@
+"""Everything that happens to a remediation request after it leaves the queue."""

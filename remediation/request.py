@@ -1,0 +1,134 @@
+"""The remediation-request/1 contract: the queue message, and what ``scan --json`` prints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import jsonschema
+
+SCHEMA_VERSION = "remediation-request/1"
+ACTIONS = (
+    "move_to_junk", "move_to_inbox", "soft_delete", "disable_connector",
+    "revoke_sessions", "disable_user", "confirm_compromised", "notify",
+)
+EMAIL_ACTIONS = ("move_to_junk", "move_to_inbox", "soft_delete")
+ACCOUNT_ACTIONS = ("revoke_sessions", "disable_user", "confirm_compromised")
+MODES = ("auto", "approval", "dry_run")
+
+# Which target fields each action needs. Email targets may also carry internet_message_id.
+TARGET_FIELDS: dict[str, tuple[str, ...]] = {
+    **{a: ("network_message_id", "recipient") for a in EMAIL_ACTIONS},
+    "disable_connector": ("connector",),
+    **{a: ("user",) for a in ACCOUNT_ACTIONS},
+    "notify": (),
+}
+
+_nonempty = {"type": "string", "minLength": 1}
+REQUEST_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://xdr-responder/schemas/remediation-request-1.json",
+    "type": "object",
+    "required": ["schema", "id", "rule", "action", "mode", "target", "evidence", "detected_at"],
+    "properties": {
+        "schema": {"const": SCHEMA_VERSION},
+        "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+        "rule": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
+        "action": {"enum": list(ACTIONS)},
+        "mode": {"enum": list(MODES)},
+        "target": {
+            "type": "object",
+            "properties": {
+                "network_message_id": _nonempty,
+                "recipient": _nonempty,
+                "internet_message_id": _nonempty,
+                "connector": _nonempty,
+                "connector_type": {"enum": ["inbound", "outbound"]},
+                "user": _nonempty,
+            },
+            "additionalProperties": {"type": ["string", "null"]},
+        },
+        "evidence": {"type": "object"},
+        "detected_at": {"type": "string", "format": "date-time",
+                        "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$"},
+        # Added fields (allowed by the contract): which scan run produced it, its place in that run
+        # (the per-run target cap is enforced on it) and the rule's severity and name for cards.
+        "run": {
+            "type": "object",
+            "properties": {"id": {"type": "string"}, "index": {"type": "integer", "minimum": 0},
+                           "total": {"type": "integer", "minimum": 0}},
+        },
+        "severity": {"type": "string"},
+        "rule_name": {"type": "string"},
+    },
+    "allOf": [
+        {"if": {"properties": {"action": {"const": a}}},
+         "then": {"properties": {"target": {"required": list(fields)}}}}
+        for a, fields in TARGET_FIELDS.items() if fields
+    ],
+}
+
+_validator = jsonschema.Draft202012Validator(REQUEST_SCHEMA, format_checker=jsonschema.FormatChecker())
+
+
+class RequestInvalid(ValueError):
+    """A message that is not a valid remediation-request/1; the message says which field."""
+
+
+def request_id(rule: str, action: str, target: Mapping[str, Any]) -> str:
+    """Deterministic dedup key: the same rule, action and target always give the same id.
+
+    Only the identifying target fields count (case-folded), so evidence or extra fields that vary
+    between overlapping scans never change the id.
+    """
+    keys = TARGET_FIELDS.get(action, ()) or tuple(sorted(target))
+    ident = {k: str(target.get(k, "")).strip().lower() for k in keys}
+    blob = json.dumps([rule, action, ident], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+def utc_iso(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: times in requests must be UTC-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_request(*, rule: str, action: str, mode: str, target: Mapping[str, Any],
+                 evidence: Mapping[str, Any], detected_at: datetime, **extra: Any) -> dict[str, Any]:
+    req: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "id": request_id(rule, action, target),
+        "rule": rule,
+        "action": action,
+        "mode": mode,
+        "target": {k: v for k, v in target.items() if v not in (None, "")},
+        "evidence": dict(evidence),
+        "detected_at": utc_iso(detected_at),
+        **extra,
+    }
+    validate_request(req)
+    return req
+
+
+def validate_request(obj: Any) -> dict[str, Any]:
+    """Return ``obj`` if it is a valid request, else raise RequestInvalid naming the field."""
+    errors = sorted(_validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = "/".join(str(p) for p in e.absolute_path) or "(message)"
+        raise RequestInvalid(f"{where}: {e.message}")
+    if obj["id"] != request_id(obj["rule"], obj["action"], obj["target"]):
+        raise RequestInvalid("id: does not match rule, action and target (tampered or from another version)")
+    return obj
+
+
+def parse_message(body: str | bytes) -> dict[str, Any]:
+    """Decode and validate one queue message body (JSON text)."""
+    try:
+        obj = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestInvalid(f"(message): not JSON: {exc}") from None
+    return validate_request(obj)

@@ -1,0 +1,1 @@
+"""xdr-responder: configuration, notifications, the command line and the demo."""

@@ -1,0 +1,282 @@
+"""App settings and tenant configuration.
+
+Every app setting the code reads is declared once in ``APP_SETTINGS``; the README table, the Bicep
+check and start-up validation all read this table, so a setting cannot exist in one place only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting or tenant-config value is missing or wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class AppSetting:
+    name: str
+    description: str
+    default: str | None = None
+    required: bool = False
+    secret: bool = False
+    # "bicep": set by infra/ ; "operator": documented, supplied by whoever deploys
+    source: str = "bicep"
+
+
+APP_SETTINGS: tuple[AppSetting, ...] = (
+    AppSetting("RESPONDER_BACKEND", "Where detection queries run: `defender` (Graph advanced hunting) or "
+               "`sentinel` (Log Analytics).", default="defender"),
+    AppSetting("RESPONDER_TENANT_ID", "Entra tenant id (used for the Exchange admin endpoint and portal links).",
+               required=True),
+    AppSetting("AZURE_CLIENT_ID", "Client id of the user-assigned managed identity the app runs as.",
+               required=True),
+    AppSetting("RESPONDER_GRAPH_BASE_URL", "Microsoft Graph base URL, without trailing slash.",
+               default="https://graph.microsoft.com/v1.0"),
+    AppSetting("RESPONDER_SENTINEL_WORKSPACE_ID", "Log Analytics workspace id (GUID) when the backend is "
+               "`sentinel`.", default=""),
+    AppSetting("RESPONDER_REQUESTS_QUEUE", "Storage queue that carries remediation requests; the host moves "
+               "failing messages to `<name>-poison`.", default="remediation-requests"),
+    AppSetting("RESPONDER_LEDGER_TABLE", "Table storage table that records every request and outcome.",
+               default="ledger"),
+    AppSetting("RESPONDER_TEAMS_WEBHOOK_URL", "Teams Workflows webhook URL (a Key Vault reference). Empty "
+               "disables notifications.", default="", secret=True),
+    AppSetting("RESPONDER_DRY_RUN", "Global dry-run switch: `true` records what would be done and does "
+               "nothing, overriding every rule's mode.", default="false"),
+    AppSetting("RESPONDER_EMAIL_STRATEGY", "How email is moved: `defender` (analyzedEmails/remediate, "
+               "needs MDO P2) or `mailbox` (Mail.ReadWrite scoped with RBAC for Applications).",
+               default="defender"),
+    AppSetting("RESPONDER_CONNECTOR_AUTO", "`true` lets connector actions run automatically through the "
+               "Exchange admin endpoint; otherwise they wait for approval.", default="false"),
+    AppSetting("RESPONDER_TENANT_CONFIG", "Path of the tenant config YAML (parameters, allowlists, "
+               "break-glass accounts) relative to the app root; optional.", default="tenant.yaml",
+               source="operator"),
+    AppSetting("RESPONDER_PARAMS", "JSON object of rule parameters, same shape as the tenant config's "
+               "`params`/`rules` sections; overrides the file.", default="", source="operator"),
+    AppSetting("RESPONDER_SCAN_RATE_PER_HOUR", "Most on-demand re-scans (`POST /api/scan`) accepted per "
+               "hour, to protect the hunting quota.", default="12"),
+    AppSetting("AzureWebJobsStorage__accountName", "Storage account of the app (identity-based "
+               "connection); queues and the ledger table live here.", default=""),
+)
+
+APP_SETTING_NAMES = frozenset(s.name for s in APP_SETTINGS)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigError(f"app setting {name}: expected true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str
+    tenant_id: str
+    client_id: str
+    graph_base_url: str
+    sentinel_workspace_id: str
+    requests_queue: str
+    ledger_table: str
+    teams_webhook_url: str = field(repr=False)  # a secret: never in repr, logs or errors
+    dry_run: bool
+    email_strategy: str
+    connector_auto: bool
+    tenant_config_path: str
+    params_json: str
+    scan_rate_per_hour: int
+
+    @property
+    def poison_queue(self) -> str:
+        return f"{self.requests_queue}-poison"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, require: bool = True) -> Settings:
+        """Read and validate app settings. With ``require``, a missing required setting is an error."""
+        env = os.environ if env is None else env
+        values: dict[str, str] = {}
+        for s in APP_SETTINGS:
+            raw = env.get(s.name)
+            if raw is None or (raw == "" and s.required):
+                if s.required and require:
+                    raise ConfigError(f"required app setting {s.name} is not set ({s.description})")
+                raw = s.default or ""
+            values[s.name] = raw
+        backend = values["RESPONDER_BACKEND"]
+        if backend not in ("defender", "sentinel"):
+            raise ConfigError(f"app setting RESPONDER_BACKEND: expected defender or sentinel, got {backend!r}")
+        if backend == "sentinel" and require and not values["RESPONDER_SENTINEL_WORKSPACE_ID"]:
+            raise ConfigError("app setting RESPONDER_SENTINEL_WORKSPACE_ID is required when the backend is sentinel")
+        strategy = values["RESPONDER_EMAIL_STRATEGY"]
+        if strategy not in ("defender", "mailbox"):
+            raise ConfigError(f"app setting RESPONDER_EMAIL_STRATEGY: expected defender or mailbox, got {strategy!r}")
+        try:
+            rate = int(values["RESPONDER_SCAN_RATE_PER_HOUR"])
+        except ValueError:
+            raise ConfigError("app setting RESPONDER_SCAN_RATE_PER_HOUR: expected a whole number") from None
+        if rate < 1:
+            raise ConfigError("app setting RESPONDER_SCAN_RATE_PER_HOUR: must be at least 1")
+        return cls(
+            backend=backend,
+            tenant_id=values["RESPONDER_TENANT_ID"],
+            client_id=values["AZURE_CLIENT_ID"],
+            graph_base_url=values["RESPONDER_GRAPH_BASE_URL"].rstrip("/"),
+            sentinel_workspace_id=values["RESPONDER_SENTINEL_WORKSPACE_ID"],
+            requests_queue=values["RESPONDER_REQUESTS_QUEUE"],
+            ledger_table=values["RESPONDER_LEDGER_TABLE"],
+            teams_webhook_url=values["RESPONDER_TEAMS_WEBHOOK_URL"],
+            dry_run=_bool("RESPONDER_DRY_RUN", values["RESPONDER_DRY_RUN"]),
+            email_strategy=strategy,
+            connector_auto=_bool("RESPONDER_CONNECTOR_AUTO", values["RESPONDER_CONNECTOR_AUTO"]),
+            tenant_config_path=values["RESPONDER_TENANT_CONFIG"],
+            params_json=values["RESPONDER_PARAMS"],
+            scan_rate_per_hour=rate,
+        )
+
+
+# --- tenant configuration (a YAML file and/or the RESPONDER_PARAMS app setting) ---------------------
+
+TENANT_CONFIG_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "params": {"type": "object", "description": "Values for every rule that declares the parameter."},
+        "rules": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "mode": {"enum": ["auto", "approval", "dry_run"]},
+                    "schedule": {"type": "string"},
+                    "max_targets": {"type": "integer", "minimum": 0},
+                    "params": {"type": "object"},
+                },
+            },
+        },
+        "allowlist": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "senders": {"type": "array", "items": {"type": "string"}},
+                "sender_domains": {"type": "array", "items": {"type": "string"}},
+                "mailboxes": {"type": "array", "items": {"type": "string"}},
+                "connectors": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "break_glass_accounts": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class RuleOverrides:
+    enabled: bool = True
+    mode: str | None = None
+    schedule: str | None = None
+    max_targets: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """Per-tenant choices. Parameter values here are raw (validated later against each rule's types)."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    rules: dict[str, RuleOverrides] = field(default_factory=dict)
+    allow_senders: frozenset[str] = frozenset()
+    allow_sender_domains: frozenset[str] = frozenset()
+    allow_mailboxes: frozenset[str] = frozenset()
+    allow_connectors: frozenset[str] = frozenset()
+    break_glass_accounts: frozenset[str] = frozenset()
+
+    def for_rule(self, slug: str) -> RuleOverrides:
+        return self.rules.get(slug, RuleOverrides())
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None, *, source: str) -> TenantConfig:
+        data = dict(data or {})
+        errors = sorted(jsonschema.Draft202012Validator(TENANT_CONFIG_SCHEMA).iter_errors(data),
+                        key=lambda e: list(e.absolute_path))
+        if errors:
+            e = errors[0]
+            where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+            raise ConfigError(f"{source}: {where}: {e.message}")
+        allow = data.get("allowlist", {})
+
+        def low(items: Any) -> frozenset[str]:
+            return frozenset(str(i).strip().lower() for i in items or [])
+
+        return cls(
+            params=dict(data.get("params", {})),
+            rules={slug: RuleOverrides(**body) for slug, body in data.get("rules", {}).items()},
+            allow_senders=low(allow.get("senders")),
+            allow_sender_domains=low(allow.get("sender_domains")),
+            allow_mailboxes=low(allow.get("mailboxes")),
+            allow_connectors=low(allow.get("connectors")),
+            break_glass_accounts=low(data.get("break_glass_accounts")),
+        )
+
+    def merged(self, other: TenantConfig) -> TenantConfig:
+        """``other`` wins: used to lay the RESPONDER_PARAMS app setting over the file."""
+        rules = dict(self.rules)
+        for slug, o in other.rules.items():
+            base = rules.get(slug, RuleOverrides())
+            rules[slug] = RuleOverrides(
+                enabled=o.enabled if "enabled" in _set_fields(o) else base.enabled,
+                mode=o.mode or base.mode,
+                schedule=o.schedule or base.schedule,
+                max_targets=o.max_targets if o.max_targets is not None else base.max_targets,
+                params={**base.params, **o.params},
+            )
+        return TenantConfig(
+            params={**self.params, **other.params},
+            rules=rules,
+            allow_senders=self.allow_senders | other.allow_senders,
+            allow_sender_domains=self.allow_sender_domains | other.allow_sender_domains,
+            allow_mailboxes=self.allow_mailboxes | other.allow_mailboxes,
+            allow_connectors=self.allow_connectors | other.allow_connectors,
+            break_glass_accounts=self.break_glass_accounts | other.break_glass_accounts,
+        )
+
+
+def _set_fields(o: RuleOverrides) -> set[str]:
+    return {"enabled"} if o.enabled is False else set()
+
+
+def load_tenant_config(path: str | Path | None, params_json: str = "") -> TenantConfig:
+    """Tenant config from a YAML file (missing file = empty config) with RESPONDER_PARAMS laid over it."""
+    config = TenantConfig()
+    if path:
+        p = Path(path)
+        if not p.is_absolute():
+            p = ROOT / p
+        if p.exists():
+            try:
+                data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+            config = TenantConfig.from_mapping(data, source=str(p))
+    if params_json.strip():
+        try:
+            data = json.loads(params_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"app setting RESPONDER_PARAMS: not valid JSON: {exc}") from None
+        config = config.merged(TenantConfig.from_mapping(data, source="app setting RESPONDER_PARAMS"))
+    return config
