@@ -1,0 +1,288 @@
+"""Load and validate rule files (``detections/rules/<slug>.yaml``) into :class:`Rule` objects.
+
+Validation is strict on purpose: a JSON Schema rejects unknown keys, and the checks below catch
+what a schema cannot (duplicate ids, a default of the wrong type, a target field the action does
+not take). Every error names the file and the field, so a SOC engineer editing YAML sees where.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from detections.params import ParamError, coerce, kql_timespan, parse_timespan
+from remediation.request import EMAIL_ACTIONS, TARGET_FIELDS
+
+DETECTIONS_DIR = Path(__file__).resolve().parent
+RULES_DIR = DETECTIONS_DIR / "rules"
+SCHEMAS_DIR = DETECTIONS_DIR / "schemas"
+RULE_SCHEMA_PATH = DETECTIONS_DIR / "rule.schema.json"
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+# Target fields an action may map beyond its required ones (see remediation/request.py).
+_OPTIONAL_TARGETS: dict[str, tuple[str, ...]] = {
+    **{a: ("internet_message_id",) for a in EMAIL_ACTIONS},
+    "disable_connector": ("connector_type",),
+}
+
+
+class RuleError(ValueError):
+    """A rule (or rule-tests) file is wrong. ``str()`` is ``<file>: <field>: <message>``."""
+
+    def __init__(self, file: str | Path, field: str, message: str):
+        self.file = str(file)
+        self.field = field
+        self.message = message
+        super().__init__(f"{self.file}: {field}: {message}")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    type: str
+    default: Any
+    required: bool
+    description: str
+    minimum: int | None = None
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    action: str
+    mode: str
+    target: dict[str, str]
+    evidence: list[str]
+    when: dict[str, Any] | None = None
+
+    def columns(self) -> list[str]:
+        """Every result column this action reads."""
+        cols = [*self.target.values(), *self.evidence]
+        if self.when:
+            cols.append(self.when["column"])
+        return list(dict.fromkeys(cols))
+
+
+@dataclass(frozen=True)
+class Rule:
+    slug: str
+    id: str
+    name: str
+    description: str
+    severity: str
+    platform: str
+    query_frequency: timedelta
+    query_period: timedelta
+    query: str
+    parameters: dict[str, ParamSpec]
+    actions: list[ActionSpec]
+    max_targets: int
+    recipients_param: str | None
+    path: Path
+    raw: dict[str, Any]
+
+    @property
+    def tests_path(self) -> Path:
+        return self.path.with_name(f"{self.slug}.tests.yaml")
+
+
+class Catalog(Mapping[str, Rule]):
+    """Rules by slug, in slug order."""
+
+    def __init__(self, rules: Mapping[str, Rule]):
+        self._rules = dict(sorted(rules.items()))
+
+    def __getitem__(self, slug: str) -> Rule:
+        return self._rules[slug]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rules)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def select(self, slugs: list[str] | None) -> list[Rule]:
+        """The named rules (all when ``slugs`` is empty); an unknown slug is a RuleError."""
+        if not slugs:
+            return list(self._rules.values())
+        out = []
+        for slug in dict.fromkeys(slugs):
+            if slug not in self._rules:
+                raise RuleError(RULES_DIR / f"{slug}.yaml", "slug",
+                                f"no such rule (known: {', '.join(self._rules) or 'none'})")
+            out.append(self._rules[slug])
+        return out
+
+
+# --- YAML ----------------------------------------------------------------------------------------------
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: PyYAML silently keeps the last one, which hides edits."""
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RuleError(path, "(file)", f"cannot read: {exc.strerror}") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(file)"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RuleError(path, where, f"not valid YAML: {problem}") from None
+
+
+def schema_error(path: Path, validator: jsonschema.protocols.Validator, data: Any) -> RuleError | None:
+    """The first schema violation as a RuleError naming the dotted field, or None."""
+    errors = list(validator.iter_errors(data))
+    if not errors:
+        return None
+    err = min(errors, key=lambda e: (len(e.absolute_path), str(list(e.absolute_path))))
+    best = jsonschema.exceptions.best_match([err])
+    field = ".".join(str(p) for p in best.absolute_path) or "(top level)"
+    if best.validator == "additionalProperties" and isinstance(best.instance, dict):
+        allowed = set(best.schema.get("properties", {}))
+        extra = sorted(k for k in best.instance if k not in allowed)
+        if extra:
+            field = f"{field}.{extra[0]}" if best.absolute_path else extra[0]
+            return RuleError(path, field, "unknown key (allowed here: " + ", ".join(sorted(allowed)) + ")")
+    return RuleError(path, field, best.message)
+
+
+@cache
+def rule_validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(RULE_SCHEMA_PATH.read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+# --- building a Rule --------------------------------------------------------------------------------
+
+def sentinel_duration(text: str) -> timedelta:
+    return parse_timespan(text)
+
+
+def load_rule(path: Path) -> Rule:
+    path = Path(path)
+    slug = path.name.removesuffix(".yaml")
+    if not SLUG_RE.match(slug):
+        raise RuleError(path, "(file name)", "a rule's slug (its file name without .yaml) must be lower-case "
+                        "letters, digits and hyphens")
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise RuleError(path, "(top level)", "expected a mapping of rule fields")
+    err = schema_error(path, rule_validator(), data)
+    if err:
+        raise err
+    ext = data["responder"]
+
+    params: dict[str, ParamSpec] = {}
+    for name, body in ext["parameters"].items():
+        field = f"responder.parameters.{name}"
+        spec = ParamSpec(name=name, type=body["type"], default=None, required=bool(body.get("required", False)),
+                         description=body["description"], minimum=body.get("minimum"))
+        if spec.minimum is not None and spec.type != "int":
+            raise RuleError(path, f"{field}.minimum", "only int parameters take a minimum")
+        if "default" in body:
+            try:
+                default = coerce(spec.type, body["default"], minimum=spec.minimum)
+            except ValueError as exc:
+                raise RuleError(path, f"{field}.default", f"not a valid {spec.type}: {exc}") from None
+            spec = ParamSpec(name, spec.type, default, spec.required, spec.description, spec.minimum)
+        elif not spec.required:
+            raise RuleError(path, field, "needs a default, or `required: true` when no default makes sense")
+        params[name] = spec
+
+    window = params["window"]
+    if window.type != "timespan":
+        raise RuleError(path, "responder.parameters.window.type", "the window parameter must be a timespan")
+    if window.default is None:
+        raise RuleError(path, "responder.parameters.window.default", "the window parameter needs a default")
+    period = sentinel_duration(data["queryPeriod"])
+    if period != window.default:
+        raise RuleError(path, "queryPeriod", f"must equal the window parameter's default "
+                        f"({kql_timespan(window.default)}), got {data['queryPeriod']}")
+
+    actions: list[ActionSpec] = []
+    for i, body in enumerate(ext["remediation"]):
+        field = f"responder.remediation.{i}"
+        action = body["action"]
+        required = set(TARGET_FIELDS[action])
+        allowed = required | set(_OPTIONAL_TARGETS.get(action, ()))
+        missing = sorted(required - set(body["target"]))
+        if missing:
+            raise RuleError(path, f"{field}.target", f"action {action} needs target field(s): {', '.join(missing)}")
+        extra = sorted(set(body["target"]) - allowed)
+        if extra:
+            raise RuleError(path, f"{field}.target.{extra[0]}", f"action {action} takes no such target field "
+                            f"(it takes: {', '.join(sorted(allowed)) or 'none'})")
+        actions.append(ActionSpec(action=action, mode=body["mode"], target=dict(body["target"]),
+                                  evidence=list(body["evidence"]), when=body.get("when")))
+
+    recipients_param = ext.get("scope", {}).get("recipients_param")
+    if recipients_param is not None:
+        spec = params.get(recipients_param)
+        if spec is None or spec.type != "string_list":
+            raise RuleError(path, "responder.scope.recipients_param",
+                            f"must name a string_list parameter of this rule, got {recipients_param!r}")
+    if any(a.action in EMAIL_ACTIONS for a in actions) and recipients_param is None:
+        raise RuleError(path, "responder.scope.recipients_param", "rules with email actions must say which "
+                        "parameter lists the recipients they may touch")
+
+    return Rule(
+        slug=slug, id=data["id"], name=data["name"], description=data["description"],
+        severity=data["severity"], platform=ext["platform"],
+        query_frequency=sentinel_duration(data["queryFrequency"]), query_period=period,
+        query=data["query"], parameters=params, actions=actions, max_targets=ext["max_targets"],
+        recipients_param=recipients_param, path=path, raw=data,
+    )
+
+
+def load_catalog(rules_dir: Path = RULES_DIR) -> Catalog:
+    """Every ``*.yaml`` rule in ``rules_dir`` (test files ``*.tests.yaml`` excluded)."""
+    rules_dir = Path(rules_dir)
+    if not rules_dir.is_dir():
+        raise RuleError(rules_dir, "(folder)", "rules folder does not exist")
+    rules: dict[str, Rule] = {}
+    ids: dict[str, Path] = {}
+    for path in sorted(rules_dir.glob("*.yaml")):
+        if path.name.endswith(".tests.yaml"):
+            continue
+        rule = load_rule(path)
+        if rule.id in ids:
+            raise RuleError(path, "id", f"duplicate rule id {rule.id} (also in {ids[rule.id].name})")
+        if rule.slug in rules:
+            raise RuleError(path, "slug", f"duplicate slug {rule.slug}")
+        ids[rule.id] = path
+        rules[rule.slug] = rule
+    for path in sorted(rules_dir.glob("*.tests.yaml")):
+        slug = path.name.removesuffix(".tests.yaml")
+        if slug not in rules:
+            raise RuleError(path, "(file name)", f"test cases for a rule that does not exist ({slug}.yaml)")
+    return Catalog(rules)
+
+
+__all__ = ["Catalog", "ParamError", "ParamSpec", "ActionSpec", "Rule", "RuleError", "load_catalog", "load_rule",
+           "load_yaml", "RULES_DIR", "SCHEMAS_DIR"]
