@@ -1,0 +1,35 @@
+"""The query-backend interface: one KQL query in, the service's rows out, exactly as it sent them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class QueryResult:
+    columns: list[tuple[str, str]]  # (name, KQL type name) in result order
+    rows: list[dict[str, Any]]
+    partial: bool = False
+    partial_reason: str | None = None
+
+
+class BackendError(Exception):
+    """The backend could not run the query.
+
+    ``transient`` says a retry may succeed (throttling, timeouts, 5xx); ``retry_after`` is the
+    service's hint in seconds when it gave one.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False, retry_after: float | None = None):
+        super().__init__(message)
+        self.transient = transient
+        self.retry_after = retry_after
+
+
+@runtime_checkable
+class QueryBackend(Protocol):
+    name: str
+
+    async def run(self, query: str, *, timespan: timedelta) -> QueryResult: ...
