@@ -1,0 +1,146 @@
+"""The safety rails: the one place that decides whether a request may run, before any action does.
+
+``decide`` returns a Decision: ``execute``, ``dry_run`` (record what would happen), ``hold`` (wait for
+a person: approval mode or past the per-run cap) or ``skip`` (out of scope; never executed). The
+worker calls it for every request, including approved ones, and never executes anything else.
+
+Order matters and is deliberate:
+1. an unknown rule or an out-of-scope target is a ``skip`` whatever the mode: scope is about *what*
+   may be touched, so no approval and no mode can widen it;
+2. a human approval lifts the mode and the cap (that is what approving means), nothing else;
+3. the request's mode, made stricter (never looser) by the rule file, the tenant config and, for
+   connectors, the connector opt-in;
+4. the cap on targets per rule per run;
+5. the global dry-run switch last, turning every would-be execution or hold into ``dry_run`` so that
+   a dry run still shows what each rail would have done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from detections.catalog import Rule
+from detections.params import ParamError, resolve_params
+from remediation.request import ACCOUNT_ACTIONS, EMAIL_ACTIONS
+from responder.config import Settings, TenantConfig
+
+KINDS = ("execute", "dry_run", "hold", "skip")
+_STRICTNESS = {"auto": 0, "approval": 1, "dry_run": 2}
+CONNECTOR_ACTIONS = ("disable_connector",)
+
+# Evidence columns that name the sender (P1 header From and P2 envelope MailFrom) or its domain.
+SENDER_COLUMNS = ("SenderFromAddress", "SenderMailFromAddress")
+SENDER_DOMAIN_COLUMNS = ("SenderFromDomain", "SenderMailFromDomain")
+# Evidence columns that name the account an account action targets (UPN or object id).
+ACCOUNT_COLUMNS = ("AccountUpn", "AccountObjectId", "UserPrincipalName", "AccountId")
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str                       # execute | dry_run | hold | skip
+    reason: str
+    hold_reason: str | None = None  # "approval" | "cap" when kind == "hold"
+    notify: bool = False            # on-call should hear of it (cap reached, scope surprise, approval)
+
+
+def decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantConfig,
+           catalog: Mapping[str, Rule], approved: bool = False) -> Decision:
+    decision = _decide(request, tenant=tenant, catalog=catalog, settings=settings, approved=approved)
+    if settings.dry_run and decision.kind in ("execute", "hold"):
+        would = "execute" if decision.kind == "execute" else f"hold ({decision.reason})"
+        return Decision("dry_run", f"global dry run (RESPONDER_DRY_RUN): would {would}")
+    return decision
+
+
+def _decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantConfig,
+            catalog: Mapping[str, Rule], approved: bool) -> Decision:
+    rule = catalog.get(request["rule"])
+    if rule is None:
+        return Decision("skip", f"rule {request['rule']!r} is not in the catalog; scope cannot be checked",
+                        notify=True)
+    out_of_scope = scope_violation(request, rule, tenant)
+    if out_of_scope:
+        return Decision("skip", f"out of scope: {out_of_scope}", notify=True)
+    if approved:
+        return Decision("execute", "approved")
+    mode = effective_mode(request, rule, settings, tenant)
+    if mode == "dry_run":
+        return Decision("dry_run", "mode dry_run: nothing executed")
+    limit = max_targets(rule, tenant)
+    index = (request.get("run") or {}).get("index", 0)
+    if index >= limit:
+        return Decision("hold", f"past the cap of {limit} targets for this rule in one run "
+                        f"(target #{index + 1})", hold_reason="cap", notify=True)
+    if mode == "approval":
+        why = ("connector actions wait for approval unless RESPONDER_CONNECTOR_AUTO is true"
+               if request["action"] in CONNECTOR_ACTIONS and not settings.connector_auto
+               else "mode approval")
+        return Decision("hold", why, hold_reason="approval", notify=True)
+    return Decision("execute", "auto")
+
+
+def effective_mode(request: Mapping[str, Any], rule: Rule, settings: Settings, tenant: TenantConfig) -> str:
+    """The strictest of the request's mode, the rule's (or the tenant override's) and the connector rule."""
+    modes = [request["mode"]]
+    override = tenant.for_rule(rule.slug).mode
+    if override:
+        modes.append(override)
+    else:
+        modes += [a.mode for a in rule.actions if a.action == request["action"]][:1]
+    if request["action"] in CONNECTOR_ACTIONS and not settings.connector_auto:
+        modes.append("approval")
+    return max(modes, key=lambda m: _STRICTNESS[m])
+
+
+def max_targets(rule: Rule, tenant: TenantConfig) -> int:
+    override = tenant.for_rule(rule.slug).max_targets
+    return rule.max_targets if override is None else override
+
+
+def scope_violation(request: Mapping[str, Any], rule: Rule, tenant: TenantConfig) -> str | None:
+    """Why ``request`` may not touch its target, or None when it may."""
+    action, target = request["action"], request["target"]
+    evidence = request.get("evidence") or {}
+    if action in EMAIL_ACTIONS:
+        return _email_violation(target, evidence, rule, tenant)
+    if action in ACCOUNT_ACTIONS:
+        names = _lower([target.get("user"), *(evidence.get(c) for c in ACCOUNT_COLUMNS)])
+        hit = names & tenant.break_glass_accounts
+        if hit:
+            return f"{sorted(hit)[0]} is a break-glass account"
+    connector = str(target.get("connector", "")).strip().lower()
+    if action in CONNECTOR_ACTIONS and connector in tenant.allow_connectors:
+        return f"connector {target['connector']!r} is allowlisted"
+    return None
+
+
+def _email_violation(target: Mapping[str, Any], evidence: Mapping[str, Any], rule: Rule,
+                     tenant: TenantConfig) -> str | None:
+    recipient = str(target.get("recipient", "")).strip().lower()
+    if rule.recipients_param:
+        try:
+            protected = resolve_params(rule, tenant, {})[rule.recipients_param] or []
+        except ParamError as exc:
+            return f"the protected recipient list cannot be resolved ({exc})"
+        if recipient not in _lower(protected):
+            return f"recipient {recipient} is not in the rule's {rule.recipients_param} list"
+    if recipient in tenant.allow_mailboxes:
+        return f"mailbox {recipient} is allowlisted"
+    # Both P1 and P2 senders are checked: an allowlist entry means "never touch", so a spoofed
+    # header From that matches it also stops the action (and is reported for a human to judge).
+    senders = _lower(evidence.get(c) for c in SENDER_COLUMNS)
+    hit = senders & tenant.allow_senders
+    if hit:
+        return f"sender {sorted(hit)[0]} is allowlisted"
+    domains = _lower(evidence.get(c) for c in SENDER_DOMAIN_COLUMNS) | {s.rpartition("@")[2] for s in senders}
+    for domain in sorted(d for d in domains if d):
+        for allowed in tenant.allow_sender_domains:
+            if domain == allowed or domain.endswith("." + allowed):  # subdomains of an allowed domain too
+                return f"sender domain {domain} is allowlisted ({allowed})"
+    return None
+
+
+def _lower(values: Iterable[Any]) -> set[str]:
+    return {str(v).strip().lower() for v in values if v not in (None, "")}

@@ -1,0 +1,203 @@
+"""Each safety rail, with a control case beside it: remove the rail and its test fails."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from detections.catalog import ActionSpec, ParamSpec, Rule
+from remediation.rails import decide, effective_mode
+from remediation.request import make_request
+from responder.config import Settings, TenantConfig
+
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+PROTECTED = ["support@contoso.com", "sales@contoso.com"]
+
+
+def make_rule(slug: str = "shared-mailboxes",
+              actions: tuple[tuple[str, str], ...] = (("move_to_junk", "auto"),), max_targets: int = 3, recipients_param: str | None = "protected_recipients") -> Rule:
+    params = {"window": ParamSpec("window", "timespan", timedelta(hours=1), False, "lookback")}
+    if recipients_param:
+        params[recipients_param] = ParamSpec(recipients_param, "string_list", None, True, "protected")
+    return Rule(slug=slug, id="5b1f3f8e-6c7a-4d0e-9a43-6f1e2d7c9b10", name="test rule", description="",
+                severity="Medium", platform="defender", query_frequency=timedelta(minutes=5),
+                query_period=timedelta(hours=1), query="EmailEvents", parameters=params,
+                actions=[ActionSpec(a, m, {}, []) for a, m in actions], max_targets=max_targets,
+                recipients_param=recipients_param, path=Path(f"{slug}.yaml"), raw={})
+
+
+RULE = make_rule()
+CONNECTOR_RULE = make_rule("connectors", (("disable_connector", "auto"), ("revoke_sessions", "auto")),
+                           recipients_param=None)
+CATALOG = {RULE.slug: RULE, CONNECTOR_RULE.slug: CONNECTOR_RULE}
+TENANT = TenantConfig.from_mapping({"params": {"protected_recipients": PROTECTED}}, source="test")
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_env(env, require=False)
+
+
+def email(recipient: str = "support@contoso.com", mode: str = "auto", index: int = 0,
+          **evidence: Any) -> dict[str, Any]:
+    ev = {"SenderFromAddress": "bad@gmail.com", "SenderMailFromAddress": "bad@gmail.com", **evidence}
+    return make_request(rule=RULE.slug, action="move_to_junk", mode=mode,
+                        target={"network_message_id": f"nm-{index}", "recipient": recipient},
+                        evidence=ev, detected_at=T0, run={"id": "run-1", "index": index, "total": 9})
+
+
+def account(user: str, action: str = "revoke_sessions", **evidence: Any) -> dict[str, Any]:
+    return make_request(rule=CONNECTOR_RULE.slug, action=action, mode="auto", target={"user": user},
+                        evidence=evidence, detected_at=T0, run={"id": "r", "index": 0, "total": 1})
+
+
+def connector(name: str = "Relay-1", mode: str = "auto") -> dict[str, Any]:
+    return make_request(rule=CONNECTOR_RULE.slug, action="disable_connector", mode=mode,
+                        target={"connector": name}, evidence={}, detected_at=T0,
+                        run={"id": "r", "index": 0, "total": 1})
+
+
+def kind(req: dict[str, Any], tenant: TenantConfig = TENANT, st: Settings | None = None,
+         catalog: dict[str, Rule] | None = None, approved: bool = False) -> str:
+    return decide(req, settings=st or settings(), tenant=tenant, catalog=catalog or CATALOG,
+                  approved=approved).kind
+
+
+def with_allow(**allow: list[str]) -> TenantConfig:
+    return TenantConfig.from_mapping({"params": {"protected_recipients": PROTECTED}, "allowlist": allow},
+                                     source="test")
+
+
+def test_in_scope_auto_request_executes() -> None:
+    d = decide(email(), settings=settings(), tenant=TENANT, catalog=CATALOG)
+    assert (d.kind, d.reason) == ("execute", "auto")
+
+
+# --- global dry run -------------------------------------------------------------------------------------
+
+def test_global_dry_run_overrides_auto_and_holds() -> None:
+    d = decide(email(), settings=settings(RESPONDER_DRY_RUN="true"), tenant=TENANT, catalog=CATALOG)
+    assert d.kind == "dry_run" and "RESPONDER_DRY_RUN" in d.reason
+    capped = decide(email(index=5), settings=settings(RESPONDER_DRY_RUN="true"), tenant=TENANT,
+                    catalog=CATALOG)
+    assert capped.kind == "dry_run" and "cap" in capped.reason
+    assert kind(email(), st=settings(RESPONDER_DRY_RUN="true"), approved=True) == "dry_run"
+
+
+def test_global_dry_run_still_reports_out_of_scope_as_skip() -> None:
+    assert kind(email("ceo@contoso.com"), st=settings(RESPONDER_DRY_RUN="true")) == "skip"
+
+
+# --- modes ----------------------------------------------------------------------------------------------
+
+def test_request_mode_dry_run_and_approval() -> None:
+    assert kind(email(mode="dry_run")) == "dry_run"
+    d = decide(email(mode="approval"), settings=settings(), tenant=TENANT, catalog=CATALOG)
+    assert (d.kind, d.hold_reason, d.notify) == ("hold", "approval", True)
+
+
+def test_the_rule_file_and_tenant_can_only_make_the_mode_stricter() -> None:
+    strict_rule = make_rule(actions=(("move_to_junk", "approval"),))
+    assert kind(email(), catalog={RULE.slug: strict_rule}) == "hold"
+    tenant = TenantConfig.from_mapping({"params": {"protected_recipients": PROTECTED},
+                                        "rules": {RULE.slug: {"mode": "dry_run"}}}, source="t")
+    assert kind(email(), tenant=tenant) == "dry_run"
+    loose = TenantConfig.from_mapping({"params": {"protected_recipients": PROTECTED},
+                                       "rules": {RULE.slug: {"mode": "auto"}}}, source="t")
+    assert kind(email(mode="approval"), tenant=loose) == "hold"
+
+
+def test_connector_actions_wait_for_approval_unless_opted_in() -> None:
+    d = decide(connector(), settings=settings(), tenant=TENANT, catalog=CATALOG)
+    assert (d.kind, d.hold_reason) == ("hold", "approval") and "RESPONDER_CONNECTOR_AUTO" in d.reason
+    assert kind(connector(), st=settings(RESPONDER_CONNECTOR_AUTO="true")) == "execute"
+    assert effective_mode(connector(), CONNECTOR_RULE, settings(), TENANT) == "approval"
+
+
+# --- scope ----------------------------------------------------------------------------------------------
+
+def test_email_only_touches_the_rules_protected_recipients() -> None:
+    d = decide(email("ceo@contoso.com"), settings=settings(), tenant=TENANT, catalog=CATALOG)
+    assert d.kind == "skip" and "protected_recipients" in d.reason and d.notify
+    assert kind(email("SALES@contoso.com")) == "execute"   # compared case-insensitively
+
+
+def test_unresolvable_protected_list_skips() -> None:
+    d = decide(email(), settings=settings(), tenant=TenantConfig(), catalog=CATALOG)
+    assert d.kind == "skip" and "cannot be resolved" in d.reason
+
+
+def test_rule_without_a_recipient_list_is_not_limited_by_one() -> None:
+    open_rule = make_rule(recipients_param=None)
+    assert kind(email("anyone@contoso.com"), catalog={RULE.slug: open_rule}) == "execute"
+
+
+def test_allowlisted_mailbox_is_never_touched() -> None:
+    assert kind(email(), tenant=with_allow(mailboxes=["Support@Contoso.com"])) == "skip"
+    assert kind(email("sales@contoso.com"), tenant=with_allow(mailboxes=["support@contoso.com"])) == "execute"
+
+
+def test_allowlisted_sender_is_never_touched_p1_or_p2() -> None:
+    p1 = email(SenderFromAddress="partner@fabrikam.com")
+    p2 = email(SenderMailFromAddress="partner@fabrikam.com")
+    tenant = with_allow(senders=["partner@fabrikam.com"])
+    assert kind(p1, tenant=tenant) == "skip"
+    assert kind(p2, tenant=tenant) == "skip"
+    assert kind(email(), tenant=tenant) == "execute"
+
+
+def test_allowlisted_sender_domain_and_its_subdomains() -> None:
+    tenant = with_allow(sender_domains=["fabrikam.com"])
+    assert kind(email(SenderFromAddress="x@fabrikam.com"), tenant=tenant) == "skip"
+    assert kind(email(SenderMailFromDomain="mail.fabrikam.com"), tenant=tenant) == "skip"
+    assert kind(email(SenderFromAddress="x@notfabrikam.com"), tenant=tenant) == "execute"
+
+
+def test_break_glass_accounts_are_never_touched() -> None:
+    tenant = TenantConfig.from_mapping({"break_glass_accounts": ["BG-admin@contoso.com",
+                                                                 "11111111-2222-3333-4444-555555555555"]},
+                                       source="t")
+    for action in ("revoke_sessions", "disable_user", "confirm_compromised"):
+        assert kind(account("bg-admin@contoso.com", action), tenant=tenant) == "skip"
+    by_evidence = account("11111111-2222-3333-4444-555555555555")
+    assert kind(by_evidence, tenant=tenant) == "skip"
+    aliased = account("99999999-2222-3333-4444-555555555555", AccountUpn="bg-admin@contoso.com")
+    assert kind(aliased, tenant=tenant) == "skip"
+    assert kind(account("mallory@contoso.com"), tenant=tenant) == "execute"
+
+
+def test_allowlisted_connector_is_never_touched_even_when_approved() -> None:
+    tenant = with_allow(connectors=["relay-1"])
+    assert kind(connector("Relay-1"), tenant=tenant, approved=True) == "skip"
+    assert kind(connector("Relay-2"), tenant=tenant, approved=True) == "execute"
+
+
+def test_approval_does_not_widen_scope() -> None:
+    assert kind(email("ceo@contoso.com"), approved=True) == "skip"
+
+
+def test_unknown_rule_is_skipped() -> None:
+    req = email()
+    d = decide(req, settings=settings(), tenant=TENANT, catalog={})
+    assert d.kind == "skip" and "not in the catalog" in d.reason
+
+
+# --- cap ------------------------------------------------------------------------------------------------
+
+def test_cap_holds_targets_past_max_targets() -> None:
+    assert [kind(email(index=i)) for i in range(5)] == ["execute"] * 3 + ["hold"] * 2
+    d = decide(email(index=3), settings=settings(), tenant=TENANT, catalog=CATALOG)
+    assert (d.hold_reason, d.notify) == ("cap", True)
+
+
+def test_tenant_overrides_the_cap() -> None:
+    tenant = TenantConfig.from_mapping({"params": {"protected_recipients": PROTECTED},
+                                        "rules": {RULE.slug: {"max_targets": 1}}}, source="t")
+    assert [kind(email(index=i), tenant=tenant) for i in range(3)] == ["execute", "hold", "hold"]
+    zero = replace(RULE, max_targets=0)
+    assert kind(email(), catalog={RULE.slug: zero}) == "hold"
+
+
+def test_approval_lifts_the_cap() -> None:
+    assert kind(email(index=7), approved=True) == "execute"
