@@ -17,7 +17,8 @@ PROTECTED = ["support@contoso.com", "sales@contoso.com"]
 
 
 def make_rule(slug: str = "shared-mailboxes",
-              actions: tuple[tuple[str, str], ...] = (("move_to_junk", "auto"),), max_targets: int = 3, recipients_param: str | None = "protected_recipients") -> Rule:
+              actions: tuple[tuple[str, str], ...] = (("move_to_junk", "auto"),),
+              max_targets: int = 3, recipients_param: str | None = "protected_recipients") -> Rule:
     params = {"window": ParamSpec("window", "timespan", timedelta(hours=1), False, "lookback")}
     if recipients_param:
         params[recipients_param] = ParamSpec(recipients_param, "string_list", None, True, "protected")
