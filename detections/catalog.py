@@ -147,7 +147,7 @@ def load_yaml(path: Path) -> Any:
     except OSError as exc:
         raise RuleError(path, "(file)", f"cannot read: {exc.strerror}") from None
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(file)"
@@ -201,7 +201,8 @@ def load_rule(path: Path) -> Rule:
     params: dict[str, ParamSpec] = {}
     for name, body in ext["parameters"].items():
         field = f"responder.parameters.{name}"
-        spec = ParamSpec(name=name, type=body["type"], default=None, required=bool(body.get("required", False)),
+        spec = ParamSpec(name=name, type=body["type"], default=None,
+                         required=bool(body.get("required", False)),
                          description=body["description"], minimum=body.get("minimum"))
         if spec.minimum is not None and spec.type != "int":
             raise RuleError(path, f"{field}.minimum", "only int parameters take a minimum")
@@ -233,7 +234,8 @@ def load_rule(path: Path) -> Rule:
         allowed = required | set(_OPTIONAL_TARGETS.get(action, ()))
         missing = sorted(required - set(body["target"]))
         if missing:
-            raise RuleError(path, f"{field}.target", f"action {action} needs target field(s): {', '.join(missing)}")
+            raise RuleError(path, f"{field}.target",
+                            f"action {action} needs target field(s): {', '.join(missing)}")
         extra = sorted(set(body["target"]) - allowed)
         if extra:
             raise RuleError(path, f"{field}.target.{extra[0]}", f"action {action} takes no such target field "
@@ -284,5 +286,16 @@ def load_catalog(rules_dir: Path = RULES_DIR) -> Catalog:
     return Catalog(rules)
 
 
-__all__ = ["Catalog", "ParamError", "ParamSpec", "ActionSpec", "Rule", "RuleError", "load_catalog", "load_rule",
-           "load_yaml", "RULES_DIR", "SCHEMAS_DIR"]
+__all__ = [
+    "RULES_DIR",
+    "SCHEMAS_DIR",
+    "ActionSpec",
+    "Catalog",
+    "ParamError",
+    "ParamSpec",
+    "Rule",
+    "RuleError",
+    "load_catalog",
+    "load_rule",
+    "load_yaml",
+]

@@ -27,7 +27,8 @@ class ParamError(ValueError):
         self.rule = rule
         self.param = param
         self.message = message
-        where = " ".join(p for p in (f"rule {rule}:" if rule else "", f"parameter {param}:" if param else "") if p)
+        parts = (f"rule {rule}:" if rule else "", f"parameter {param}:" if param else "")
+        where = " ".join(p for p in parts if p)
         super().__init__(f"{where} {message}".strip())
 
 
@@ -36,11 +37,12 @@ class ParamError(ValueError):
 _KQL_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1),
               "s": timedelta(seconds=1), "ms": timedelta(milliseconds=1)}
 _KQL_SPAN = re.compile(r"^(\d{1,9})(d|h|ms|m|s)$")
-_ISO_SPAN = re.compile(r"^P(?:(\d{1,9})D)?(?:T(?:(\d{1,9})H)?(?:(\d{1,9})M)?(?:(\d{1,9})(?:\.(\d{1,3}))?S)?)?$")
+_ISO_SPAN = re.compile(r"^P(?:(\d{1,9})D)?"
+                       r"(?:T(?:(\d{1,9})H)?(?:(\d{1,9})M)?(?:(\d{1,9})(?:\.(\d{1,3}))?S)?)?$")
 
 
 def parse_timespan(value: Any) -> timedelta:
-    """A positive timespan from KQL style (``30m``, ``1h``, ``7d``, ``10s``, ``500ms``) or ISO 8601 (``PT2H``).
+    """A positive timespan, KQL style (``30m``, ``1h``, ``7d``, ``10s``, ``500ms``) or ISO 8601 (``PT2H``).
 
     Millisecond precision at most, so that every accepted value has an exact KQL literal.
     """
@@ -204,7 +206,8 @@ def resolve_params(rule: Rule, tenant: TenantConfig, overrides: Mapping[str, Any
         if name in tenant.params:
             value = coerce_param(rule.slug, spec, tenant.params[name], source="tenant config params")
         if name in per_rule:
-            value = coerce_param(rule.slug, spec, per_rule[name], source=f"tenant config rules.{rule.slug}.params")
+            value = coerce_param(rule.slug, spec, per_rule[name],
+                                 source=f"tenant config rules.{rule.slug}.params")
         if name in overrides:
             value = coerce_param(rule.slug, spec, overrides[name], source="override")
         if spec.required and (value is None or value == []):

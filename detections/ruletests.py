@@ -134,7 +134,8 @@ def load_tests(rule: Rule) -> RuleTests:
         names.add(body["name"])
         for name in body.get("params", {}):
             if name not in rule.parameters:
-                raise RuleError(path, f"{where}.params.{name}", f"rule {rule.slug} declares no such parameter")
+                raise RuleError(path, f"{where}.params.{name}",
+                                f"rule {rule.slug} declares no such parameter")
         expect: list[Expected] = []
         for j, exp in enumerate(body["expect"]):
             efield = f"{where}.expect.{j}"
@@ -145,7 +146,8 @@ def load_tests(rule: Rule) -> RuleTests:
             target = {k: str(v) for k, v in exp["target"].items()}
             missing = [k for k in TARGET_FIELDS[exp["action"]] if k not in target]
             if missing:
-                raise RuleError(path, f"{efield}.target", f"list the identifying field(s): {', '.join(missing)}")
+                raise RuleError(path, f"{efield}.target",
+                                f"list the identifying field(s): {', '.join(missing)}")
             expect.append(Expected(exp["action"], target, exp.get("mode")))
         if body["kind"] == "positive" and not expect:
             raise RuleError(path, f"{where}.expect", "a positive case must expect at least one request")
@@ -172,7 +174,8 @@ async def run_case(tests: RuleTests, case: Case) -> CaseResult:
     rule = tests.rule
     result = CaseResult(rule=rule.slug, case=case.name, kind=case.kind, passed=False)
     try:
-        backend = LocalBackend.from_rows(case.tables, case.now, source=f"{tests.path}: cases.{case.index}.tables")
+        backend = LocalBackend.from_rows(case.tables, case.now,
+                                         source=f"{tests.path}: cases.{case.index}.tables")
     except TableError as exc:
         result.error = str(exc)
         return result
@@ -192,7 +195,8 @@ async def run_case(tests: RuleTests, case: Case) -> CaseResult:
             continue
         for k, v in exp.target.items():
             if got["target"].get(k) != v:
-                result.mismatched.append(f"{_show(key)}: target.{k} is {got['target'].get(k)!r}, expected {v!r}")
+                result.mismatched.append(
+                    f"{_show(key)}: target.{k} is {got['target'].get(k)!r}, expected {v!r}")
         if exp.mode and got["mode"] != exp.mode:
             result.mismatched.append(f"{_show(key)}: mode is {got['mode']!r}, expected {exp.mode!r}")
     if run.problems:

@@ -47,8 +47,9 @@ def resolve_all(rules: Sequence[Rule], tenant: TenantConfig, overrides: Mapping[
     return {r.slug: resolve_params(r, tenant, overrides) for r in rules}
 
 
-async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantConfig, overrides: Mapping[str, Any],
-               now: datetime, lookback: timedelta | None = None, dry_run: bool = False,
+async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantConfig,
+               overrides: Mapping[str, Any], now: datetime, lookback: timedelta | None = None,
+               dry_run: bool = False,
                run_id: str | None = None) -> list[RuleRun]:
     """Run each rule once, in order. One rule's failure is recorded in its RuleRun and the rest still run.
 
@@ -88,7 +89,8 @@ async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantCo
         tenant_mode = tenant.for_rule(rule.slug).mode
         modes = {i: effective_mode(rule, a, tenant_mode=tenant_mode, dry_run=dry_run)
                  for i, a in enumerate(rule.actions)}
-        found = requests_from_rows(rule, result.rows, modes=modes, detected_at=now.astimezone(UTC), run_id=run_id)
+        found = requests_from_rows(rule, result.rows, modes=modes, detected_at=now.astimezone(UTC),
+                                   run_id=run_id)
         run.requests = found.requests
         run.problems = found.problems
     return runs

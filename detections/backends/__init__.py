@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 __all__ = ["BackendError", "QueryBackend", "QueryResult", "make_backend"]
 
 
-def make_backend(settings: Settings | None = None, *, credential: Any = None, tables_dir: Path | None = None,
-                 now: datetime | None = None, graph_client: Any = None, logs_client: Any = None) -> QueryBackend:
+def make_backend(settings: Settings | None = None, *, credential: Any = None,
+                 tables_dir: Path | None = None, now: datetime | None = None,
+                 graph_client: Any = None, logs_client: Any = None) -> QueryBackend:
     """The backend to run rules on.
 
     ``tables_dir`` selects the local engine (``now`` pins ``now()``). Otherwise ``settings.backend``
@@ -47,7 +48,8 @@ def make_backend(settings: Settings | None = None, *, credential: Any = None, ta
         from detections.backends.sentinel import SentinelBackend
 
         if not settings.sentinel_workspace_id:
-            raise ValueError("app setting RESPONDER_SENTINEL_WORKSPACE_ID is required when the backend is sentinel")
+            raise ValueError("app setting RESPONDER_SENTINEL_WORKSPACE_ID is required when the backend "
+                             "is sentinel")
         if logs_client is None:
             from azure.monitor.query.aio import LogsQueryClient
 

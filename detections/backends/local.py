@@ -179,7 +179,8 @@ class LocalBackend:
             if path.name.startswith(".") or path.suffix.lower() not in (".jsonl", ".csv", ".json", ".ndjson"):
                 continue  # notes such as a README are not tables
             if path.suffix.lower() in (".json", ".ndjson"):
-                raise TableError(f"{path}: table files are <Table>.jsonl (one JSON object per line) or <Table>.csv")
+                raise TableError(f"{path}: table files are <Table>.jsonl (one JSON object per line) "
+                                 "or <Table>.csv")
             if path.stem not in self.schemas:
                 raise TableError(f"{path}: unknown table {path.stem!r} (known: {', '.join(self.schemas)})")
             if path.stem in seen:
@@ -197,7 +198,8 @@ class LocalBackend:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise TableError(f"{path}: line {n}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+                    raise TableError(f"{path}: line {n}: not valid JSON: {exc.msg} "
+                                     f"(column {exc.colno})") from None
                 if not isinstance(obj, dict):
                     raise TableError(f"{path}: line {n}: expected a JSON object, got {type(obj).__name__}")
                 rows.append(self._row(path.stem, obj, f"{path}: line {n}", from_text=False))
