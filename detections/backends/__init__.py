@@ -10,12 +10,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detections.backends.base import BackendError, QueryBackend, QueryResult
+from detections.backends.base import BackendError, QueryBackend, QueryResult, TableError
 
 if TYPE_CHECKING:
     from responder.config import Settings
 
-__all__ = ["BackendError", "QueryBackend", "QueryResult", "make_backend"]
+__all__ = ["BackendError", "QueryBackend", "QueryResult", "TableError", "make_backend"]
 
 
 def make_backend(settings: Settings | None = None, *, credential: Any = None,

@@ -15,6 +15,10 @@ class QueryResult:
     partial_reason: str | None = None
 
 
+class TableError(ValueError):
+    """Input table data is malformed (bad input, not a backend failure); names file, line and column."""
+
+
 class BackendError(Exception):
     """The backend could not run the query.
 

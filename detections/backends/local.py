@@ -26,17 +26,13 @@ import duckdb
 import duckdb_kql
 from duckdb_kql.types import kusto_type
 
-from detections.backends.base import BackendError, QueryResult
+from detections.backends.base import BackendError, QueryResult, TableError
 from detections.catalog import SCHEMAS_DIR
 from detections.params import parse_timespan
 
 _SQL_TYPES = {"String": "VARCHAR", "DateTime": "TIMESTAMPTZ", "Int": "INTEGER", "Long": "BIGINT",
               "Real": "DOUBLE", "Bool": "BOOLEAN", "Dynamic": "JSON", "Guid": "UUID"}
 _RELATIVE = re.compile(r"^now\s*(?:([+-])\s*(\S+))?$")
-
-
-class TableError(ValueError):
-    """A table file (or test-case row) is malformed; the message names the file, line and column."""
 
 
 def load_schemas(schemas_dir: Path = SCHEMAS_DIR) -> dict[str, list[tuple[str, str]]]:

@@ -1,0 +1,160 @@
+"""``python -m responder scan``: run rules now and print the remediation requests they produce."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from detections.catalog import Catalog, Rule, load_catalog
+from detections.params import check_param_names
+from detections.scan import RuleRun, resolve_all, scan
+from responder.commands import UsageError
+from responder.config import Settings, TenantConfig, load_tenant_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "scan", help="run detection rules now and print the remediation requests",
+        description="Run detection rules and print the remediation requests they produce (nothing is "
+                    "queued or changed). Exit 0 ok, 1 a backend failed or returned partial results, "
+                    "2 bad input.")
+    p.add_argument("--rule", action="append", default=[], metavar="SLUG",
+                   help="run only this rule (repeatable); default: every rule enabled in the tenant config")
+    p.add_argument("--tables", type=Path, metavar="DIR",
+                   help="run on the local engine over DIR/<Table>.jsonl|.csv instead of the "
+                        "configured backend")
+    p.add_argument("--now", metavar="ISO8601", help="what now() means on the local engine (needs --tables)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="parameter override for the selected rules (repeatable; lists comma-separated)")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="tenant config YAML (default: the RESPONDER_TENANT_CONFIG app setting)")
+    p.add_argument("--json", action="store_true",
+                   help="print only a JSON array of remediation-request/1 objects on stdout")
+    p.set_defaults(func=run)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UsageError(f"--param {item!r}: expected NAME=VALUE")
+        if name in out:
+            raise UsageError(f"--param {name}: given more than once")
+        out[name] = value
+    return out
+
+
+def parse_now(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--now {text!r}: expected an ISO 8601 time such as 2026-11-20T12:00:00Z") from None
+    if moment.tzinfo is None:
+        raise UsageError(f"--now {text!r}: give the time zone, e.g. 2026-11-20T12:00:00Z")
+    return moment.astimezone(UTC)
+
+
+def load_tenant(args: argparse.Namespace, settings: Settings) -> TenantConfig:
+    if args.config is not None:
+        if not args.config.is_file():
+            raise UsageError(f"--config {args.config}: no such file")
+        return load_tenant_config(args.config.resolve(), settings.params_json)
+    return load_tenant_config(settings.tenant_config_path, settings.params_json)
+
+
+def select_rules(catalog: Catalog, slugs: list[str], tenant: TenantConfig) -> list[Rule]:
+    """Named rules always run; without names, rules the tenant config disables are left out."""
+    rules = catalog.select(slugs)
+    if slugs:
+        return rules
+    return [r for r in rules if tenant.for_rule(r.slug).enabled]
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(require=False)
+    catalog = load_catalog()
+    tenant = load_tenant(args, settings)
+    rules = select_rules(catalog, args.rule, tenant)
+    overrides = parse_overrides(args.param)
+    check_param_names(rules, overrides, all_rules=catalog.values(), tenant=tenant)
+    if args.now is not None and args.tables is None:
+        raise UsageError("--now needs --tables: only the local engine's clock can be pinned")
+    now = parse_now(args.now) if args.now else datetime.now(UTC)
+    resolve_all(rules, tenant, overrides)  # refuse bad or missing parameters before any query runs
+    runs = asyncio.run(_scan(args, settings, rules, tenant, overrides, now))
+    requests = [req for r in runs for req in r.requests]
+    if args.json:
+        sys.stdout.write(json.dumps(requests, indent=2, ensure_ascii=False) + "\n")
+    else:
+        print_table(runs)
+    failed = False
+    for r in runs:
+        for problem in r.problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        if r.error:
+            print(f"error: {r.error}", file=sys.stderr)
+            failed = True
+        elif r.partial:
+            print(f"error: {r.rule.slug}: partial results ({r.partial_reason or 'no reason given'}); "
+                  "the requests above may be incomplete", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+async def _scan(args: argparse.Namespace, settings: Settings, rules: list[Rule], tenant: TenantConfig,
+                overrides: dict[str, Any], now: datetime) -> list[RuleRun]:
+    from detections.backends import make_backend
+
+    if args.tables is not None:
+        backend = make_backend(tables_dir=args.tables, now=now)
+        return await scan(rules, backend, tenant=tenant, overrides=overrides, now=now,
+                          dry_run=settings.dry_run)
+    # The real services: credentials and SDK clients are built inside the running event loop.
+    from azure.identity.aio import DefaultAzureCredential
+
+    credential = DefaultAzureCredential(managed_identity_client_id=settings.client_id or None)
+    try:
+        backend = make_backend(settings, credential=credential)
+        try:
+            return await scan(rules, backend, tenant=tenant, overrides=overrides, now=now,
+                              dry_run=settings.dry_run)
+        finally:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                await close()
+    finally:
+        await credential.close()
+
+
+def print_table(runs: list[RuleRun]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(title="Rules run", title_justify="left")
+    for col in ("rule", "rows", "requests", "status"):
+        summary.add_column(col)
+    for r in runs:
+        status = "refused" if r.refused else "failed" if r.error else "partial" if r.partial else "ok"
+        summary.add_row(r.rule.slug, str(len(r.rows)), str(len(r.requests)), status)
+    console.print(summary)
+    requests = [req for r in runs for req in r.requests]
+    if not requests:
+        console.print("No remediation requests.")
+        return
+    table = Table(title="Remediation requests", title_justify="left")
+    for col in ("rule", "action", "mode", "target", "id"):
+        table.add_column(col, overflow="fold")
+    for req in requests:
+        target = ", ".join(f"{k}={v}" for k, v in req["target"].items())
+        # Values come from mail and logs: escape them so rich does not read them as markup.
+        table.add_row(req["rule"], req["action"], req["mode"], escape(target), req["id"][:12])
+    console.print(table)
