@@ -46,8 +46,11 @@ class Decision:
 
 
 def decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantConfig,
-           catalog: Mapping[str, Rule], approved: bool = False) -> Decision:
-    decision = _decide(request, tenant=tenant, catalog=catalog, settings=settings, approved=approved)
+           catalog: Mapping[str, Rule], approved: bool = False, restore: bool = False) -> Decision:
+    """``approved``: a person approved this request. ``restore``: an undo that puts mail back; the
+    allowlists exist to keep mail from being *removed*, so they do not stop an undo."""
+    decision = _decide(request, tenant=tenant, catalog=catalog, settings=settings, approved=approved,
+                       restore=restore)
     if settings.dry_run and decision.kind in ("execute", "hold"):
         would = "execute" if decision.kind == "execute" else f"hold ({decision.reason})"
         return Decision("dry_run", f"global dry run (RESPONDER_DRY_RUN): would {would}")
@@ -55,12 +58,12 @@ def decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantConf
 
 
 def _decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantConfig,
-            catalog: Mapping[str, Rule], approved: bool) -> Decision:
+            catalog: Mapping[str, Rule], approved: bool, restore: bool) -> Decision:
     rule = catalog.get(request["rule"])
     if rule is None:
         return Decision("skip", f"rule {request['rule']!r} is not in the catalog; scope cannot be checked",
                         notify=True)
-    out_of_scope = scope_violation(request, rule, tenant)
+    out_of_scope = scope_violation(request, rule, tenant, restore=restore)
     if out_of_scope:
         return Decision("skip", f"out of scope: {out_of_scope}", notify=True)
     if approved:
@@ -99,12 +102,13 @@ def max_targets(rule: Rule, tenant: TenantConfig) -> int:
     return rule.max_targets if override is None else override
 
 
-def scope_violation(request: Mapping[str, Any], rule: Rule, tenant: TenantConfig) -> str | None:
+def scope_violation(request: Mapping[str, Any], rule: Rule, tenant: TenantConfig, *,
+                    restore: bool = False) -> str | None:
     """Why ``request`` may not touch its target, or None when it may."""
     action, target = request["action"], request["target"]
     evidence = request.get("evidence") or {}
     if action in EMAIL_ACTIONS:
-        return _email_violation(target, evidence, rule, tenant)
+        return _email_violation(target, evidence, rule, tenant, restore=restore)
     if action in ACCOUNT_ACTIONS:
         names = _lower([target.get("user"), *(evidence.get(c) for c in ACCOUNT_COLUMNS)])
         hit = names & tenant.break_glass_accounts
@@ -117,7 +121,7 @@ def scope_violation(request: Mapping[str, Any], rule: Rule, tenant: TenantConfig
 
 
 def _email_violation(target: Mapping[str, Any], evidence: Mapping[str, Any], rule: Rule,
-                     tenant: TenantConfig) -> str | None:
+                     tenant: TenantConfig, *, restore: bool) -> str | None:
     recipient = str(target.get("recipient", "")).strip().lower()
     if rule.recipients_param:
         try:
@@ -126,6 +130,8 @@ def _email_violation(target: Mapping[str, Any], evidence: Mapping[str, Any], rul
             return f"the protected recipient list cannot be resolved ({exc})"
         if recipient not in _lower(protected):
             return f"recipient {recipient} is not in the rule's {rule.recipients_param} list"
+    if restore:
+        return None
     if recipient in tenant.allow_mailboxes:
         return f"mailbox {recipient} is allowlisted"
     # Both P1 and P2 senders are checked: an allowlist entry means "never touch", so a spoofed

@@ -202,3 +202,14 @@ def test_tenant_overrides_the_cap() -> None:
 
 def test_approval_lifts_the_cap() -> None:
     assert kind(email(index=7), approved=True) == "execute"
+
+
+def test_an_undo_is_not_stopped_by_the_allowlists_but_stays_in_scope() -> None:
+    tenant = with_allow(senders=["bad@gmail.com"], mailboxes=["support@contoso.com"])
+    assert kind(email(), tenant=tenant) == "skip"
+    restored = decide(email(), settings=settings(), tenant=tenant, catalog=CATALOG, approved=True,
+                      restore=True)
+    assert restored.kind == "execute"
+    outside = decide(email("ceo@contoso.com"), settings=settings(), tenant=tenant, catalog=CATALOG,
+                     approved=True, restore=True)
+    assert outside.kind == "skip"
