@@ -1,0 +1,77 @@
+"""Who and what a run touched, pulled from request targets and evidence for the scan card."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+# kind -> (target fields, evidence columns) that name an entity of that kind. Evidence matters for
+# senders (never a target) and for the admin account behind a connector change.
+ENTITY_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "Recipients": (("recipient",), ("RecipientEmailAddress",)),
+    "Senders": (("sender",), ("SenderFromAddress", "SenderMailFromAddress")),
+    "Connectors": (("connector",), ()),
+    "Users": (("user",), ("AccountUpn",)),
+}
+
+ACTION_LABELS = {
+    "move_to_junk": "Move to Junk",
+    "move_to_inbox": "Move back to Inbox",
+    "soft_delete": "Soft delete",
+    "disable_connector": "Disable connector",
+    "revoke_sessions": "Revoke sign-in sessions",
+    "disable_user": "Disable account",
+    "confirm_compromised": "Confirm user compromised",
+    "notify": "Notify only",
+}
+
+
+def action_label(action: str) -> str:
+    return ACTION_LABELS.get(action, action)
+
+
+def distinct(values: Iterable[Any]) -> list[str]:
+    """Distinct non-empty values, case-insensitively, first spelling and first-seen order kept."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for v in values:
+        if v is None or str(v).strip() == "":
+            continue
+        s = str(v).strip()
+        key = s.lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
+
+
+def entities(requests: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    """kind -> distinct values in request order; kinds with nothing are left out."""
+    reqs = list(requests)
+    out: dict[str, list[str]] = {}
+    for kind, (target_fields, evidence_cols) in ENTITY_SOURCES.items():
+        values: list[Any] = []
+        for r in reqs:
+            target = r.get("target") or {}
+            evidence = r.get("evidence") or {}
+            values.extend(target.get(f) for f in target_fields)
+            values.extend(evidence.get(c) for c in evidence_cols)
+        found = distinct(values)
+        if found:
+            out[kind] = found
+    return out
+
+
+def describe_target(request: dict[str, Any]) -> str:
+    """One line naming what the request acts on (untrusted text: render it as plain)."""
+    target = request.get("target") or {}
+    if "connector" in target:
+        kind = target.get("connector_type")
+        return f"{target['connector']}, {kind} connector" if kind else str(target["connector"])
+    if "user" in target:
+        return str(target["user"])
+    if "recipient" in target:
+        subject = (request.get("evidence") or {}).get("Subject")
+        base = f"mail to {target['recipient']}"
+        return f"{base}, subject “{subject}”" if subject else base
+    return ", ".join(f"{k}={v}" for k, v in target.items()) or "(no target)"
