@@ -65,6 +65,9 @@ APP_SETTINGS: tuple[AppSetting, ...] = (
                "`params`/`rules` sections; overrides the file.", default="", source="operator"),
     AppSetting("RESPONDER_SCAN_RATE_PER_HOUR", "Most on-demand re-scans (`POST /api/scan`) accepted per "
                "hour, to protect the hunting quota.", default="12"),
+    AppSetting("RESPONDER_STORAGE_CONNECTION", "Storage connection string for the command line's ledger "
+               "(local use: Azurite). Leave unset in Azure, where storage is identity-based "
+               "(AzureWebJobsStorage__accountName).", default="", secret=True, source="operator"),
     AppSetting("AzureWebJobsStorage__accountName", "Storage account of the app (identity-based "
                "connection); queues and the ledger table live here.", default=""),
 )
