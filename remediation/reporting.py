@@ -1,0 +1,48 @@
+"""Turn the worker's reports into Teams cards (responder/notify) and send them through a notifier.
+
+The worker only produces ``Report`` objects and calls a hook; this module is the default hook when
+a notifier (anything with ``async send(card) -> bool``) is given. One card per report: the worker
+emits one report per failed, held or out-of-scope outcome of a delivery, and scan-level summaries
+are the function app's job (one card per rule run).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from responder.notify.cards import approval_card, failure_card
+from responder.notify.reports import FailureReport
+
+log = logging.getLogger(__name__)
+
+
+def card_for(report: Any, *, tenant_id: str | None = None, api_base: str | None = None) -> dict[str, Any]:
+    """The Adaptive Card for one worker Report (remediation.worker.Report)."""
+    first = report.outcomes[0] if report.outcomes else None
+    request = report.requests[0] if report.requests else None
+    if report.kind == "held" and report.requests:
+        return approval_card(report.requests, outcomes=report.outcomes, api_base=api_base,
+                             tenant_id=tenant_id)
+    kind = {"poison": "poison", "failed": "action", "skipped": "config"}.get(report.kind, "action")
+    return failure_card(FailureReport(
+        kind=kind, summary=report.summary,
+        reason=(first.error or first.detail) if first else report.summary,
+        rule=first.rule if first and first.rule != "~invalid" else None,
+        rule_name=(request or {}).get("rule_name"),
+        request_id=first.request_id if first else None, request=request,
+        attempts=first.attempts if first else None,
+        next_step=("Nothing was done: the target is outside what this rule may touch. Check the rule's "
+                   "scope and the tenant allowlists." if report.kind == "skipped" else None),
+        tenant_id=tenant_id,
+    ))
+
+
+def cards_hook(notifier: Any, *, tenant_id: str | None = None,
+               api_base: str | None = None) -> Callable[[Any], Awaitable[None]]:
+    async def hook(report: Any) -> None:
+        sent = await notifier.send(card_for(report, tenant_id=tenant_id, api_base=api_base))
+        if not sent:
+            log.warning("the %s card was not delivered", report.kind)
+    return hook

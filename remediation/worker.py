@@ -1,0 +1,549 @@
+"""The worker: validate -> ledger dedup -> safety rails -> action -> ledger -> report.
+
+Two entry points share one pipeline: ``process_message`` (the queue trigger, one message) and
+``process``/``process_bodies`` (CLI and demo batches). Idempotency, in layers:
+
+* **Request level (the ledger).** A request id is recorded once (``Ledger.receive``); a delivery that
+  finds its row past ``received`` does nothing and reports the recorded outcome. Before acting the
+  worker takes an ETag-guarded *claim* on the row, so two deliveries racing on one id cannot both act.
+* **Crash between action and ledger write.** The claim was taken but the outcome never written. On
+  the queue path the claim's owner is derived from the message body, so the same message redelivered
+  (dequeue count > 1) takes its own claim back at once and acts again; any other delivery waits until
+  the lease expires. Acting again is safe because every action is idempotent at the service: the
+  mailbox strategy re-reads the message's folder first ("already in Junk" is ``skipped``), and
+  Defender remediation, session revocation, account disable, confirm-compromised and connector
+  disable all converge on the same end state. The cost is a second Action-center entry at worst.
+* **Transport level (the SDK's RetryHandler).** msgraph-sdk retries 429/503/504 on every method,
+  POST included, honouring Retry-After, below this code. Decision: keep it (a 429 was never processed
+  by the service, so replaying it is exact; a 503/504 may have been processed, and then the replay is
+  the crash case above: the same end state, possibly one more Action-center entry). Those replays are
+  invisible to the ledger by design: ``attempts`` counts the worker's attempts, not HTTP calls. What
+  the SDK gives up on reaches this worker as a transient ActionResult; the worker retries at most
+  ``max_attempts`` times per delivery (Retry-After honoured, capped at ``max_delay``: a longer hint
+  ends the delivery instead of sleeping through the function's time), then releases its claim, keeps
+  the row ``received`` with the error, and raises ``TransientFailure`` so the host returns the
+  message; the dequeue count and the poison queue bound the rest (``record_poison``).
+* **Permanent errors** (400/403/404 reported by the action, schema-invalid messages) are recorded
+  ``failed`` with the reason, reported, and never retried.
+
+Queue-path grouping (Defender strategy). Each message is one request, but Defender allows only 50
+active remediations per organisation and shows each call as one Action-center entry, so one call per
+message would exhaust the limit on any real campaign. When a message's request is executed, the
+worker also claims the run's other ``received`` requests for the same action (ETag claims: a row
+another worker got first is left alone), passes them through the rails one by one, and submits them
+in the same call; their own messages later find them ``submitted`` and do nothing. This only helps if
+the run's requests are in the ledger before their messages are processed, so the enqueuing side calls
+``Worker.register(requests)`` before sending them; without it the worker degrades to one call per
+message, which is correct, only slower and noisier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from detections.catalog import Rule
+from remediation.actions import ActionContext, ActionResult, get_action
+from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict, Record
+from remediation.outcome import Outcome
+from remediation.rails import Decision, decide
+from remediation.request import EMAIL_ACTIONS, RequestInvalid, make_request, parse_message, validate_request
+from remediation.verify import MAX_IDS_PER_QUERY, classify, locations, verification_query
+from responder.config import Settings, TenantConfig
+
+log = logging.getLogger(__name__)
+
+# States an action may report (anything else is a bug in the action and recorded as failed).
+RESULT_STATES = frozenset({"submitted", "confirmed", "skipped", "failed"})
+# Most requests submitted together when siblings are grouped (Defender takes many per call; one
+# bounded group keeps a single failure from touching a whole campaign).
+MAX_GROUP = 100
+
+
+class WorkerError(Exception):
+    """A person's request (approve, reject, undo) that cannot be done; the message says why."""
+
+
+class NotFound(WorkerError):
+    pass
+
+
+class TransientFailure(Exception):
+    """Raised on the queue path so the host returns the message; the ledger already says why."""
+
+    def __init__(self, message: str, outcomes: list[Outcome], retry_after: float | None = None):
+        super().__init__(message)
+        self.outcomes = outcomes
+        self.retry_after = retry_after
+
+
+@dataclass
+class Report:
+    """Something on-call should hear about: failures, holds (approval or cap), scope surprises."""
+
+    kind: str                   # "failed" | "held" | "skipped" | "poison"
+    summary: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Notifier(Protocol):
+    async def send(self, card: dict[str, Any]) -> bool: ...
+
+
+ReportHook = Callable[[Report], Awaitable[None]]
+
+
+@dataclass
+class _Item:
+    request: dict[str, Any]
+    record: Record
+
+
+class Worker:
+    def __init__(self, settings: Settings, tenant: TenantConfig, catalog: Mapping[str, Rule], ledger: Ledger,
+                 graph: Any, exchange: Any, notifier: Notifier | None = None, *,
+                 report_hook: ReportHook | None = None, max_attempts: int = 3, backoff: float = 2.0,
+                 max_delay: float = 30.0, lease: timedelta = timedelta(minutes=5),
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, group_siblings: bool = True,
+                 verify_grace: timedelta = timedelta(hours=2)) -> None:
+        self.settings, self.tenant, self.catalog, self.ledger = settings, tenant, catalog, ledger
+        self.ctx = ActionContext(settings=settings, tenant=tenant, graph=graph, exchange=exchange)
+        self.notifier = notifier
+        if report_hook is None and notifier is not None:
+            from remediation.reporting import cards_hook  # the Teams cards, only when a notifier is given
+            report_hook = cards_hook(notifier, tenant_id=settings.tenant_id or None)
+        self.report_hook = report_hook
+        self._reported = 0
+        self.max_attempts, self.backoff, self.max_delay = max(1, max_attempts), backoff, max_delay
+        self.lease, self.sleep, self.group_siblings = lease, sleep, group_siblings
+        self.verify_grace = verify_grace
+        self.reports: list[Report] = []   # everything reported, for the CLI and demo summaries
+
+    # --- entry points ---------------------------------------------------------------------------------
+
+    async def process_message(self, body: str | bytes, dequeue_count: int = 1) -> list[Outcome]:
+        """Queue path: one message. Raises TransientFailure to have the host retry it."""
+        try:
+            request = parse_message(body)
+        except RequestInvalid as exc:
+            return [await self._invalid(body, str(exc), dequeue_count)]
+        raw = body if isinstance(body, bytes) else body.encode("utf-8")
+        owner = "msg-" + hashlib.sha256(raw).hexdigest()[:24]
+        outcomes, leftover, retry_after = await self._pipeline([request], owner=owner, queue=True,
+                                                               redelivery=dequeue_count > 1)
+        await self._flush_reports()
+        if leftover:
+            raise TransientFailure(f"request {request['id']}: {leftover}", outcomes, retry_after)
+        return outcomes
+
+    async def process_bodies(self, bodies: Iterable[str | bytes]) -> list[Outcome]:
+        """CLI/demo path over raw message bodies: each parsed exactly as the queue path does."""
+        outcomes: list[Outcome] = []
+        valid: list[dict[str, Any]] = []
+        for body in bodies:
+            try:
+                valid.append(parse_message(body))
+            except RequestInvalid as exc:
+                outcomes.append(await self._invalid(body, str(exc), 1))
+        outcomes += await self.process(valid)
+        return outcomes
+
+    async def process(self, requests: list[dict[str, Any]]) -> list[Outcome]:
+        """Batch path: requests grouped per action so the Defender strategy makes few calls.
+
+        Transient failures that persist are left ``received`` (with the error) and reported; nothing
+        is raised, the next run of the same batch picks them up.
+        """
+        valid: list[dict[str, Any]] = []
+        invalid: list[Outcome] = []
+        for req in requests:
+            try:
+                valid.append(validate_request(req))
+            except RequestInvalid as exc:
+                invalid.append(await self._invalid(json.dumps(req, sort_keys=True, default=str), str(exc), 1))
+        outcomes, _, _ = await self._pipeline(valid, owner="batch-" + uuid.uuid4().hex[:12], queue=False,
+                                              redelivery=False)
+        await self._flush_reports()
+        return invalid + outcomes
+
+    def register(self, requests: Iterable[Mapping[str, Any]]) -> int:
+        """Record a run's requests as ``received`` before they are enqueued (enables grouping).
+        Returns how many were new; existing rows are untouched."""
+        return sum(self.ledger.receive(dict(validate_request(dict(r))))[1] for r in requests)
+
+    async def record_poison(self, body: str | bytes, dequeue_count: int) -> Outcome:
+        """For the poison-queue function: the message failed every delivery; record it as failed."""
+        try:
+            request = parse_message(body)
+        except RequestInvalid as exc:
+            return await self._invalid(body, str(exc), dequeue_count)
+        rec, _ = self.ledger.receive(request)
+        reason = (f"the message failed {dequeue_count} deliveries and went to the poison queue"
+                  + (f"; last error: {rec.error}" if rec.error else ""))
+        if rec.state in ("received", "approved"):
+            try:
+                rec = self.ledger.transition(rec, "failed", error=reason,
+                                             detail="gave up after repeated transient errors",
+                                             dequeue_count=dequeue_count)
+            except (LedgerConflict, IllegalTransition):
+                rec = self.ledger.read(rec.rule, rec.request_id) or rec
+        outcome = rec.outcome()
+        self.reports.append(Report("poison", reason, [outcome], [request]))
+        await self._flush_reports()
+        return outcome
+
+    # --- the pipeline ---------------------------------------------------------------------------------
+
+    async def _pipeline(self, requests: list[dict[str, Any]], *, owner: str, queue: bool,
+                        redelivery: bool) -> tuple[list[Outcome], str | None, float | None]:
+        outcomes: dict[str, Outcome] = {}
+        to_run: list[_Item] = []
+        busy: list[str] = []
+        for req in requests:
+            rec, created = self.ledger.receive(req)
+            if not created and rec.state != "received":
+                outcomes[req["id"]] = _duplicate(rec)
+                continue
+            decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog)
+            if decision.kind != "execute":
+                outcomes[req["id"]] = self._settle(rec, req, decision)
+                continue
+            claimed = self._claim(rec, owner, take_over=redelivery)
+            if claimed is None:
+                fresh = self.ledger.read(rec.rule, rec.request_id) or rec
+                if fresh.state != "received":
+                    outcomes[req["id"]] = _duplicate(fresh)
+                else:
+                    outcomes[req["id"]] = replace(fresh.outcome(),
+                                                  detail="being executed by another delivery")
+                    busy.append(req["id"])
+                continue
+            to_run.append(_Item(req, claimed))
+        if queue and to_run:
+            to_run += self._claim_siblings(to_run, owner)
+        leftover: list[str] = []
+        retry_after: float | None = None
+        by_action: dict[str, list[_Item]] = {}
+        for item in to_run:
+            by_action.setdefault(item.request["action"], []).append(item)
+        for action, items in by_action.items():
+            done, pending, hint = await self._execute(action, items)
+            outcomes.update(done)
+            leftover += pending
+            retry_after = max(filter(None, (retry_after, hint)), default=None)
+        ordered = [outcomes[r["id"]] for r in requests]
+        ordered += [o for rid, o in outcomes.items() if rid not in {r["id"] for r in requests}]
+        problem = None
+        if leftover:
+            problem = f"transient failure persisted for {len(leftover)} request(s)"
+        elif busy and queue:
+            # Another delivery holds the claim: hand the message back rather than drop it, in case
+            # that delivery dies; the retry finds the request settled and does nothing.
+            problem = "being executed by another delivery"
+        return ordered, problem, retry_after
+
+    def _claim(self, rec: Record, owner: str, *, take_over: bool) -> Record | None:
+        try:
+            if take_over and rec.claim_token == owner:
+                # Our own message redelivered after a crash: the live claim is ours; take it back.
+                rec = replace(rec, claim_until=None)
+            return self.ledger.claim(rec, lease=self.lease, owner=owner)
+        except LedgerConflict:
+            return None
+
+    def _claim_siblings(self, items: list[_Item], owner: str) -> list[_Item]:
+        if not self.group_siblings or self.settings.email_strategy != "defender":
+            return []
+        first = items[0].record
+        if first.action not in EMAIL_ACTIONS or not first.run_id:
+            return []
+        have = {i.request["id"] for i in items}
+        out: list[_Item] = []
+        now = self.ledger.clock()
+        # Same rule too: a run belongs to one rule, and the rule is the partition (no table scan).
+        siblings = self.ledger.list(rule=first.rule, run_id=first.run_id, state="received",
+                                    action=first.action)
+        for sib in siblings:
+            if len(items) + len(out) >= MAX_GROUP:
+                break
+            if sib.request_id in have or sib.claimed(now) or not sib.request:
+                continue
+            try:
+                req = validate_request(sib.request)
+            except RequestInvalid:
+                continue
+            if "_truncated" in (req.get("evidence") or {}):
+                continue   # the rails need the full evidence; its own message will bring it
+            decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog)
+            if decision.kind != "execute":
+                continue   # held/skipped ones are settled by their own message
+            claimed = self._claim(sib, owner, take_over=False)
+            if claimed is not None:
+                out.append(_Item(req, claimed))
+        return out
+
+    def _settle(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome:
+        """Record a decision that runs nothing: skipped (scope, dry run) or held."""
+        if decision.kind == "hold":
+            state, fields = "held", {"hold_reason": decision.hold_reason, "detail": decision.reason}
+        else:
+            state, fields = "skipped", {"detail": decision.reason}
+        try:
+            rec = self.ledger.transition(rec, state, **fields)
+        except (LedgerConflict, IllegalTransition):
+            fresh = self.ledger.read(rec.rule, rec.request_id) or rec
+            return _duplicate(fresh)
+        outcome = rec.outcome()
+        if decision.kind == "dry_run":
+            outcome.extra["dry_run"] = True
+        if decision.notify:
+            kind = "held" if state == "held" else "skipped"
+            self.reports.append(Report(kind, decision.reason, [outcome], [req]))
+        return outcome
+
+    async def _execute(self, action_name: str, items: list[_Item]) -> tuple[dict[str, Outcome], list[str],
+                                                                                float | None]:
+        """Run one action over claimed items with bounded retries of transient results."""
+        done: dict[str, Outcome] = {}
+        action = get_action(action_name, self.settings.email_strategy)
+        pending = items
+        attempt = 0
+        while True:
+            attempt += 1
+            results = await self._call(action, [i.request for i in pending])
+            retry: list[tuple[_Item, ActionResult]] = []
+            for item in pending:
+                res = results.get(item.request["id"]) or ActionResult(
+                    request_id=item.request["id"], state="failed", detail="", transient=True,
+                    error="the action returned no result for this request", retry_after=None, link=None,
+                    undo=None)
+                if res.transient:
+                    retry.append((item, res))
+                else:
+                    done[item.request["id"]] = self._finish(item, res, attempt)
+            if not retry:
+                return done, [], None
+            hint = max((r.retry_after or 0.0 for _, r in retry), default=0.0)
+            delay = hint or self.backoff * (2 ** (attempt - 1))
+            if attempt >= self.max_attempts or delay > self.max_delay:
+                for item, res in retry:
+                    done[item.request["id"]] = self._give_back(item, res, attempt)
+                return done, [i.request["id"] for i, _ in retry], hint or None
+            log.info("transient failure on %s for %d request(s); retrying in %.1fs",
+                     action_name, len(retry), delay)
+            await self.sleep(delay)
+            pending = [i for i, _ in retry]
+
+    async def _call(self, action: Any, requests: list[dict[str, Any]]) -> dict[str, ActionResult]:
+        try:
+            results = await action.execute(requests, self.ctx)
+        except Exception as exc:  # an action bug or an unforeseen transport error: retry, then poison
+            log.exception("action %s raised", type(action).__name__)
+            return {r["id"]: ActionResult(request_id=r["id"], state="failed", detail="", transient=True,
+                                          error=f"{type(exc).__name__}: {exc}", retry_after=None, link=None,
+                                          undo=None) for r in requests}
+        return {r.request_id: r for r in results}
+
+    def _finish(self, item: _Item, res: ActionResult, attempt: int) -> Outcome:
+        state = res.state if res.state in RESULT_STATES else "failed"
+        error = res.error if res.state in RESULT_STATES else f"action reported unknown state {res.state!r}"
+        rec = item.record
+        fields: dict[str, Any] = {"detail": res.detail or "", "error": error, "link": res.link,
+                                  "attempts": rec.attempts + attempt - 1, "executed_by": rec.claim_token}
+        if res.undo is not None:
+            fields["undo"] = res.undo
+        try:
+            rec = self.ledger.transition(rec, state, **fields)
+        except (LedgerConflict, IllegalTransition) as exc:
+            # Our lease expired and another delivery took over: it owns the row now.
+            log.warning("request %s: result %s not recorded: %s", rec.request_id, state, exc)
+            fresh = self.ledger.read(rec.rule, rec.request_id) or rec
+            outcome = fresh.outcome()
+            outcome.extra["lost_result"] = state
+            return outcome
+        outcome = rec.outcome()
+        if state == "failed":
+            self.reports.append(Report("failed", f"{rec.action} failed: {error or res.detail}", [outcome],
+                                       [item.request]))
+        return outcome
+
+    def _give_back(self, item: _Item, res: ActionResult, attempt: int) -> Outcome:
+        """Transient failure that persisted: release the claim, keep the row ``received``."""
+        rec = item.record
+        try:
+            rec = self.ledger.release(rec, error=res.error or res.detail or "transient failure",
+                                      attempts=rec.attempts + attempt - 1)
+        except LedgerConflict:
+            rec = self.ledger.read(rec.rule, rec.request_id) or rec
+        outcome = rec.outcome()
+        outcome.extra["transient"] = True
+        if res.retry_after:
+            outcome.extra["retry_after"] = res.retry_after
+        return outcome
+
+    async def _invalid(self, body: str | bytes, reason: str, dequeue_count: int) -> Outcome:
+        rec = self.ledger.record_invalid(body, reason, dequeue_count=dequeue_count)
+        outcome = rec.outcome()
+        self.reports.append(Report("failed", f"invalid remediation message: {reason}", [outcome]))
+        return outcome
+
+    # --- people: approve, reject, undo ----------------------------------------------------------------
+
+    def _find(self, request_id: str) -> Record:
+        rec = self.ledger.get(request_id)
+        if rec is None or rec.rule == INVALID:
+            raise NotFound(f"no request {request_id} in the ledger")
+        return rec
+
+    async def approve(self, request_id: str, by: str) -> Outcome:
+        """Approve a held request and run it, exactly once."""
+        rec = self._find(request_id)
+        if rec.state == "approved":
+            if rec.claimed(self.ledger.clock()):
+                raise WorkerError(f"request {request_id} is already approved and being executed")
+            # Approved earlier but the run did not finish (crash or transient error): resume it.
+        elif rec.state != "held":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be approved")
+        if self.settings.dry_run:
+            raise WorkerError("the global dry run (RESPONDER_DRY_RUN) is on: nothing would run, so the "
+                              "request stays held")
+        if not rec.request:
+            raise WorkerError(f"request {request_id} has no stored request body")
+        req = validate_request(rec.request)
+        if rec.state == "held":
+            try:
+                rec = self.ledger.transition(rec, "approved", approved_by=by)
+            except LedgerConflict:
+                raise WorkerError(f"request {request_id} changed while approving (approved or rejected "
+                                  "by someone else); nothing done") from None
+        return await self._run_decided(rec, req, decide(req, settings=self.settings, tenant=self.tenant,
+                                                        catalog=self.catalog, approved=True))
+
+    async def reject(self, request_id: str, by: str) -> Outcome:
+        rec = self._find(request_id)
+        if rec.state != "held":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be rejected")
+        try:
+            rec = self.ledger.transition(rec, "rejected", rejected_by=by, detail=f"rejected by {by}")
+        except LedgerConflict:
+            raise WorkerError(f"request {request_id} changed while rejecting; nothing done") from None
+        return rec.outcome()
+
+    async def undo(self, request_id: str, by: str = "") -> Outcome:
+        """Reverse a confirmed move to Junk: move the message back to the Inbox (or the recorded
+        original folder), as a new request in the ledger linked both ways to the original."""
+        rec = self._find(request_id)
+        if rec.action != "move_to_junk":
+            raise WorkerError(f"request {request_id} is {rec.action}; only move_to_junk can be undone")
+        if rec.state != "confirmed":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a confirmed move can be undone")
+        if rec.extra.get("undone_by"):
+            raise WorkerError(f"request {request_id} was already undone by {rec.extra['undone_by']}")
+        original = rec.request or {}
+        undo_req = make_request(rule=rec.rule, action="move_to_inbox", mode="auto", target=rec.target,
+                                evidence=original.get("evidence", {}), detected_at=self.ledger.clock(),
+                                run={"id": f"undo-{request_id}", "index": 0, "total": 1},
+                                undo_of={"request_id": request_id, "undo": rec.undo or {}, "by": by},
+                                severity=original.get("severity", ""),
+                                rule_name=original.get("rule_name", ""))
+        new, created = self.ledger.receive(undo_req, undo_of=request_id)
+        if not created and new.state != "received":
+            raise WorkerError(f"this message was already restored once (request {new.request_id} is "
+                              f"{new.state})")
+        decision = decide(undo_req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
+                          approved=True, restore=True)
+        outcome = await self._run_decided(new, undo_req, decision)
+        if outcome.state in ("confirmed", "submitted"):
+            try:
+                current = self.ledger.read(rec.rule, rec.request_id) or rec
+                self.ledger.update(current, undone_by=new.request_id)
+            except LedgerConflict:
+                log.warning("request %s: could not link undo %s", request_id, new.request_id)
+        return outcome
+
+    async def _run_decided(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome:
+        if decision.kind != "execute":
+            return self._settle(rec, req, decision)
+        claimed = self._claim(rec, "person-" + uuid.uuid4().hex[:12], take_over=False)
+        if claimed is None:
+            raise WorkerError(f"request {rec.request_id} is being executed by another delivery")
+        done, _, _ = await self._execute(req["action"], [_Item(req, claimed)])
+        await self._flush_reports()
+        return done[req["id"]]
+
+    # --- verification of Defender submissions ---------------------------------------------------------
+
+    async def verify(self, backend: Any) -> list[Outcome]:
+        """Confirm ``submitted`` email requests from EmailEvents (see remediation/verify.py)."""
+        submitted = [r for r in self.ledger.list(state="submitted")
+                     if r.action in EMAIL_ACTIONS and r.target.get("network_message_id")]
+        outcomes: list[Outcome] = []
+        for start in range(0, len(submitted), MAX_IDS_PER_QUERY):
+            chunk = submitted[start:start + MAX_IDS_PER_QUERY]
+            outcomes += await self._verify_chunk(backend, chunk)
+        await self._flush_reports()
+        return outcomes
+
+    async def _verify_chunk(self, backend: Any, chunk: list[Record]) -> list[Outcome]:
+        now = self.ledger.clock()
+        oldest = min(_parse(r.state_times.get("submitted") or r.created_at) for r in chunk)
+        # The hunting API looks back at most 30 days; a day of margin covers late ingestion.
+        span = min(now - oldest + timedelta(days=1), timedelta(days=30))
+        result = await backend.run(verification_query(r.target["network_message_id"] for r in chunk),
+                                   timespan=span)
+        where = locations(result.rows)
+        out: list[Outcome] = []
+        for rec in chunk:
+            key = (rec.target["network_message_id"].lower(), str(rec.target.get("recipient", "")).lower())
+            location = where.get(key)
+            if location is None and result.partial:
+                out.append(replace(rec.outcome(), detail="partial hunting result; not judged"))
+                continue
+            submitted_at = _parse(rec.state_times.get("submitted") or rec.created_at)
+            state, detail = classify(rec.action, location, submitted_at=submitted_at, now=now,
+                                     grace=self.verify_grace)
+            if state is None:
+                out.append(replace(rec.outcome(), detail=detail))
+                continue
+            try:
+                rec = self.ledger.transition(rec, state, detail=detail)
+            except (LedgerConflict, IllegalTransition):
+                rec = self.ledger.read(rec.rule, rec.request_id) or rec
+            outcome = rec.outcome()
+            if outcome.state == "not_applied":
+                self.reports.append(Report("failed", f"{rec.action} was submitted but not applied: {detail}",
+                                           [outcome], [rec.request or {}]))
+            out.append(outcome)
+        return out
+
+    # --- reporting ------------------------------------------------------------------------------------
+
+    async def _flush_reports(self) -> None:
+        """Hand new reports to the hook (the function app and demo plug the Teams cards in there).
+        A report that cannot be delivered is logged: notification never breaks remediation."""
+        pending, self._reported = self.reports[self._reported:], len(self.reports)
+        for report in pending:
+            if self.report_hook is None:
+                continue
+            try:
+                await self.report_hook(report)
+            except Exception:
+                log.exception("report %s could not be delivered", report.kind)
+
+
+def _duplicate(rec: Record) -> Outcome:
+    outcome = rec.outcome()
+    outcome.extra["duplicate"] = True
+    return outcome
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
