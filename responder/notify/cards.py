@@ -122,8 +122,9 @@ def _scan_status(report: RunReport, w: int) -> list[Element]:
 
 def _per_action_lines(report: RunReport) -> list[Element]:
     by_action: dict[str, Counter[str]] = {}
+    outcomes = {o.request_id: o for o in report.outcomes}
     for r in report.requests:
-        o = report.outcome_for(r["id"])
+        o = outcomes.get(r["id"])
         b = bucket_of(o.state if o else None)
         if o is None and r.get("mode") == "approval":
             b = "held"
