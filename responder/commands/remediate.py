@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "worker. Invalid messages are recorded in the ledger as failed.")
     p.add_argument("--queue-file", required=True, metavar="FILE|-", help="the requests; - reads stdin")
     common(p)
-    p.set_defaults(func=lambda a: _run(a, _remediate))
+    # The file is read before anything else, so a broken one is refused before any work starts.
+    p.set_defaults(func=lambda a: _run(a, _remediate, read_bodies(a.queue_file)))
 
     p = subparsers.add_parser("ledger", help="list what the ledger recorded")
     p.add_argument("--rule", metavar="SLUG")
@@ -120,13 +121,13 @@ def _exchange_client(settings: Settings, credential: Any) -> Any:
     return make_exchange_client(settings, credential)
 
 
-def _run(args: argparse.Namespace, body: Callable[..., Any]) -> int:
+def _run(args: argparse.Namespace, body: Callable[..., Any], *extra: Any) -> int:
     settings = Settings.from_env(require=False)
     ledger = open_ledger(args, settings)
 
     async def main() -> int:
         async with open_worker(args, settings, ledger) as worker:
-            return int(await body(args, worker))
+            return int(await body(args, worker, *extra))
 
     return asyncio.run(main())
 
@@ -162,8 +163,8 @@ def read_bodies(source: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-async def _remediate(args: argparse.Namespace, worker: Any) -> int:
-    outcomes = await worker.process_bodies(read_bodies(args.queue_file))
+async def _remediate(args: argparse.Namespace, worker: Any, bodies: list[str]) -> int:
+    outcomes = await worker.process_bodies(bodies)
     print_outcomes(outcomes, as_json=args.json)
     bad = [o for o in outcomes if o.state == "failed" or o.extra.get("transient")]
     return 1 if bad else 0
@@ -247,7 +248,10 @@ def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]], *, empty: str)
         return
     table = Table(title_justify="left")
     for col in columns:
-        table.add_column(col, overflow="fold")
+        if col == "id":  # whole, so it can be copied into approve/reject/undo
+            table.add_column(col, no_wrap=True, min_width=32)
+        else:
+            table.add_column(col, overflow="fold")
     for row in rows:
         # Targets and errors come from mail and services: escape them so rich does not read markup.
         table.add_row(*(escape(str(v or "")) for v in row))

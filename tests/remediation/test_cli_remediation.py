@@ -1,0 +1,100 @@
+"""The remediation commands, run in-process through ``python -m responder``'s entry point."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from remediation.ledger import INVALID, Ledger
+from remediation.request import make_request
+from responder.cli import main
+
+pytestmark = pytest.mark.azurite
+
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+RULE = "consumer-sender-to-shared-mailboxes"
+
+
+def junk(nmid: str, recipient: str = "support@contoso.com", mode: str = "auto") -> dict:
+    return make_request(rule=RULE, action="move_to_junk", mode=mode,
+                        target={"network_message_id": nmid, "recipient": recipient},
+                        evidence={"SenderFromAddress": "bad@gmail.com"}, detected_at=T0,
+                        run={"id": "run-cli", "index": 0, "total": 1})
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, storage_conn: str, unique_name: str, tmp_path: Path) -> Ledger:
+    monkeypatch.setenv("RESPONDER_STORAGE_CONNECTION", storage_conn)
+    monkeypatch.setenv("RESPONDER_LEDGER_TABLE", unique_name)
+    monkeypatch.setenv("RESPONDER_DRY_RUN", "false")
+    tenant = tmp_path / "tenant.yaml"
+    tenant.write_text("params:\n  protected_recipients: [support@contoso.com, sales@contoso.com]\n")
+    monkeypatch.setenv("RESPONDER_TENANT_CONFIG", str(tenant))
+    monkeypatch.setenv("RESPONDER_GRAPH_BASE_URL", "http://127.0.0.1:9/v1.0")  # nothing listens: no call expected
+    return Ledger.from_connection_string(storage_conn, unique_name)
+
+
+def test_ledger_lists_and_filters(env: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    a, _ = env.receive(junk("a"))
+    env.receive(junk("b"))
+    env.transition(a, "held", hold_reason="approval")
+    assert main(["ledger", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["target"]["network_message_id"] for r in rows} == {"a", "b"}
+    assert main(["ledger", "--state", "held", "--json"]) == 0
+    held = json.loads(capsys.readouterr().out)
+    assert [(r["id"], r["hold_reason"]) for r in held] == [(a.request_id, "approval")]
+    assert main(["ledger", "--rule", "another-rule", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["ledger", "--state", "held"]) == 0
+    assert a.request_id in capsys.readouterr().out
+
+
+def test_reject_then_approve_is_refused(env: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    rec, _ = env.receive(junk("a", mode="approval"))
+    env.transition(rec, "held", hold_reason="approval")
+    assert main(["reject", rec.request_id, "--by", "alice", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["state"] == "rejected"
+    stored = env.get(rec.request_id)
+    assert stored is not None and stored.extra["rejected_by"] == "alice"
+    assert main(["approve", rec.request_id, "--by", "bob"]) == 2
+    assert "rejected" in capsys.readouterr().err
+    stored = env.get(rec.request_id)
+    assert stored is not None and stored.state == "rejected"
+
+
+def test_unknown_id_is_bad_input(env: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["approve", "0" * 32]) == 2
+    assert "no request" in capsys.readouterr().err
+
+
+def test_invalid_lines_are_recorded_not_dropped(env: Ledger, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    queue = tmp_path / "queue.jsonl"
+    queue.write_text('not json at all\n{"schema": "remediation-request/1"}\n')
+    assert main(["remediate", "--queue-file", str(queue), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert [o["state"] for o in out] == ["failed", "failed"]
+    failed = env.list(rule=INVALID)
+    assert len(failed) == 2
+    assert {f.request["raw"] for f in failed if f.request} == {"not json at all",
+                                                              '{"schema": "remediation-request/1"}'}
+
+
+def test_a_broken_json_array_is_refused_before_anything_runs(env: Ledger, tmp_path: Path) -> None:
+    queue = tmp_path / "queue.json"
+    queue.write_text('[{"id": 1},')
+    assert main(["remediate", "--queue-file", str(queue)]) == 2
+    assert env.list() == []
+
+
+def test_no_storage_configured_is_bad_input(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("RESPONDER_STORAGE_CONNECTION", raising=False)
+    monkeypatch.delenv("AzureWebJobsStorage__accountName", raising=False)
+    assert main(["ledger"]) == 2
+    assert "RESPONDER_STORAGE_CONNECTION" in capsys.readouterr().err
