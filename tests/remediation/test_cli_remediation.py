@@ -33,7 +33,8 @@ def env(monkeypatch: pytest.MonkeyPatch, storage_conn: str, unique_name: str, tm
     tenant = tmp_path / "tenant.yaml"
     tenant.write_text("params:\n  protected_recipients: [support@contoso.com, sales@contoso.com]\n")
     monkeypatch.setenv("RESPONDER_TENANT_CONFIG", str(tenant))
-    monkeypatch.setenv("RESPONDER_GRAPH_BASE_URL", "http://127.0.0.1:9/v1.0")  # nothing listens: no call expected
+    # Nothing listens there: these commands must not call Graph.
+    monkeypatch.setenv("RESPONDER_GRAPH_BASE_URL", "http://127.0.0.1:9/v1.0")
     return Ledger.from_connection_string(storage_conn, unique_name)
 
 
