@@ -1,0 +1,227 @@
+"""Rows -> requests (when, targets, evidence, dedup, modes) and scans that survive one rule failing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from detections.backends.local import LocalBackend
+from detections.catalog import Rule, load_rule
+from detections.findings import json_safe, requests_from_rows
+from detections.scan import scan
+from remediation.request import request_id, validate_request
+from responder.config import TenantConfig
+from tests.detections.helpers import write_rule
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+ROWS = [
+    {
+        "Timestamp": "now-30m",
+        "NetworkMessageId": "m1",
+        "RecipientEmailAddress": "a@contoso.com",
+        "Subject": "first",
+        "UrlCount": 0,
+        "InternetMessageId": "<1@x>",
+    },
+    {
+        "Timestamp": "now-20m",
+        "NetworkMessageId": "m2",
+        "RecipientEmailAddress": "b@contoso.com",
+        "Subject": "link",
+        "UrlCount": 1,
+    },
+    # the same copy reported twice (e.g. two events for one delivery): one request
+    {
+        "Timestamp": "now-19m",
+        "NetworkMessageId": "m2",
+        "RecipientEmailAddress": "B@contoso.com",
+        "Subject": "link",
+        "UrlCount": 1,
+    },
+    # no recipient: reported, not turned into a broken request
+    {
+        "Timestamp": "now-10m",
+        "NetworkMessageId": "m3",
+        "RecipientEmailAddress": "",
+        "Subject": "link",
+        "UrlCount": 2,
+    },
+]
+
+
+def staged_rule(tmp_path: Path, slug: str = "staged", query: str | None = None) -> Rule:
+    def edit(data: dict) -> None:
+        data["id"] = "00000000-0000-4000-8000-" + f"{abs(hash(slug)) % 10**12:012d}"
+        data["query"] = query or (
+            "EmailEvents\n| where Timestamp > ago(window)\n"
+            "| extend Stage = iff(UrlCount > 0, 'link', 'first')\n"
+            "| project Timestamp, NetworkMessageId, RecipientEmailAddress, InternetMessageId,\n"
+            "    Subject, Stage\n"
+            "| sort by Timestamp asc"
+        )
+        data["responder"]["remediation"] = [
+            {
+                "action": "move_to_junk",
+                "mode": "auto",
+                "when": {"column": "Stage", "equals": "link"},
+                "target": {"network_message_id": "NetworkMessageId", "recipient": "RecipientEmailAddress"},
+                "evidence": ["Timestamp", "Subject", "Stage"],
+            },
+            {
+                "action": "soft_delete",
+                "mode": "approval",
+                "when": {"column": "Stage", "in": ["first"]},
+                "target": {
+                    "network_message_id": "NetworkMessageId",
+                    "recipient": "RecipientEmailAddress",
+                    "internet_message_id": "InternetMessageId",
+                },
+                "evidence": ["Subject"],
+            },
+        ]
+
+    return load_rule(write_rule(tmp_path, slug, edit, with_tests=False))
+
+
+def run_scan(rules, tenant: TenantConfig | None = None, dry_run=False, rows=ROWS):
+    tenant = tenant or TenantConfig()
+    backend = LocalBackend.from_rows({"EmailEvents": rows}, NOW, source="t")
+    return asyncio.run(
+        scan(
+            rules,
+            backend,
+            tenant=tenant,
+            overrides={"protected_recipients": "a@contoso.com"},
+            now=NOW,
+            dry_run=dry_run,
+            run_id="run-1",
+        )
+    )
+
+
+def test_when_targets_evidence_dedup_and_problems(tmp_path: Path) -> None:
+    (run,) = run_scan([staged_rule(tmp_path)])
+    assert run.error is None
+    reqs = run.requests
+    assert [(r["action"], r["target"]) for r in reqs] == [
+        (
+            "soft_delete",
+            {"network_message_id": "m1", "recipient": "a@contoso.com", "internet_message_id": "<1@x>"},
+        ),
+        ("move_to_junk", {"network_message_id": "m2", "recipient": "b@contoso.com"}),
+    ]
+    assert reqs[0]["mode"] == "approval" and reqs[1]["mode"] == "auto"
+    assert reqs[1]["evidence"] == {"Timestamp": "2026-11-20T11:40:00Z", "Subject": "link", "Stage": "link"}
+    assert [r["run"] for r in reqs] == [
+        {"id": "run-1", "index": 0, "total": 2},
+        {"id": "run-1", "index": 1, "total": 2},
+    ]
+    for r in reqs:
+        validate_request(json.loads(json.dumps(r)))
+        assert r["severity"] == "Medium" and r["rule_name"] == run.rule.name
+        assert r["detected_at"] == "2026-11-20T12:00:00Z"
+        assert r["id"] == request_id("staged", r["action"], r["target"])
+    assert run.problems == [
+        "staged: row 4: move_to_junk: empty recipient (column RecipientEmailAddress); no request made"
+    ]
+
+
+def test_ids_are_stable_across_runs(tmp_path: Path) -> None:
+    rule = staged_rule(tmp_path)
+    first = [r["id"] for r in run_scan([rule])[0].requests]
+    again = [r["id"] for r in run_scan([rule])[0].requests]
+    assert first == again and len(set(first)) == 2
+
+
+@pytest.mark.parametrize(
+    ("tenant_mode", "dry_run", "expected"),
+    [
+        (None, False, ["approval", "auto"]),
+        ("approval", False, ["approval", "approval"]),
+        ("auto", True, ["dry_run", "dry_run"]),
+    ],
+)
+def test_mode_precedence(tmp_path: Path, tenant_mode, dry_run: bool, expected: list[str]) -> None:
+    rule = staged_rule(tmp_path)
+    tenant = TenantConfig.from_mapping(
+        {"rules": {"staged": {"mode": tenant_mode}}} if tenant_mode else {}, source="t"
+    )
+    (run,) = run_scan([rule], tenant=tenant, dry_run=dry_run)
+    assert [r["mode"] for r in run.requests] == expected
+
+
+def test_one_failing_rule_does_not_stop_the_others(tmp_path: Path) -> None:
+    broken = staged_rule(tmp_path, "broken", query="EmailEvents | project-reorder Subject")
+    good = staged_rule(tmp_path, "good")
+    refused = load_rule(
+        Path(__file__).resolve().parents[2] / "detections/rules/consumer-sender-to-shared-mailboxes.yaml"
+    )
+    backend = LocalBackend.from_rows({"EmailEvents": ROWS}, NOW, source="t")
+    per_rule = {"params": {"protected_recipients": ["a@contoso.com"]}}
+    tenant = TenantConfig.from_mapping({"rules": {"broken": per_rule, "good": per_rule}}, source="t")
+    runs = asyncio.run(scan([broken, refused, good], backend, tenant=tenant, overrides={}, now=NOW))
+    assert [r.rule.slug for r in runs] == ["broken", "consumer-sender-to-shared-mailboxes", "good"]
+    assert runs[0].error.startswith("broken: local backend: local engine: duckdb-kql does not support")
+    assert runs[0].requests == [] and not runs[0].refused
+    assert runs[1].refused and "protected_recipients" in runs[1].error and runs[1].query == ""
+    assert runs[2].error is None and len(runs[2].requests) == 2
+    assert len({r.run_id for r in runs}) == 1
+
+
+def test_window_reaches_the_query_and_the_backend(tmp_path: Path) -> None:
+    rule = staged_rule(tmp_path)
+    backend = LocalBackend.from_rows({"EmailEvents": ROWS}, NOW, source="t")
+    seen: list[timedelta] = []
+    real_run = backend.run
+
+    async def recording_run(query: str, *, timespan: timedelta):
+        seen.append(timespan)
+        return await real_run(query, timespan=timespan)
+
+    backend.run = recording_run  # type: ignore[method-assign]
+    (run,) = asyncio.run(
+        scan(
+            [rule],
+            backend,
+            tenant=TenantConfig(),
+            overrides={"window": "25m", "protected_recipients": "a@x.com"},
+            now=NOW,
+        )
+    )
+    assert seen == [timedelta(minutes=25)]
+    assert run.query.startswith("let window = 25m;")
+    # m1 (30 minutes old) is outside a 25-minute window
+    assert [r["target"]["network_message_id"] for r in run.requests] == ["m2"]
+
+
+def test_json_safe_values() -> None:
+    moment = datetime(2026, 11, 20, 11, 0, 0, 123000, tzinfo=UTC)
+    assert json_safe({"t": moment, "d": Decimal("1.5"), "l": (1, "a"), "s": {1}, "n": None}) == {
+        "t": "2026-11-20T11:00:00.123000Z",
+        "d": 1.5,
+        "l": [1, "a"],
+        "s": [1],
+        "n": None,
+    }
+    assert json_safe(datetime(2026, 1, 1)) == "2026-01-01T00:00:00Z"
+
+
+def test_findings_from_sdk_typed_rows(tmp_path: Path) -> None:
+    # Sentinel's SDK hands back datetime objects; evidence must still be JSON.
+    rule = staged_rule(tmp_path)
+    rows = [
+        {
+            "Timestamp": datetime(2026, 11, 20, 11, 0, tzinfo=UTC),
+            "NetworkMessageId": "m",
+            "Stage": "link",
+            "RecipientEmailAddress": "a@contoso.com",
+            "Subject": "s",
+        }
+    ]
+    found = requests_from_rows(rule, rows, modes={0: "auto", 1: "auto"}, detected_at=NOW, run_id="r")
+    assert json.loads(json.dumps(found.requests))[0]["evidence"]["Timestamp"] == "2026-11-20T11:00:00Z"
