@@ -186,7 +186,7 @@ def test_scan_card_truncates_thousands_of_entities_honestly() -> None:
 
 def test_scan_card_with_many_held_and_failed_fits_by_tightening() -> None:
     report = examples.scan_report(3000)
-    for i, (r, o) in enumerate(zip(report.requests, report.outcomes, strict=True)):
+    for i, o in enumerate(report.outcomes):
         if i % 2:
             o.state, o.error = "failed", f"#{i} " + "E" * 400
         else:
@@ -208,7 +208,8 @@ def test_untrusted_text_never_reaches_markdown() -> None:
         r["evidence"]["SenderMailFromAddress"] = "_x_@evil.example"
     report.outcomes[0].state, report.outcomes[0].error = "failed", evil
     cards = [scan_card(report), approval_card(report.requests),
-             failure_card(FailureReport(kind="action", summary=evil, reason=evil, request=report.requests[0]))]
+             failure_card(FailureReport(kind="action", summary=evil, reason=evil,
+                                        request=report.requests[0]))]
     for card in cards:
         assert "evil.example" in all_text(card)                       # shown...
         assert not any("evil.example" in t for t in markdown_texts(card))  # ...but never as Markdown
@@ -313,7 +314,8 @@ def test_digest_card_tallies_per_rule() -> None:
     assert_teams_ok(card)
     f = facts_of(card)
     assert f["Requests"] == "278"
-    assert f["Done"] == "228" and f["Held for approval"] == "3" and f["Failed"] == "3"  # not_applied -> failed
+    # not_applied counts as failed: Defender accepted a submission that never took effect.
+    assert f["Done"] == "228" and f["Held for approval"] == "3" and f["Failed"] == "3"
     table = next(n for n in walk(card) if n.get("type") == "Table")
     rows = table["rows"][1:]
     first = [c["items"][0] for c in rows[0]["cells"]]
