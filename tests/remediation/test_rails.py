@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from detections.catalog import ActionSpec, ParamSpec, Rule
+from detections.catalog import Rule
 from remediation.rails import decide, effective_mode
 from remediation.request import make_request
 from responder.config import Settings, TenantConfig
-
-T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-PROTECTED = ["support@contoso.com", "sales@contoso.com"]
-
-
-def make_rule(slug: str = "shared-mailboxes",
-              actions: tuple[tuple[str, str], ...] = (("move_to_junk", "auto"),),
-              max_targets: int = 3, recipients_param: str | None = "protected_recipients") -> Rule:
-    params = {"window": ParamSpec("window", "timespan", timedelta(hours=1), False, "lookback")}
-    if recipients_param:
-        params[recipients_param] = ParamSpec(recipients_param, "string_list", None, True, "protected")
-    return Rule(slug=slug, id="5b1f3f8e-6c7a-4d0e-9a43-6f1e2d7c9b10", name="test rule", description="",
-                severity="Medium", platform="defender", query_frequency=timedelta(minutes=5),
-                query_period=timedelta(hours=1), query="EmailEvents", parameters=params,
-                actions=[ActionSpec(a, m, {}, []) for a, m in actions], max_targets=max_targets,
-                recipients_param=recipients_param, path=Path(f"{slug}.yaml"), raw={})
-
+from tests.remediation.factories import PROTECTED, T0, make_rule
 
 RULE = make_rule()
 CONNECTOR_RULE = make_rule("connectors", (("disable_connector", "auto"), ("revoke_sessions", "auto")),
