@@ -116,7 +116,7 @@ class Catalog(Mapping[str, Rule]):
         out = []
         for slug in dict.fromkeys(slugs):
             if slug not in self._rules:
-                raise RuleError(RULES_DIR / f"{slug}.yaml", "slug",
+                raise RuleError(f"{slug}.yaml", "slug",
                                 f"no such rule (known: {', '.join(self._rules) or 'none'})")
             out.append(self._rules[slug])
         return out
@@ -262,9 +262,9 @@ def load_rule(path: Path) -> Rule:
     )
 
 
-def load_catalog(rules_dir: Path = RULES_DIR) -> Catalog:
-    """Every ``*.yaml`` rule in ``rules_dir`` (test files ``*.tests.yaml`` excluded)."""
-    rules_dir = Path(rules_dir)
+def load_catalog(rules_dir: Path | None = None) -> Catalog:
+    """Every ``*.yaml`` rule in ``rules_dir`` (default ``RULES_DIR``; ``*.tests.yaml`` excluded)."""
+    rules_dir = Path(rules_dir) if rules_dir is not None else RULES_DIR
     if not rules_dir.is_dir():
         raise RuleError(rules_dir, "(folder)", "rules folder does not exist")
     rules: dict[str, Rule] = {}
@@ -279,6 +279,8 @@ def load_catalog(rules_dir: Path = RULES_DIR) -> Catalog:
             raise RuleError(path, "slug", f"duplicate slug {rule.slug}")
         ids[rule.id] = path
         rules[rule.slug] = rule
+    for path in sorted(rules_dir.glob("*.yml")):
+        raise RuleError(path, "(file name)", "rule files end in .yaml (this one would be ignored)")
     for path in sorted(rules_dir.glob("*.tests.yaml")):
         slug = path.name.removesuffix(".tests.yaml")
         if slug not in rules:

@@ -14,9 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
     lst = sub.add_parser("list", help="table of rules: slug, name, severity, schedule, lookback, actions")
     lst.set_defaults(func=run_list)
-    test = sub.add_parser("test", help="run every rule's own test cases on the local engine",
-                          description="Run each rule's <slug>.tests.yaml cases on the local engine. Exit 0 "
-                                      "all pass, 1 a case failed, 2 a rule or test file is invalid.")
+    test = sub.add_parser("test", help="run every rule's own test cases and the KQL parser check",
+                          description="Run each rule's <slug>.tests.yaml cases on the local engine and check "
+                                      "its bound query with Microsoft's KQL parser and binder. Exit 0 all "
+                                      "pass, 1 a case or check failed, 2 a rule or test file is invalid.")
     test.add_argument("--rule", action="append", default=[], metavar="SLUG",
                       help="only this rule (repeatable)")
     test.set_defaults(func=run_test)
@@ -40,6 +41,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_test(args: argparse.Namespace) -> int:
+    from detections.kqlcheck import KqlCheckUnavailable, check_rules
     from detections.ruletests import load_tests, run_case
 
     catalog = load_catalog()
@@ -55,5 +57,12 @@ def run_test(args: argparse.Namespace) -> int:
         print(f"{'PASS' if r.passed else 'FAIL'}  {r.rule}  [{r.kind}] {r.case}")
         if not r.passed:
             print(r.diff())
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed, {len(suites)} rules")
-    return 1 if failed else 0
+    try:
+        problems = [p for ps in check_rules(rules).values() for p in ps]
+    except KqlCheckUnavailable as exc:
+        problems = [f"KQL parser check could not run: {exc}"]
+    for problem in problems:
+        print(f"FAIL  parser check: {problem}")
+    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed, {len(suites)} rules, "
+          f"{len(problems)} parser-check problems")
+    return 1 if failed or problems else 0
