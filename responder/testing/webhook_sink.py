@@ -154,7 +154,8 @@ class WebhookSink:
         except (json.JSONDecodeError, UnicodeDecodeError):
             problems.append("body: not JSON")
         if parsed is not None:
-            problems += workflows_problems(parsed) if isinstance(parsed, dict) else ["body: not a JSON object"]
+            problems += (workflows_problems(parsed) if isinstance(parsed, dict)
+                         else ["body: not a JSON object"])
         if not headers.get("content-type", "").startswith("application/json"):
             problems.append("content-type: not application/json")
 
@@ -165,7 +166,8 @@ class WebhookSink:
             with self._cond:
                 answer = self._answers.popleft() if self._answers else Answer(202, {}, b"")
         with self._cond:
-            self._deliveries.append(Delivery(parts.path, query, headers, body, answer.status, parsed, problems))
+            self._deliveries.append(Delivery(parts.path, query, headers, body, answer.status, parsed,
+                                             problems))
             self._cond.notify_all()
         handler.send_response(answer.status)
         for name, value in answer.headers.items():
