@@ -313,6 +313,7 @@ FAILURE_TITLES = {
     "backend": "query backend error",
     "quota": "hunting quota exhausted",
     "action": "remediation failed",
+    "config": "configuration problem",
     "other": "failure",
 }
 
@@ -331,6 +332,9 @@ def default_next_step(report: FailureReport) -> str:
         wait = f" The service asked to wait {report.retry_after:g} s." if report.retry_after else ""
         return ("Scheduled runs continue; their windows overlap, so a skipped run is covered by the next "
                 f"one. On-demand re-scans are refused until the quota recovers.{wait}")
+    if report.kind == "config":
+        return ("Nothing was done. Fix the setting, role or scope named in the reason; the next run after "
+                "that picks the finding up again.")
     if report.kind == "action":
         return ("The request is recorded in the ledger as failed and is not retried automatically. Check "
                 "the reason, then act in the portal or re-run the rule.")

@@ -14,7 +14,7 @@ grouping is ``STATE_BUCKETS`` and a request without an outcome yet counts as ``q
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -131,7 +131,9 @@ class RunReport:
         return out
 
 
-FailureKind = Literal["poison", "backend", "quota", "action", "delivery", "config"]
+# poison: a queue message the host gave up on; backend: a query failed; quota: hunting quota used up;
+# action: a remediation failed for good; config: something is set up wrong (scope, roles, settings).
+FailureKind = Literal["poison", "backend", "quota", "action", "config", "other"]
 
 
 @dataclass
@@ -192,7 +194,3 @@ class DigestReport:
         for state, n in self.counts.get(rule, {}).items():
             per[bucket_of(state)] += n
         return {b: per.get(b, 0) for b in BUCKETS}
-
-
-def state_counts(outcomes: Iterable[Outcome]) -> Mapping[str, int]:
-    return Counter(o.state for o in outcomes)

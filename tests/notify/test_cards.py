@@ -294,6 +294,9 @@ def test_quota_and_backend_failure_say_what_happens_next() -> None:
     backend = FailureReport(kind="backend", summary="Sentinel query failed", reason="timeout",
                             next_step="Custom next step from the caller.")
     assert "Custom next step from the caller." in all_text(failure_card(backend))
+    config = FailureReport(kind="config", summary="Out of scope", reason="recipient not protected")
+    text = all_text(failure_card(config))
+    assert "configuration problem" in text and "Nothing was done" in text
 
 
 def test_failure_card_clips_a_huge_reason_honestly() -> None:

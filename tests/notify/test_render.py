@@ -6,6 +6,7 @@ validation errors, and the facts on-call needs are visible in the rendered text.
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 from responder.config import ROOT
 from responder.notify import examples
 from responder.notify.cards import failure_card, scan_card
-from responder.notify.render import RenderResult, render_cards
+from responder.notify.message import to_workflows_message
+from responder.notify.render import RenderResult, main, render_cards
 
 pytestmark = [pytest.mark.browser, pytest.mark.node]
 
@@ -120,3 +122,15 @@ def test_harness_reports_what_teams_would_reject(rendered: dict[str, RenderResul
 def test_docs_keep_a_png_of_each_card(kind: str) -> None:
     # Regenerate with: python -m responder.notify.render --examples docs/cards
     assert png_size(ROOT / "docs" / "cards" / f"{kind}.png")[0] == 540
+
+
+def test_render_cli_accepts_messages_and_fails_on_bad_cards(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(to_workflows_message(failure_card(examples.quota_failure()))))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_cards()["submit"]))
+    assert main([str(good), str(bad), "--out", str(tmp_path / "png")]) == 1
+    out = capsys.readouterr().out
+    assert "good: ok" in out and "bad: ERRORS" in out and "Action.Submit" in out
+    assert png_size(tmp_path / "png" / "good.png")[0] == 540
