@@ -74,12 +74,12 @@ def _per_action_lines(report: RunReport) -> list[Element]:
         o = outcomes.get(r["id"])
         b = bucket_of(o.state if o else None)
         if o is None and r.get("mode") == "approval":
-            b = "held"
+            b = "queued for approval"
         if o is None and (r.get("mode") == "dry_run" or report.dry_run):
             b = "dry run"
         by_action.setdefault(r["action"], Counter())[b] += 1
     lines: list[Element] = []
-    order = [*BUCKETS, "dry run"]
+    order = [*BUCKETS, "queued for approval", "dry run"]
     for action, counts in by_action.items():
         parts = [f"{counts[b]} {b if b != 'held' else 'held for approval'}" for b in order if counts[b]]
         lines.append(text(f"**{action_label(action)}**: {', '.join(parts)}", spacing="Small"))
@@ -140,7 +140,7 @@ def _scan(report: RunReport, n: int, w: int) -> dict[str, Any]:
 
     per_action = _per_action_lines(report)
     if per_action:
-        body.append(heading("What was done"))
+        body.append(heading("By action"))
         body.extend(per_action)
     body.extend(_held_section(report, n, w))
     body.extend(_failed_section(report, n, w))

@@ -28,7 +28,7 @@ BUCKET_LABELS = {
     "held": "Held for approval",
     "skipped": "Skipped",
     "failed": "Failed",
-    "queued": "Queued (not processed yet)",
+    "queued": "Queued",
 }
 # Ledger state -> card bucket. "approved" and "received" are on their way (the worker has them);
 # "not_applied" means Defender accepted a submission that never took effect, which on-call must
