@@ -104,7 +104,12 @@ def sample_values(rule: Rule) -> dict[str, Any]:
 
 def rule_problems(rule: Rule, check: KqlCheck) -> list[str]:
     """What is wrong with a rule's bound query, as seen by the parser and binder."""
-    problems = [f"{rule.path}: query: {d}" for d in check.errors]
+    # Positions are in the bound query; one `let` line per parameter precedes the rule's own text.
+    offset = len(rule.parameters)
+    problems = []
+    for d in check.errors:
+        where = f"line {d.line - offset}" if d.line > offset else f"parameter let statement {d.line}"
+        problems.append(f"{rule.path}: query: {where}, column {d.column}: {d.code} {d.message}")
     if check.columns is None:
         problems.append(f"{rule.path}: query: the result is not a table")
         return problems

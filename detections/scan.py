@@ -11,7 +11,7 @@ from typing import Any
 from detections.backends.base import BackendError, QueryBackend
 from detections.catalog import Rule
 from detections.findings import effective_mode, requests_from_rows
-from detections.params import ParamError, bind_query, resolve_params
+from detections.params import ParamError, bind_query, check_param_names, resolve_params
 from responder.config import TenantConfig
 
 
@@ -53,14 +53,17 @@ async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantCo
                run_id: str | None = None) -> list[RuleRun]:
     """Run each rule once, in order. One rule's failure is recorded in its RuleRun and the rest still run.
 
-    A rule whose parameters do not resolve (a required one missing, a wrong type) is refused: its
-    RuleRun has ``refused`` and the error, and its query never runs. Rules run one after another on
+    An override name that no rule in ``rules`` declares raises ParamError before anything runs (a
+    typo must not silently run rules with their defaults). A rule whose parameters do not resolve
+    (a required one missing, a wrong type) is refused: its RuleRun has ``refused`` and the error, and
+    its query never runs; the other rules still run. Rules run one after another on
     purpose: the hunting API's quota is per tenant, and parallel queries only reach it sooner.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     run_id = run_id or uuid.uuid4().hex
     overrides = with_lookback(overrides, lookback)
+    check_param_names(rules, {k: v for k, v in overrides.items() if k != "window" or lookback is None})
     runs: list[RuleRun] = []
     for rule in rules:
         try:

@@ -45,11 +45,11 @@ def make_backend(settings: Settings | None = None, *, credential: Any = None,
             graph_client = make_graph_client(base_url=settings.graph_base_url, credential=credential)
         return DefenderBackend(graph_client)
     if settings.backend == "sentinel":
-        from detections.backends.sentinel import SentinelBackend
-
         if not settings.sentinel_workspace_id:
             raise ValueError("app setting RESPONDER_SENTINEL_WORKSPACE_ID is required when the backend "
                              "is sentinel")
+        from detections.backends.sentinel import SentinelBackend
+
         if logs_client is None:
             from azure.monitor.query.aio import LogsQueryClient
 
