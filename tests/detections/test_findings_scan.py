@@ -225,3 +225,30 @@ def test_findings_from_sdk_typed_rows(tmp_path: Path) -> None:
     ]
     found = requests_from_rows(rule, rows, modes={0: "auto", 1: "auto"}, detected_at=NOW, run_id="r")
     assert json.loads(json.dumps(found.requests))[0]["evidence"]["Timestamp"] == "2026-11-20T11:00:00Z"
+
+
+def test_scan_refuses_unknown_override_names_before_running(tmp_path: Path) -> None:
+    from detections.params import ParamError
+
+    rule = staged_rule(tmp_path)
+    backend = LocalBackend.from_rows({"EmailEvents": ROWS}, NOW, source="t")
+    with pytest.raises(ParamError, match="parameter treshold: no selected rule declares"):
+        asyncio.run(scan([rule], backend, tenant=TenantConfig(), overrides={"treshold": "1"}, now=NOW))
+
+
+def test_lookback_is_the_window(tmp_path: Path) -> None:
+    rule = staged_rule(tmp_path)
+    backend = LocalBackend.from_rows({"EmailEvents": ROWS}, NOW, source="t")
+    overrides = {"protected_recipients": "a@x.com"}
+    (run,) = asyncio.run(
+        scan(
+            [rule],
+            backend,
+            tenant=TenantConfig(),
+            overrides=overrides,
+            now=NOW,
+            lookback=timedelta(minutes=25),
+        )
+    )
+    assert run.params["window"] == timedelta(minutes=25)
+    assert [r["target"]["network_message_id"] for r in run.requests] == ["m2"]
