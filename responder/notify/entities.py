@@ -52,8 +52,8 @@ def entities(requests: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
     for kind, (target_fields, evidence_cols) in ENTITY_SOURCES.items():
         values: list[Any] = []
         for r in reqs:
-            target = r.get("target") or {}
-            evidence = r.get("evidence") or {}
+            target = r.get("target") if isinstance(r.get("target"), dict) else {}
+            evidence = r.get("evidence") if isinstance(r.get("evidence"), dict) else {}
             values.extend(target.get(f) for f in target_fields)
             values.extend(evidence.get(c) for c in evidence_cols)
         found = distinct(values)
@@ -65,13 +65,16 @@ def entities(requests: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
 def describe_target(request: dict[str, Any]) -> str:
     """One line naming what the request acts on (untrusted text: render it as plain)."""
     target = request.get("target") or {}
+    if not isinstance(target, dict):  # a poison message may be any shape: describe, never crash
+        return str(target)
     if "connector" in target:
         kind = target.get("connector_type")
         return f"{target['connector']}, {kind} connector" if kind else str(target["connector"])
     if "user" in target:
         return str(target["user"])
     if "recipient" in target:
-        subject = (request.get("evidence") or {}).get("Subject")
+        evidence = request.get("evidence")
+        subject = evidence.get("Subject") if isinstance(evidence, dict) else None
         base = f"mail to {target['recipient']}"
         return f"{base}, subject “{subject}”" if subject else base
     return ", ".join(f"{k}={v}" for k, v in target.items()) or "(no target)"

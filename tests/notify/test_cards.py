@@ -299,6 +299,14 @@ def test_quota_and_backend_failure_say_what_happens_next() -> None:
     assert "configuration problem" in text and "Nothing was done" in text
 
 
+def test_failure_card_survives_a_malformed_poison_message() -> None:
+    garbage = {"target": "not-a-dict", "evidence": [1, 2], "action": 5}
+    card = failure_card(FailureReport(kind="poison", summary="bad message", reason="RequestInvalid: target",
+                                      request=garbage, attempts=5))
+    assert_teams_ok(card)
+    assert "not-a-dict" in all_text(card)
+
+
 def test_failure_card_clips_a_huge_reason_honestly() -> None:
     reason = "Traceback " + "x" * 100_000
     card = failure_card(FailureReport(kind="other", summary="boom", reason=reason))
