@@ -47,16 +47,18 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from detections.catalog import Rule
-from remediation.actions import ActionContext, ActionResult, get_action
 from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 from remediation.rails import Decision, decide
 from remediation.request import EMAIL_ACTIONS, RequestInvalid, make_request, parse_message, validate_request
 from remediation.verify import MAX_IDS_PER_QUERY, classify, locations, verification_query
 from responder.config import Settings, TenantConfig
+
+if TYPE_CHECKING:
+    from remediation.actions import ActionResult
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +117,8 @@ class Worker:
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, group_siblings: bool = True,
                  verify_grace: timedelta = timedelta(hours=2)) -> None:
         self.settings, self.tenant, self.catalog, self.ledger = settings, tenant, catalog, ledger
-        self.ctx = ActionContext(settings=settings, tenant=tenant, graph=graph, exchange=exchange)
+        self.graph, self.exchange = graph, exchange
+        self._ctx: Any = None
         self.notifier = notifier
         if report_hook is None and notifier is not None:
             from remediation.reporting import cards_hook  # the Teams cards, only when a notifier is given
@@ -127,6 +130,16 @@ class Worker:
         self.verify_grace = verify_grace
         self.reports: list[Report] = []   # everything reported, for the CLI and demo summaries
 
+    @property
+    def ctx(self) -> Any:
+        """The actions' context, built on first use (so paths that never act need no action code)."""
+        if self._ctx is None:
+            from remediation.actions import ActionContext
+
+            self._ctx = ActionContext(settings=self.settings, tenant=self.tenant, graph=self.graph,
+                                      exchange=self.exchange)
+        return self._ctx
+
     # --- entry points ---------------------------------------------------------------------------------
 
     async def process_message(self, body: str | bytes, dequeue_count: int = 1) -> list[Outcome]:
@@ -134,7 +147,10 @@ class Worker:
         try:
             request = parse_message(body)
         except RequestInvalid as exc:
-            return [await self._invalid(body, str(exc), dequeue_count)]
+            # Schema-invalid is permanent: recorded, reported, and the message is consumed.
+            outcome = await self._invalid(body, str(exc), dequeue_count)
+            await self._flush_reports()
+            return [outcome]
         raw = body if isinstance(body, bytes) else body.encode("utf-8")
         owner = "msg-" + hashlib.sha256(raw).hexdigest()[:24]
         outcomes, leftover, retry_after = await self._pipeline([request], owner=owner, queue=True,
@@ -184,7 +200,10 @@ class Worker:
         try:
             request = parse_message(body)
         except RequestInvalid as exc:
-            return await self._invalid(body, str(exc), dequeue_count)
+            outcome = await self._invalid(body, str(exc), dequeue_count)
+            self.reports[-1] = Report("poison", f"poison message: {exc}", [outcome])
+            await self._flush_reports()
+            return outcome
         rec, _ = self.ledger.receive(request)
         reason = (f"the message failed {dequeue_count} deliveries and went to the poison queue"
                   + (f"; last error: {rec.error}" if rec.error else ""))
@@ -313,6 +332,8 @@ class Worker:
                                                                                 float | None]:
         """Run one action over claimed items with bounded retries of transient results."""
         done: dict[str, Outcome] = {}
+        from remediation.actions import get_action
+
         action = get_action(action_name, self.settings.email_strategy)
         pending = items
         attempt = 0
@@ -321,10 +342,8 @@ class Worker:
             results = await self._call(action, [i.request for i in pending])
             retry: list[tuple[_Item, ActionResult]] = []
             for item in pending:
-                res = results.get(item.request["id"]) or ActionResult(
-                    request_id=item.request["id"], state="failed", detail="", transient=True,
-                    error="the action returned no result for this request", retry_after=None, link=None,
-                    undo=None)
+                res = results.get(item.request["id"]) or _transient(
+                    item.request["id"], "the action returned no result for this request")
                 if res.transient:
                     retry.append((item, res))
                 else:
@@ -347,9 +366,7 @@ class Worker:
             results = await action.execute(requests, self.ctx)
         except Exception as exc:  # an action bug or an unforeseen transport error: retry, then poison
             log.exception("action %s raised", type(action).__name__)
-            return {r["id"]: ActionResult(request_id=r["id"], state="failed", detail="", transient=True,
-                                          error=f"{type(exc).__name__}: {exc}", retry_after=None, link=None,
-                                          undo=None) for r in requests}
+            return {r["id"]: _transient(r["id"], f"{type(exc).__name__}: {exc}") for r in requests}
         return {r.request_id: r for r in results}
 
     def _finish(self, item: _Item, res: ActionResult, attempt: int) -> Outcome:
@@ -537,6 +554,13 @@ class Worker:
                 await self.report_hook(report)
             except Exception:
                 log.exception("report %s could not be delivered", report.kind)
+
+
+def _transient(request_id: str, error: str) -> ActionResult:
+    from remediation.actions import ActionResult
+
+    return ActionResult(request_id=request_id, state="failed", detail="", error=error, transient=True,
+                        retry_after=None, link=None, undo=None)
 
 
 def _duplicate(rec: Record) -> Outcome:

@@ -198,7 +198,7 @@ async def _verify(args: argparse.Namespace, worker: Any) -> int:
     elif args.now:
         raise UsageError("--now needs --tables: only the local engine's clock can be pinned")
     else:
-        backend = make_backend(worker.settings, graph_client=worker.ctx.graph)
+        backend = make_backend(worker.settings, graph_client=worker.graph)
     outcomes = await worker.verify(backend)
     print_outcomes(outcomes, as_json=args.json)
     return 1 if any(o.state == "not_applied" for o in outcomes) else 0

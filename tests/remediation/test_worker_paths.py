@@ -1,0 +1,209 @@
+"""Worker paths that end before any action runs: invalid input, rails, duplicates, people, poison, verify.
+
+The ledger is real (Azurite). No Graph client is given: any attempt to act would fail the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from detections.backends.local import LocalBackend
+from remediation.ledger import INVALID, Ledger
+from remediation.worker import Report, TransientFailure, Worker, WorkerError
+from responder.config import Settings, TenantConfig
+from tests.remediation.factories import PROTECTED, T0, email_request, make_rule, user_request
+
+pytestmark = pytest.mark.azurite
+
+RULE = make_rule(max_targets=2)
+CONNECTORS = make_rule("connectors", (("revoke_sessions", "auto"), ("disable_connector", "auto")),
+                       recipients_param=None)
+CATALOG = {RULE.slug: RULE, CONNECTORS.slug: CONNECTORS}
+TENANT = TenantConfig.from_mapping({"params": {"protected_recipients": PROTECTED},
+                                    "break_glass_accounts": ["bg@contoso.com"]}, source="test")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> Any:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ledger(storage_conn: str, unique_name: str, clock: Clock) -> Ledger:
+    return Ledger.from_connection_string(storage_conn, unique_name, clock=clock)
+
+
+def make_worker(ledger: Ledger, reports: list[Report], **env: str) -> Worker:
+    async def hook(report: Report) -> None:
+        reports.append(report)
+
+    settings = Settings.from_env(env, require=False)
+    return Worker(settings, TENANT, CATALOG, ledger, graph=None, exchange=None, report_hook=hook)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_malformed_message_is_recorded_failed_and_reported(ledger: Ledger) -> None:
+    reports: list[Report] = []
+    worker = make_worker(ledger, reports)
+    out = run(worker.process_message(b"{not json", dequeue_count=1))
+    assert [o.state for o in out] == ["failed"] and "not JSON" in (out[0].error or "")
+    tampered = email_request("nm-1")
+    tampered["target"]["recipient"] = "other@contoso.com"   # id no longer matches the target
+    out2 = run(worker.process_message(json.dumps(tampered), dequeue_count=1))
+    assert out2[0].state == "failed" and "id" in (out2[0].error or "")
+    rows = ledger.list(rule=INVALID)
+    assert len(rows) == 2 and all(r.state == "failed" for r in rows)
+    assert [r.kind for r in reports] == ["failed", "failed"]
+    # Not retried: a redelivery of the same body does not raise, it updates the same row.
+    run(worker.process_message(b"{not json", dequeue_count=2))
+    assert len(ledger.list(rule=INVALID)) == 2
+
+
+def test_approval_mode_is_held_and_reported(ledger: Ledger) -> None:
+    reports: list[Report] = []
+    worker = make_worker(ledger, reports)
+    req = email_request("nm-1", mode="approval")
+    [out] = run(worker.process_message(json.dumps(req), 1))
+    assert (out.state, out.hold_reason) == ("held", "approval")
+    assert [r.kind for r in reports] == ["held"] and reports[0].requests == [req]
+    # The same message again changes nothing and reports nothing new.
+    [again] = run(worker.process_message(json.dumps(req), 1))
+    assert again.state == "held" and again.extra.get("duplicate") is True
+    assert len(reports) == 1
+
+
+def test_cap_holds_the_rest_of_the_run(ledger: Ledger) -> None:
+    reports: list[Report] = []
+    worker = make_worker(ledger, reports)
+    # Targets #3 and #4 of a run whose rule caps at 2 (the first two would execute: see test_worker).
+    out = run(worker.process([email_request(f"nm-{i}", index=i) for i in (2, 3)]))
+    assert [(o.state, o.hold_reason) for o in out] == [("held", "cap"), ("held", "cap")]
+    assert {r.kind for r in reports} == {"held"}
+
+
+def test_global_dry_run_records_and_does_nothing(ledger: Ledger) -> None:
+    reports: list[Report] = []
+    worker = make_worker(ledger, reports, RESPONDER_DRY_RUN="true")
+    out = run(worker.process([email_request("nm-1"), email_request("nm-2", index=5)]))
+    assert [o.state for o in out] == ["skipped", "skipped"]
+    assert all(o.extra.get("dry_run") for o in out)
+    assert "RESPONDER_DRY_RUN" in out[0].detail
+    assert all(r.state == "skipped" for r in ledger.list())
+
+
+def test_out_of_scope_is_skipped_and_reported(ledger: Ledger) -> None:
+    reports: list[Report] = []
+    worker = make_worker(ledger, reports)
+    out = run(worker.process([email_request("nm-1", "ceo@contoso.com"), user_request("bg@contoso.com")]))
+    assert [o.state for o in out] == ["skipped", "skipped"]
+    assert "protected_recipients" in out[0].detail and "break-glass" in out[1].detail
+    assert [r.kind for r in reports] == ["skipped", "skipped"]
+
+
+def test_reject_and_refusals(ledger: Ledger) -> None:
+    worker = make_worker(ledger, [])
+    req = email_request("nm-1", mode="approval")
+    run(worker.process([req]))
+    out = run(worker.reject(req["id"], "alice"))
+    assert out.state == "rejected"
+    with pytest.raises(WorkerError, match="rejected"):
+        run(worker.approve(req["id"], "bob"))
+    with pytest.raises(WorkerError, match="only a held request"):
+        run(worker.reject(req["id"], "bob"))
+    with pytest.raises(WorkerError, match="no request"):
+        run(worker.approve("0" * 32, "bob"))
+    with pytest.raises(WorkerError, match="only a confirmed move"):
+        run(worker.undo(req["id"]))
+
+
+def test_approve_refused_under_global_dry_run_keeps_it_held(ledger: Ledger) -> None:
+    worker = make_worker(ledger, [])
+    req = email_request("nm-1", mode="approval")
+    run(worker.process([req]))
+    dry = make_worker(ledger, [], RESPONDER_DRY_RUN="true")
+    with pytest.raises(WorkerError, match="dry run"):
+        run(dry.approve(req["id"], "bob"))
+    rec = ledger.get(req["id"])
+    assert rec is not None and rec.state == "held"
+
+
+def test_a_live_claim_elsewhere_hands_the_message_back(ledger: Ledger) -> None:
+    worker = make_worker(ledger, [])
+    req = email_request("nm-1")
+    rec, _ = ledger.receive(req)
+    ledger.claim(rec, lease=timedelta(minutes=5), owner="someone-else")
+    with pytest.raises(TransientFailure, match="another delivery"):
+        run(worker.process_message(json.dumps(req), 1))
+    stored = ledger.get(req["id"])
+    assert stored is not None and stored.state == "received" and stored.claim_token == "someone-else"
+
+
+def test_poison_message_is_recorded_failed_with_the_last_error(ledger: Ledger) -> None:
+    reports: list[Report] = []
+    worker = make_worker(ledger, reports)
+    req = email_request("nm-1")
+    rec, _ = ledger.receive(req)
+    ledger.release(ledger.claim(rec, lease=timedelta(minutes=5)), error="HTTP 503 from Graph")
+    out = run(worker.record_poison(json.dumps(req), 5))
+    assert out.state == "failed" and "503" in (out.error or "") and "5 deliveries" in (out.error or "")
+    assert reports[-1].kind == "poison"
+    bad = run(worker.record_poison(b"garbage", 5))
+    assert bad.state == "failed" and bad.rule == INVALID
+
+
+def _submitted(ledger: Ledger, clock: Clock, nmid: str, recipient: str = "support@contoso.com",
+               action: str = "move_to_junk") -> str:
+    req = email_request(nmid, recipient, action=action)
+    rec, _ = ledger.receive(req)
+    ledger.transition(rec, "submitted", link="https://security.microsoft.com/action-center/1")
+    return req["id"]
+
+
+def test_verify_confirms_from_latest_delivery_location(ledger: Ledger, clock: Clock) -> None:
+    reports: list[Report] = []
+    worker = make_worker(ledger, reports)
+    moved = _submitted(ledger, clock, 'nm"quoted\\id')         # the id must reach KQL escaped
+    still_inbox = _submitted(ledger, clock, "nm-inbox")
+    unseen = _submitted(ledger, clock, "nm-unseen")
+    other_recipient = _submitted(ledger, clock, "nm-two", "sales@contoso.com")
+    clock.now = T0 + timedelta(minutes=30)
+    def row(nmid: str, recipient: str, location: str) -> dict[str, str]:
+        return {"Timestamp": "now-40m", "NetworkMessageId": nmid, "RecipientEmailAddress": recipient,
+                "LatestDeliveryLocation": location}
+
+    backend = LocalBackend.from_rows({"EmailEvents": [
+        row('nm"quoted\\id', "support@contoso.com", "Junk folder"),
+        row("nm-inbox", "support@contoso.com", "Inbox/folder"),
+        row("nm-two", "support@contoso.com", "Junk folder"),
+        row("nm-two", "sales@contoso.com", "Inbox/folder"),
+    ]}, clock.now, source="test")
+    out = {o.request_id: o for o in run(worker.verify(backend))}
+    assert out[moved].state == "confirmed"
+    assert out[still_inbox].state == "submitted" and "waiting" in out[still_inbox].detail
+    assert out[unseen].state == "submitted"
+    assert out[other_recipient].state == "submitted"    # judged per recipient, not per message
+    # Past the grace period, what did not move is not_applied and reported.
+    clock.now = T0 + timedelta(hours=3)
+    backend.now = clock.now
+    out = {o.request_id: o for o in run(worker.verify(backend))}
+    assert moved not in out                             # settled ones are not queried again
+    assert out[still_inbox].state == "not_applied" and out[unseen].state == "not_applied"
+    assert {r.kind for r in reports} == {"failed"}
+    stored = ledger.get(moved)
+    assert stored is not None and stored.state == "confirmed" and "Junk folder" in stored.detail
