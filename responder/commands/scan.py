@@ -156,5 +156,5 @@ def print_table(runs: list[RuleRun]) -> None:
     for req in requests:
         target = ", ".join(f"{k}={v}" for k, v in req["target"].items())
         # Values come from mail and logs: escape them so rich does not read them as markup.
-        table.add_row(req["rule"], req["action"], req["mode"], escape(target), req["id"][:12])
+        table.add_row(req["rule"], req["action"], req["mode"], escape(target), req["id"])
     console.print(table)

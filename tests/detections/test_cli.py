@@ -216,3 +216,26 @@ def test_python_dash_m_entry_point(tables: Path, tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1
+
+
+def test_the_documented_example_folder(capsys) -> None:
+    # docs/rules.md tells SOC engineers to run exactly this; keep it true.
+    args = [
+        "scan",
+        "--tables",
+        str(ROOT / "docs/examples/tables"),
+        "--now",
+        NOW,
+        "--rule",
+        MODEL,
+        "--config",
+        str(ROOT / "docs/examples/tenant.yaml"),
+        "--json",
+    ]
+    assert main(args) == 0
+    requests = json.loads(capsys.readouterr().out)
+    assert sorted((r["target"]["network_message_id"][-2:], r["target"]["recipient"]) for r in requests) == [
+        ("01", "support@contoso.com"),
+        ("02", "sales@contoso.com"),
+        ("04", "support@contoso.com"),
+    ]
