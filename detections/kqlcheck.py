@@ -119,6 +119,11 @@ def rule_problems(rule: Rule, check: KqlCheck) -> list[str]:
             if col not in have:
                 problems.append(f"{rule.path}: responder.remediation.{i}: reads column {col}, which the "
                                 f"query's result does not have (it has: {', '.join(sorted(have))})")
+    for i, entity in enumerate(rule.raw.get("entityMappings", [])):
+        for mapping in entity["fieldMappings"]:
+            if mapping["columnName"] not in have:
+                problems.append(f"{rule.path}: entityMappings.{i}: column {mapping['columnName']} is not "
+                                "in the query's result")
     return problems
 
 

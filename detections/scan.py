@@ -30,6 +30,16 @@ class RuleRun:
     problems: list[str] = field(default_factory=list)  # rows that could not become requests
     transient: bool = False  # the error may go away on retry (throttling, timeouts)
     refused: bool = False  # parameters did not resolve: the query never ran
+    triggered: bool = True  # the row count met the rule's triggerOperator/triggerThreshold
+
+
+_TRIGGERS = {"gt": lambda n, t: n > t, "lt": lambda n, t: n < t, "eq": lambda n, t: n == t,
+             "ne": lambda n, t: n != t}
+
+
+def triggered(rule: Rule, row_count: int) -> bool:
+    """Sentinel's alert condition: the number of result rows compared with the rule's threshold."""
+    return _TRIGGERS[rule.raw["triggerOperator"]](row_count, rule.raw["triggerThreshold"])
 
 
 def with_lookback(overrides: Mapping[str, Any], lookback: timedelta | None) -> dict[str, Any]:
@@ -89,6 +99,9 @@ async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantCo
         run.columns = result.columns
         run.partial = result.partial
         run.partial_reason = result.partial_reason
+        run.triggered = triggered(rule, len(result.rows))
+        if not run.triggered:
+            continue  # as in Sentinel: below the trigger, the rows are kept but nothing is raised
         tenant_mode = tenant.for_rule(rule.slug).mode
         modes = {i: effective_mode(rule, a, tenant_mode=tenant_mode, dry_run=dry_run)
                  for i, a in enumerate(rule.actions)}

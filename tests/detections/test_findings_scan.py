@@ -252,3 +252,22 @@ def test_lookback_is_the_window(tmp_path: Path) -> None:
     )
     assert run.params["window"] == timedelta(minutes=25)
     assert [r["target"]["network_message_id"] for r in run.requests] == ["m2"]
+
+
+@pytest.mark.parametrize(
+    ("operator", "threshold", "fires"),
+    [("gt", 0, True), ("gt", 4, False), ("gt", 3, True), ("eq", 4, True), ("lt", 4, False), ("ne", 4, False)],
+)
+def test_trigger_operator_and_threshold(tmp_path: Path, operator: str, threshold: int, fires: bool) -> None:
+    # The staged query returns 4 rows.
+    def edit(data: dict) -> None:
+        data["query"] = "EmailEvents | project NetworkMessageId, RecipientEmailAddress, Subject"
+        data["triggerOperator"] = operator
+        data["triggerThreshold"] = threshold
+        data["responder"]["remediation"][0]["evidence"] = ["Subject"]
+
+    rule = load_rule(write_rule(tmp_path, "trig", edit, with_tests=False))
+    (run,) = run_scan([rule])
+    assert len(run.rows) == 4
+    assert run.triggered is fires
+    assert len(run.requests) == (2 if fires else 0)
