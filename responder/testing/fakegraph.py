@@ -1,0 +1,771 @@
+"""A loopback fake of the Microsoft Graph v1.0 endpoints this app calls, and of the Exchange admin API.
+
+A real HTTP server on 127.0.0.1 (stdlib, one thread per request), so the real msgraph-sdk client,
+httpx and azure-core talk to it exactly as they would to the service. Used by the tests, the demo
+and the benchmarks; nothing here mocks our own code.
+
+Public API::
+
+    with FakeGraph(tenant_id=..., hunting=handler, on_remediate=hook) as fake:
+        fake.base_url            # "http://127.0.0.1:PORT/v1.0"   (make_graph_client(base_url=...))
+        fake.exchange_base_url   # "http://127.0.0.1:PORT/adminapi/beta" (ExchangeClient base URL)
+        fake.tenant_id
+
+        # state you can seed and read
+        fake.users.add(upn, *, id=None, account_enabled=True, display_name="") -> FakeUser
+        fake.users.get(upn_or_id) -> FakeUser | None
+        fake.mailboxes.add(user, internet_message_id, folder="inbox", *, subject="") -> str (message id)
+        fake.mailboxes.folder_of(user, internet_message_id) -> str | None   (well-known name, e.g. "junkemail")
+        fake.mailboxes.messages(user) -> list[FakeMessage]
+        fake.connectors.add(name, direction="inbound", *, enabled=True, **properties) -> dict
+        fake.connectors.get(name) -> dict | None
+        fake.remediations        # list[Remediation]: every accepted analyzedEmails/remediate call
+        fake.compromised         # set of user object ids confirmed compromised
+        fake.revoked             # list of user ids whose sessions were revoked (one entry per call)
+
+        # what was sent
+        fake.calls               # list[Call] (method, path, query, json, body, headers, status)
+        fake.calls_to(method, path_regex) -> list[Call]
+        fake.clear_calls()
+
+        # faults and limits
+        fake.inject(method, path_regex, status, *, times=1, retry_after=None, code=None, message=None,
+                    latency=0.0, applied=False) -> Fault
+        fake.add_latency(seconds, method="*", path_regex=".*", times=None) -> Fault
+        fake.outlook_limits(concurrent=4, per_window=10_000, window=600.0, retry_after=1.0)
+        fake.peak_concurrency(user) -> int     (most mailbox requests in flight at once, per mailbox)
+
+``path_regex`` is searched (``re.search``) in the decoded request path, e.g.
+``/v1.0/users/support@contoso.com/messages``; ``method`` "*" matches any. An injected fault answers
+in Graph's JSON error shape (``{"error": {"code", "message", "innerError"}}``) before the request is
+processed, unless ``applied=True``: then the request is carried out first and the error is answered
+anyway (a 503 or timeout after the service did the work: what makes retries of POSTs interesting).
+``times=None`` means forever. Faults are tried in the order they were added.
+
+Endpoints (Graph paths relative to ``/v1.0``):
+
+* ``POST /security/runHuntingQuery`` (also ``/security/microsoft.graph.security.runHuntingQuery``, the
+  path msgraph-sdk uses): body ``{"Query", "Timespan"?}``; answered by the pluggable
+  ``hunting(query, timespan) -> (schema, rows)`` (schema: list of ``{"name","type"}`` dicts, passed
+  through as given, or ``(name, type)`` tuples); the handler may raise ``GraphFault`` to answer an
+  error (e.g. the quota 429). No handler: 400.
+* ``POST /security/collaboration/analyzedEmails/remediate`` (also ``.../microsoft.graph.security.remediate``,
+  the SDK's path): validates the body, records a ``Remediation``, calls ``on_remediate(action, emails)``
+  (emails: list of ``{"networkMessageId", "recipientEmailAddress"}``), answers 202 with an Action-center
+  ``Location`` header and no body.
+* ``GET /users/{id}/messages?$filter=internetMessageId eq '...'``, ``GET /users/{id}/messages/{msgId}``,
+  ``POST /users/{id}/messages/{msgId}/move`` (body ``destinationId`` or ``DestinationId``: a well-known
+  folder name or a folder id; 201 with the moved message, which has a new id),
+  ``GET /users/{id}/mailFolders/{idOrWellKnownName}``.
+* ``GET /users/{id}``, ``PATCH /users/{id}`` (``accountEnabled``), ``POST /users/{id}/revokeSignInSessions``.
+* ``POST /identityProtection/riskyUsers/confirmCompromised`` (``{"userIds": [...]}``, object ids).
+* ``POST /adminapi/beta/{tenantId}/InvokeCommand``: ``{"CmdletInput": {"CmdletName", "Parameters"}}`` for
+  Get-/Set-InboundConnector and Get-/Set-OutboundConnector over the connector store.
+
+Unknown users are 404 (``Request_ResourceNotFound``), unknown messages 404 (``ErrorItemNotFound``).
+Users are created on demand by ``mailboxes.add``. Recorded headers include Authorization (tests
+assert that a token was sent); ``Call``'s repr hides it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+DEFAULT_TENANT_ID = "8f4a2c1e-0b7d-4e59-9c36-2d1f0a7b5e43"
+WELL_KNOWN_FOLDERS = ("inbox", "junkemail", "deleteditems", "archive", "drafts", "sentitems")
+REMEDIATION_ACTIONS = ("moveToJunk", "moveToInbox", "hardDelete", "softDelete", "moveToDeletedItems")
+REMEDIATION_SEVERITIES = ("low", "medium", "high")
+# Default error codes per status, as Graph names them.
+_CODES = {400: "BadRequest", 401: "InvalidAuthenticationToken", 403: "Forbidden", 404: "ResourceNotFound",
+          409: "Conflict", 429: "TooManyRequests", 500: "InternalServerError", 502: "BadGateway",
+          503: "ServiceUnavailable", 504: "GatewayTimeout"}
+
+Hunting = Callable[[str, "str | None"], tuple[list[Any], list[dict[str, Any]]]]
+OnRemediate = Callable[[str, list[dict[str, str]]], None]
+
+
+class GraphFault(Exception):
+    """Raised by a pluggable handler (``hunting``) to answer an error in Graph's shape."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code or _CODES.get(status, "Error")
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass
+class Call:
+    """One request the fake received, and the status it answered."""
+
+    method: str
+    path: str                          # decoded, e.g. /v1.0/users/a@contoso.com/messages
+    query: dict[str, str]              # decoded query parameters ($filter, $select, ...)
+    json: Any                          # parsed JSON body, None when empty or not JSON
+    body: bytes
+    headers: dict[str, str] = field(repr=False)   # lower-case names; includes authorization
+    status: int = 0
+
+    @property
+    def url(self) -> str:
+        """Path plus decoded query, for readable assertions."""
+        if not self.query:
+            return self.path
+        return self.path + "?" + "&".join(f"{k}={v}" for k, v in self.query.items())
+
+
+@dataclass
+class Fault:
+    method: str
+    pattern: re.Pattern[str]
+    status: int | None                 # None: latency only
+    times: int | None
+    retry_after: float | None = None
+    code: str | None = None
+    message: str | None = None
+    latency: float = 0.0
+    applied: bool = False
+    hits: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        return self.method in ("*", method) and self.pattern.search(path) is not None
+
+
+@dataclass
+class Remediation:
+    bulk_id: str
+    action: str
+    emails: list[dict[str, str]]
+    body: dict[str, Any]
+    location: str
+
+
+@dataclass
+class FakeUser:
+    id: str
+    user_principal_name: str
+    account_enabled: bool = True
+    display_name: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "userPrincipalName": self.user_principal_name, "mail": self.user_principal_name,
+                "displayName": self.display_name or self.user_principal_name.split("@")[0],
+                "accountEnabled": self.account_enabled}
+
+
+@dataclass
+class FakeMessage:
+    id: str
+    internet_message_id: str
+    folder: str                        # well-known name or custom folder name
+    subject: str = ""
+    received: str = ""
+
+
+class UserStore:
+    def __init__(self, lock: threading.RLock):
+        self._lock = lock
+        self._by_key: dict[str, FakeUser] = {}
+
+    def add(self, upn: str, *, id: str | None = None, account_enabled: bool = True,
+            display_name: str = "") -> FakeUser:
+        with self._lock:
+            existing = self.get(upn)
+            if existing is not None:
+                return existing
+            user = FakeUser(id or str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + upn.lower())), upn,
+                            account_enabled, display_name)
+            self._by_key[upn.lower()] = user
+            self._by_key[user.id.lower()] = user
+            return user
+
+    def get(self, upn_or_id: str) -> FakeUser | None:
+        with self._lock:
+            return self._by_key.get(upn_or_id.lower())
+
+    def all(self) -> list[FakeUser]:
+        with self._lock:
+            return list({u.id: u for u in self._by_key.values()}.values())
+
+
+class MailboxStore:
+    """Messages per user, each in one folder; a move gives the message a new id (as Exchange does)."""
+
+    def __init__(self, lock: threading.RLock, users: UserStore):
+        self._lock = lock
+        self._users = users
+        self._boxes: dict[str, dict[str, FakeMessage]] = {}   # user id -> message id -> message
+        self._ids = itertools.count(1)
+
+    def _box(self, user: str) -> dict[str, FakeMessage]:
+        u = self._users.add(user)
+        return self._boxes.setdefault(u.id, {})
+
+    def new_message_id(self) -> str:
+        return f"AAMkAGI2{next(self._ids):08d}{uuid.uuid4().hex[:12]}"
+
+    def add(self, user: str, internet_message_id: str, folder: str = "inbox", *, subject: str = "") -> str:
+        with self._lock:
+            msg = FakeMessage(self.new_message_id(), internet_message_id, folder, subject,
+                              datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            self._box(user)[msg.id] = msg
+            return msg.id
+
+    def messages(self, user: str) -> list[FakeMessage]:
+        with self._lock:
+            u = self._users.get(user)
+            return list(self._boxes.get(u.id, {}).values()) if u else []
+
+    def find(self, user: str, internet_message_id: str) -> list[FakeMessage]:
+        return [m for m in self.messages(user) if m.internet_message_id == internet_message_id]
+
+    def folder_of(self, user: str, internet_message_id: str) -> str | None:
+        found = self.find(user, internet_message_id)
+        return found[0].folder if found else None
+
+    def get(self, user_id: str, message_id: str) -> FakeMessage | None:
+        with self._lock:
+            return self._boxes.get(user_id, {}).get(message_id)
+
+    def move(self, user_id: str, message_id: str, folder: str) -> FakeMessage | None:
+        with self._lock:
+            box = self._boxes.get(user_id, {})
+            msg = box.pop(message_id, None)
+            if msg is None:
+                return None
+            moved = FakeMessage(self.new_message_id(), msg.internet_message_id, folder, msg.subject, msg.received)
+            box[moved.id] = moved
+            return moved
+
+
+def folder_id(user_id: str, name: str) -> str:
+    """Opaque, stable folder id per mailbox (real ids are opaque too: never compare them to names)."""
+    return "AQMkFolder" + uuid.uuid5(uuid.NAMESPACE_URL, f"folder:{user_id}:{name.lower()}").hex
+
+
+class ConnectorStore:
+    def __init__(self, lock: threading.RLock):
+        self._lock = lock
+        self._items: dict[str, dict[str, Any]] = {}
+
+    def add(self, name: str, direction: str = "inbound", *, enabled: bool = True, **properties: Any) -> dict:
+        if direction not in ("inbound", "outbound"):
+            raise ValueError(f"connector direction must be inbound or outbound, not {direction!r}")
+        with self._lock:
+            item = {"Name": name, "Identity": name, "Enabled": enabled, "Direction": direction,
+                    "Guid": str(uuid.uuid5(uuid.NAMESPACE_URL, "connector:" + name)), **properties}
+            self._items[name.lower()] = item
+            return item
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._items.get(name.lower())
+
+    def of(self, direction: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(c) for c in self._items.values() if c["Direction"] == direction]
+
+
+@dataclass
+class _OutlookLimits:
+    concurrent: int
+    per_window: int
+    window: float
+    retry_after: float
+
+
+class _Reply(Exception):
+    """Internal: answer with this status, headers and body."""
+
+    def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None):
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+def graph_error(status: int, message: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code or _CODES.get(status, "Error"), "message": message,
+                      "innerError": {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                                     "request-id": str(uuid.uuid4()), "client-request-id": str(uuid.uuid4())}}}
+
+
+def _error(status: int, message: str, code: str | None = None, retry_after: float | None = None) -> _Reply:
+    headers = {"Retry-After": _fmt_seconds(retry_after)} if retry_after is not None else {}
+    return _Reply(status, graph_error(status, message, code), headers)
+
+
+def _fmt_seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+_USER = r"/v1\.0/users/(?P<user>[^/]+)"
+_MAILBOX_PATH = re.compile(_USER + r"/(messages|mailFolders)")
+
+
+class FakeGraph:
+    """See the module docstring."""
+
+    def __init__(self, *, tenant_id: str = DEFAULT_TENANT_ID, hunting: Hunting | None = None,
+                 on_remediate: OnRemediate | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.tenant_id = tenant_id
+        self.hunting = hunting
+        self.on_remediate = on_remediate
+        self._lock = threading.RLock()
+        self.users = UserStore(self._lock)
+        self.mailboxes = MailboxStore(self._lock, self.users)
+        self.connectors = ConnectorStore(self._lock)
+        self.remediations: list[Remediation] = []
+        self.compromised: set[str] = set()
+        self.revoked: list[str] = []
+        self._calls: list[Call] = []
+        self._faults: list[Fault] = []
+        self._limits: _OutlookLimits | None = None
+        self._inflight: dict[str, int] = {}
+        self._peak: dict[str, int] = {}
+        self._window: dict[str, list[float]] = {}
+        self._host, self._port = host, port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
+            ("POST", re.compile(r"^/v1\.0/security/(microsoft\.graph\.security\.)?runHuntingQuery$"), self._hunt),
+            ("POST", re.compile(r"^/v1\.0/security/collaboration/analyzedEmails/"
+                                r"(microsoft\.graph\.security\.)?remediate$"), self._remediate),
+            ("GET", re.compile(_USER + r"/messages$"), self._list_messages),
+            ("GET", re.compile(_USER + r"/messages/(?P<msg>[^/]+)$"), self._get_message),
+            ("POST", re.compile(_USER + r"/messages/(?P<msg>[^/]+)/(microsoft\.graph\.)?move$"), self._move),
+            ("GET", re.compile(_USER + r"/mailFolders/(?P<folder>[^/]+)$"), self._get_folder),
+            ("POST", re.compile(_USER + r"/(microsoft\.graph\.)?revokeSignInSessions$"), self._revoke),
+            ("GET", re.compile(_USER + r"$"), self._get_user),
+            ("PATCH", re.compile(_USER + r"$"), self._patch_user),
+            ("POST", re.compile(r"^/v1\.0/identityProtection/riskyUsers/(microsoft\.graph\.)?confirmCompromised$"),
+             self._confirm_compromised),
+            ("POST", re.compile(r"^/adminapi/beta/(?P<tenant>[^/]+)/InvokeCommand$"), self._invoke_command),
+        ]
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self) -> FakeGraph:
+        handler = type("_Handler", (_Handler,), {"fake": self})
+        self._server = ThreadingHTTPServer((self._host, self._port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fakegraph", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeGraph:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def root_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeGraph is not running (use it as a context manager or call start())")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.root_url + "/v1.0"
+
+    @property
+    def exchange_base_url(self) -> str:
+        return self.root_url + "/adminapi/beta"
+
+    # --- recording --------------------------------------------------------------------------------------
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._lock:
+            return list(self._calls)
+
+    def calls_to(self, method: str, path_regex: str) -> list[Call]:
+        pattern = re.compile(path_regex)
+        return [c for c in self.calls if method in ("*", c.method) and pattern.search(c.path)]
+
+    def clear_calls(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+    # --- faults and limits ------------------------------------------------------------------------------
+
+    def inject(self, method: str, path_regex: str, status: int, *, times: int | None = 1,
+               retry_after: float | None = None, code: str | None = None, message: str | None = None,
+               latency: float = 0.0, applied: bool = False) -> Fault:
+        if not 400 <= status <= 599:
+            raise ValueError(f"inject: status must be an HTTP error (400-599), not {status}")
+        if times is not None and times < 1:
+            raise ValueError("inject: times must be at least 1 (or None for forever)")
+        fault = Fault(method.upper(), re.compile(path_regex), status, times, retry_after, code, message,
+                      latency, applied)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def add_latency(self, seconds: float, method: str = "*", path_regex: str = ".*",
+                    times: int | None = None) -> Fault:
+        if seconds < 0:
+            raise ValueError("add_latency: seconds must not be negative")
+        fault = Fault(method.upper(), re.compile(path_regex), None, times, latency=seconds)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def outlook_limits(self, concurrent: int | None = 4, per_window: int = 10_000, window: float = 600.0,
+                       retry_after: float = 1.0) -> None:
+        """Enforce Outlook's per-mailbox limits on mailbox endpoints (``concurrent=None`` turns them off)."""
+        with self._lock:
+            self._limits = None if concurrent is None else _OutlookLimits(concurrent, per_window, window,
+                                                                           retry_after)
+
+    def peak_concurrency(self, user: str) -> int:
+        u = self.users.get(user)
+        with self._lock:
+            return self._peak.get(u.id if u else user.lower(), 0)
+
+    # --- dispatch (called on the server's threads) --------------------------------------------------------
+
+    def _handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> _Reply:
+        split = urlsplit(raw_path)
+        path = unquote(split.path)
+        query = {k: v for k, v in parse_qsl(split.query, keep_blank_values=True)}
+        parsed: Any = None
+        if body:
+            try:
+                parsed = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                parsed = None
+        call = Call(method, path, query, parsed, body, headers)
+        with self._lock:
+            self._calls.append(call)
+        mailbox = self._mailbox_key(path)
+        entered = False
+        try:
+            if mailbox is not None:
+                limited = self._enter_mailbox(mailbox)
+                entered = limited is None
+                if limited is not None:
+                    call.status = limited.status
+                    return limited
+            fault, latency = self._pick_fault(method, path)
+            if latency:
+                time.sleep(latency)
+            if fault is not None and not fault.applied:
+                reply = _error(fault.status or 500, fault.message or f"injected {fault.status}", fault.code,
+                               fault.retry_after)
+            else:
+                reply = self._route(method, path, query, parsed, body)
+                if fault is not None:
+                    reply = _error(fault.status or 500, fault.message or f"injected {fault.status}",
+                                   fault.code, fault.retry_after)
+            call.status = reply.status
+            return reply
+        finally:
+            if entered and mailbox is not None:
+                with self._lock:
+                    self._inflight[mailbox] -= 1
+
+    def _pick_fault(self, method: str, path: str) -> tuple[Fault | None, float]:
+        latency = 0.0
+        with self._lock:
+            for f in self._faults:
+                if f.status is None and f.matches(method, path):
+                    f.hits += 1
+                    latency += f.latency
+            for f in self._faults:
+                if f.status is not None and f.matches(method, path):
+                    f.hits += 1
+                    return f, latency + f.latency
+        return None, latency
+
+    def _mailbox_key(self, path: str) -> str | None:
+        m = _MAILBOX_PATH.match(path)
+        if m is None:
+            return None
+        u = self.users.get(m.group("user"))
+        return u.id if u else m.group("user").lower()
+
+    def _enter_mailbox(self, key: str) -> _Reply | None:
+        with self._lock:
+            limits = self._limits
+            now = time.monotonic()
+            if limits is not None:
+                if self._inflight.get(key, 0) >= limits.concurrent:
+                    return _error(429, "Application is over its MailboxConcurrency limit.",
+                                  "ApplicationThrottled", limits.retry_after)
+                recent = [t for t in self._window.get(key, []) if now - t < limits.window]
+                if len(recent) >= limits.per_window:
+                    self._window[key] = recent
+                    return _error(429, "Application is over its IncomingBytes/Requests limit.",
+                                  "ApplicationThrottled", limits.retry_after)
+                recent.append(now)
+                self._window[key] = recent
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+            self._peak[key] = max(self._peak.get(key, 0), self._inflight[key])
+        return None
+
+    def _route(self, method: str, path: str, query: dict[str, str], body: Any, raw: bytes) -> _Reply:
+        for m, pattern, fn in self._routes:
+            match = pattern.match(path)
+            if match and m == method:
+                try:
+                    return fn(match, query, body)
+                except _Reply as reply:
+                    return reply
+        if any(p.match(path) for _, p, _ in self._routes):
+            return _error(405, f"{method} is not allowed on {path}", "MethodNotAllowed")
+        return _error(400, f"Resource not found for the segment in {path}", "BadRequest")
+
+    # --- Graph: hunting and Defender remediation -----------------------------------------------------------
+
+    def _hunt(self, _m: re.Match[str], _q: dict[str, str], body: Any) -> _Reply:
+        body = _object(body)
+        query = _key(body, "Query")
+        if not isinstance(query, str) or not query.strip():
+            raise _error(400, "Query is required.", "BadRequest")
+        timespan = _key(body, "Timespan")
+        if self.hunting is None:
+            raise _error(400, "This fake has no hunting handler.", "BadRequest")
+        try:
+            schema, rows = self.hunting(query, timespan)
+        except GraphFault as fault:
+            raise _error(fault.status, fault.message, fault.code, fault.retry_after) from None
+        cols = [c if isinstance(c, dict) else {"name": c[0], "type": c[1]} for c in schema]
+        return _Reply(200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#"
+                                              "microsoft.graph.security.huntingQueryResults",
+                            "schema": cols, "results": rows})
+
+    def _remediate(self, _m: re.Match[str], _q: dict[str, str], body: Any) -> _Reply:
+        body = _object(body)
+        action = body.get("action")
+        if action not in REMEDIATION_ACTIONS:
+            raise _error(400, f"Invalid action {action!r}.", "BadRequest")
+        if body.get("severity") not in REMEDIATION_SEVERITIES:
+            raise _error(400, f"Invalid severity {body.get('severity')!r}.", "BadRequest")
+        if not isinstance(body.get("displayName"), str) or not body["displayName"].strip():
+            raise _error(400, "displayName is required.", "BadRequest")
+        emails = body.get("analyzedEmails")
+        if not isinstance(emails, list) or not emails:
+            raise _error(400, "analyzedEmails must be a non-empty list.", "BadRequest")
+        for e in emails:
+            if not (isinstance(e, dict) and e.get("networkMessageId") and e.get("recipientEmailAddress")):
+                raise _error(400, "Each analyzed email needs networkMessageId and recipientEmailAddress.",
+                             "BadRequest")
+        bulk = str(uuid.uuid4())
+        location = (f'https://security.microsoft.com/action-center/history?filters={{"bulkId":["{bulk}"]}}'
+                    f"&tid={self.tenant_id}")
+        pairs = [{"networkMessageId": e["networkMessageId"], "recipientEmailAddress": e["recipientEmailAddress"]}
+                 for e in emails]
+        with self._lock:
+            self.remediations.append(Remediation(bulk, action, pairs, body, location))
+        if self.on_remediate is not None:
+            try:
+                self.on_remediate(action, pairs)
+            except Exception as exc:   # the hook is test/demo code: surface its failure as a 500
+                raise _error(500, f"on_remediate hook failed: {exc}", "InternalServerError") from None
+        return _Reply(202, None, {"Location": location})
+
+    # --- Graph: mailboxes ---------------------------------------------------------------------------------
+
+    def _user(self, m: re.Match[str]) -> FakeUser:
+        user = self.users.get(m.group("user"))
+        if user is None:
+            raise _error(404, f"Resource '{m.group('user')}' does not exist or one of its queried reference-"
+                              "property objects are not present.", "Request_ResourceNotFound")
+        return user
+
+    def _message_json(self, user: FakeUser, msg: FakeMessage) -> dict[str, Any]:
+        return {"id": msg.id, "internetMessageId": msg.internet_message_id, "subject": msg.subject,
+                "receivedDateTime": msg.received, "parentFolderId": folder_id(user.id, msg.folder)}
+
+    def _list_messages(self, m: re.Match[str], q: dict[str, str], _b: Any) -> _Reply:
+        user = self._user(m)
+        flt = q.get("$filter")
+        msgs = self.mailboxes.messages(user.id)
+        if flt is not None:
+            fm = re.fullmatch(r"\s*internetMessageId\s+eq\s+'((?:[^']|'')*)'\s*", flt)
+            if fm is None:
+                raise _error(400, f"Invalid filter clause: {flt}", "ErrorInvalidUrlQueryFilter")
+            wanted = fm.group(1).replace("''", "'")
+            msgs = [x for x in msgs if x.internet_message_id == wanted]
+        return _Reply(200, {"@odata.context": f"https://graph.microsoft.com/v1.0/$metadata#users('{user.id}')"
+                                              "/messages", "value": [self._message_json(user, x) for x in msgs]})
+
+    def _get_message(self, m: re.Match[str], _q: dict[str, str], _b: Any) -> _Reply:
+        user = self._user(m)
+        msg = self.mailboxes.get(user.id, m.group("msg"))
+        if msg is None:
+            raise _error(404, "The specified object was not found in the store.", "ErrorItemNotFound")
+        return _Reply(200, self._message_json(user, msg))
+
+    def _resolve_folder(self, user: FakeUser, ref: str) -> str | None:
+        if ref.lower() in WELL_KNOWN_FOLDERS:
+            return ref.lower()
+        names = set(WELL_KNOWN_FOLDERS) | {x.folder for x in self.mailboxes.messages(user.id)}
+        return next((n for n in names if folder_id(user.id, n) == ref), None)
+
+    def _move(self, m: re.Match[str], _q: dict[str, str], body: Any) -> _Reply:
+        user = self._user(m)
+        body = _object(body)
+        dest = _key(body, "destinationId")
+        if not isinstance(dest, str) or not dest:
+            raise _error(400, "destinationId is required.", "ErrorInvalidRequest")
+        folder = self._resolve_folder(user, dest)
+        if folder is None:
+            raise _error(404, "The specified folder could not be found in the store.", "ErrorItemNotFound")
+        moved = self.mailboxes.move(user.id, m.group("msg"), folder)
+        if moved is None:
+            raise _error(404, "The specified object was not found in the store.", "ErrorItemNotFound")
+        return _Reply(201, self._message_json(user, moved))
+
+    def _get_folder(self, m: re.Match[str], _q: dict[str, str], _b: Any) -> _Reply:
+        user = self._user(m)
+        name = self._resolve_folder(user, m.group("folder"))
+        if name is None:
+            raise _error(404, "The specified folder could not be found in the store.", "ErrorItemNotFound")
+        return _Reply(200, {"id": folder_id(user.id, name), "displayName": name, "wellKnownName": name})
+
+    # --- Graph: accounts ------------------------------------------------------------------------------------
+
+    def _get_user(self, m: re.Match[str], _q: dict[str, str], _b: Any) -> _Reply:
+        return _Reply(200, self._user(m).to_json())
+
+    def _patch_user(self, m: re.Match[str], _q: dict[str, str], body: Any) -> _Reply:
+        user = self._user(m)
+        body = _object(body)
+        if "accountEnabled" in body:
+            if not isinstance(body["accountEnabled"], bool):
+                raise _error(400, "Invalid value for accountEnabled.", "Request_BadRequest")
+            with self._lock:
+                user.account_enabled = body["accountEnabled"]
+        return _Reply(204)
+
+    def _revoke(self, m: re.Match[str], _q: dict[str, str], _b: Any) -> _Reply:
+        user = self._user(m)
+        with self._lock:
+            self.revoked.append(user.id)
+        return _Reply(200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Edm.Boolean",
+                            "value": True})
+
+    def _confirm_compromised(self, _m: re.Match[str], _q: dict[str, str], body: Any) -> _Reply:
+        ids = _object(body).get("userIds")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise _error(400, "userIds must be a non-empty list of user object ids.", "BadRequest")
+        unknown = [i for i in ids if self.users.get(i) is None or self.users.get(i).id != i]  # type: ignore[union-attr]
+        if unknown:
+            raise _error(400, f"Invalid user ids: {', '.join(unknown)}.", "BadRequest")
+        with self._lock:
+            self.compromised.update(ids)
+        return _Reply(204)
+
+    # --- Exchange admin API ---------------------------------------------------------------------------------
+
+    def _invoke_command(self, m: re.Match[str], _q: dict[str, str], body: Any) -> _Reply:
+        if m.group("tenant").lower() != self.tenant_id.lower():
+            raise _error(404, f"Tenant {m.group('tenant')} not found.", "NotFound")
+        cmd = _object(_object(body).get("CmdletInput"))
+        name = cmd.get("CmdletName")
+        params = cmd.get("Parameters") or {}
+        if not isinstance(params, dict):
+            raise _error(400, "Parameters must be an object.", "BadRequest")
+        verbs = {"Get-InboundConnector": ("get", "inbound"), "Get-OutboundConnector": ("get", "outbound"),
+                 "Set-InboundConnector": ("set", "inbound"), "Set-OutboundConnector": ("set", "outbound")}
+        if name not in verbs:
+            raise _error(400, f"The term '{name}' is not recognized as a cmdlet this fake serves.",
+                         "BadRequest")
+        verb, direction = verbs[name]
+        ctx = "https://outlook.office365.com/adminapi/beta/$metadata#Collection(Exchange.GenericHashTable)"
+        identity = params.get("Identity")
+        if verb == "get" and identity is None:
+            return _Reply(200, {"@odata.context": ctx, "value": self.connectors.of(direction)})
+        if not isinstance(identity, str) or not identity:
+            raise _error(400, "Parameter Identity is required.", "BadRequest")
+        item = self.connectors.get(identity)
+        if item is None or item["Direction"] != direction:
+            raise _error(404, f"|Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException|"
+                              f"The operation couldn't be performed because object '{identity}' couldn't be "
+                              "found.", "NotFound")
+        if verb == "get":
+            return _Reply(200, {"@odata.context": ctx, "value": [dict(item)]})
+        extra = set(params) - {"Identity", "Enabled", "Confirm"}
+        if extra:
+            raise _error(400, f"This fake only sets Enabled, not {sorted(extra)}.", "BadRequest")
+        if "Enabled" in params:
+            if not isinstance(params["Enabled"], bool):
+                raise _error(400, "Cannot convert value to type System.Boolean for parameter 'Enabled'.",
+                             "BadRequest")
+            with self._lock:
+                item["Enabled"] = params["Enabled"]
+        return _Reply(200, {"@odata.context": ctx, "value": []})
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _error(400, "The request body must be a JSON object.", "BadRequest")
+    return body
+
+
+def _key(body: dict[str, Any], name: str) -> Any:
+    """Graph matches property names case-insensitively (the SDK sends ``DestinationId``, docs ``destinationId``)."""
+    for k, v in body.items():
+        if k.lower() == name.lower():
+            return v
+    return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    fake: FakeGraph
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read fake.calls instead
+        return
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        reply = self.fake._handle(self.command, self.path, headers, body)
+        data = b"" if reply.body is None else json.dumps(reply.body).encode("utf-8")
+        self.send_response(reply.status)
+        for k, v in reply.headers.items():
+            self.send_header(k, v)
+        if data:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if data:
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
+
+
+def seed_mailboxes(fake: FakeGraph, items: Iterable[tuple[str, str, str]]) -> None:
+    """Convenience for the demo: ``(user, internet_message_id, folder)`` triples."""
+    for user, imid, folder in items:
+        fake.mailboxes.add(user, imid, folder)
