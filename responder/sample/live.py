@@ -8,13 +8,16 @@ Action-center remediation was applied (there, minutes later; here, at once).
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from detections.backends.base import QueryResult
+from detections.backends.base import BackendError, QueryResult
 from detections.backends.local import LocalBackend
+from detections.params import parse_timespan
 
 # Defender remediation action (Graph's enum) -> where the message ends up (EmailEvents' wording).
 LOCATION_AFTER = {
@@ -34,9 +37,26 @@ class LiveTables:
     def __init__(self, tables_dir: Path, now: datetime):
         self.backend = LocalBackend(tables_dir, now)
         self.moves: list[tuple[str, str, str]] = []  # (network_message_id, recipient, location), in order
+        self.queries = 0
+        # The fake Graph serves each request on its own thread; one DuckDB connection, one at a time.
+        self._lock = threading.Lock()
 
     async def run(self, query: str, *, timespan: timedelta) -> QueryResult:
-        return await self.backend.run(query, timespan=timespan)
+        with self._lock:
+            self.queries += 1
+            return await self.backend.run(query, timespan=timespan)
+
+    def hunt(self, query: str, timespan: str | None) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+        """The fake Graph's runHuntingQuery handler: (schema, rows) as the service's JSON carries them.
+        An engine error becomes the 400 the service answers for a query it cannot run."""
+        from responder.testing.fakegraph import GraphFault
+
+        span = _iso_duration(timespan) if timespan else timedelta(days=30)
+        try:
+            result = asyncio.run(self.run(query, timespan=span))
+        except BackendError as exc:
+            raise GraphFault(400, str(exc), code="BadRequest") from None
+        return [{"name": n, "type": t} for n, t in result.columns], result.rows
 
     def remediate(self, action: str, emails: Iterable[Mapping[str, Any]]) -> int:
         """Apply a Defender remediation to ``emails`` ({networkMessageId, recipientEmailAddress});
@@ -52,6 +72,27 @@ class LiveTables:
         return changed
 
     def move(self, network_message_id: str, recipient: str, location: str) -> int:
+        with self._lock:
+            return self._move(network_message_id, recipient, location)
+
+    def people(self) -> list[tuple[str, str]]:
+        """(UPN, object id) of every account that signed in: the directory the fake Graph should know."""
+        with self._lock:
+            return [tuple(r) for r in self.backend.con.execute(  # type: ignore[misc]
+                'SELECT DISTINCT "AccountUpn", "AccountObjectId" FROM "IdentityLogonEvents" '
+                'WHERE "AccountUpn" IS NOT NULL ORDER BY 1').fetchall()]
+
+    def connectors(self) -> list[str]:
+        """Connector names seen in mail flow or created in the audit log: what Exchange would list."""
+        with self._lock:
+            mail = self.backend.con.execute('SELECT DISTINCT "Connectors" FROM "EmailEvents" '
+                                            'WHERE "Connectors" IS NOT NULL').fetchall()
+            audit = self.backend.con.execute(
+                'SELECT DISTINCT "ObjectName" FROM "CloudAppEvents" '
+                'WHERE "ActionType" LIKE \'%Connector\' AND "ObjectName" IS NOT NULL').fetchall()
+        return sorted({r[0] for r in mail + audit})
+
+    def _move(self, network_message_id: str, recipient: str, location: str) -> int:
         con = self.backend.con
         before = con.execute(
             'SELECT count(*) FROM "EmailEvents" WHERE "NetworkMessageId" = ? '
@@ -65,3 +106,14 @@ class LiveTables:
         if n:
             self.moves.append((network_message_id, recipient, location))
         return n
+
+
+def _iso_duration(text: str) -> timedelta:
+    """``PT1H``/``P7D``-style durations (what the defender backend sends as Timespan), or KQL ``1h``."""
+    import re
+
+    m = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", text.strip())
+    if m is None or not any(m.groups()):
+        return parse_timespan(text)
+    d, h, mi, s = m.groups()
+    return timedelta(days=int(d or 0), hours=int(h or 0), minutes=int(mi or 0), seconds=float(s or 0))
