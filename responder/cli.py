@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 import responder.commands
+import responder.commands.demo
 import responder.commands.remediate
 import responder.commands.rules
 import responder.commands.scan
