@@ -84,10 +84,12 @@ def generate(
     noise = Noise(rng, tenant, clock, now)
     plants = all_plants(attack_rng, tenant, now, Noise(attack_rng, tenant, clock, now))
     planted = [finalize(m, attack_rng) for p in plants for m in p.mails]
-    budget = target - sum(len(m.recipients) for m in planted)
+    fixed = planted + [finalize(m, rng) for m in noise.newsletters()]
+    budget = target - sum(len(m.recipients) for m in fixed)
     if budget < 0:
-        raise ValueError(f"email_events {target}: the planted attacks alone need {target - budget} rows")
-    mails = planted + list(_background(noise, rng, budget))
+        need = target - budget
+        raise ValueError(f"email_events {target}: the planted attacks and newsletters alone need {need} rows")
+    mails = fixed + list(_background(noise, rng, budget))
     mails.sort(key=lambda m: (m.ts, m.network_message_id))
 
     tables = out_dir / "tables"

@@ -75,8 +75,8 @@ FILE_SHARE_URLS = (
     "https://drive.google.com/file/d/1AbCdEf/view",
     "https://we.tl/t-AbCd1234",
 )
-# Newsletters go out in batches this large, one message per subscriber, spread over >= 2 hours:
-# under any sensible per-connector-per-hour volume threshold (the rules use 100 and up).
+# The daily newsletter: one message per subscriber, spread over 2 hours, so about 30 an hour through
+# its connector: under the connector-volume threshold (100 an hour) and any sane burst threshold.
 NEWSLETTER_BATCH = 60
 NEWSLETTER_SPREAD = timedelta(hours=2)
 
@@ -101,12 +101,7 @@ class Noise:
         ]
         funcs = [k for k, _ in kinds]
         weights = [w for _, w in kinds]
-        newsletter_every = 120  # one newsletter batch per this many background mails
-        n = 0
         while True:
-            n += 1
-            if n % newsletter_every == 0:
-                yield from self.newsletter_batch()
             yield from self.rng.choices(funcs, weights=weights)[0]()
 
     def _user(self) -> Person:
@@ -299,9 +294,18 @@ class Noise:
             )
         ]
 
-    def newsletter_batch(self) -> list[Mail]:
-        """Contoso's own newsletter: one message per external subscriber, through the marketing relay."""
-        start = self.clock.business()
+    def newsletters(self) -> list[Mail]:
+        """Contoso's own newsletter, every morning at 09:00: one batch per day, whatever the tenant's size."""
+        out: list[Mail] = []
+        day = self.clock.start.replace(hour=9, minute=0, second=0, microsecond=0)
+        while day < self.now:
+            if day >= self.clock.start:
+                out += self.newsletter_batch(day)
+            day += timedelta(days=1)
+        return out
+
+    def newsletter_batch(self, start: datetime) -> list[Mail]:
+        """One message per external subscriber, through the marketing relay, spread over two hours."""
         subject = self.rng.choice(NEWSLETTER_SUBJECTS)
         step = NEWSLETTER_SPREAD / NEWSLETTER_BATCH
         news = self.t.marketing
