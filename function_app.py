@@ -1,0 +1,72 @@
+"""Azure Functions (Python v2 model) wiring: triggers and bindings only; the work is in responder.app.
+
+Configuration is read and validated here, at import, once: a missing or wrong setting stops the app
+from starting, with the setting's name in the error. See docs/function-app.md.
+"""
+
+# No `from __future__ import annotations`: the Functions worker reads these annotations at runtime,
+# and it accepts `typing.List[str]` (not `list[str]`) as a queue output type.
+import typing
+
+import azure.functions as func
+
+from responder.app import handlers
+from responder.app.bootstrap import load
+from responder.app.runtime import Runtime
+from responder.app.schedules import TimerSpec
+
+QUEUE = "%RESPONDER_REQUESTS_QUEUE%"
+POISON_QUEUE = "%RESPONDER_REQUESTS_QUEUE%-poison"
+STORAGE = "AzureWebJobsStorage"
+
+runtime = Runtime(load())
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+def _rule_timer(spec: TimerSpec) -> None:
+    @app.function_name(spec.function_name)
+    @app.timer_trigger(arg_name="timer", schedule=spec.schedule)
+    @app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
+    async def rule_timer(timer: func.TimerRequest, msgs: func.Out[typing.List[str]]) -> None:  # noqa: UP006
+        await handlers.on_timer(runtime, spec.slug, timer, msgs)
+
+
+for _spec in runtime.config.timers:
+    _rule_timer(_spec)
+
+
+@app.function_name("worker")
+@app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection=STORAGE)
+async def worker(msg: func.QueueMessage) -> None:
+    await handlers.on_message(runtime, msg)
+
+
+@app.function_name("poison")
+@app.queue_trigger(arg_name="msg", queue_name=POISON_QUEUE, connection=STORAGE)
+async def poison(msg: func.QueueMessage) -> None:
+    await handlers.on_poison(runtime, msg)
+
+
+@app.function_name("scan")
+@app.route(route="scan", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
+async def scan(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
+    return await handlers.http_scan(runtime, req, msgs)
+
+
+@app.function_name("health")
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.http_health(runtime, req)
+
+
+@app.function_name("approve")
+@app.route(route="requests/{id}/approve", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def approve(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.http_decide(runtime, req, "approve")
+
+
+@app.function_name("reject")
+@app.route(route="requests/{id}/reject", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def reject(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.http_decide(runtime, req, "reject")

@@ -1,0 +1,176 @@
+"""From a rule run to queue messages and Teams cards, without duplicate work.
+
+**Dedup against the ledger.** Runs overlap (a 1-hour window scanned every 5 minutes), so most of a
+run's findings were seen before. For each request of a run:
+
+* no ledger row: new. It is renumbered into this run (``run.index``/``run.total`` count only the new
+  requests, so the per-run cap and the run card speak about this run's work), recorded
+  ``received``, and queued;
+* a row past ``received`` (held, submitted, confirmed, skipped, failed, ...): settled, not queued;
+* a row still ``received``: its message is normally still in the queue (or being retried), so it is
+  left alone, unless the row has not changed for ``REQUEUE_AFTER`` and nobody holds a claim on it.
+  Then its message was lost (the function failed after recording it and before the host wrote the
+  output binding) and the stored request is queued again. A duplicate message is harmless: the
+  worker finds the row settled or claimed.
+
+**One card per rule run, two moments.** The worker handles one message at a time, so no single
+invocation sees a whole run. The timer (or ``POST /api/scan``) sends the scan card as soon as the
+run is queued ("found N, queued N": on-call hears within seconds of detection), and the worker
+invocation that leaves the run's last request settled sends the outcome card: the same scan card
+with every request's outcome. "Last" is judged from the ledger (every row of the run past
+``received``/``approved`` and as many rows as ``run.total``), and an at-most-once ledger marker per run
+keeps two workers finishing together from both sending it. A run that found nothing new sends no
+card (a 5-minute rule would otherwise repeat the same findings twelve times an hour); a run that
+failed or returned a partial result sends one card per rule per hour at most.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from detections.scan import RuleRun
+from remediation.ledger import Ledger
+from remediation.request import RequestInvalid, parse_message
+from responder.notify.cards import failure_card, scan_card
+from responder.notify.reports import FailureReport, RunReport
+
+log = logging.getLogger(__name__)
+
+REQUEUE_AFTER = timedelta(minutes=30)
+# A request is "done" for its run once the worker has nothing more to do with it on its own.
+IN_FLIGHT = frozenset({"received", "approved"})
+
+
+@dataclass
+class Queued:
+    """What became of one rule run's requests."""
+
+    rule: str
+    rows: int
+    found: int
+    new: list[dict[str, Any]] = field(default_factory=list)
+    requeued: list[dict[str, Any]] = field(default_factory=list)
+    settled: int = 0
+    in_flight: int = 0
+
+    @property
+    def messages(self) -> list[str]:
+        return [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in (*self.new, *self.requeued)]
+
+
+def _stale(updated_at: str, claim_until: str | None, now: datetime) -> bool:
+    if claim_until and datetime.fromisoformat(claim_until.replace("Z", "+00:00")) > now:
+        return False
+    if not updated_at:
+        return True
+    return now - datetime.fromisoformat(updated_at.replace("Z", "+00:00")) >= REQUEUE_AFTER
+
+
+def register_run(ledger: Ledger, run: RuleRun, now: datetime) -> Queued:
+    """Record a run's new requests as received and return what to queue (module doc)."""
+    out = Queued(rule=run.rule.slug, rows=len(run.rows), found=len(run.requests))
+    fresh: list[dict[str, Any]] = []
+    for req in run.requests:
+        rec = ledger.read(req["rule"], req["id"])
+        if rec is None:
+            fresh.append(req)
+        elif rec.state not in IN_FLIGHT:
+            out.settled += 1
+        elif rec.state == "received" and rec.request and _stale(rec.updated_at, rec.claim_until, now):
+            out.requeued.append(rec.request)
+        else:
+            out.in_flight += 1
+    for index, req in enumerate(fresh):
+        numbered = {**req, "run": {**req.get("run", {}), "id": run.run_id, "index": index,
+                                   "total": len(fresh), "rows": len(run.rows)}}
+        rec, created = ledger.receive(numbered)
+        if created:
+            out.new.append(numbered)
+        elif rec.state == "received":
+            # Another scan recorded it between our read and write; its own message carries it.
+            out.in_flight += 1
+        else:
+            out.settled += 1
+    if len(out.new) != len(fresh):
+        # Keep run.total truthful for the outcome card: rows lost to a race are not in this run.
+        _renumber(ledger, out.new)
+    return out
+
+
+def _renumber(ledger: Ledger, requests: list[dict[str, Any]]) -> None:
+    for index, req in enumerate(requests):
+        req["run"] = {**req["run"], "index": index, "total": len(requests)}
+        rec = ledger.read(req["rule"], req["id"])
+        if rec is not None and rec.state == "received":
+            ledger.update(rec, request=req)
+
+
+async def send(notifier: Any, card: dict[str, Any], what: str) -> bool:
+    try:
+        delivered = bool(await notifier.send(card))
+    except Exception:   # a notifier must never break detection or remediation
+        log.exception("%s card: the notifier raised", what)
+        return False
+    if not delivered:
+        log.warning("%s card was not delivered", what)
+    return delivered
+
+
+def _hour_key(prefix: str, slug: str, now: datetime) -> str:
+    return f"{prefix}:{slug}:{now:%Y%m%d%H}"
+
+
+async def run_card(ledger: Ledger, notifier: Any, run: RuleRun, queued: Queued, *, now: datetime,
+                   backend: str, tenant_id: str | None, dry_run: bool = False) -> str | None:
+    """Send this run's first card if it has something to say; returns which card was sent."""
+    trouble = run.error or run.partial
+    if not queued.new and not trouble:
+        return None
+    if not queued.new and not ledger.claim_once(_hour_key("run-trouble", run.rule.slug, now)):
+        return None   # the same failure was reported this hour already
+    if run.error and run.transient and not queued.new:
+        card = failure_card(FailureReport(
+            kind="quota" if "429" in run.error or "quota" in run.error.lower() else "backend",
+            summary=f"{run.rule.name}: the query could not run", reason=run.error, rule=run.rule.slug,
+            rule_name=run.rule.name, run_id=run.run_id, occurred_at=now, tenant_id=tenant_id))
+        kind = "failure"
+    else:
+        report = RunReport.from_rule_run(run, started_at=now, backend=backend, dry_run=dry_run,
+                                         partial_reason=run.partial_reason, tenant_id=tenant_id)
+        report.requests = list(queued.new)
+        card, kind = scan_card(report), "scan"
+    await send(notifier, card, f"{run.rule.slug} {kind}")
+    return kind
+
+
+async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, backend: str | None,
+                       tenant_id: str | None, rule_names: dict[str, tuple[str, str]]) -> bool:
+    """After a message is handled: if its run is now settled, send the run's outcome card (once)."""
+    try:
+        request = parse_message(body)
+    except RequestInvalid:
+        return False   # recorded as invalid by the worker, which told on-call
+    run = request.get("run") or {}
+    run_id, total = run.get("id"), run.get("total")
+    if not run_id or not isinstance(total, int) or total < 1:
+        return False
+    rows = ledger.list(rule=request["rule"], run_id=run_id)
+    if len(rows) < total or any(r.state in IN_FLIGHT for r in rows):
+        return False
+    key = f"run-outcome:{request['rule']}:{run_id}"
+    if not ledger.claim_once(key):
+        return False
+    name, severity = rule_names.get(request["rule"], (request.get("rule_name") or request["rule"],
+                                                      request.get("severity") or "Medium"))
+    report = RunReport(rule=request["rule"], rule_name=name, severity=severity,
+                       rows=int(run.get("rows") or total), requests=[r.request for r in rows if r.request],
+                       outcomes=[r.outcome() for r in rows], run_id=run_id, backend=backend,
+                       tenant_id=tenant_id)
+    if not await send(notifier, scan_card(report), f"{request['rule']} outcome"):
+        ledger.forget_once(key)   # let a later delivery of this run try again
+        return False
+    return True

@@ -1,0 +1,151 @@
+"""The services the functions use, built from the start-up configuration, lazily and once.
+
+Storage clients (ledger, quota table, queue) are synchronous and shared by every invocation. Graph,
+Exchange and query-backend clients are asynchronous and bound to an event loop, so they are built
+inside the running loop and kept per loop (the Functions worker runs one loop for the life of the
+process; tests run one per call). Everything a test needs to replace (the query backend, the clock,
+the worker's retry timing) is a constructor argument, so tests change inputs, never our code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.data.tables import TableClient
+from azure.storage.queue import QueueClient
+
+from detections.backends.base import QueryBackend
+from remediation.ledger import Ledger
+from responder.app.bootstrap import AppConfig
+from responder.app.ratelimit import ScanQuota
+from responder.notify.teams import Notifier, notifier_from_settings
+
+BackendFactory = Callable[["Runtime", Any, Any], QueryBackend]   # (runtime, graph client, credential)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _LoopServices:
+    credential: Any
+    graph: Any
+    exchange: Any
+
+
+@dataclass
+class Runtime:
+    config: AppConfig
+    clock: Callable[[], datetime] = utcnow
+    backend_factory: BackendFactory | None = None
+    notifier: Notifier | None = None
+    worker_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ledger: Ledger | None = None
+        self._quota: ScanQuota | None = None
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopServices] = (
+            weakref.WeakKeyDictionary())
+        if self.notifier is None:
+            self.notifier = notifier_from_settings(self.config.settings)
+
+    @property
+    def settings(self) -> Any:
+        return self.config.settings
+
+    # --- storage (synchronous SDKs, shared) ------------------------------------------------------
+
+    def _sync_credential(self) -> Any:
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential(managed_identity_client_id=self.config.storage.client_id or None)
+
+    def table_client(self, table: str) -> TableClient:
+        st = self.config.storage
+        if st.connection_string:
+            return TableClient.from_connection_string(st.connection_string, table)
+        return TableClient(endpoint=st.table_endpoint, table_name=table, credential=self._sync_credential())
+
+    def queue_client(self, queue: str) -> QueueClient:
+        st = self.config.storage
+        if st.connection_string:
+            return QueueClient.from_connection_string(st.connection_string, queue)
+        return QueueClient(f"{st.queue_endpoint}/{queue}", queue_name=queue,
+                           credential=self._sync_credential())
+
+    def ledger(self) -> Ledger:
+        with self._lock:
+            if self._ledger is None:
+                ledger = Ledger(self.table_client(self.settings.ledger_table), clock=self.clock)
+                ledger.ensure_table()
+                self._ledger = ledger
+            return self._ledger
+
+    def quota(self) -> ScanQuota:
+        with self._lock:
+            if self._quota is None:
+                # A table of its own: the ledger's queries assume every non-marker row is a request.
+                quota = ScanQuota(self.table_client(quota_table(self.settings.ledger_table)),
+                                  per_hour=self.settings.scan_rate_per_hour, clock=self.clock)
+                quota.ensure_table()
+                self._quota = quota
+            return self._quota
+
+    # --- per-loop asynchronous clients -------------------------------------------------------------
+
+    async def _loop_services(self) -> _LoopServices:
+        loop = asyncio.get_running_loop()
+        found = self._loops.get(loop)
+        if found is None:
+            from responder.graph import is_loopback, make_graph_client
+
+            credential = None
+            if not is_loopback(self.settings.graph_base_url):
+                from azure.identity.aio import DefaultAzureCredential
+
+                credential = DefaultAzureCredential(
+                    managed_identity_client_id=self.settings.client_id or None)
+            graph = make_graph_client(base_url=self.settings.graph_base_url, credential=credential)
+            found = _LoopServices(credential, graph, _exchange_client(self.settings, credential))
+            self._loops[loop] = found
+        return found
+
+    async def backend(self) -> QueryBackend:
+        svc = await self._loop_services()
+        if self.backend_factory is not None:
+            return self.backend_factory(self, svc.graph, svc.credential)
+        from detections.backends import make_backend
+
+        return make_backend(self.settings, credential=svc.credential, graph_client=svc.graph)
+
+    @contextlib.asynccontextmanager
+    async def worker(self) -> AsyncIterator[Any]:
+        """A Worker for one invocation (cheap: the clients under it are shared)."""
+        from remediation.worker import Worker
+
+        svc = await self._loop_services()
+        yield Worker(self.settings, self.config.tenant, self.config.catalog, self.ledger(), svc.graph,
+                     svc.exchange, self.notifier, **self.worker_options)
+
+
+def quota_table(ledger_table: str) -> str:
+    """The re-scan quota table's name: the ledger's with a suffix (table names are alphanumeric)."""
+    return (ledger_table + "quota")[:63]
+
+
+def _exchange_client(settings: Any, credential: Any) -> Any:
+    # The Exchange admin client is optional: without it connector actions can only wait for approval.
+    try:
+        from remediation.exchange import make_exchange_client  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return make_exchange_client(settings, credential)
