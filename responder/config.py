@@ -37,7 +37,8 @@ class AppSetting:
 APP_SETTINGS: tuple[AppSetting, ...] = (
     AppSetting("RESPONDER_BACKEND", "Where detection queries run: `defender` (Graph advanced hunting) or "
                "`sentinel` (Log Analytics).", default="defender"),
-    AppSetting("RESPONDER_TENANT_ID", "Entra tenant id (used for the Exchange admin endpoint and portal links).",
+    AppSetting("RESPONDER_TENANT_ID", "Entra tenant id (used for the Exchange admin endpoint and portal "
+               "links).",
                required=True),
     AppSetting("AZURE_CLIENT_ID", "Client id of the user-assigned managed identity the app runs as.",
                required=True),
@@ -56,6 +57,9 @@ APP_SETTINGS: tuple[AppSetting, ...] = (
     AppSetting("RESPONDER_EMAIL_STRATEGY", "How email is moved: `defender` (analyzedEmails/remediate, "
                "needs MDO P2) or `mailbox` (Mail.ReadWrite scoped with RBAC for Applications).",
                default="defender"),
+    AppSetting("RESPONDER_EXCHANGE_BASE_URL", "Exchange Online admin API base URL, without trailing "
+               "slash (InvokeCommand is posted to `<base>/<tenant id>/InvokeCommand`).",
+               default="https://outlook.office365.com/adminapi/beta"),
     AppSetting("RESPONDER_CONNECTOR_AUTO", "`true` lets connector actions run automatically through the "
                "Exchange admin endpoint; otherwise they wait for approval.", default="false"),
     AppSetting("RESPONDER_TENANT_CONFIG", "Path of the tenant config YAML (parameters, allowlists, "
@@ -102,6 +106,7 @@ class Settings:
     tenant_config_path: str
     params_json: str
     scan_rate_per_hour: int
+    exchange_base_url: str = "https://outlook.office365.com/adminapi/beta"
 
     @property
     def poison_queue(self) -> str:
@@ -121,12 +126,15 @@ class Settings:
             values[s.name] = raw
         backend = values["RESPONDER_BACKEND"]
         if backend not in ("defender", "sentinel"):
-            raise ConfigError(f"app setting RESPONDER_BACKEND: expected defender or sentinel, got {backend!r}")
+            raise ConfigError(f"app setting RESPONDER_BACKEND: expected defender or sentinel, "
+                              f"got {backend!r}")
         if backend == "sentinel" and require and not values["RESPONDER_SENTINEL_WORKSPACE_ID"]:
-            raise ConfigError("app setting RESPONDER_SENTINEL_WORKSPACE_ID is required when the backend is sentinel")
+            raise ConfigError("app setting RESPONDER_SENTINEL_WORKSPACE_ID is required when the backend "
+                              "is sentinel")
         strategy = values["RESPONDER_EMAIL_STRATEGY"]
         if strategy not in ("defender", "mailbox"):
-            raise ConfigError(f"app setting RESPONDER_EMAIL_STRATEGY: expected defender or mailbox, got {strategy!r}")
+            raise ConfigError(f"app setting RESPONDER_EMAIL_STRATEGY: expected defender or mailbox, "
+                              f"got {strategy!r}")
         try:
             rate = int(values["RESPONDER_SCAN_RATE_PER_HOUR"])
         except ValueError:
@@ -148,6 +156,7 @@ class Settings:
             tenant_config_path=values["RESPONDER_TENANT_CONFIG"],
             params_json=values["RESPONDER_PARAMS"],
             scan_rate_per_hour=rate,
+            exchange_base_url=values["RESPONDER_EXCHANGE_BASE_URL"].rstrip("/"),
         )
 
 

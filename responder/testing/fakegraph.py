@@ -15,7 +15,7 @@ Public API::
         fake.users.add(upn, *, id=None, account_enabled=True, display_name="") -> FakeUser
         fake.users.get(upn_or_id) -> FakeUser | None
         fake.mailboxes.add(user, internet_message_id, folder="inbox", *, subject="") -> str (message id)
-        fake.mailboxes.folder_of(user, internet_message_id) -> str | None   (well-known name, e.g. "junkemail")
+        fake.mailboxes.folder_of(user, internet_message_id) -> str | None   (folder name: "junkemail")
         fake.mailboxes.messages(user) -> list[FakeMessage]
         fake.connectors.add(name, direction="inbound", *, enabled=True, **properties) -> dict
         fake.connectors.get(name) -> dict | None
@@ -98,7 +98,8 @@ OnRemediate = Callable[[str, list[dict[str, str]]], None]
 class GraphFault(Exception):
     """Raised by a pluggable handler (``hunting``) to answer an error in Graph's shape."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None, retry_after: float | None = None):
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 retry_after: float | None = None):
         super().__init__(message)
         self.status = status
         self.code = code or _CODES.get(status, "Error")
@@ -162,7 +163,8 @@ class FakeUser:
     display_name: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "userPrincipalName": self.user_principal_name, "mail": self.user_principal_name,
+        return {"id": self.id, "userPrincipalName": self.user_principal_name,
+                "mail": self.user_principal_name,
                 "displayName": self.display_name or self.user_principal_name.split("@")[0],
                 "accountEnabled": self.account_enabled}
 
@@ -247,7 +249,8 @@ class MailboxStore:
             msg = box.pop(message_id, None)
             if msg is None:
                 return None
-            moved = FakeMessage(self.new_message_id(), msg.internet_message_id, folder, msg.subject, msg.received)
+            moved = FakeMessage(self.new_message_id(), msg.internet_message_id, folder, msg.subject,
+                                msg.received)
             box[moved.id] = moved
             return moved
 
@@ -301,7 +304,8 @@ class _Reply(Exception):
 def graph_error(status: int, message: str, code: str | None = None) -> dict[str, Any]:
     return {"error": {"code": code or _CODES.get(status, "Error"), "message": message,
                       "innerError": {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-                                     "request-id": str(uuid.uuid4()), "client-request-id": str(uuid.uuid4())}}}
+                                     "request-id": str(uuid.uuid4()),
+                                     "client-request-id": str(uuid.uuid4())}}}
 
 
 def _error(status: int, message: str, code: str | None = None, retry_after: float | None = None) -> _Reply:
@@ -342,7 +346,8 @@ class FakeGraph:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
-            ("POST", re.compile(r"^/v1\.0/security/(microsoft\.graph\.security\.)?runHuntingQuery$"), self._hunt),
+            ("POST", re.compile(r"^/v1\.0/security/(microsoft\.graph\.security\.)?runHuntingQuery$"),
+             self._hunt),
             ("POST", re.compile(r"^/v1\.0/security/collaboration/analyzedEmails/"
                                 r"(microsoft\.graph\.security\.)?remediate$"), self._remediate),
             ("GET", re.compile(_USER + r"/messages$"), self._list_messages),
@@ -352,7 +357,8 @@ class FakeGraph:
             ("POST", re.compile(_USER + r"/(microsoft\.graph\.)?revokeSignInSessions$"), self._revoke),
             ("GET", re.compile(_USER + r"$"), self._get_user),
             ("PATCH", re.compile(_USER + r"$"), self._patch_user),
-            ("POST", re.compile(r"^/v1\.0/identityProtection/riskyUsers/(microsoft\.graph\.)?confirmCompromised$"),
+            ("POST", re.compile(r"^/v1\.0/identityProtection/riskyUsers/"
+                                r"(microsoft\.graph\.)?confirmCompromised$"),
              self._confirm_compromised),
             ("POST", re.compile(r"^/adminapi/beta/(?P<tenant>[^/]+)/InvokeCommand$"), self._invoke_command),
         ]
@@ -580,8 +586,8 @@ class FakeGraph:
         bulk = str(uuid.uuid4())
         location = (f'https://security.microsoft.com/action-center/history?filters={{"bulkId":["{bulk}"]}}'
                     f"&tid={self.tenant_id}")
-        pairs = [{"networkMessageId": e["networkMessageId"], "recipientEmailAddress": e["recipientEmailAddress"]}
-                 for e in emails]
+        pairs = [{"networkMessageId": e["networkMessageId"],
+                  "recipientEmailAddress": e["recipientEmailAddress"]} for e in emails]
         with self._lock:
             self.remediations.append(Remediation(bulk, action, pairs, body, location))
         if self.on_remediate is not None:
@@ -614,8 +620,8 @@ class FakeGraph:
                 raise _error(400, f"Invalid filter clause: {flt}", "ErrorInvalidUrlQueryFilter")
             wanted = fm.group(1).replace("''", "'")
             msgs = [x for x in msgs if x.internet_message_id == wanted]
-        return _Reply(200, {"@odata.context": f"https://graph.microsoft.com/v1.0/$metadata#users('{user.id}')"
-                                              "/messages", "value": [self._message_json(user, x) for x in msgs]})
+        ctx = f"https://graph.microsoft.com/v1.0/$metadata#users('{user.id}')/messages"
+        return _Reply(200, {"@odata.context": ctx, "value": [self._message_json(user, x) for x in msgs]})
 
     def _get_message(self, m: re.Match[str], _q: dict[str, str], _b: Any) -> _Reply:
         user = self._user(m)
@@ -732,7 +738,7 @@ def _object(body: Any) -> dict[str, Any]:
 
 
 def _key(body: dict[str, Any], name: str) -> Any:
-    """Graph matches property names case-insensitively (the SDK sends ``DestinationId``, docs ``destinationId``)."""
+    """Graph matches property names case-insensitively (SDK: ``DestinationId``, docs: ``destinationId``)."""
     for k, v in body.items():
         if k.lower() == name.lower():
             return v

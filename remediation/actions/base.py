@@ -1,0 +1,58 @@
+"""The action interface: what the worker calls, and what every action returns.
+
+An action receives a batch of remediation-request/1 dicts that the worker has already validated and
+passed through the safety rails, all with the same ``action``. It returns one ``ActionResult`` per
+request, in the same order, and never raises for a target's failure: one mailbox that answers 404
+must not stop the other nine. Batching matters for the Defender strategy (one Action-center entry
+for a whole campaign); the other actions run their targets concurrently within Graph's limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from responder.config import Settings, TenantConfig
+
+if TYPE_CHECKING:
+    from msgraph import GraphServiceClient
+
+    from remediation.exchange import ExchangeClient
+
+# States an action may report (a subset of the ledger's states).
+RESULT_STATES = ("confirmed", "submitted", "skipped", "failed")
+
+
+@dataclass
+class ActionResult:
+    request_id: str
+    state: str                        # confirmed | submitted | skipped | failed
+    detail: str = ""                  # for people: what was done or why not
+    error: str | None = None          # the service's reason when state == failed
+    transient: bool = False           # a retry may succeed (429, 5xx, timeout)
+    retry_after: float | None = None  # the service's hint, seconds
+    link: str | None = None           # Action-center link (Defender strategy)
+    undo: dict[str, Any] | None = None  # what an undo needs, e.g. {"original_folder": "inbox"}
+
+    def __post_init__(self) -> None:
+        if self.state not in RESULT_STATES:
+            raise ValueError(f"ActionResult.state must be one of {RESULT_STATES}, not {self.state!r}")
+
+
+@dataclass
+class ActionContext:
+    settings: Settings
+    tenant: TenantConfig
+    graph: GraphServiceClient
+    exchange: ExchangeClient | None = None
+
+
+class Action(Protocol):
+    name: str
+
+    async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]: ...
+
+
+def failed(request: dict[str, Any], reason: str, *, detail: str = "") -> ActionResult:
+    """A permanent failure found before calling anything (bad or incomplete target)."""
+    return ActionResult(request["id"], "failed", detail=detail or reason, error=reason)

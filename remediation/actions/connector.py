@@ -1,0 +1,56 @@
+"""``disable_connector``: Set-InboundConnector / Set-OutboundConnector ``-Enabled:$false`` via the Exchange
+admin API (remediation/exchange.py).
+
+The rails keep this in approval mode unless the tenant opted in (RESPONDER_CONNECTOR_AUTO); this module
+only runs what was allowed. The target names the connector and, when the rule knows it,
+``connector_type`` (inbound/outbound); otherwise both kinds are looked up. A connector that is already
+disabled is ``skipped``; one that does not exist is a permanent failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from remediation.actions.base import ActionContext, ActionResult, failed
+from remediation.actions.errors import describe
+from remediation.exchange import render_command
+
+
+class DisableConnector:
+    name = "disable_connector"
+
+    async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]:
+        return list(await asyncio.gather(*(self._one(r, ctx) for r in requests)))
+
+    async def _one(self, req: dict[str, Any], ctx: ActionContext) -> ActionResult:
+        if req.get("action") != self.name:
+            return failed(req, f"{req.get('action')!r} request given to {self.name}")
+        target = req.get("target") or {}
+        name = str(target.get("connector") or "").strip()
+        if not name:
+            return failed(req, "target needs the connector's name")
+        kind = target.get("connector_type")
+        if kind not in (None, "", "inbound", "outbound"):
+            return failed(req, f"connector_type must be inbound or outbound, not {kind!r}")
+        if ctx.exchange is None:
+            return failed(req, "no Exchange admin client is configured (RESPONDER_TENANT_ID and a credential "
+                               "are needed); run the command by hand",
+                          detail=f"not run: {render_command(kind or 'inbound', name)}")
+        kinds = [kind] if kind else ["inbound", "outbound"]
+        try:
+            for direction in kinds:
+                found = await ctx.exchange.get_connector(direction, name)
+                if found is None:
+                    continue
+                command = render_command(direction, name)
+                if found.get("Enabled") is False:
+                    detail = f"{direction} connector {name} is already disabled"
+                    return ActionResult(req["id"], "skipped", detail=detail)
+                await ctx.exchange.set_connector_enabled(direction, name, False)
+                return ActionResult(req["id"], "confirmed", detail=f"ran {command}",
+                                    undo={"connector": name, "connector_type": direction, "enabled": True})
+        except Exception as exc:
+            return describe(exc).result(req["id"], f"disable connector {name}")
+        reason = f"no {' or '.join(kinds)} connector named {name!r} exists"
+        return ActionResult(req["id"], "failed", detail=reason, error=reason)

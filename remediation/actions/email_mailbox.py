@@ -1,0 +1,152 @@
+"""Email remediation in the recipient's mailbox (Graph ``Mail.ReadWrite``, scoped with RBAC for Applications).
+
+Per target: find the message by ``internetMessageId`` in the recipient's mailbox, compare its folder
+with the destination, and move it only when it is elsewhere. Synchronous, so the result is
+``confirmed`` at once (or ``skipped`` when it was already there: re-running a request, or a message
+the user moved, is not a failure). ``undo`` records the folder it came from, so an undo puts it back
+exactly there rather than in the Inbox.
+
+Outlook allows an app at most 4 concurrent requests per mailbox: every request to one mailbox takes
+that mailbox's semaphore (``MAILBOX_CONCURRENCY``) for as long as it is in flight, while different
+mailboxes proceed in parallel. The limit is per app across all instances, so a 429 can still come
+back when several workers hit one mailbox: it is reported transient with the service's Retry-After.
+
+Folder ids are opaque: the destination's id is fetched once per mailbox (``GET mailFolders/junkemail``)
+and compared with the message's ``parentFolderId``; a folder name is never compared with an id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from kiota_abstractions.api_error import APIError
+from kiota_abstractions.base_request_configuration import RequestConfiguration
+from msgraph.generated.users.item.mail_folders.item.mail_folder_item_request_builder import (
+    MailFolderItemRequestBuilder,
+)
+from msgraph.generated.users.item.messages.item.move.move_post_request_body import MovePostRequestBody
+from msgraph.generated.users.item.messages.messages_request_builder import MessagesRequestBuilder
+
+from remediation.actions.base import ActionContext, ActionResult, failed
+from remediation.actions.errors import describe
+
+MAILBOX_CONCURRENCY = 4
+DESTINATION = {"move_to_junk": "junkemail", "move_to_inbox": "inbox", "soft_delete": "deleteditems"}
+FOLDER_LABEL = {"junkemail": "Junk Email", "inbox": "Inbox", "deleteditems": "Deleted Items"}
+
+T = TypeVar("T")
+
+
+class _NotFound(Exception):
+    """The target cannot be acted on; permanent, the message says why."""
+
+
+def odata_string(value: str) -> str:
+    """An OData string literal: single quotes doubled, so the id cannot change the filter."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def restore_folder(request: dict[str, Any]) -> str | None:
+    """For an undo (``move_to_inbox`` carrying ``undo_of``): the folder the original move recorded."""
+    undo = (request.get("undo_of") or {}).get("undo") or {}
+    folder = undo.get("original_folder")
+    return folder if isinstance(folder, str) and folder else None
+
+
+class MailboxEmailAction:
+    """``move_to_junk`` / ``move_to_inbox`` / ``soft_delete`` by moving the message in the mailbox."""
+
+    def __init__(self, action: str):
+        if action not in DESTINATION:
+            raise ValueError(f"the mailbox email strategy cannot do {action!r}")
+        self.name = action
+
+    async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]:
+        run = _Run(ctx)
+        return list(await asyncio.gather(*(self._one(req, run) for req in requests)))
+
+    async def _one(self, req: dict[str, Any], run: _Run) -> ActionResult:
+        if req.get("action") != self.name:
+            return failed(req, f"{req.get('action')!r} request given to {self.name}")
+        target = req.get("target") or {}
+        mailbox = str(target.get("recipient") or "").strip()
+        imid = str(target.get("internet_message_id") or "").strip()
+        if "@" not in mailbox:
+            return failed(req, "target needs the recipient's mailbox address")
+        if not imid:
+            return failed(req, "the mailbox strategy needs the message's internet_message_id (the rule "
+                               "must map InternetMessageId), and this target has none")
+        step = "find message"
+        try:
+            found = await run.find(mailbox, imid)
+            if not found:
+                raise _NotFound(f"message {imid} not found in mailbox {mailbox} (deleted, or never delivered "
+                                "there)")
+            step = "resolve destination folder"
+            dest_ref, note = restore_folder(req) or DESTINATION[self.name], ""
+            try:
+                dest_id = await run.folder_id(mailbox, dest_ref)
+            except APIError as exc:
+                if exc.response_status_code != 404 or dest_ref == DESTINATION[self.name]:
+                    raise
+                # The folder it came from is gone: the Inbox is the honest fallback for an undo.
+                dest_ref, note = DESTINATION[self.name], " (original folder no longer exists)"
+                dest_id = await run.folder_id(mailbox, dest_ref)
+            label = FOLDER_LABEL.get(dest_ref, "its original folder")
+            to_move = [m for m in found if m.parent_folder_id != dest_id]
+            if not to_move:
+                return ActionResult(req["id"], "skipped", detail=f"already in {label} in {mailbox}")
+            step = "move"
+            moved_ids = [await run.move(mailbox, m.id, dest_ref if dest_ref in FOLDER_LABEL else dest_id)
+                         for m in to_move]
+        except _NotFound as exc:
+            return ActionResult(req["id"], "failed", detail=str(exc), error=str(exc))
+        except Exception as exc:
+            return describe(exc).result(req["id"], f"{step} in {mailbox}")
+        undo = {"strategy": "mailbox", "mailbox": mailbox, "internet_message_id": imid,
+                "original_folder": to_move[0].parent_folder_id, "moved_message_id": moved_ids[0]}
+        return ActionResult(req["id"], "confirmed", undo=undo,
+                            detail=f"moved {len(to_move)} message(s) to {label} in {mailbox}{note}")
+
+
+class _Run:
+    """Per-execute state: one semaphore per mailbox, destination folder ids cached per mailbox."""
+
+    def __init__(self, ctx: ActionContext):
+        self.graph = ctx.graph
+        self.sems: dict[str, asyncio.Semaphore] = {}
+        self.folders: dict[tuple[str, str], asyncio.Task[str]] = {}
+
+    async def _limited(self, mailbox: str, call: Callable[[], Awaitable[T]]) -> T:
+        sem = self.sems.setdefault(mailbox.lower(), asyncio.Semaphore(MAILBOX_CONCURRENCY))
+        async with sem:
+            return await call()
+
+    async def find(self, mailbox: str, imid: str) -> list[Any]:
+        q = MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters(
+            filter=f"internetMessageId eq {odata_string(imid)}", select=["id", "parentFolderId"])
+        page = await self._limited(mailbox, lambda: self.graph.users.by_user_id(mailbox).messages.get(
+            RequestConfiguration(query_parameters=q)))
+        return list(page.value or []) if page is not None else []
+
+    async def folder_id(self, mailbox: str, ref: str) -> str:
+        key = (mailbox.lower(), ref.lower())
+        if key not in self.folders:   # one lookup per mailbox and folder, shared by concurrent targets
+            self.folders[key] = asyncio.ensure_future(self._fetch_folder(mailbox, ref))
+        return await asyncio.shield(self.folders[key])
+
+    async def _fetch_folder(self, mailbox: str, ref: str) -> str:
+        q = MailFolderItemRequestBuilder.MailFolderItemRequestBuilderGetQueryParameters(select=["id"])
+        folder = await self._limited(mailbox, lambda: self.graph.users.by_user_id(mailbox).mail_folders
+                                     .by_mail_folder_id(ref).get(RequestConfiguration(query_parameters=q)))
+        if folder is None or not folder.id:
+            raise _NotFound(f"folder {ref} has no id in mailbox {mailbox}")
+        return str(folder.id)
+
+    async def move(self, mailbox: str, message_id: str, destination: str) -> str:
+        body = MovePostRequestBody(destination_id=destination)
+        moved = await self._limited(mailbox, lambda: self.graph.users.by_user_id(mailbox).messages
+                                    .by_message_id(message_id).move.post(body))
+        return str(moved.id) if moved is not None and moved.id else ""

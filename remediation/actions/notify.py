@@ -1,0 +1,15 @@
+"""``notify``: nothing to change anywhere; the worker records the request and the card tells on-call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from remediation.actions.base import ActionContext, ActionResult, failed
+
+
+class NotifyAction:
+    name = "notify"
+
+    async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]:
+        return [ActionResult(r["id"], "confirmed", detail="notified") if r.get("action") == self.name
+                else failed(r, f"{r.get('action')!r} request given to notify") for r in requests]
