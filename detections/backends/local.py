@@ -48,6 +48,15 @@ def load_schemas(schemas_dir: Path = SCHEMAS_DIR) -> dict[str, list[tuple[str, s
     return out
 
 
+def with_time_generated(cols: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Sentinel stores the Defender tables with ``TimeGenerated`` beside ``Timestamp``; so does this
+    engine, so sentinel-platform rules run here too (defender rules may not use it: the parser check
+    rejects it for them). Rows that do not give it get their ``Timestamp``."""
+    if any(c == "TimeGenerated" for c, _ in cols):
+        return cols
+    return [*cols, ("TimeGenerated", "DateTime")]
+
+
 def parse_datetime(value: Any, now: datetime) -> datetime:
     """ISO 8601 (naive means UTC, as in Kusto) or ``now``, ``now-10m``, ``now+1h``."""
     if isinstance(value, datetime):
@@ -140,7 +149,8 @@ class LocalBackend:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware (UTC)")
         self.now = now.astimezone(UTC)
-        self.schemas = dict(schemas) if schemas is not None else load_schemas()
+        self.schemas = {t: with_time_generated(c) for t, c in
+                        (dict(schemas) if schemas is not None else load_schemas()).items()}
         self.con = duckdb_kql.connect()
         for table, cols in self.schemas.items():
             col_sql = ", ".join(f'"{c}" {_SQL_TYPES[t]}' for c, t in cols)
@@ -229,13 +239,15 @@ class LocalBackend:
             if name not in known:
                 raise TableError(f"{where}: unknown column {name!r} for table {table} "
                                  f"(columns are in detections/schemas/{table}.json)")
-        out = []
+        typed: dict[str, Any] = {}
         for col, ctype in cols:
             try:
-                out.append(_typed(ctype, row.get(col), self.now, from_text=from_text))
+                typed[col] = _typed(ctype, row.get(col), self.now, from_text=from_text)
             except ValueError as exc:
                 raise TableError(f"{where}: column {col}: {exc}") from None
-        return tuple(out)
+        if typed.get("TimeGenerated") is None:
+            typed["TimeGenerated"] = typed.get("Timestamp")
+        return tuple(typed[c] for c, _ in cols)
 
     def _insert(self, table: str, rows: list[tuple[Any, ...]]) -> None:
         if rows:

@@ -182,3 +182,16 @@ def test_rows_for_test_cases_name_the_case_field() -> None:
 def test_naive_now_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone"):
         LocalBackend(None, datetime(2026, 11, 20, 12))
+
+
+def test_time_generated_is_there_for_sentinel_rules_and_defaults_to_timestamp() -> None:
+    backend = LocalBackend.from_rows(
+        {"EmailEvents": [{"Timestamp": "now-5m"}, {"Timestamp": "now-9m", "TimeGenerated": "now-2m"}]},
+        NOW,
+        source="t",
+    )
+    rows = run(backend, "EmailEvents | sort by Timestamp desc | project Timestamp, TimeGenerated")
+    assert rows == [
+        {"Timestamp": "2026-11-20T11:55:00Z", "TimeGenerated": "2026-11-20T11:55:00Z"},
+        {"Timestamp": "2026-11-20T11:51:00Z", "TimeGenerated": "2026-11-20T11:58:00Z"},
+    ]
