@@ -193,6 +193,7 @@ HOSTILE = [
     "// everything after is a comment",
     'tab\tand "quotes" and \\backslash\\ and \r return',
     "ünïcödé ✓ | ;",
+    "unicode line\u2028separator\u0085next line",
 ]
 
 
