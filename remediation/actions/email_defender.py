@@ -10,7 +10,9 @@ typical campaign (a few dozen copies) still fits in a single call.
 The call is asynchronous: 202 with a ``Location`` into the Action center and no body, and there is no
 status API. So the result is ``submitted`` with that link, and remediation/verify.py later confirms it
 from ``LatestDeliveryLocation`` in EmailEvents. The Location header is read with kiota's
-HeadersInspectionHandlerOption (the SDK's ``post`` returns None and drops headers otherwise).
+response handler (the SDK's ``post`` returns None and drops headers otherwise). Not with kiota's
+HeadersInspectionHandlerOption: its options live in the httpx request's extensions, which the last
+middleware removes, so after a RetryHandler replay the header is silently lost (seen in the tests).
 
 SDK retries and idempotency: the RetryHandler below this code replays the POST on 429/503/504. A 429
 was not processed, so the replay is exact. A 503/504 may have been processed: the replay then creates
@@ -25,14 +27,17 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import httpx
 from kiota_abstractions.base_request_configuration import RequestConfiguration
-from kiota_http.middleware.options import HeadersInspectionHandlerOption
+from kiota_abstractions.response_handler import ResponseHandler
+from kiota_http.middleware.options import ResponseHandlerOption
 from msgraph.generated.models.security.analyzed_email import AnalyzedEmail
 from msgraph.generated.models.security.remediation_action import RemediationAction
 from msgraph.generated.models.security.remediation_severity import RemediationSeverity
 from msgraph.generated.security.collaboration.analyzed_emails.microsoft_graph_security_remediate.remediate_post_request_body import (  # noqa: E501
     RemediatePostRequestBody,
 )
+from opentelemetry import trace
 
 from remediation.actions.base import ActionContext, ActionResult, failed
 from remediation.actions.errors import describe
@@ -120,18 +125,31 @@ class DefenderEmailAction:
     async def _submit(self, ctx: ActionContext, rule: str, reqs: list[dict[str, Any]],
                       pairs: list[tuple[str, str]]) -> dict[str, ActionResult]:
         body = build_body(self.name, rule, reqs, pairs)
-        headers = HeadersInspectionHandlerOption(inspect_response_headers=True)
+        keep = _KeepLocation(ctx.graph.request_adapter)
         try:
             await ctx.graph.security.collaboration.analyzed_emails.microsoft_graph_security_remediate.post(
-                body, RequestConfiguration(options=[headers]))
+                body, RequestConfiguration(options=[ResponseHandlerOption(keep)]))
         except Exception as exc:
             failure = describe(exc)
             return {r["id"]: failure.result(r["id"], f"Defender remediation ({len(pairs)} emails)")
                     for r in reqs}
-        location = next(iter(headers.response_headers.get("location") or []), None)
+        location = keep.location
         detail = (f"{VERB[self.name]} submitted to Defender with {len(pairs)} email(s); "
                   "confirmed later from LatestDeliveryLocation")
         undo = ({"strategy": "defender", "restore_action": "move_to_inbox"}
                 if self.name == "move_to_junk" else None)
         return {r["id"]: ActionResult(r["id"], "submitted", detail=detail, link=location, undo=undo)
                 for r in reqs}
+
+
+class _KeepLocation(ResponseHandler):
+    """Keeps the final response's Location header; errors are raised exactly as the SDK would."""
+
+    def __init__(self, adapter: Any):
+        self.adapter = adapter
+        self.location: str | None = None
+
+    async def handle_response_async(self, response: httpx.Response, error_map: Any = None) -> None:
+        span = trace.INVALID_SPAN
+        await self.adapter.throw_failed_responses(response, error_map, span, span)
+        self.location = response.headers.get("location")

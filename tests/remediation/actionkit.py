@@ -1,0 +1,25 @@
+"""Running an action through the real msgraph-sdk client against a loopback FakeGraph."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from remediation.actions import ActionContext, ActionResult, get_action
+from remediation.exchange import ExchangeClient
+from responder.config import Settings, TenantConfig
+from responder.graph import make_graph_client
+from responder.testing.fakegraph import FakeGraph
+
+
+def settings_for(fake: FakeGraph, strategy: str = "defender") -> Settings:
+    return Settings.from_env({"RESPONDER_GRAPH_BASE_URL": fake.base_url, "RESPONDER_EMAIL_STRATEGY": strategy,
+                              "RESPONDER_TENANT_ID": fake.tenant_id,
+                              "RESPONDER_EXCHANGE_BASE_URL": fake.exchange_base_url}, require=False)
+
+
+async def execute(fake: FakeGraph, action: str, requests: list[dict[str, Any]], *, strategy: str = "defender",
+                  max_retries: int = 0, exchange: ExchangeClient | None = None) -> list[ActionResult]:
+    graph = make_graph_client(base_url=fake.base_url, max_retries=max_retries)
+    ctx = ActionContext(settings=settings_for(fake, strategy), tenant=TenantConfig(), graph=graph,
+                        exchange=exchange)
+    return await get_action(action, strategy).execute(requests, ctx)

@@ -1,0 +1,131 @@
+"""Defender email remediation through the real SDK against the fake: exact calls, grouping, faults."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from remediation.actions.email_defender import MAX_EMAILS_PER_CALL
+from responder.testing.fakegraph import FakeGraph
+from tests.remediation.actionkit import execute
+from tests.remediation.factories import email_request
+
+PATH = "/v1.0/security/collaboration/analyzedEmails/microsoft.graph.security.remediate"
+
+
+def test_one_call_for_a_campaign_with_the_exact_body_and_the_action_center_link() -> None:
+    seen: list[tuple[str, list[dict[str, str]]]] = []
+    reqs = [email_request("nm-1", "support@contoso.com"), email_request("nm-1", "sales@contoso.com", index=1),
+            email_request("nm-2", "info@contoso.com", index=2)]
+    with FakeGraph(on_remediate=lambda a, e: seen.append((a, e))) as fake:
+        results = asyncio.run(execute(fake, "move_to_junk", reqs))
+        calls = fake.calls
+    assert [(c.method, c.path) for c in calls] == [("POST", PATH)]
+    assert calls[0].json == {
+        "action": "moveToJunk",
+        "analyzedEmails": [
+            {"networkMessageId": "nm-1", "recipientEmailAddress": "support@contoso.com"},
+            {"networkMessageId": "nm-1", "recipientEmailAddress": "sales@contoso.com"},
+            {"networkMessageId": "nm-2", "recipientEmailAddress": "info@contoso.com"},
+        ],
+        "description": "xdr-responder: Move to Junk for 3 email(s) found by rule 'shared-mailboxes' "
+                       "(scan run run-1). Sender's copy untouched.",
+        "displayName": "xdr-responder: rule shared-mailboxes",
+        "remediateSendersCopy": False,
+        "severity": "medium",
+    }
+    assert seen == [("moveToJunk", calls[0].json["analyzedEmails"])]
+    location = fake.remediations[0].location
+    assert location.startswith("https://security.microsoft.com/action-center/history?filters=")
+    assert [(r.request_id, r.state, r.link, r.transient) for r in results] == [
+        (q["id"], "submitted", location, False) for q in reqs]
+
+
+@pytest.mark.parametrize(("action", "wire"), [("move_to_inbox", "moveToInbox"), ("soft_delete", "softDelete")])
+def test_other_actions_map_to_the_service_names(action: str, wire: str) -> None:
+    with FakeGraph() as fake:
+        results = asyncio.run(execute(fake, action, [email_request("nm-1", action=action)]))
+    assert fake.remediations[0].action == wire
+    assert results[0].state == "submitted"
+
+
+def test_chunks_of_the_documented_size_and_duplicates_sent_once() -> None:
+    n = MAX_EMAILS_PER_CALL + 5
+    reqs = [email_request(f"nm-{i}", index=i) for i in range(n)]
+    dup = email_request("NM-0", "SUPPORT@contoso.com", index=n)   # same message, other case: same pair
+    dup["id"] = "f" * 32
+    with FakeGraph() as fake:
+        results = asyncio.run(execute(fake, "move_to_junk", [*reqs, dup]))
+    sizes = [len(r.emails) for r in fake.remediations]
+    assert sizes == [MAX_EMAILS_PER_CALL, 5]
+    assert [r.state for r in results] == ["submitted"] * (n + 1)
+    assert results[-1].link == results[0].link == fake.remediations[0].location
+
+
+def test_groups_by_rule_so_each_entry_names_its_rule() -> None:
+    reqs = [email_request("nm-1", rule="rule-a"), email_request("nm-2", rule="rule-b"),
+            email_request("nm-3", rule="rule-a", index=1)]
+    with FakeGraph() as fake:
+        results = asyncio.run(execute(fake, "move_to_junk", reqs))
+    assert [(r.body["displayName"], [e["networkMessageId"] for e in r.emails]) for r in fake.remediations] == [
+        ("xdr-responder: rule rule-a", ["nm-1", "nm-3"]), ("xdr-responder: rule rule-b", ["nm-2"])]
+    assert [r.link for r in results] == [fake.remediations[0].location, fake.remediations[1].location,
+                                         fake.remediations[0].location]
+
+
+def test_highest_severity_of_the_group_is_used() -> None:
+    reqs = [email_request("nm-1"), email_request("nm-2", index=1)]
+    reqs[1]["severity"] = "High"
+    with FakeGraph() as fake:
+        asyncio.run(execute(fake, "move_to_junk", reqs))
+    assert fake.remediations[0].body["severity"] == "high"
+
+
+def test_bad_target_fails_alone_without_a_call() -> None:
+    good = email_request("nm-1")
+    bad = email_request("nm-2", "not-an-address", index=1)
+    with FakeGraph() as fake:
+        results = asyncio.run(execute(fake, "move_to_junk", [bad, good]))
+    assert [e["networkMessageId"] for e in fake.remediations[0].emails] == ["nm-1"]
+    assert (results[0].state, results[0].transient) == ("failed", False)
+    assert "recipient" in (results[0].error or "")
+    assert results[1].state == "submitted"
+
+
+@pytest.mark.parametrize(("status", "transient", "retry_after"), [
+    (429, True, 7.0), (503, True, None), (504, True, None), (400, False, None), (403, False, None),
+    (404, False, None)])
+def test_fault_mapping(status: int, transient: bool, retry_after: float | None) -> None:
+    reqs = [email_request("nm-1"), email_request("nm-2", index=1)]
+    with FakeGraph() as fake:
+        fake.inject("POST", r"remediate$", status, retry_after=retry_after, message=f"boom {status}")
+        results = asyncio.run(execute(fake, "move_to_junk", reqs))
+        assert len(fake.calls) == 1
+    assert fake.remediations == []
+    for r in results:
+        assert (r.state, r.transient, r.retry_after) == ("failed", transient, retry_after)
+        assert f"HTTP {status}" in (r.error or "") and f"boom {status}" in (r.error or "")
+
+
+def test_sdk_retries_a_503_on_post_and_a_processed_503_means_a_second_entry() -> None:
+    """The SDK RetryHandler replays the POST (max_retries > 0). If the service had processed the first
+    call (``applied=True``), the replay submits the same emails again: two Action-center entries, one
+    end state. The action reports one submission; the ledger never sees the replay."""
+    with FakeGraph() as fake:
+        fake.inject("POST", r"remediate$", 503, retry_after=0, applied=True)
+        results = asyncio.run(execute(fake, "move_to_junk", [email_request("nm-1")], max_retries=1))
+        assert [c.status for c in fake.calls] == [503, 202]
+        assert fake.calls[0].json == fake.calls[1].json
+    assert len(fake.remediations) == 2
+    assert [r.emails for r in fake.remediations] == [[{"networkMessageId": "nm-1",
+                                                       "recipientEmailAddress": "support@contoso.com"}]] * 2
+    assert results[0].state == "submitted" and results[0].link == fake.remediations[1].location
+
+
+def test_sdk_gives_up_after_max_retries_and_the_result_is_transient() -> None:
+    with FakeGraph() as fake:
+        fake.inject("POST", r"remediate$", 429, times=None, retry_after=0)
+        results = asyncio.run(execute(fake, "move_to_junk", [email_request("nm-1")], max_retries=2))
+        assert [c.status for c in fake.calls] == [429, 429, 429]
+    assert (results[0].state, results[0].transient, results[0].retry_after) == ("failed", True, 0.0)
