@@ -153,7 +153,7 @@ async def http_health(rt: Runtime, req: func.HttpRequest) -> func.HttpResponse:
     """``GET /api/health``: counts and yes/no answers only (anonymous callers may read it)."""
     storage = "reachable"
     try:
-        rt.ledger().read("~health", "probe")   # a point read: proves the account answers
+        rt.probe_storage()
     except Exception as exc:
         log.error("health: storage unreachable: %s", type(exc).__name__)
         storage = "unreachable"

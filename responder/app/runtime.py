@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
@@ -48,6 +49,7 @@ class Runtime:
     backend_factory: BackendFactory | None = None
     notifier: Notifier | None = None
     worker_options: dict[str, Any] = field(default_factory=dict)
+    graph_retries: int = 3          # msgraph-sdk RetryHandler retries (429/503/504, Retry-After honoured)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -69,11 +71,19 @@ class Runtime:
 
         return DefaultAzureCredential(managed_identity_client_id=self.config.storage.client_id or None)
 
-    def table_client(self, table: str) -> TableClient:
+    def table_client(self, table: str, **options: Any) -> TableClient:
+        """``options`` go to the SDK pipeline (e.g. ``retry_total=0`` for a quick probe)."""
         st = self.config.storage
         if st.connection_string:
-            return TableClient.from_connection_string(st.connection_string, table)
-        return TableClient(endpoint=st.table_endpoint, table_name=table, credential=self._sync_credential())
+            return TableClient.from_connection_string(st.connection_string, table, **options)
+        return TableClient(endpoint=st.table_endpoint, table_name=table, credential=self._sync_credential(),
+                           **options)
+
+    def probe_storage(self) -> None:
+        """Raise unless the storage account answers (one point read, no retries, short timeouts)."""
+        with contextlib.suppress(ResourceNotFoundError):
+            self.table_client(self.settings.ledger_table, retry_total=0, connection_timeout=5,
+                              read_timeout=10).get_entity("~health", "probe")
 
     def queue_client(self, queue: str) -> QueueClient:
         st = self.config.storage
@@ -114,7 +124,8 @@ class Runtime:
 
                 credential = DefaultAzureCredential(
                     managed_identity_client_id=self.settings.client_id or None)
-            graph = make_graph_client(base_url=self.settings.graph_base_url, credential=credential)
+            graph = make_graph_client(base_url=self.settings.graph_base_url, credential=credential,
+                                      max_retries=self.graph_retries)
             found = _LoopServices(credential, graph, _exchange_client(self.settings, credential))
             self._loops[loop] = found
         return found

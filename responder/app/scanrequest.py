@@ -83,7 +83,7 @@ def _schema_error(error: jsonschema.ValidationError) -> BadRequest:
             where = _path(error)
             name = extra[0] if where == "body" else f"{where}.{extra[0]}"
             return BadRequest(name, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-    if error.validator == "propertyNames":
+    if "propertyNames" in error.schema_path:   # the error's instance is the offending key
         return BadRequest(f"{_path(error)}.{error.instance}", "not a valid parameter name")
     return BadRequest(_path(error), error.message)
 

@@ -1,0 +1,111 @@
+"""The app as the host indexes it: every function's trigger, bindings, schedule, route and auth level."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+from azure.functions.http import HttpRequestConverter
+from azure.functions.queue import QueueMessageInConverter, QueueMessageOutConverter
+from azure.functions.timer import TimerRequestConverter
+
+from detections.catalog import load_catalog
+from responder.app import schedules
+from responder.config import ROOT
+
+QUEUE = "%RESPONDER_REQUESTS_QUEUE%"
+HTTP = {"scan": ("scan", ["POST"], "FUNCTION"), "health": ("health", ["GET"], "ANONYMOUS"),
+        "approve": ("requests/{id}/approve", ["POST"], "FUNCTION"),
+        "reject": ("requests/{id}/reject", ["POST"], "FUNCTION")}
+
+
+def bindings(fn: Any) -> dict[str, dict[str, Any]]:
+    return {b["name"]: b for b in json.loads(fn.get_function_json())["bindings"]}
+
+
+def test_function_set_is_one_timer_per_enabled_rule_plus_fixed_functions(functions: dict[str, Any]) -> None:
+    catalog = load_catalog()
+    timers = {schedules.function_name(slug) for slug in catalog}
+    assert set(functions) == timers | {"worker", "poison", *HTTP}
+    for name in functions:
+        assert schedules.FUNCTION_NAME_RE.match(name), name
+
+
+def test_rule_timers_schedule_from_query_frequency_and_write_to_the_queue(functions: dict[str, Any]) -> None:
+    for slug, rule in load_catalog().items():
+        b = bindings(functions[schedules.function_name(slug)])
+        assert set(b) == {"timer", "msgs"}
+        assert b["timer"]["type"] == "timerTrigger" and b["timer"]["direction"] == "IN"
+        assert b["timer"]["schedule"] == schedules.from_frequency(rule.query_frequency, slug)
+        assert schedules.validate(b["timer"]["schedule"]) == b["timer"]["schedule"]
+        assert b["msgs"] == {"direction": "OUT", "type": "queue", "name": "msgs", "queueName": QUEUE,
+                             "connection": "AzureWebJobsStorage"}
+
+
+def test_worker_and_poison_queue_triggers(functions: dict[str, Any]) -> None:
+    worker, poison = bindings(functions["worker"]), bindings(functions["poison"])
+    assert worker == {"msg": {"direction": "IN", "type": "queueTrigger", "name": "msg", "queueName": QUEUE,
+                              "connection": "AzureWebJobsStorage"}}
+    assert poison["msg"]["type"] == "queueTrigger"
+    assert poison["msg"]["queueName"] == QUEUE + "-poison"
+    assert poison["msg"]["connection"] == "AzureWebJobsStorage"
+
+
+def test_http_routes_methods_and_auth_levels(functions: dict[str, Any]) -> None:
+    for name, (route, methods, auth) in HTTP.items():
+        b = bindings(functions[name])
+        assert b["req"]["type"] == "httpTrigger"
+        assert (b["req"]["route"], b["req"]["methods"], b["req"]["authLevel"]) == (route, methods, auth)
+        assert b["$return"]["type"] == "http"
+    assert bindings(functions["scan"])["msgs"]["queueName"] == QUEUE
+
+
+def test_no_route_but_health_is_anonymous(functions: dict[str, Any]) -> None:
+    for name, fn in functions.items():
+        trig = bindings(fn).get("req")
+        if trig and trig["type"] == "httpTrigger" and name != "health":
+            assert trig["authLevel"] in ("FUNCTION", "ADMIN"), name
+
+
+def test_annotations_are_what_the_python_worker_accepts(functions: dict[str, Any]) -> None:
+    """The worker matches each parameter's annotation to its binding's converter at load time."""
+    checks = {"timerTrigger": TimerRequestConverter.check_input_type_annotation,
+              "queueTrigger": QueueMessageInConverter.check_input_type_annotation,
+              "httpTrigger": HttpRequestConverter.check_input_type_annotation}
+    for name, fn in functions.items():
+        user = fn.get_user_function()
+        assert inspect.iscoroutinefunction(user), name
+        hints = typing.get_type_hints(user)
+        for arg, b in bindings(fn).items():
+            if arg == "$return":
+                assert hints["return"] is func.HttpResponse
+            elif b["type"] == "queue":
+                out = hints[arg]
+                assert typing.get_origin(out) is func.Out, name
+                assert QueueMessageOutConverter.check_output_type_annotation(typing.get_args(out)[0]), name
+            else:
+                assert checks[b["type"]](hints[arg]), (name, arg)
+
+
+def test_host_json_queue_settings_and_bundle() -> None:
+    host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+    assert host["version"] == "2.0"
+    assert host["extensionBundle"] == {"id": "Microsoft.Azure.Functions.ExtensionBundle",
+                                       "version": "[4.*, 5.0.0)"}
+    queues = host["extensions"]["queues"]
+    # The output binding writes base64; the trigger must read base64 (and the demo/CLI enqueue it so).
+    assert queues["messageEncoding"] == "base64"
+    assert queues["maxDequeueCount"] >= 2
+    assert 1 <= queues["batchSize"] <= 16
+    assert "logLevel" in host["logging"]
+
+
+def test_function_app_is_thin_wiring() -> None:
+    """Every function body is one call into responder.app.handlers."""
+    source = (Path(ROOT) / "function_app.py").read_text(encoding="utf-8")
+    bodies = [line.strip() for line in source.splitlines() if line.startswith("    ") and "await" in line]
+    assert bodies and all(line.startswith(("await handlers.", "return await handlers.")) for line in bodies)
