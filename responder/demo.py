@@ -92,6 +92,7 @@ async def run_demo(options: DemoOptions, step: Step = lambda _: None) -> DemoRun
     live = LiveTables(gen.tables_dir, gen.now)
 
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(live.close)  # runs last: after the fake Graph that queries it has stopped
         queue, ledger = _storage(stack, options, run, step)
         fake = stack.enter_context(_fake_graph(live))
         from detections.backends.defender import DefenderBackend

@@ -87,7 +87,10 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
             console.print(f"  {key}: {escape(str(summary['environment'][key]))}")
     table = Table(title="Per rule", title_justify="left")
     for col in ("rule", "rows", "requests", "done", "held", "failed", "found", "missed", "false pos."):
-        table.add_column(col, justify="left" if col == "rule" else "right")
+        if col == "rule":
+            table.add_column(col, no_wrap=True, overflow="fold")
+        else:
+            table.add_column(col, justify="right")
     for slug, r in summary["rules"].items():
         table.add_row(
             slug,

@@ -18,6 +18,7 @@ from typing import Any
 from detections.backends.base import BackendError, QueryResult
 from detections.backends.local import LocalBackend
 from detections.params import parse_timespan
+from responder.sample.bulkload import bulk_load
 
 # Defender remediation action (Graph's enum) -> where the message ends up (EmailEvents' wording).
 LOCATION_AFTER = {
@@ -35,7 +36,8 @@ class LiveTables:
     name = "local"
 
     def __init__(self, tables_dir: Path, now: datetime):
-        self.backend = LocalBackend(tables_dir, now)
+        self.backend = LocalBackend(None, now)
+        self.rows = bulk_load(self.backend, tables_dir)
         self.moves: list[tuple[str, str, str]] = []  # (network_message_id, recipient, location), in order
         self.queries = 0
         # The fake Graph serves each request on its own thread; one DuckDB connection, one at a time.
@@ -74,6 +76,10 @@ class LiveTables:
     def move(self, network_message_id: str, recipient: str, location: str) -> int:
         with self._lock:
             return self._move(network_message_id, recipient, location)
+
+    def close(self) -> None:
+        with self._lock:
+            self.backend.con.close()
 
     def people(self) -> list[tuple[str, str]]:
         """(UPN, object id) of every account that signed in: the directory the fake Graph should know."""
