@@ -239,7 +239,9 @@ def check_param_names(selected: Iterable[Rule], overrides: Mapping[str, Any], *,
                 raise ParamError(None, name, "set in tenant config params but no rule declares it")
         for slug, body in tenant.rules.items():
             if slug not in known:
-                raise ParamError(slug, None, "tenant config rules names a rule that does not exist")
+                # YAML 1.1 reads unquoted on/off/yes/no keys as booleans: say so rather than "no rule False".
+                hint = "" if isinstance(slug, str) else f" (YAML read this key as {slug!r}: quote it)"
+                raise ParamError(None, None, f"tenant config rules.{slug}: no such rule{hint}")
             for name in body.params:
                 if name not in known[slug].parameters:
                     raise ParamError(slug, name, f"set in tenant config rules.{slug}.params but the rule "

@@ -244,11 +244,11 @@ def test_the_documented_example_folder(capsys) -> None:
 def test_disabled_rules_run_only_when_named(tables: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     rules = tmp_path / "rules"
     rules.mkdir()
-    write_rule(rules, "on")
-    write_rule(rules, "off", lambda d: d.update(id="00000000-0000-4000-8000-000000000002"))
+    write_rule(rules, "kept")
+    write_rule(rules, "dropped", lambda d: d.update(id="00000000-0000-4000-8000-000000000002"))
     monkeypatch.setattr("detections.catalog.RULES_DIR", rules)
     config = tmp_path / "tenant.yaml"
-    config.write_text("rules:\n  off:\n    enabled: false\n", encoding="utf-8")
+    config.write_text("rules:\n  dropped:\n    enabled: false\n", encoding="utf-8")
     base = [
         "scan",
         "--tables",
@@ -262,6 +262,6 @@ def test_disabled_rules_run_only_when_named(tables: Path, tmp_path: Path, capsys
         "--json",
     ]
     assert main(base) == 0
-    assert {r["rule"] for r in json.loads(capsys.readouterr().out)} == {"on"}
-    assert main([*base, "--rule", "off"]) == 0
-    assert {r["rule"] for r in json.loads(capsys.readouterr().out)} == {"off"}
+    assert {r["rule"] for r in json.loads(capsys.readouterr().out)} == {"kept"}
+    assert main([*base, "--rule", "dropped"]) == 0
+    assert {r["rule"] for r in json.loads(capsys.readouterr().out)} == {"dropped"}

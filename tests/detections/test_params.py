@@ -172,7 +172,7 @@ def test_unknown_names_are_errors(rule) -> None:
     with pytest.raises(ParamError, match="declares no such parameter"):
         resolve_params(rule, tenant, {"protected_recipients": "a@x.com"})
     tenant = TenantConfig.from_mapping({"rules": {"no-such-rule": {"mode": "auto"}}}, source="t")
-    with pytest.raises(ParamError, match="does not exist"):
+    with pytest.raises(ParamError, match=r"tenant config rules\.no-such-rule: no such rule"):
         check_param_names([rule], {}, all_rules=[rule], tenant=tenant)
 
 
@@ -255,3 +255,9 @@ def test_hostile_value_cannot_widen_what_the_rule_matches(rule) -> None:
         ),
     )
     assert len(asyncio.run(backend.run(good, timespan=timedelta(hours=1))).rows) == 3
+
+
+def test_yaml_boolean_rule_key_is_explained(rule) -> None:
+    tenant = TenantConfig.from_mapping({"rules": {False: {"mode": "auto"}}}, source="t")
+    with pytest.raises(ParamError, match="YAML read this key as False: quote it"):
+        check_param_names([rule], {}, all_rules=[rule], tenant=tenant)
