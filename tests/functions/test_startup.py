@@ -1,0 +1,122 @@
+"""Start-up: configuration is validated once, at import; anything wrong stops the app with its name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detections.catalog import load_catalog
+from responder.app import bootstrap, schedules
+from responder.config import ROOT, ConfigError
+from tests.functions.conftest import RULE, base_env
+
+STORAGE = "UseDevelopmentStorage=true"
+
+
+def import_app(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Import function_app in a fresh interpreter, as the host's Python worker does."""
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("RESPONDER_", "AzureWebJobsStorage", "AZURE_CLIENT_ID"))}
+    return subprocess.run([sys.executable, "-c", "import function_app"], cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("missing", ["RESPONDER_TENANT_ID", "AZURE_CLIENT_ID"])
+def test_missing_required_setting_fails_start_up_naming_it(tenant_file: Path, missing: str) -> None:
+    env = base_env(STORAGE, tenant_file)
+    del env[missing]
+    proc = import_app(env)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("responder.config.ConfigError") and missing in last
+
+
+def test_missing_storage_fails_start_up_naming_the_setting(tenant_file: Path) -> None:
+    env = base_env(STORAGE, tenant_file)
+    del env["AzureWebJobsStorage"]
+    proc = import_app(env)
+    assert proc.returncode != 0
+    assert "AzureWebJobsStorage__accountName" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_good_settings_import_cleanly(tenant_file: Path) -> None:
+    proc = import_app(base_env(STORAGE, tenant_file))
+    assert proc.returncode == 0, proc.stderr
+
+
+def env_with(tenant_file: Path, **extra: str) -> dict[str, str]:
+    return {**base_env(STORAGE, tenant_file), **extra}
+
+
+def test_missing_required_rule_parameter_fails_naming_rule_and_parameter(tmp_path: Path) -> None:
+    empty = tmp_path / "tenant.yaml"
+    empty.write_text("params: {}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"rule {RULE}: parameter protected_recipients"):
+        bootstrap.load(env_with(empty))
+
+
+def test_disabled_rule_has_no_timer_and_needs_no_parameters(tmp_path: Path) -> None:
+    cfg = tmp_path / "tenant.yaml"
+    cfg.write_text(f"rules:\n  {RULE}:\n    enabled: false\n", encoding="utf-8")
+    config = bootstrap.load(env_with(cfg))
+    assert RULE not in {t.slug for t in config.timers}
+    assert {t.slug for t in config.timers} == set(load_catalog()) - {RULE}
+
+
+def test_schedule_sources_app_setting_beats_tenant_config_beats_frequency(tmp_path: Path) -> None:
+    cfg = tmp_path / "tenant.yaml"
+    cfg.write_text("params:\n  protected_recipients: [a@contoso.com]\n"
+                   f"rules:\n  {RULE}:\n    schedule: '0 */2 * * * *'\n", encoding="utf-8")
+    (timer,) = [t for t in bootstrap.load(env_with(cfg)).timers if t.slug == RULE]
+    assert (timer.schedule, timer.source) == ("0 */2 * * * *", f"tenant config rules.{RULE}.schedule")
+    setting = schedules.schedule_setting(RULE)
+    assert setting == "RESPONDER_SCHEDULE_CONSUMER_SENDER_TO_SHARED_MAILBOXES"
+    config = bootstrap.load(env_with(cfg, **{setting: "30 * * * * *"}))
+    (timer,) = [t for t in config.timers if t.slug == RULE]
+    assert (timer.schedule, timer.source) == ("30 * * * * *", f"app setting {setting}")
+
+
+@pytest.mark.parametrize(("value", "problem"), [("*/5 * * * *", "needs 6 fields"),
+                                                 ("0 */5 * * * * *", "needs 6 fields"),
+                                                 ("0 61 * * * *", "minute field: 61 is outside 0-59"),
+                                                 ("0 0 25 * * *", "hour field"),
+                                                 ("0 0 0 * foo *", "month field"),
+                                                 ("0 5-1 * * * *", "runs backwards"),
+                                                 ("0 */0 * * * *", "step must be at least 1")])
+def test_bad_schedule_setting_fails_start_up(tenant_file: Path, value: str, problem: str) -> None:
+    setting = schedules.schedule_setting(RULE)
+    with pytest.raises(ConfigError, match=setting) as err:
+        bootstrap.load(env_with(tenant_file, **{setting: value}))
+    assert problem in str(err.value)
+
+
+def test_schedule_setting_for_no_rule_is_refused(tenant_file: Path) -> None:
+    with pytest.raises(ConfigError, match="RESPONDER_SCHEDULE_NO_SUCH_RULE: no rule has this slug"):
+        bootstrap.load(env_with(tenant_file, RESPONDER_SCHEDULE_NO_SUCH_RULE="0 */5 * * * *"))
+
+
+def test_tenant_config_typo_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "tenant.yaml"
+    cfg.write_text("params:\n  protected_recipients: [a@contoso.com]\n  treshold: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="treshold"):
+        bootstrap.load(env_with(cfg))
+
+
+def test_identity_based_storage_from_account_name(tenant_file: Path) -> None:
+    env = env_with(tenant_file)
+    del env["AzureWebJobsStorage"]
+    env["AzureWebJobsStorage__accountName"] = "stresponder"
+    storage = bootstrap.load(env).storage
+    assert storage.table_endpoint == "https://stresponder.table.core.windows.net"
+    assert storage.queue_endpoint == "https://stresponder.queue.core.windows.net"
+    assert storage.client_id == env["AZURE_CLIENT_ID"] and not storage.connection_string
+
+
+def test_connection_string_never_in_repr(tenant_file: Path) -> None:
+    secret = "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=c2VjcmV0c2VjcmV0"
+    config = bootstrap.load(env_with(tenant_file, AzureWebJobsStorage=secret))
+    assert "c2VjcmV0c2VjcmV0" not in repr(config)
