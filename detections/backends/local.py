@@ -85,7 +85,8 @@ def _typed(ctype: str, value: Any, now: datetime, *, from_text: bool) -> Any:
         return None
     if ctype == "String":
         if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {value!r}")
+            # Test cases are YAML, where unquoted yes/no/on/off, numbers and dates are not strings.
+            raise ValueError(f"expected a string, got {value!r} (quote it)")
         return value
     if ctype == "DateTime":
         return parse_datetime(value, now)
