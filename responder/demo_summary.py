@@ -86,7 +86,7 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
         if key in summary["environment"]:
             console.print(f"  {key}: {escape(str(summary['environment'][key]))}")
     table = Table(title="Per rule", title_justify="left")
-    for col in ("rule", "rows", "requests", "done", "held", "failed", "found", "missed", "false pos."):
+    for col in ("rule", "rows", "req", "done", "held", "fail", "found", "miss", "FP"):
         if col == "rule":
             table.add_column(col, no_wrap=True, overflow="fold")
         else:

@@ -144,7 +144,7 @@ def reply_chain(rng: random.Random, t: Tenant, now: datetime) -> Plant:
 def compromised_admin(rng: random.Random, t: Tenant, now: datetime, noise: Noise) -> Plant:
     """Password spray, a successful logon, a new inbound connector, and spam relayed through it."""
     admin = t.compromised_admin
-    t0 = now - timedelta(hours=3, minutes=10)
+    t0 = now - timedelta(hours=2)
     plant = Plant(
         "compromised-admin",
         f"A password spray from {ATTACKER_ISP}: a few guesses against many accounts "
@@ -219,8 +219,9 @@ def compromised_admin(rng: random.Random, t: Tenant, now: datetime, noise: Noise
             isp=ATTACKER_ISP,
         )
     )
-    # Relayed spam: 220 messages in 50 minutes; header From spoofs the bank partner, envelope is a throwaway.
-    start = t0 + timedelta(minutes=20)
+    # Relayed spam in the last hour: 220 messages in 50 minutes (one clock hour), out to the internet;
+    # header From spoofs the bank partner, the envelope sender is a throwaway domain.
+    start = now - timedelta(minutes=58)
     for k in range(220):
         ts = start + timedelta(seconds=int(3000 * k / 219))
         victim = f"{rng.choice(('info', 'accounts', 'office', 'finance'))}{k}@customer{k % 37}.example"
@@ -233,12 +234,13 @@ def compromised_admin(rng: random.Random, t: Tenant, now: datetime, noise: Noise
                 [Recipient(victim)],
                 "Payment advice: action required",
                 connector=MALICIOUS_CONNECTOR,
+                direction="Outbound",
                 sender_ip="45.153.160.12",
                 urls=["https://woodgrove-payments.example/login"],
             )
         )
-    # The admin's own mailbox phishes external addresses: a burst of distinct messages in 40 minutes.
-    start = t0 + timedelta(minutes=25)
+    # The admin's own mailbox phishes external addresses: 130 messages in 40 minutes (one clock hour).
+    start = t0 + timedelta(minutes=15)
     for k in range(130):
         ts = start + timedelta(seconds=int(2400 * k / 129))
         victim = f"ap{k}@supplier{k % 23}.example"

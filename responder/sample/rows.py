@@ -73,6 +73,7 @@ class Mail:
     internet_message_id: str = ""
     cluster: int = 0
     language: str = "en"
+    direction: str | None = None       # EmailDirection when not implied by the addresses (relays)
 
 
 def direction(sender: str, recipient: str) -> str:
@@ -100,7 +101,7 @@ def email_rows(mail: Mail) -> list[dict[str, Any]]:
         else "SPF=none;DKIM=none;DMARC=none;CompAuth=none"
     )
     for i, rcpt in enumerate(mail.recipients):
-        d = direction(mail.mail_from, rcpt.address)
+        d = mail.direction or direction(mail.mail_from, rcpt.address)
         delivered = mail.delivery_location if d != "Outbound" else "On-premises/external"
         latest = rcpt.location or delivered
         rows.append(
