@@ -1,0 +1,136 @@
+// The function app: Flex Consumption (FC1), Python 3.11, running as the user-assigned identity.
+// Every app setting the code reads (APP_SETTINGS in responder/config.py, source "bicep") is set here,
+// under the same name; tests/infra checks that against the table.
+param name string
+param planName string
+param location string = resourceGroup().location
+param tags object = {}
+param identityId string
+param identityClientId string
+param storageAccountName string
+param deploymentContainerName string
+param applicationInsightsName string
+param keyVaultName string
+param teamsWebhookSecretName string
+@description('Reference the Teams webhook secret (false: notifications off, the setting is empty).')
+param teamsNotifications bool
+param queryBackend string
+@description('Log Analytics workspace id (GUID) for the sentinel backend; empty otherwise.')
+param sentinelWorkspaceId string = ''
+param requestsQueueName string
+param ledgerTableName string
+param emailStrategy string
+param connectorAuto bool
+param dryRun bool
+param scanRatePerHour int
+param alwaysReady array = []
+param maximumInstanceCount int = 40
+param instanceMemoryMB int = 2048
+param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
+
+resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: keyVaultName
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource site 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, {
+    'azd-service-name': 'api'
+  })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    // Key Vault references resolve with the app's user-assigned identity.
+    keyVaultReferenceIdentity: identityId
+    siteConfig: {
+      minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storageAccount.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+        alwaysReady: alwaysReady
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+}
+
+var teamsWebhookReference = '@Microsoft.KeyVault(VaultName=${vault.name};SecretName=${teamsWebhookSecretName})'
+
+resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: site
+  name: 'appsettings'
+  properties: {
+    // Functions host storage, identity-based (no connection string, no key).
+    AzureWebJobsStorage__accountName: storageAccount.name
+    AzureWebJobsStorage__credential: 'managedidentity'
+    AzureWebJobsStorage__clientId: identityClientId
+    AzureWebJobsStorage__blobServiceUri: storageAccount.properties.primaryEndpoints.blob
+    AzureWebJobsStorage__queueServiceUri: storageAccount.properties.primaryEndpoints.queue
+    AzureWebJobsStorage__tableServiceUri: storageAccount.properties.primaryEndpoints.table
+    // Telemetry with Entra authentication (local auth is disabled on the component).
+    APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    // The app's own settings (responder/config.py APP_SETTINGS).
+    AZURE_CLIENT_ID: identityClientId
+    RESPONDER_TENANT_ID: tenant().tenantId
+    RESPONDER_BACKEND: queryBackend
+    RESPONDER_SENTINEL_WORKSPACE_ID: sentinelWorkspaceId
+    RESPONDER_GRAPH_BASE_URL: graphBaseUrl
+    RESPONDER_REQUESTS_QUEUE: requestsQueueName
+    RESPONDER_LEDGER_TABLE: ledgerTableName
+    RESPONDER_TEAMS_WEBHOOK_URL: teamsNotifications ? teamsWebhookReference : ''
+    RESPONDER_DRY_RUN: dryRun ? 'true' : 'false'
+    RESPONDER_EMAIL_STRATEGY: emailStrategy
+    RESPONDER_CONNECTOR_AUTO: connectorAuto ? 'true' : 'false'
+    RESPONDER_SCAN_RATE_PER_HOUR: string(scanRatePerHour)
+  }
+}
+
+output name string = site.name
+output defaultHostName string = site.properties.defaultHostName

@@ -1,0 +1,22 @@
+// Optional Sentinel backend: read access to the existing workspace (deployed into its resource group).
+param workspaceName string
+param principalId string
+
+var logAnalyticsReader = '73c42c96-874c-492b-b04d-ab87d138a893'
+
+resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
+  name: workspaceName
+}
+
+resource reader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(workspace.id, principalId, logAnalyticsReader)
+  scope: workspace
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', logAnalyticsReader)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The workspace id (GUID) that LogsQueryClient.query_workspace takes.
+output workspaceCustomerId string = workspace.properties.customerId

@@ -1,0 +1,270 @@
+// xdr-responder: everything one tenant's deployment needs, at subscription scope.
+// A resource group, then one module per concern (infra/app/*.bicep). docs/deploy.md explains each
+// parameter, the permissions it grants and the commands (azd up, az deployment sub create).
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the environment (azd environment name); it seeds the unique names of all resources.')
+param environmentName string
+
+@minLength(1)
+@description('Azure region of every resource (must offer the Flex Consumption plan).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Resource group to create or reuse. Empty: rg-<environmentName>.')
+param resourceGroupName string = ''
+
+// --- detection backend -------------------------------------------------------------------------
+
+@description('Where detection queries run: defender (Graph advanced hunting) or sentinel (Log Analytics).')
+@allowed([
+  'defender'
+  'sentinel'
+])
+param queryBackend string = 'defender'
+
+@description('Resource id of the Sentinel Log Analytics workspace (needed when queryBackend is sentinel). The identity gets Log Analytics Reader on it.')
+param sentinelWorkspaceResourceId string = ''
+
+// --- remediation features: each one grants its permissions only when enabled --------------------
+
+@description('Email actions (move_to_junk, move_to_inbox, soft_delete). On by default: the default rule consumer-sender-to-shared-mailboxes moves mail to Junk in auto mode.')
+param emailRemediation bool = true
+
+@description('How email is moved: defender (analyzedEmails/remediate, needs Defender for Office 365 P2) or mailbox (Graph Mail.ReadWrite in the recipient mailbox).')
+@allowed([
+  'defender'
+  'mailbox'
+])
+param emailStrategy string = 'defender'
+
+@description('Mailbox strategy only. exchangeRbac: Mail.ReadWrite is granted by Exchange Online RBAC for Applications on the protected mailboxes only (infra/scripts/Set-MailboxScope.ps1), never in Entra. tenantWide: Mail.ReadWrite in Entra, every mailbox in the tenant (not recommended).')
+@allowed([
+  'exchangeRbac'
+  'tenantWide'
+])
+param mailboxAccessScope string = 'exchangeRbac'
+
+@description('revoke_sessions: grants User.RevokeSessions.All.')
+param enableRevokeSessions bool = false
+
+@description('disable_user: grants User.EnableDisableAccount.All and User.Read.All.')
+param enableDisableUser bool = false
+
+@description('confirm_compromised: grants IdentityRiskyUser.ReadWrite.All (needs Entra ID P2).')
+param enableConfirmCompromised bool = false
+
+@description('Exchange connector actions. manual: nothing granted, on-call runs the command the card shows. approval: Exchange.ManageAsApp granted, an approval in the app runs it. auto: as approval, and connector rules in auto mode run without waiting (RESPONDER_CONNECTOR_AUTO).')
+@allowed([
+  'manual'
+  'approval'
+  'auto'
+])
+param connectorActions string = 'manual'
+
+@description('Global dry-run switch: record what would be done and do nothing.')
+param dryRun bool = false
+
+@description('Most on-demand re-scans (POST /api/scan) accepted per hour.')
+@minValue(1)
+param scanRatePerHour int = 12
+
+// --- Teams -------------------------------------------------------------------------------------
+
+@secure()
+@description('Teams Workflows webhook URL ("When a Teams webhook request is received"). Stored as a Key Vault secret. Empty: no secret is written.')
+param teamsWebhookUrl string = ''
+
+@description('The webhook secret was put in Key Vault by hand (az keyvault secret set): reference it even though teamsWebhookUrl is empty.')
+param teamsWebhookInKeyVault bool = false
+
+// --- hosting -----------------------------------------------------------------------------------
+
+@description('Flex Consumption always-ready instances, e.g. [{"name": "function:worker", "instanceCount": 1}]. Empty: scale from zero.')
+param alwaysReady array = []
+
+@description('Flex Consumption: most instances the app scales out to.')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Flex Consumption: memory of each instance.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Log Analytics retention in days.')
+@minValue(30)
+param logRetentionDays int = 30
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+  application: 'xdr-responder'
+}
+var functionAppName = 'func-xdr-${resourceToken}'
+var deploymentContainerName = 'app-package-${resourceToken}'
+var teamsWebhookSecretName = 'teams-webhook-url'
+
+// Names the code defaults to (APP_SETTINGS in responder/config.py); the app is told them anyway.
+var requestsQueueName = 'remediation-requests'
+var ledgerTableName = 'ledger'
+
+// --- application permissions: infra/permissions.json maps each feature to its roles -----------
+var permissions = loadJsonContent('permissions.json')
+var sentinelEnabled = queryBackend == 'sentinel'
+var grantDefenderEmail = emailRemediation && emailStrategy == 'defender'
+var grantMailboxTenantWide = emailRemediation && emailStrategy == 'mailbox' && mailboxAccessScope == 'tenantWide'
+var grantExchangeConnectors = connectorActions != 'manual'
+var graphAppRoles = flatten([
+  permissions.features.hunting.roles
+  grantDefenderEmail ? permissions.features.defenderEmail.roles : []
+  grantMailboxTenantWide ? permissions.features.mailboxTenantWide.roles : []
+  enableRevokeSessions ? permissions.features.revokeSessions.roles : []
+  enableDisableUser ? permissions.features.disableUser.roles : []
+  enableConfirmCompromised ? permissions.features.confirmCompromised.roles : []
+])
+var exchangeAppRoles = grantExchangeConnectors ? permissions.features.exchangeConnectors.roles : []
+
+var sentinelParts = split(sentinelWorkspaceResourceId, '/')
+var sentinelSubscriptionId = sentinelEnabled ? sentinelParts[2] : subscription().subscriptionId
+var sentinelResourceGroup = sentinelEnabled ? sentinelParts[4] : 'unused'
+var sentinelWorkspaceName = sentinelEnabled ? last(sentinelParts) : 'unused'
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-xdr-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'stxdr${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    requestsQueueName: requestsQueueName
+    ledgerTableName: ledgerTableName
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: 'log-xdr-${resourceToken}'
+    applicationInsightsName: 'appi-xdr-${resourceToken}'
+    location: location
+    tags: tags
+    retentionInDays: logRetentionDays
+  }
+}
+
+module keyVault 'app/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: 'kv-xdr-${resourceToken}'
+    location: location
+    tags: tags
+    teamsWebhookSecretName: teamsWebhookSecretName
+    teamsWebhookUrl: teamsWebhookUrl
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+    storageAccountName: storage.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    keyVaultName: keyVault.outputs.name
+  }
+}
+
+module sentinel 'app/sentinel.bicep' = if (sentinelEnabled) {
+  name: 'sentinel-reader'
+  scope: resourceGroup(sentinelSubscriptionId, sentinelResourceGroup)
+  params: {
+    workspaceName: sentinelWorkspaceName
+    principalId: identity.outputs.principalId
+  }
+}
+
+module graphPermissions 'app/graph-permissions.bicep' = {
+  name: 'graph-permissions'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+    graphAppRoles: graphAppRoles
+    exchangeAppRoles: exchangeAppRoles
+  }
+}
+
+module functionApp 'app/function.bicep' = {
+  name: 'function-app'
+  scope: rg
+  params: {
+    name: functionAppName
+    planName: 'plan-xdr-${resourceToken}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    keyVaultName: keyVault.outputs.name
+    teamsWebhookSecretName: teamsWebhookSecretName
+    teamsNotifications: !empty(teamsWebhookUrl) || teamsWebhookInKeyVault
+    queryBackend: queryBackend
+    sentinelWorkspaceId: sentinelEnabled ? sentinel.outputs.workspaceCustomerId : ''
+    requestsQueueName: requestsQueueName
+    ledgerTableName: ledgerTableName
+    emailStrategy: emailStrategy
+    connectorAuto: connectorActions == 'auto'
+    dryRun: dryRun
+    scanRatePerHour: scanRatePerHour
+    alwaysReady: alwaysReady
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+  }
+  // The identity must hold its storage and Key Vault roles before the host starts.
+  dependsOn: [
+    rbac
+  ]
+}
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_NAME string = functionApp.outputs.name
+output SERVICE_API_NAME string = functionApp.outputs.name
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output RESPONDER_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output RESPONDER_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+output RESPONDER_GRAPH_APP_ROLES array = graphAppRoles
+output RESPONDER_EXCHANGE_APP_ROLES array = exchangeAppRoles
