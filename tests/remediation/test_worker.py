@@ -1,0 +1,374 @@
+"""The worker end to end: real msgraph-sdk client -> loopback FakeGraph, ledger on Azurite, faults injected.
+
+Each test asserts the exact calls the fake received, the ledger rows, and that nothing is lost or done
+twice. The worker's sleeps are recorded instead of slept (no timing assertions); the SDK's own
+RetryHandler is off (``max_retries=0``) except in the test about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from remediation.ledger import Ledger
+from remediation.worker import Report, TransientFailure, Worker, WorkerError
+from responder.config import Settings, TenantConfig
+from responder.graph import make_graph_client
+from responder.testing.fakegraph import FakeGraph
+from tests.remediation.factories import PROTECTED, T0, email_request, make_rule, user_request
+
+pytestmark = pytest.mark.azurite
+
+REMEDIATE = r"analyzedEmails/microsoft\.graph\.security\.remediate$"
+RULE = make_rule(max_targets=2)
+CONNECTORS = make_rule("connectors", (("revoke_sessions", "auto"), ("disable_connector", "auto")),
+                       recipients_param=None)
+CATALOG = {RULE.slug: RULE, CONNECTORS.slug: CONNECTORS}
+TENANT = TenantConfig.from_mapping({"params": {"protected_recipients": PROTECTED},
+                                    "break_glass_accounts": ["bg@contoso.com"]}, source="test")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> Any:
+        return self.now
+
+
+class Harness:
+    """A worker wired to the fake and the ledger, with its reports and sleeps recorded."""
+
+    def __init__(self, fake: FakeGraph, ledger: Ledger) -> None:
+        self.fake, self.ledger = fake, ledger
+        self.reports: list[Report] = []
+        self.sleeps: list[float] = []
+
+    def worker(self, *, strategy: str = "defender", max_retries: int = 0, **env: str) -> Worker:
+        settings = Settings.from_env({"RESPONDER_GRAPH_BASE_URL": self.fake.base_url,
+                                      "RESPONDER_EMAIL_STRATEGY": strategy,
+                                      "RESPONDER_TENANT_ID": self.fake.tenant_id, **env}, require=False)
+
+        async def hook(report: Report) -> None:
+            self.reports.append(report)
+
+        async def sleep(seconds: float) -> None:
+            self.sleeps.append(seconds)
+
+        graph = make_graph_client(base_url=self.fake.base_url, max_retries=max_retries)
+        return Worker(settings, TENANT, CATALOG, self.ledger, graph, None, report_hook=hook, sleep=sleep)
+
+    def run(self, body: Callable[[Worker], Awaitable[Any]], **kw: Any) -> Any:
+        async def main() -> Any:   # the Graph client is built inside the running loop
+            return await body(self.worker(**kw))
+        return asyncio.run(main())
+
+    def row(self, request: dict[str, Any]) -> Any:
+        rec = self.ledger.get(request["id"])
+        assert rec is not None
+        return rec
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def h(storage_conn: str, unique_name: str, clock: Clock) -> Any:
+    with FakeGraph() as fake:
+        yield Harness(fake, Ledger.from_connection_string(storage_conn, unique_name, clock=clock))
+
+
+def body(request: dict[str, Any]) -> str:
+    return json.dumps(request)
+
+
+def emails(call: Any) -> list[tuple[str, str]]:
+    return [(e["networkMessageId"], e["recipientEmailAddress"]) for e in call.json["analyzedEmails"]]
+
+
+# --- the happy paths ------------------------------------------------------------------------------------
+
+def test_batch_submits_a_run_in_one_defender_call_and_records_it(h: Harness) -> None:
+    reqs = [email_request("nm-1"), email_request("nm-1", "sales@contoso.com", index=1)]
+    out = h.run(lambda w: w.process(reqs))
+    [call] = h.fake.calls
+    assert call.method == "POST" and call.path.endswith("analyzedEmails/microsoft.graph.security.remediate")
+    assert emails(call) == [("nm-1", "support@contoso.com"), ("nm-1", "sales@contoso.com")]
+    assert call.json["action"] == "moveToJunk" and call.json["remediateSendersCopy"] is False
+    location = h.fake.remediations[0].location
+    assert [(o.state, o.link, o.attempts) for o in out] == [("submitted", location, 1)] * 2
+    for r in reqs:
+        rec = h.row(r)
+        assert (rec.state, rec.link, rec.claim_token is None) == ("submitted", location, True)
+        assert set(rec.state_times) == {"received", "submitted"}
+
+
+def test_mailbox_strategy_moves_and_confirms_at_once(h: Harness) -> None:
+    h.fake.mailboxes.add("support@contoso.com", "<m1@x>")
+    req = email_request("nm-1", imid="<m1@x>")
+    [out] = h.run(lambda w: w.process_message(body(req), 1), strategy="mailbox")
+    assert out.state == "confirmed"
+    assert h.fake.mailboxes.folder_of("support@contoso.com", "<m1@x>") == "junkemail"
+    assert [c.method for c in h.fake.calls_to("POST", r"/move$")] == ["POST"]
+    assert h.row(req).undo["original_folder"]
+
+
+def test_account_action_runs_and_break_glass_is_never_called(h: Harness) -> None:
+    h.fake.users.add("mallory@contoso.com")
+    h.fake.users.add("bg@contoso.com")
+    out = h.run(lambda w: w.process([user_request("mallory@contoso.com"), user_request("bg@contoso.com")]))
+    assert [o.state for o in out] == ["confirmed", "skipped"]
+    assert [c.path for c in h.fake.calls] == ["/v1.0/users/mallory@contoso.com/revokeSignInSessions"]
+
+
+# --- idempotency ----------------------------------------------------------------------------------------
+
+def test_duplicate_delivery_never_acts_twice(h: Harness) -> None:
+    req = email_request("nm-1")
+
+    async def twice(w: Worker) -> list[Any]:
+        first = await w.process_message(body(req), 1)
+        again = await w.process_message(body(req), 1)
+        # A later scan finds the same thing again (new run, same id): still nothing new.
+        later = dict(req, run={"id": "run-2", "index": 0, "total": 1})
+        return first + again + await w.process_message(body(later), 1)
+
+    out = h.run(twice)
+    assert len(h.fake.remediations) == 1
+    assert [o.state for o in out] == ["submitted"] * 3
+    assert [bool(o.extra.get("duplicate")) for o in out] == [False, True, True]
+
+
+def test_mailbox_already_moved_is_skipped_not_failed(h: Harness) -> None:
+    h.fake.mailboxes.add("support@contoso.com", "<m1@x>", folder="junkemail")
+    [out] = h.run(lambda w: w.process([email_request("nm-1", imid="<m1@x>")]), strategy="mailbox")
+    assert out.state == "skipped" and "already" in out.detail
+    assert h.fake.calls_to("POST", r"/move$") == []
+
+
+def test_crash_between_action_and_ledger_write_redelivery_converges(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The move happened, then the process died before recording it. The message comes back (dequeue
+    count 2): the same message takes its own claim back, re-checks the mailbox, finds the message
+    already in Junk and records ``skipped``. One move in total; nothing is lost."""
+    h.fake.mailboxes.add("support@contoso.com", "<m1@x>")
+    req = email_request("nm-1", imid="<m1@x>")
+    real = h.ledger.transition
+
+    def crash_on_confirm(rec: Any, state: str, **fields: Any) -> Any:
+        if state == "confirmed":
+            raise RuntimeError("host died")
+        return real(rec, state, **fields)
+
+    monkeypatch.setattr(h.ledger, "transition", crash_on_confirm)
+    with pytest.raises(RuntimeError, match="host died"):
+        h.run(lambda w: w.process_message(body(req), 1), strategy="mailbox")
+    monkeypatch.setattr(h.ledger, "transition", real)
+    assert h.row(req).state == "received" and h.row(req).claim_token  # the claim outlived the crash
+    # Another message carrying the same request (e.g. the next scan) must not act while it is live.
+    other = dict(req, run={"id": "run-2", "index": 0, "total": 1})
+    with pytest.raises(TransientFailure):
+        h.run(lambda w: w.process_message(body(other), 1), strategy="mailbox")
+    [out] = h.run(lambda w: w.process_message(body(req), 2), strategy="mailbox")
+    assert out.state == "skipped" and "already in Junk" in out.detail
+    assert len(h.fake.calls_to("POST", r"/move$")) == 1
+    assert h.row(req).attempts == 2
+
+
+def test_crash_with_defender_resubmits_once_more_by_design(h: Harness,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defender has no status API to re-check, so the redelivery submits again: a second Action-center
+    entry for the same email, the same end state (documented in remediation/worker.py)."""
+    req = email_request("nm-1")
+    real = h.ledger.transition
+
+    def crash(rec: Any, state: str, **fields: Any) -> Any:
+        raise RuntimeError("host died")
+
+    monkeypatch.setattr(h.ledger, "transition", crash)
+    with pytest.raises(RuntimeError):
+        h.run(lambda w: w.process_message(body(req), 1))
+    monkeypatch.setattr(h.ledger, "transition", real)
+    [out] = h.run(lambda w: w.process_message(body(req), 2))
+    assert out.state == "submitted" and len(h.fake.remediations) == 2
+    [again] = h.run(lambda w: w.process_message(body(req), 3))
+    assert again.extra.get("duplicate") and len(h.fake.remediations) == 2
+
+
+def test_sdk_retry_of_a_processed_post_is_invisible_to_the_ledger(h: Harness) -> None:
+    """Decision pinned: the SDK RetryHandler stays on. A 503 after the service did the work is replayed
+    by the SDK (two entries at the service), the worker sees one success: one row, one attempt, no
+    worker retry; a redelivery adds nothing."""
+    h.fake.inject("POST", REMEDIATE, 503, retry_after=1, applied=True)
+    req = email_request("nm-1")
+    [out] = h.run(lambda w: w.process_message(body(req), 1), max_retries=1)
+    assert [c.status for c in h.fake.calls] == [503, 202] and len(h.fake.remediations) == 2
+    assert (out.state, out.attempts) == ("submitted", 1) and h.sleeps == []
+    h.run(lambda w: w.process_message(body(req), 2), max_retries=1)
+    assert len(h.fake.remediations) == 2
+
+
+# --- faults ---------------------------------------------------------------------------------------------
+
+def test_429_with_retry_after_is_honoured_then_retried(h: Harness) -> None:
+    h.fake.inject("POST", REMEDIATE, 429, retry_after=7)
+    req = email_request("nm-1")
+    [out] = h.run(lambda w: w.process_message(body(req), 1))
+    assert h.sleeps == [7.0]
+    assert [c.status for c in h.fake.calls] == [429, 202]
+    assert (out.state, out.attempts) == ("submitted", 2)
+
+
+def test_persistent_503_returns_the_message_then_the_redelivery_succeeds(h: Harness) -> None:
+    h.fake.inject("POST", REMEDIATE, 503, times=3)
+    req = email_request("nm-1")
+    with pytest.raises(TransientFailure) as info:
+        h.run(lambda w: w.process_message(body(req), 1))
+    assert h.sleeps == [2.0, 4.0]                         # bounded: 3 attempts, exponential backoff
+    assert [c.status for c in h.fake.calls] == [503, 503, 503] and h.fake.remediations == []
+    rec = h.row(req)
+    assert (rec.state, rec.claim_token, rec.attempts) == ("received", None, 3) and "503" in rec.error
+    assert info.value.outcomes[0].extra["transient"] is True
+    [out] = h.run(lambda w: w.process_message(body(req), 2))
+    assert (out.state, out.attempts, out.error) == ("submitted", 4, None)
+    assert len(h.fake.remediations) == 1
+
+
+def test_retry_after_longer_than_the_cap_ends_the_delivery_without_sleeping(h: Harness) -> None:
+    h.fake.inject("POST", REMEDIATE, 429, retry_after=600)
+    with pytest.raises(TransientFailure) as info:
+        h.run(lambda w: w.process_message(body(email_request("nm-1")), 1))
+    assert h.sleeps == [] and info.value.retry_after == 600.0
+
+
+@pytest.mark.parametrize("status", [400, 403])
+def test_permanent_errors_are_failed_reported_and_not_retried(h: Harness, status: int) -> None:
+    h.fake.inject("POST", REMEDIATE, status, message=f"nope {status}")
+    req = email_request("nm-1")
+    [out] = h.run(lambda w: w.process_message(body(req), 1))   # no raise: the message is consumed
+    assert out.state == "failed" and f"HTTP {status}" in (out.error or "")
+    assert len(h.fake.calls) == 1 and h.sleeps == []
+    assert [r.kind for r in h.reports] == ["failed"]
+    assert h.row(req).state == "failed"
+
+
+def test_404_mailbox_is_failed(h: Harness) -> None:
+    h.fake.inject("GET", r"/users/support@contoso.com/messages$", 404, code="ErrorItemNotFound")
+    [out] = h.run(lambda w: w.process([email_request("nm-1", imid="<m1@x>")]), strategy="mailbox")
+    assert out.state == "failed" and "404" in (out.error or "") and len(h.fake.calls) == 1
+
+
+def test_malformed_message_is_recorded_and_reported(h: Harness) -> None:
+    [out] = h.run(lambda w: w.process_message("{]", 1))
+    assert out.state == "failed" and h.fake.calls == [] and [r.kind for r in h.reports] == ["failed"]
+
+
+# --- rails through the worker ---------------------------------------------------------------------------
+
+def test_cap_holds_past_max_targets_and_tells_on_call(h: Harness) -> None:
+    reqs = [email_request(f"nm-{i}", index=i) for i in range(3)]
+
+    async def each(w: Worker) -> list[Any]:
+        return [o for r in reqs for o in await w.process_message(body(r), 1)]
+
+    out = h.run(each)
+    assert [(o.state, o.hold_reason) for o in out] == [("submitted", None)] * 2 + [("held", "cap")]
+    assert sorted(p for c in h.fake.calls for p in emails(c)) == [("nm-0", "support@contoso.com"),
+                                                                  ("nm-1", "support@contoso.com")]
+    assert [r.kind for r in h.reports] == ["held"]
+
+
+def test_global_dry_run_calls_nothing(h: Harness) -> None:
+    out = h.run(lambda w: w.process([email_request("nm-1"), user_request("mallory@contoso.com")]),
+                RESPONDER_DRY_RUN="true")
+    assert [o.state for o in out] == ["skipped", "skipped"] and h.fake.calls == []
+
+
+def test_approval_runs_exactly_once(h: Harness) -> None:
+    req = email_request("nm-1", mode="approval")
+    [held] = h.run(lambda w: w.process_message(body(req), 1))
+    assert (held.state, held.hold_reason) == ("held", "approval") and h.fake.calls == []
+    out = h.run(lambda w: w.approve(req["id"], "alice"))
+    assert out.state == "submitted" and len(h.fake.remediations) == 1
+    assert h.row(req).extra["approved_by"] == "alice"
+    with pytest.raises(WorkerError, match="submitted"):
+        h.run(lambda w: w.approve(req["id"], "bob"))
+    with pytest.raises(WorkerError):
+        h.run(lambda w: w.reject(req["id"], "bob"))
+    h.run(lambda w: w.process_message(body(req), 1))          # a late duplicate message
+    assert len(h.fake.remediations) == 1
+
+
+def test_approving_a_capped_request_runs_it(h: Harness) -> None:
+    req = email_request("nm-9", index=5)
+    h.run(lambda w: w.process([req]))
+    assert h.row(req).hold_reason == "cap"
+    assert h.run(lambda w: w.approve(req["id"], "alice")).state == "submitted"
+    assert emails(h.fake.calls[0]) == [("nm-9", "support@contoso.com")]
+
+
+# --- undo -----------------------------------------------------------------------------------------------
+
+def test_undo_puts_a_confirmed_move_back_where_it_was(h: Harness) -> None:
+    h.fake.mailboxes.add("support@contoso.com", "<m1@x>")
+    req = email_request("nm-1", imid="<m1@x>")
+    h.run(lambda w: w.process([req]), strategy="mailbox")
+    assert h.fake.mailboxes.folder_of("support@contoso.com", "<m1@x>") == "junkemail"
+    out = h.run(lambda w: w.undo(req["id"], "alice"), strategy="mailbox")
+    assert (out.action, out.state) == ("move_to_inbox", "confirmed")
+    assert h.fake.mailboxes.folder_of("support@contoso.com", "<m1@x>") == "inbox"
+    assert h.row(req).extra["undone_by"] == out.request_id
+    undo_row = h.ledger.get(out.request_id)
+    assert undo_row is not None and undo_row.extra["undo_of"] == req["id"]
+    with pytest.raises(WorkerError, match="already undone"):
+        h.run(lambda w: w.undo(req["id"]), strategy="mailbox")
+    assert len(h.fake.calls_to("POST", r"/move$")) == 2
+
+
+def test_undo_needs_a_confirmed_move(h: Harness) -> None:
+    req = email_request("nm-1")
+    h.run(lambda w: w.process([req]))                          # defender: submitted, not confirmed
+    with pytest.raises(WorkerError, match="confirmed"):
+        h.run(lambda w: w.undo(req["id"]))
+
+
+# --- grouping on the queue path -------------------------------------------------------------------------
+
+def test_registered_siblings_are_submitted_together_and_their_messages_do_nothing(h: Harness) -> None:
+    reqs = [email_request("nm-a", index=0), email_request("nm-b", "sales@contoso.com", index=1),
+            email_request("nm-c", "info@contoso.com", index=2)]   # #3 is past the cap of 2
+
+    async def flow(w: Worker) -> list[Any]:
+        assert w.register(reqs) == 3
+        return [await w.process_message(body(r), 1) for r in reqs]
+
+    first, second, third = h.run(flow)
+    [call] = h.fake.calls
+    assert emails(call) == [("nm-a", "support@contoso.com"), ("nm-b", "sales@contoso.com")]
+    # The first message reports its own request, then the sibling it took along.
+    assert [(o.request_id, o.state) for o in first] == [(reqs[0]["id"], "submitted"),
+                                                         (reqs[1]["id"], "submitted")]
+    assert [(o.state, o.extra.get("duplicate")) for o in second] == [("submitted", True)]
+    assert [(o.state, o.hold_reason) for o in third] == [("held", "cap")]
+    assert h.row(reqs[1]).extra["executed_by"] == h.row(reqs[0]).extra["executed_by"]
+
+
+def test_a_sibling_claimed_elsewhere_is_left_alone(h: Harness) -> None:
+    reqs = [email_request("nm-a"), email_request("nm-b", "sales@contoso.com", index=1)]
+
+    async def flow(w: Worker) -> list[Any]:
+        w.register(reqs)
+        other = h.ledger.get(reqs[1]["id"])
+        h.ledger.claim(other, lease=timedelta(minutes=5), owner="another-worker")
+        return await w.process_message(body(reqs[0]), 1)
+
+    h.run(flow)
+    assert emails(h.fake.calls[0]) == [("nm-a", "support@contoso.com")]
+    assert h.row(reqs[1]).state == "received" and h.row(reqs[1]).claim_token == "another-worker"
