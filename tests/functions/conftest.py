@@ -106,12 +106,23 @@ def inbox_row(nmid: str, recipient: str, sender: str = "bad@gmail.com",
             "NetworkMessageId": nmid, "InternetMessageId": f"<{nmid}@mail.gmail.com>", "ReportId": nmid}
 
 
+class Clock:
+    """The runtime's clock; tests move it forward."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 @dataclasses.dataclass
 class Env:
     fa: ModuleType
     rt: Runtime
     backend: SpyBackend
     notifier: MemoryNotifier
+    clock: Clock
 
     def call(self, name: str, *args: Any) -> Any:
         fn = by_name(self.fa.app)[name].get_user_function()
@@ -125,12 +136,13 @@ def make_env(fa: ModuleType, storage_conn: str, unique_name: str,
         config = fa.runtime.config
         new_settings = dataclasses.replace(config.settings, ledger_table=unique_name,
                                            requests_queue=unique_name + "q", **settings)
-        rt = Runtime(dataclasses.replace(config, settings=new_settings), clock=lambda: NOW,
+        clock = Clock()
+        spy = backend or SpyBackend()
+        rt = Runtime(dataclasses.replace(config, settings=new_settings), clock=clock,
                      backend_factory=lambda _rt, _graph, _cred: spy, notifier=notifier or MemoryNotifier(),
                      worker_options={"sleep": _no_sleep, "max_attempts": 1}, graph_retries=0)
-        spy = backend or SpyBackend()
         monkeypatch.setattr(fa, "runtime", rt)
-        return Env(fa, rt, spy, rt.notifier)  # type: ignore[arg-type]
+        return Env(fa, rt, spy, rt.notifier, clock)  # type: ignore[arg-type]
 
     return build
 
