@@ -158,6 +158,7 @@ async def run_demo(options: DemoOptions, step: Step = lambda _: None) -> DemoRun
                 run.outcomes[rid] = rec.outcome()
         run.moves = list(live.moves)
         run.graph_calls = _graph_calls(fake)
+        _write_records(out, ledger, fake)
 
         step("writing the Teams cards")
         await _scan_cards(run, notifier, settings)
@@ -167,6 +168,35 @@ async def run_demo(options: DemoOptions, step: Step = lambda _: None) -> DemoRun
         _render(run, out / "cards")
     run.timings["total"] = round(time.perf_counter() - started, 3)
     return run
+
+
+def _write_records(out: Path, ledger: Ledger, fake: Any) -> None:
+    """The ledger and what the fake Graph was asked to do, as files: the record a reviewer (or a test)
+    checks against truth.json without trusting the summary."""
+    rows = [
+        {
+            "request_id": r.request_id,
+            "rule": r.rule,
+            "action": r.action,
+            "target": r.target,
+            "mode": r.mode,
+            "state": r.state,
+            "hold_reason": r.hold_reason,
+            "attempts": r.attempts,
+            "detail": r.detail,
+            "error": r.error,
+        }
+        for r in ledger.list()
+    ]
+    (out / "ledger.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    calls = [{"action": r.action, "emails": r.emails, "location": r.location} for r in fake.remediations]
+    (out / "graph-remediations.json").write_text(json.dumps(calls, indent=2) + "\n", encoding="utf-8")
+    accounts = {
+        "revoked": list(fake.revoked),
+        "compromised": sorted(fake.compromised),
+        "disabled": [u.user_principal_name for u in fake.users.all() if not u.account_enabled],
+    }
+    (out / "graph-accounts.json").write_text(json.dumps(accounts, indent=2) + "\n", encoding="utf-8")
 
 
 async def _no_wait(_: float) -> None:
