@@ -15,6 +15,7 @@ Public API::
         fake.users.add(upn, *, id=None, account_enabled=True, display_name="") -> FakeUser
         fake.users.get(upn_or_id) -> FakeUser | None
         fake.mailboxes.add(user, internet_message_id, folder="inbox", *, subject="") -> str (message id)
+        fake.mailboxes.add_folder(user, name) -> str (folder id)
         fake.mailboxes.folder_of(user, internet_message_id) -> str | None   (folder name: "junkemail")
         fake.mailboxes.messages(user) -> list[FakeMessage]
         fake.connectors.add(name, direction="inbound", *, enabled=True, **properties) -> dict
@@ -211,6 +212,7 @@ class MailboxStore:
         self._lock = lock
         self._users = users
         self._boxes: dict[str, dict[str, FakeMessage]] = {}   # user id -> message id -> message
+        self._folders: dict[str, set[str]] = {}               # user id -> custom folder names
         self._ids = itertools.count(1)
 
     def _box(self, user: str) -> dict[str, FakeMessage]:
@@ -225,7 +227,20 @@ class MailboxStore:
             msg = FakeMessage(self.new_message_id(), internet_message_id, folder, subject,
                               datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
             self._box(user)[msg.id] = msg
+            self.add_folder(user, folder)
             return msg.id
+
+    def add_folder(self, user: str, name: str) -> str:
+        """Create a (custom) folder; returns its id. Well-known folders always exist."""
+        with self._lock:
+            u = self._users.add(user)
+            if name.lower() not in WELL_KNOWN_FOLDERS:
+                self._folders.setdefault(u.id, set()).add(name)
+            return folder_id(u.id, name)
+
+    def folders(self, user_id: str) -> set[str]:
+        with self._lock:
+            return set(WELL_KNOWN_FOLDERS) | self._folders.get(user_id, set())
 
     def messages(self, user: str) -> list[FakeMessage]:
         with self._lock:
@@ -633,7 +648,7 @@ class FakeGraph:
     def _resolve_folder(self, user: FakeUser, ref: str) -> str | None:
         if ref.lower() in WELL_KNOWN_FOLDERS:
             return ref.lower()
-        names = set(WELL_KNOWN_FOLDERS) | {x.folder for x in self.mailboxes.messages(user.id)}
+        names = self.mailboxes.folders(user.id)
         return next((n for n in names if folder_id(user.id, n) == ref), None)
 
     def _move(self, m: re.Match[str], _q: dict[str, str], body: Any) -> _Reply:

@@ -42,7 +42,8 @@ def test_one_call_for_a_campaign_with_the_exact_body_and_the_action_center_link(
         (q["id"], "submitted", location, False) for q in reqs]
 
 
-@pytest.mark.parametrize(("action", "wire"), [("move_to_inbox", "moveToInbox"), ("soft_delete", "softDelete")])
+@pytest.mark.parametrize(("action", "wire"), [("move_to_inbox", "moveToInbox"),
+                                              ("soft_delete", "softDelete")])
 def test_other_actions_map_to_the_service_names(action: str, wire: str) -> None:
     with FakeGraph() as fake:
         results = asyncio.run(execute(fake, action, [email_request("nm-1", action=action)]))
@@ -68,7 +69,8 @@ def test_groups_by_rule_so_each_entry_names_its_rule() -> None:
             email_request("nm-3", rule="rule-a", index=1)]
     with FakeGraph() as fake:
         results = asyncio.run(execute(fake, "move_to_junk", reqs))
-    assert [(r.body["displayName"], [e["networkMessageId"] for e in r.emails]) for r in fake.remediations] == [
+    sent = [(r.body["displayName"], [e["networkMessageId"] for e in r.emails]) for r in fake.remediations]
+    assert sent == [
         ("xdr-responder: rule rule-a", ["nm-1", "nm-3"]), ("xdr-responder: rule rule-b", ["nm-2"])]
     assert [r.link for r in results] == [fake.remediations[0].location, fake.remediations[1].location,
                                          fake.remediations[0].location]
@@ -113,7 +115,8 @@ def test_sdk_retries_a_503_on_post_and_a_processed_503_means_a_second_entry() ->
     call (``applied=True``), the replay submits the same emails again: two Action-center entries, one
     end state. The action reports one submission; the ledger never sees the replay."""
     with FakeGraph() as fake:
-        fake.inject("POST", r"remediate$", 503, retry_after=0, applied=True)
+        # Retry-After 1: the RetryHandler reads whole seconds only and backs off seconds on 0.
+        fake.inject("POST", r"remediate$", 503, retry_after=1, applied=True)
         results = asyncio.run(execute(fake, "move_to_junk", [email_request("nm-1")], max_retries=1))
         assert [c.status for c in fake.calls] == [503, 202]
         assert fake.calls[0].json == fake.calls[1].json
@@ -125,7 +128,8 @@ def test_sdk_retries_a_503_on_post_and_a_processed_503_means_a_second_entry() ->
 
 def test_sdk_gives_up_after_max_retries_and_the_result_is_transient() -> None:
     with FakeGraph() as fake:
-        fake.inject("POST", r"remediate$", 429, times=None, retry_after=0)
-        results = asyncio.run(execute(fake, "move_to_junk", [email_request("nm-1")], max_retries=2))
-        assert [c.status for c in fake.calls] == [429, 429, 429]
-    assert (results[0].state, results[0].transient, results[0].retry_after) == ("failed", True, 0.0)
+        fake.inject("POST", r"remediate$", 429, times=None, retry_after=1)
+        results = asyncio.run(execute(fake, "move_to_junk", [email_request("nm-1")], max_retries=1))
+        assert [c.status for c in fake.calls] == [429, 429]
+    assert (results[0].state, results[0].transient, results[0].retry_after) == ("failed", True, 1.0)
+    assert fake.remediations == []

@@ -1,0 +1,186 @@
+"""Mailbox email strategy through the real SDK against the fake: find, check folder, move; limits; faults."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from responder.testing.fakegraph import FakeGraph, folder_id
+from tests.remediation.actionkit import execute
+from tests.remediation.factories import email_request
+
+BOX = "support@contoso.com"
+
+
+def junk(imid: str, recipient: str = BOX, *, action: str = "move_to_junk", index: int = 0) -> dict:
+    return email_request(f"nm-{imid}", recipient, imid=imid, action=action, index=index)
+
+
+def run(fake: FakeGraph, action: str, reqs: list[dict], **kw):  # type: ignore[no-untyped-def]
+    return asyncio.run(execute(fake, action, reqs, strategy="mailbox", **kw))
+
+
+def test_finds_checks_and_moves_with_the_exact_requests() -> None:
+    with FakeGraph() as fake:
+        old_id = fake.mailboxes.add(BOX, "<a1@evil.example>")
+        user = fake.users.get(BOX)
+        assert user is not None
+        [res] = run(fake, "move_to_junk", [junk("<a1@evil.example>")])
+        calls = [(c.method, c.url, c.json) for c in fake.calls]
+        [msg] = fake.mailboxes.messages(BOX)
+    assert calls == [
+        ("GET", f"/v1.0/users/{BOX}/messages?$filter=internetMessageId eq '<a1@evil.example>'"
+                "&$select=id,parentFolderId", None),
+        ("GET", f"/v1.0/users/{BOX}/mailFolders/junkemail?$select=id", None),
+        ("POST", f"/v1.0/users/{BOX}/messages/{old_id}/move", {"DestinationId": "junkemail"}),
+    ]
+    assert msg.folder == "junkemail" and msg.id != old_id
+    assert (res.state, res.transient, res.error) == ("confirmed", False, None)
+    assert res.detail == f"moved 1 message(s) to Junk Email in {BOX}"
+    assert res.undo == {"strategy": "mailbox", "mailbox": BOX, "internet_message_id": "<a1@evil.example>",
+                        "original_folder": folder_id(user.id, "inbox"), "moved_message_id": msg.id}
+
+
+def test_already_in_the_destination_is_skipped_without_a_move() -> None:
+    with FakeGraph() as fake:
+        fake.mailboxes.add(BOX, "<a1@x>", folder="junkemail")
+        [res] = run(fake, "move_to_junk", [junk("<a1@x>")])
+        assert fake.calls_to("POST", "move") == []
+    assert (res.state, res.detail) == ("skipped", f"already in Junk Email in {BOX}")
+
+
+def test_not_found_is_a_permanent_failure_with_the_reason() -> None:
+    with FakeGraph() as fake:
+        fake.users.add(BOX)
+        [res] = run(fake, "move_to_junk", [junk("<gone@x>")])
+    assert (res.state, res.transient) == ("failed", False)
+    assert res.error == f"message <gone@x> not found in mailbox {BOX} (deleted, or never delivered there)"
+
+
+def test_target_without_internet_message_id_fails_before_any_call() -> None:
+    with FakeGraph() as fake:
+        [res] = run(fake, "move_to_junk", [email_request("nm-1")])
+        assert fake.calls == []
+    assert res.state == "failed" and "internet_message_id" in (res.error or "")
+
+
+def test_quotes_in_the_id_cannot_change_the_filter() -> None:
+    imid = "<it's' or 1 eq 1@x>"
+    with FakeGraph() as fake:
+        fake.mailboxes.add(BOX, imid)
+        fake.mailboxes.add(BOX, "<other@x>")
+        [res] = run(fake, "move_to_junk", [junk(imid)])
+        assert fake.calls[0].query["$filter"] == "internetMessageId eq '<it''s'' or 1 eq 1@x>'"
+        assert fake.mailboxes.folder_of(BOX, imid) == "junkemail"
+        assert fake.mailboxes.folder_of(BOX, "<other@x>") == "inbox"
+    assert res.state == "confirmed"
+
+
+def test_one_mailbox_failing_does_not_stop_the_others() -> None:
+    with FakeGraph() as fake:
+        fake.mailboxes.add(BOX, "<a@x>")
+        fake.mailboxes.add("sales@contoso.com", "<a@x>")
+        fake.mailboxes.add("info@contoso.com", "<a@x>")
+        fake.inject("*", r"/users/sales@contoso\.com/", 403, times=None, code="ErrorAccessDenied",
+                    message="Access is denied. Check credentials and try again.")
+        results = run(fake, "move_to_junk", [junk("<a@x>", BOX), junk("<a@x>", "sales@contoso.com", index=1),
+                                             junk("<a@x>", "info@contoso.com", index=2)])
+        boxes = (BOX, "sales@contoso.com", "info@contoso.com")
+        folders = [fake.mailboxes.folder_of(u, "<a@x>") for u in boxes]
+    assert [r.state for r in results] == ["confirmed", "failed", "confirmed"]
+    assert folders == ["junkemail", "inbox", "junkemail"]
+    assert results[1].transient is False
+    assert results[1].error == ("HTTP 403 ErrorAccessDenied: Access is denied. Check credentials and try "
+                                "again.")
+    assert results[1].detail.startswith("find message in sales@contoso.com: ")
+
+
+@pytest.mark.parametrize(("status", "transient", "retry_after", "path"), [
+    (429, True, 5.0, "messages$"), (503, True, None, "mailFolders"), (400, False, None, "move$"),
+    (404, False, None, "move$")])
+def test_fault_mapping(status: int, transient: bool, retry_after: float | None, path: str) -> None:
+    with FakeGraph() as fake:
+        fake.mailboxes.add(BOX, "<a@x>")
+        fake.inject("*", path, status, retry_after=retry_after)
+        [res] = run(fake, "move_to_junk", [junk("<a@x>")])
+        assert fake.mailboxes.folder_of(BOX, "<a@x>") == "inbox"
+    assert (res.state, res.transient, res.retry_after) == ("failed", transient, retry_after)
+    assert f"HTTP {status}" in (res.error or "")
+
+
+def test_unknown_mailbox_is_a_permanent_failure() -> None:
+    with FakeGraph() as fake:
+        [res] = run(fake, "move_to_junk", [junk("<a@x>", "nobody@contoso.com")])
+    assert (res.state, res.transient) == ("failed", False)
+    assert "HTTP 404 Request_ResourceNotFound" in (res.error or "")
+
+
+def test_at_most_four_requests_in_flight_per_mailbox_and_no_throttling() -> None:
+    """Ten targets in one mailbox and two in another, with Outlook's limits on and each request slow
+    enough to overlap: the action keeps each mailbox at 4 in flight (and uses all 4), so nothing is
+    throttled, while the other mailbox is not held up by the first one's semaphore."""
+    other = "sales@contoso.com"
+    with FakeGraph() as fake:
+        fake.outlook_limits(concurrent=4)
+        fake.add_latency(0.05, path_regex=r"/users/")
+        for i in range(10):
+            fake.mailboxes.add(BOX, f"<m{i}@x>")
+        fake.mailboxes.add(other, "<o1@x>")
+        fake.mailboxes.add(other, "<o2@x>")
+        reqs = [junk(f"<m{i}@x>", index=i) for i in range(10)]
+        reqs += [junk("<o1@x>", other, index=10), junk("<o2@x>", other, index=11)]
+        results = run(fake, "move_to_junk", reqs)
+        statuses = {c.status for c in fake.calls}
+        peak, peak_other = fake.peak_concurrency(BOX), fake.peak_concurrency(other)
+    assert [r.state for r in results] == ["confirmed"] * 12
+    assert 429 not in statuses
+    assert peak == 4
+    assert peak_other == 2
+
+
+def test_the_fake_throttles_a_fifth_concurrent_request() -> None:
+    """The other half of the previous test: the limit is real, so the semaphore is what avoids it."""
+    with FakeGraph() as fake:
+        fake.outlook_limits(concurrent=4, retry_after=2)
+        fake.add_latency(0.2, path_regex=r"/messages$")
+        for i in range(5):
+            fake.mailboxes.add(BOX, f"<m{i}@x>")
+
+        async def five() -> list[int]:
+            import httpx
+            async with httpx.AsyncClient() as http:
+                url = f"{fake.base_url}/users/{BOX}/messages"
+                got = await asyncio.gather(*(http.get(url) for _ in range(5)))
+                return sorted(r.status_code for r in got)
+
+        assert asyncio.run(five()) == [200, 200, 200, 200, 429]
+        throttled = [c for c in fake.calls if c.status == 429]
+    assert len(throttled) == 1
+
+
+@pytest.mark.parametrize(("action", "folder", "start"), [("move_to_inbox", "inbox", "junkemail"),
+                                                         ("soft_delete", "deleteditems", "inbox")])
+def test_other_actions_move_to_their_folder(action: str, folder: str, start: str) -> None:
+    with FakeGraph() as fake:
+        fake.mailboxes.add(BOX, "<a@x>", folder=start)
+        [res] = run(fake, action, [junk("<a@x>", action=action)])
+        assert fake.mailboxes.folder_of(BOX, "<a@x>") == folder
+        assert fake.calls_to("POST", "move$")[0].json == {"DestinationId": folder}
+    assert res.state == "confirmed"
+
+
+def test_undo_puts_the_message_back_in_its_original_folder() -> None:
+    with FakeGraph() as fake:
+        fake.mailboxes.add(BOX, "<a@x>", folder="Projects")
+        [first] = run(fake, "move_to_junk", [junk("<a@x>")])
+        assert fake.mailboxes.folder_of(BOX, "<a@x>") == "junkemail"
+        undo = junk("<a@x>", action="move_to_inbox")
+        undo["undo_of"] = {"request_id": first.request_id, "undo": first.undo, "by": "alice"}
+        fake.clear_calls()
+        [res] = run(fake, "move_to_inbox", [undo])
+        original = first.undo["original_folder"]  # type: ignore[index]
+        assert fake.calls_to("POST", "move$")[0].json == {"DestinationId": original}
+        assert fake.mailboxes.folder_of(BOX, "<a@x>") == "Projects"
+    assert res.state == "confirmed"
+    assert res.detail == f"moved 1 message(s) to its original folder in {BOX}"
