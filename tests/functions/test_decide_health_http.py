@@ -1,0 +1,114 @@
+"""POST /api/requests/{id}/approve|reject and GET /api/health, called as the host calls them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from azure.functions.queue import QueueMessage
+
+from remediation.request import make_request
+from responder.app.bootstrap import StorageConfig
+from responder.app.runtime import Runtime
+from responder.testing.azurite import DEV_KEY
+from responder.testing.fakegraph import FakeGraph
+from tests.functions.conftest import NOW, PROTECTED, RULE, Env, http
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGraph]:
+    with FakeGraph() as graph:
+        yield graph
+
+
+def held_request(env: Env, nmid: str = "held-1") -> str:
+    """A request of an approval-mode action, through the worker function: it ends up held."""
+    req = make_request(rule=RULE, action="move_to_junk", mode="approval",
+                       target={"network_message_id": nmid, "recipient": PROTECTED[0]},
+                       evidence={"SenderMailFromAddress": "bad@gmail.com"}, detected_at=NOW,
+                       run={"id": "run-held", "index": 0, "total": 1}, severity="Medium", rule_name="r")
+    env.call("worker", QueueMessage(id="q", body=json.dumps(req).encode(), dequeue_count=1))
+    assert env.rt.ledger().read(RULE, req["id"]).state == "held"
+    return req["id"]
+
+
+def decide(env: Env, verb: str, rid: str, body: Any = b"", **kw: Any) -> tuple[int, dict[str, Any]]:
+    resp = env.call(verb, http("POST", f"http://localhost/api/requests/{rid}/{verb}", body,
+                               route_params={"id": rid}, **kw))
+    return resp.status_code, json.loads(resp.get_body())
+
+
+@pytest.mark.parametrize("verb", ["approve", "reject"])
+@pytest.mark.parametrize(("rid", "body", "params", "field"), [
+    ("not-an-id", b"", None, "id"),
+    ("A" * 32, b"", None, "id"),
+    ("a" * 32, {"by": "x", "force": True}, None, "force"),
+    ("a" * 32, {"by": 7}, None, "by"),
+    ("a" * 32, {"by": " "}, None, "by"),
+    ("a" * 32, b"[1]", None, "body"),
+    ("a" * 32, b"{", None, "body"),
+    ("a" * 32, b"", {"by": "me"}, "query.by"),
+])
+def test_bad_input_is_a_400_naming_the_field(env: Env, verb: str, rid: str, body: Any,
+                                             params: dict[str, str] | None, field: str) -> None:
+    status, doc = decide(env, verb, rid, body, params=params)
+    assert (status, doc["field"]) == (400, field)
+
+
+@pytest.mark.parametrize("verb", ["approve", "reject"])
+def test_unknown_request_is_404(env: Env, verb: str) -> None:
+    status, doc = decide(env, verb, "0" * 32)
+    assert status == 404 and "no request" in doc["message"]
+
+
+def test_approve_runs_a_held_request_once(make_env: Any, fake: FakeGraph) -> None:
+    env = make_env(graph_base_url=fake.base_url)
+    rid = held_request(env)
+    assert [c["body"][0]["id"] for c in env.notifier.cards][:1] == ["xdr-approval"]
+    status, doc = decide(env, "approve", rid, {"by": "oncall@contoso.com"})
+    assert (status, doc["state"]) == (200, "submitted"), doc
+    assert [e["networkMessageId"] for r in fake.remediations for e in r.emails] == ["held-1"]
+    assert env.rt.ledger().read(RULE, rid).extra["approved_by"] == "oncall@contoso.com"
+    status, doc = decide(env, "approve", rid)
+    assert status == 409 and "only a held request" in doc["message"]
+    assert len(fake.remediations) == 1
+
+
+def test_signed_in_principal_is_recorded_over_the_body(make_env: Any, fake: FakeGraph) -> None:
+    env = make_env(graph_base_url=fake.base_url)
+    rid = held_request(env)
+    status, doc = decide(env, "reject", rid, {"by": "someone"},
+                         headers={"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com"})
+    assert (status, doc["state"]) == (200, "rejected")
+    assert env.rt.ledger().read(RULE, rid).extra["rejected_by"] == "alice@contoso.com"
+    status, _ = decide(env, "reject", rid)
+    assert status == 409
+    status, _ = decide(env, "approve", rid)
+    assert status == 409
+    assert fake.remediations == []
+
+
+def test_health_reports_counts_and_reachability_only(env: Env) -> None:
+    resp = env.call("health", http("GET", "http://localhost/api/health"))
+    doc = json.loads(resp.get_body())
+    assert resp.status_code == 200
+    assert doc == {"status": "ok", "config": "loaded", "storage": "reachable",
+                   "rules": {"valid": True, "count": len(env.rt.config.catalog),
+                             "scheduled": len(env.rt.config.timers)}}
+
+
+def test_health_says_unhealthy_without_leaking_the_connection(env: Env,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    nothing_there = "http://127.0.0.1:9/devstoreaccount1"   # the discard port: connection refused
+    dead = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};"
+            f"TableEndpoint={nothing_there};QueueEndpoint={nothing_there};")
+    config = dataclasses.replace(env.rt.config, storage=StorageConfig(connection_string=dead))
+    monkeypatch.setattr(env.fa, "runtime", Runtime(config, notifier=env.notifier))
+    resp = env.call("health", http("GET", "http://localhost/api/health"))
+    text = resp.get_body().decode()
+    assert resp.status_code == 503
+    assert json.loads(text)["storage"] == "unreachable"
+    assert DEV_KEY not in text and "127.0.0.1" not in text
