@@ -94,6 +94,7 @@ def open_ledger(args: argparse.Namespace, settings: Settings) -> Ledger:
 @contextlib.asynccontextmanager
 async def open_worker(args: argparse.Namespace, settings: Settings, ledger: Ledger) -> AsyncIterator[Any]:
     """A Worker with Graph and Exchange clients built inside the running loop."""
+    from remediation.exchange import make_exchange_client
     from remediation.worker import Worker
     from responder.graph import is_loopback, make_graph_client
 
@@ -104,21 +105,16 @@ async def open_worker(args: argparse.Namespace, settings: Settings, ledger: Ledg
         from azure.identity.aio import DefaultAzureCredential
 
         credential = DefaultAzureCredential(managed_identity_client_id=settings.client_id or None)
+    exchange = None
     try:
         graph = make_graph_client(base_url=settings.graph_base_url, credential=credential)
-        exchange = _exchange_client(settings, credential)
+        exchange = make_exchange_client(settings, credential)
         yield Worker(settings, tenant, load_catalog(), ledger, graph, exchange)
     finally:
+        if exchange is not None:
+            await exchange.aclose()
         if credential is not None:
             await credential.close()
-
-
-def _exchange_client(settings: Settings, credential: Any) -> Any:
-    try:
-        from remediation.exchange import make_exchange_client  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return make_exchange_client(settings, credential)
 
 
 def _run(args: argparse.Namespace, body: Callable[..., Any], *extra: Any) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from remediation.ledger import INVALID, Ledger
 from remediation.request import make_request
 from responder.cli import main
+from responder.testing.fakegraph import FakeGraph
 
 pytestmark = pytest.mark.azurite
 
@@ -18,9 +20,9 @@ T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 RULE = "consumer-sender-to-shared-mailboxes"
 
 
-def junk(nmid: str, recipient: str = "support@contoso.com", mode: str = "auto") -> dict:
-    return make_request(rule=RULE, action="move_to_junk", mode=mode,
-                        target={"network_message_id": nmid, "recipient": recipient},
+def junk(nmid: str, recipient: str = "support@contoso.com", mode: str = "auto", imid: str = "") -> dict:
+    target = {"network_message_id": nmid, "recipient": recipient, "internet_message_id": imid}
+    return make_request(rule=RULE, action="move_to_junk", mode=mode, target=target,
                         evidence={"SenderFromAddress": "bad@gmail.com"}, detected_at=T0,
                         run={"id": "run-cli", "index": 0, "total": 1})
 
@@ -99,3 +101,58 @@ def test_no_storage_configured_is_bad_input(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delenv("AzureWebJobsStorage__accountName", raising=False)
     assert main(["ledger"]) == 2
     assert "RESPONDER_STORAGE_CONNECTION" in capsys.readouterr().err
+
+
+def test_remediate_approve_undo_through_the_fake_graph(env: Ledger, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeGraph() as fake:
+        monkeypatch.setenv("RESPONDER_GRAPH_BASE_URL", fake.base_url)
+        monkeypatch.setenv("RESPONDER_EMAIL_STRATEGY", "mailbox")
+        fake.mailboxes.add("support@contoso.com", "<a@x>")
+        fake.mailboxes.add("sales@contoso.com", "<b@x>")
+        auto = junk("a", imid="<a@x>")
+        held = junk("b", "sales@contoso.com", mode="approval", imid="<b@x>")
+        queue = tmp_path / "queue.json"
+        queue.write_text(json.dumps([auto, held]))
+        assert main(["remediate", "--queue-file", str(queue), "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert [(o["request_id"], o["state"]) for o in out] == [(auto["id"], "confirmed"),
+                                                                (held["id"], "held")]
+        assert fake.mailboxes.folder_of("sales@contoso.com", "<b@x>") == "inbox"
+
+        assert main(["approve", held["id"], "--by", "alice", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["state"] == "confirmed"
+        assert fake.mailboxes.folder_of("sales@contoso.com", "<b@x>") == "junkemail"
+        assert main(["approve", held["id"], "--by", "alice"]) == 2       # exactly once
+
+        assert main(["undo", auto["id"], "--json"]) == 0
+        undone = json.loads(capsys.readouterr().out)[0]
+        assert (undone["action"], undone["state"]) == ("move_to_inbox", "confirmed")
+        assert fake.mailboxes.folder_of("support@contoso.com", "<a@x>") == "inbox"
+        assert len(fake.calls_to("POST", r"/move$")) == 3
+
+
+def test_remediate_reads_json_lines_from_stdin_and_verify_confirms(env: Ledger, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeGraph() as fake:
+        monkeypatch.setenv("RESPONDER_GRAPH_BASE_URL", fake.base_url)
+        monkeypatch.setenv("RESPONDER_EMAIL_STRATEGY", "defender")
+        reqs = [junk("nm-1"), junk("nm-2", "sales@contoso.com")]
+        monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(json.dumps(r) for r in reqs) + "\n"))
+        assert main(["remediate", "--queue-file", "-", "--json"]) == 0
+        assert [o["state"] for o in json.loads(capsys.readouterr().out)] == ["submitted", "submitted"]
+        assert len(fake.remediations) == 1
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    rows = [{"Timestamp": "now-5m", "NetworkMessageId": nmid, "RecipientEmailAddress": rcpt,
+             "LatestDeliveryLocation": where}
+            for nmid, rcpt, where in (("nm-1", "support@contoso.com", "Junk folder"),
+                                      ("nm-2", "sales@contoso.com", "Inbox/folder"))]
+    (tables / "EmailEvents.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["verify", "--tables", str(tables), "--now", "2026-11-20T12:00:00Z", "--json"]) == 0
+    verified = {o["request_id"]: o["state"] for o in json.loads(capsys.readouterr().out)}
+    assert verified == {reqs[0]["id"]: "confirmed", reqs[1]["id"]: "submitted"}
+    assert main(["ledger", "--state", "confirmed", "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [reqs[0]["id"]]
