@@ -82,6 +82,8 @@ class DisableUser(_PerUser):
         current = await ctx.graph.users.by_user_id(user).get(RequestConfiguration(query_parameters=q))
         if current is not None and current.account_enabled is False:
             return ActionResult(req["id"], "skipped", detail=f"account {user} is already disabled")
+        # The SDK adds "@odata.type": "#microsoft.graph.user" (Graph accepts it). Passing odata_type=None
+        # to drop it is worse: the backing store then sends a literal "odata_type": null.
         await ctx.graph.users.by_user_id(user).patch(User(account_enabled=False))
         return ActionResult(req["id"], "confirmed", detail=f"account {user} disabled",
                             undo={"account_enabled": True})

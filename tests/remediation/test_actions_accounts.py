@@ -1,0 +1,103 @@
+"""Account actions through the real SDK against the fake: exact requests, skip, isolation, faults."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from responder.testing.fakegraph import FakeGraph
+from tests.remediation.actionkit import execute
+from tests.remediation.factories import user_request
+
+ADMIN = "admin@contoso.com"
+
+
+def run(fake: FakeGraph, action: str, reqs: list[dict]):  # type: ignore[no-untyped-def]
+    return asyncio.run(execute(fake, action, reqs))
+
+
+def test_revoke_sessions_posts_once_per_user() -> None:
+    with FakeGraph() as fake:
+        admin = fake.users.add(ADMIN)
+        [res] = run(fake, "revoke_sessions", [user_request(ADMIN)])
+        calls = [(c.method, c.url, c.json) for c in fake.calls]
+    assert calls == [("POST", f"/v1.0/users/{ADMIN}/revokeSignInSessions", None)]
+    assert fake.revoked == [admin.id]
+    assert (res.state, res.detail) == ("confirmed", f"sign-in sessions of {ADMIN} revoked")
+
+
+def test_disable_user_reads_then_patches_account_enabled_false() -> None:
+    with FakeGraph() as fake:
+        admin = fake.users.add(ADMIN)
+        [res] = run(fake, "disable_user", [user_request(ADMIN, "disable_user")])
+        calls = [(c.method, c.url, c.json) for c in fake.calls]
+    assert calls == [("GET", f"/v1.0/users/{ADMIN}?$select=id,accountEnabled", None),
+                     ("PATCH", f"/v1.0/users/{ADMIN}", {"@odata.type": "#microsoft.graph.user",
+                                                        "accountEnabled": False})]
+    assert admin.account_enabled is False
+    assert (res.state, res.undo) == ("confirmed", {"account_enabled": True})
+
+
+def test_disable_user_already_disabled_is_skipped() -> None:
+    with FakeGraph() as fake:
+        fake.users.add(ADMIN, account_enabled=False)
+        [res] = run(fake, "disable_user", [user_request(ADMIN, "disable_user")])
+        assert fake.calls_to("PATCH", ".") == []
+    assert (res.state, res.detail) == ("skipped", f"account {ADMIN} is already disabled")
+
+
+def test_confirm_compromised_resolves_object_ids_and_sends_one_call() -> None:
+    with FakeGraph() as fake:
+        a = fake.users.add(ADMIN)
+        b = fake.users.add("ops@contoso.com")
+        reqs = [user_request(u, "confirm_compromised")
+                for u in (ADMIN, "nobody@contoso.com", "ops@contoso.com")]
+        results = run(fake, "confirm_compromised", reqs)
+        posts = fake.calls_to("POST", "confirmCompromised")
+    assert [(c.path, c.json) for c in posts] == [
+        ("/v1.0/identityProtection/riskyUsers/confirmCompromised", {"userIds": [a.id, b.id]})]
+    assert fake.compromised == {a.id, b.id}
+    assert [r.state for r in results] == ["confirmed", "failed", "confirmed"]
+    assert results[1].transient is False and "HTTP 404" in (results[1].error or "")
+
+
+def test_one_user_failing_does_not_stop_the_others() -> None:
+    with FakeGraph() as fake:
+        fake.users.add(ADMIN)
+        fake.users.add("ops@contoso.com")
+        fake.inject("POST", r"/users/ops@contoso\.com/revokeSignInSessions$", 403,
+                    code="Authorization_RequestDenied",
+                    message="Insufficient privileges to complete the operation.")
+        results = run(fake, "revoke_sessions", [user_request("ops@contoso.com"), user_request(ADMIN)])
+    assert [r.state for r in results] == ["failed", "confirmed"]
+    assert results[0].error == ("HTTP 403 Authorization_RequestDenied: Insufficient privileges to complete "
+                                "the operation.")
+
+
+@pytest.mark.parametrize(("action", "method", "path", "status", "transient", "retry_after"), [
+    ("revoke_sessions", "POST", "revokeSignInSessions$", 429, True, 3.0),
+    ("revoke_sessions", "POST", "revokeSignInSessions$", 503, True, None),
+    ("disable_user", "PATCH", "/users/", 400, False, None),
+    ("disable_user", "GET", "/users/", 404, False, None),
+    ("confirm_compromised", "POST", "confirmCompromised$", 429, True, 9.0),
+    ("confirm_compromised", "POST", "confirmCompromised$", 403, False, None),
+])
+def test_fault_mapping(action: str, method: str, path: str, status: int, transient: bool,
+                       retry_after: float | None) -> None:
+    with FakeGraph() as fake:
+        admin = fake.users.add(ADMIN)
+        fake.inject(method, path, status, retry_after=retry_after)
+        [res] = run(fake, action, [user_request(ADMIN, action)])
+    assert (res.state, res.transient, res.retry_after) == ("failed", transient, retry_after)
+    assert f"HTTP {status}" in (res.error or "")
+    assert fake.revoked == [] and fake.compromised == set() and admin.account_enabled is True
+
+
+def test_missing_user_fails_without_a_call() -> None:
+    req = user_request(ADMIN)
+    req["target"] = {}
+    with FakeGraph() as fake:
+        [res] = run(fake, "revoke_sessions", [req])
+        assert fake.calls == []
+    assert res.state == "failed" and res.error == "target needs a user (UPN or object id)"
