@@ -35,6 +35,10 @@ _OPTIONAL_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
+_ALL_TARGET_FIELDS = ("network_message_id", "recipient", "internet_message_id", "connector", "connector_type",
+                      "user")
+
+
 class RuleError(ValueError):
     """A rule (or rule-tests) file is wrong. ``str()`` is ``<file>: <field>: <message>``."""
 
@@ -232,6 +236,12 @@ def load_rule(path: Path) -> Rule:
         action = body["action"]
         required = set(TARGET_FIELDS[action])
         allowed = required | set(_OPTIONAL_TARGETS.get(action, ()))
+        if action == "notify":
+            # A notification names whatever it is about; its target fields are its identity.
+            allowed = set(_ALL_TARGET_FIELDS)
+            if not body["target"]:
+                raise RuleError(path, f"{field}.target", "a notify action needs at least one target field "
+                                "(what the notification is about)")
         missing = sorted(required - set(body["target"]))
         if missing:
             raise RuleError(path, f"{field}.target",

@@ -93,6 +93,8 @@ def requests_from_rows(rule: Rule, rows: Sequence[Mapping[str, Any]], *, modes: 
                         required_missing.append(f"{tfield} (column {column})")
                     continue
                 target[tfield] = str(json_safe(value))
+            if action.action == "notify" and not target:
+                required_missing.append("every target field (" + ", ".join(action.target.values()) + ")")
             if required_missing:
                 out.problems.append(f"{rule.slug}: row {n + 1}: {action.action}: empty "
                                     f"{', '.join(required_missing)}; no request made")

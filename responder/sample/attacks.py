@@ -144,7 +144,9 @@ def reply_chain(rng: random.Random, t: Tenant, now: datetime) -> Plant:
 def compromised_admin(rng: random.Random, t: Tenant, now: datetime, noise: Noise) -> Plant:
     """Password spray, a successful logon, a new inbound connector, and spam relayed through it."""
     admin = t.compromised_admin
-    t0 = now - timedelta(hours=2)
+    # All within the last hour (the logon and P1/P2 rules look back one hour), each burst inside one
+    # clock hour and the failures inside one 60-second bin (how the volume and logon rules count).
+    t0 = now - timedelta(minutes=55)
     plant = Plant(
         "compromised-admin",
         f"A password spray from {ATTACKER_ISP}: a few guesses against many accounts "
@@ -207,7 +209,7 @@ def compromised_admin(rng: random.Random, t: Tenant, now: datetime, noise: Noise
     ]
     plant.cloud_app_events.append(
         noise._cae(
-            t0 + timedelta(minutes=12),
+            t0 + timedelta(minutes=3),
             admin,
             "New-InboundConnector",
             "Microsoft Exchange Online",
@@ -219,11 +221,11 @@ def compromised_admin(rng: random.Random, t: Tenant, now: datetime, noise: Noise
             isp=ATTACKER_ISP,
         )
     )
-    # Relayed spam in the last hour: 220 messages in 50 minutes (one clock hour), out to the internet;
-    # header From spoofs the bank partner, the envelope sender is a throwaway domain.
-    start = now - timedelta(minutes=58)
+    # Relayed spam: 220 messages in 45 minutes, out to the internet; header From spoofs the bank
+    # partner, the envelope sender is a throwaway domain.
+    start = t0 + timedelta(minutes=5)
     for k in range(220):
-        ts = start + timedelta(seconds=int(3000 * k / 219))
+        ts = start + timedelta(seconds=int(2700 * k / 219))
         victim = f"{rng.choice(('info', 'accounts', 'office', 'finance'))}{k}@customer{k % 37}.example"
         plant.mails.append(
             Mail(
@@ -240,7 +242,7 @@ def compromised_admin(rng: random.Random, t: Tenant, now: datetime, noise: Noise
             )
         )
     # The admin's own mailbox phishes external addresses: 130 messages in 40 minutes (one clock hour).
-    start = t0 + timedelta(minutes=15)
+    start = t0 + timedelta(minutes=7)
     for k in range(130):
         ts = start + timedelta(seconds=int(2400 * k / 129))
         victim = f"ap{k}@supplier{k % 23}.example"

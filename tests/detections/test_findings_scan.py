@@ -271,3 +271,26 @@ def test_trigger_operator_and_threshold(tmp_path: Path, operator: str, threshold
     assert len(run.rows) == 4
     assert run.triggered is fires
     assert len(run.requests) == (2 if fires else 0)
+
+
+def test_notify_targets_are_their_identity_and_empty_ones_are_reported(tmp_path: Path) -> None:
+    def edit(data: dict) -> None:
+        data["query"] = "EmailEvents | project NetworkMessageId, RecipientEmailAddress, Subject"
+        data["responder"]["remediation"] = [
+            {
+                "action": "notify",
+                "mode": "auto",
+                "target": {"recipient": "RecipientEmailAddress"},
+                "evidence": ["Subject"],
+            }
+        ]
+        data["responder"].pop("scope")
+
+    rule = load_rule(write_rule(tmp_path, "tell", edit, with_tests=False))
+    (run,) = run_scan([rule])
+    recipients = [r["target"]["recipient"] for r in run.requests]
+    # b@ and B@ are one request (ids fold case); the row without a recipient is reported
+    assert recipients == ["a@contoso.com", "b@contoso.com"]
+    assert run.problems == [
+        "tell: row 4: notify: empty every target field (RecipientEmailAddress); no request made"
+    ]
