@@ -116,6 +116,14 @@ def _delete(key_path: str):
             "is not one of",
         ),
         (
+            _set(
+                "responder.remediation",
+                [{"action": "notify", "mode": "auto", "evidence": ["Subject"], "target": {}}],
+            ),
+            "responder.remediation.0.target",
+            "a notify action needs at least one target field",
+        ),
+        (
             _set("responder.scope.recipients_param", "threshold"),
             "responder.scope.recipients_param",
             "must name a string_list parameter",
