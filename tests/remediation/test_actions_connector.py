@@ -1,0 +1,132 @@
+"""disable_connector through the Exchange admin client against the fake's InvokeCommand endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from azure.core.credentials import AccessToken
+
+from remediation.exchange import EXCHANGE_SCOPE, ExchangeClient, make_exchange_client, render_command
+from responder.testing.fakegraph import FakeGraph
+from tests.remediation.actionkit import execute, settings_for
+from tests.remediation.factories import connector_request
+
+TOKEN = "eyJ0eXAiOiJKV1QiLCJub3QiOiJyZWFsIn0.secret-part"
+
+
+class FakeCredential:
+    """An azure-identity style async credential: records the scopes asked for."""
+
+    def __init__(self) -> None:
+        self.scopes: list[tuple[str, ...]] = []
+
+    async def get_token(self, *scopes: str, **_: Any) -> AccessToken:
+        self.scopes.append(scopes)
+        return AccessToken(TOKEN, 4_102_444_800)
+
+
+def run(fake: FakeGraph, reqs: list[dict], credential: Any = None) -> list[Any]:
+    async def go() -> list[Any]:
+        client = ExchangeClient(fake.tenant_id, base_url=fake.exchange_base_url, credential=credential)
+        try:
+            return await execute(fake, "disable_connector", reqs, exchange=client)
+        finally:
+            await client.aclose()
+    return asyncio.run(go())
+
+
+def test_disables_an_inbound_connector_with_the_exact_commands_and_a_token() -> None:
+    cred = FakeCredential()
+    with FakeGraph() as fake:
+        fake.connectors.add("Partner relay", "inbound")
+        [res] = run(fake, [connector_request("Partner relay")], cred)
+        calls = fake.calls
+        assert fake.connectors.get("Partner relay")["Enabled"] is False  # type: ignore[index]
+    url = f"/adminapi/beta/{fake.tenant_id}/InvokeCommand"
+    assert [(c.method, c.path, c.json) for c in calls] == [
+        ("POST", url, {"CmdletInput": {"CmdletName": "Get-InboundConnector",
+                                       "Parameters": {"Identity": "Partner relay"}}}),
+        ("POST", url, {"CmdletInput": {"CmdletName": "Set-InboundConnector",
+                                       "Parameters": {"Identity": "Partner relay", "Enabled": False}}}),
+    ]
+    assert all(c.headers["authorization"] == f"Bearer {TOKEN}" for c in calls)
+    assert cred.scopes == [(EXCHANGE_SCOPE,)] * 2
+    assert (res.state, res.detail) == ("confirmed", "ran Set-InboundConnector -Identity 'Partner relay' "
+                                                    "-Enabled:$false")
+    assert res.undo == {"connector": "Partner relay", "connector_type": "inbound", "enabled": True}
+    assert TOKEN not in repr(calls[0])
+
+
+def test_without_a_type_both_kinds_are_looked_up() -> None:
+    req = connector_request("Relay-Out", connector_type="outbound")
+    del req["target"]["connector_type"]
+    with FakeGraph() as fake:
+        fake.connectors.add("Relay-Out", "outbound")
+        [res] = run(fake, [req])
+        names = [c.json["CmdletInput"]["CmdletName"] for c in fake.calls]
+        assert fake.connectors.get("Relay-Out")["Enabled"] is False  # type: ignore[index]
+    assert names == ["Get-InboundConnector", "Get-OutboundConnector", "Set-OutboundConnector"]
+    assert res.state == "confirmed"
+
+
+def test_already_disabled_is_skipped() -> None:
+    with FakeGraph() as fake:
+        fake.connectors.add("Old", "inbound", enabled=False)
+        [res] = run(fake, [connector_request("Old")])
+        assert [c.json["CmdletInput"]["CmdletName"] for c in fake.calls] == ["Get-InboundConnector"]
+    assert (res.state, res.detail) == ("skipped", "inbound connector Old is already disabled")
+
+
+def test_missing_connector_fails_permanently_and_others_still_run() -> None:
+    with FakeGraph() as fake:
+        fake.connectors.add("Real", "inbound")
+        results = run(fake, [connector_request("Ghost"), connector_request("Real")])
+        assert fake.connectors.get("Real")["Enabled"] is False  # type: ignore[index]
+    assert [(r.state, r.transient) for r in results] == [("failed", False), ("confirmed", False)]
+    assert results[0].error == "no inbound connector named 'Ghost' exists"
+
+
+def test_no_exchange_client_fails_with_the_command_to_run() -> None:
+    with FakeGraph() as fake:
+        [res] = asyncio.run(execute(fake, "disable_connector", [connector_request("Relay")], exchange=None))
+        assert fake.calls == []
+    assert res.state == "failed" and not res.transient
+    assert res.detail == "not run: Set-InboundConnector -Identity 'Relay' -Enabled:$false"
+
+
+@pytest.mark.parametrize(("status", "transient", "retry_after"), [
+    (429, True, 30.0), (503, True, None), (400, False, None), (403, False, None)])
+def test_fault_mapping(status: int, transient: bool, retry_after: float | None) -> None:
+    with FakeGraph() as fake:
+        fake.connectors.add("Relay", "inbound")
+        fake.inject("POST", "InvokeCommand$", status, retry_after=retry_after, message="nope")
+        [res] = run(fake, [connector_request("Relay")])
+        assert fake.connectors.get("Relay")["Enabled"] is True  # type: ignore[index]
+    assert (res.state, res.transient, res.retry_after) == ("failed", transient, retry_after)
+    assert f"HTTP {status}" in (res.error or "") and "nope" in (res.error or "")
+
+
+def test_render_command_quotes_for_powershell() -> None:
+    assert render_command("outbound", "Bob's $(evil) relay") == \
+        "Set-OutboundConnector -Identity 'Bob''s $(evil) relay' -Enabled:$false"
+    assert render_command("inbound", "x", enabled=True) == "Set-InboundConnector -Identity 'x' -Enabled:$true"
+    with pytest.raises(ValueError, match="inbound or outbound"):
+        render_command("sideways", "x")
+    with pytest.raises(ValueError, match="empty"):
+        render_command("inbound", "  ")
+
+
+def test_client_needs_a_credential_for_a_real_endpoint_and_a_tenant() -> None:
+    with pytest.raises(ValueError, match="credential"):
+        ExchangeClient("t", base_url="https://outlook.office365.com/adminapi/beta")
+    with pytest.raises(ValueError, match="tenant id"):
+        ExchangeClient("", base_url="http://127.0.0.1:1/adminapi/beta")
+
+
+def test_make_exchange_client_uses_the_setting() -> None:
+    with FakeGraph() as fake:
+        client = make_exchange_client(settings_for(fake), None)
+        assert client is not None and client.base_url == fake.exchange_base_url
+        assert client.tenant_id == fake.tenant_id
