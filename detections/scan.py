@@ -29,6 +29,7 @@ class RuleRun:
     columns: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # rows that could not become requests
     transient: bool = False  # the error may go away on retry (throttling, timeouts)
+    retry_after: float | None = None  # the service's hint, in seconds, when it gave one
     refused: bool = False  # parameters did not resolve: the query never ran
     triggered: bool = True  # the row count met the rule's triggerOperator/triggerThreshold
 
@@ -73,7 +74,8 @@ async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantCo
         raise ValueError("now must be timezone-aware")
     run_id = run_id or uuid.uuid4().hex
     overrides = with_lookback(overrides, lookback)
-    check_param_names(rules, {k: v for k, v in overrides.items() if k != "window" or lookback is None})
+    if rules:  # (every rule declares `window`, so a lookback always has a taker)
+        check_param_names(rules, overrides)
     runs: list[RuleRun] = []
     for rule in rules:
         try:
@@ -91,6 +93,7 @@ async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantCo
         except BackendError as exc:
             run.error = f"{rule.slug}: {backend.name} backend: {exc}"
             run.transient = exc.transient
+            run.retry_after = exc.retry_after
             continue
         except Exception as exc:  # one broken rule or backend bug must not stop the other rules
             run.error = f"{rule.slug}: {backend.name} backend: unexpected {type(exc).__name__}: {exc}"
