@@ -1,0 +1,32 @@
+"""docs/function-app.md documents every app setting, exactly as the code declares them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from responder.app import settings_table
+from responder.config import APP_SETTINGS, ROOT
+
+DOC = ROOT / "docs" / "function-app.md"
+
+
+def test_every_setting_is_in_the_generated_table() -> None:
+    table = settings_table.markdown_table()
+    for s in (*APP_SETTINGS, *settings_table.EXTRA):
+        assert f"| `{s.name}` |" in table
+
+
+def test_doc_holds_the_current_table() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    assert settings_table.replace_table(text) == text, (
+        "docs/function-app.md is out of date: run "
+        "python -m responder.app.settings_table --write docs/function-app.md")
+
+
+def test_write_fills_the_markers(tmp_path: Path) -> None:
+    path = tmp_path / "doc.md"
+    path.write_text(f"intro\n{settings_table.BEGIN}\nold\n{settings_table.END}\noutro\n", encoding="utf-8")
+    assert settings_table.main(["--write", str(path)]) == 0
+    text = path.read_text(encoding="utf-8")
+    assert "old" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert "| `RESPONDER_TENANT_ID` |" in text
