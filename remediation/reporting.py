@@ -23,7 +23,10 @@ def card_for(report: Any, *, tenant_id: str | None = None, api_base: str | None 
     first = report.outcomes[0] if report.outcomes else None
     request = report.requests[0] if report.requests else None
     if report.kind == "held" and report.requests:
-        return approval_card(report.requests, outcomes=report.outcomes, api_base=api_base,
+        from remediation.worker import manual_command
+
+        commands = {r["id"]: c for r in report.requests if (c := manual_command(r))}
+        return approval_card(report.requests, outcomes=report.outcomes, commands=commands, api_base=api_base,
                              tenant_id=tenant_id)
     kind = {"poison": "poison", "failed": "action", "skipped": "config"}.get(report.kind, "action")
     return failure_card(FailureReport(

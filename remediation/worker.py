@@ -312,7 +312,11 @@ class Worker:
     def _settle(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome:
         """Record a decision that runs nothing: skipped (scope, dry run) or held."""
         if decision.kind == "hold":
-            state, fields = "held", {"hold_reason": decision.hold_reason, "detail": decision.reason}
+            detail = decision.reason
+            command = manual_command(req)
+            if command:   # the ledger carries the exact command on-call would run instead
+                detail += f"; command: {command}"
+            state, fields = "held", {"hold_reason": decision.hold_reason, "detail": detail}
         else:
             state, fields = "skipped", {"detail": decision.reason}
         try:
@@ -554,6 +558,21 @@ class Worker:
                 await self.report_hook(report)
             except Exception:
                 log.exception("report %s could not be delivered", report.kind)
+
+
+def manual_command(request: Mapping[str, Any]) -> str | None:
+    """The exact Exchange Online PowerShell for a connector request (None for other actions)."""
+    if request.get("action") != "disable_connector":
+        return None
+    from remediation.exchange import render_command
+
+    target = request.get("target") or {}
+    name = str(target.get("connector") or "")
+    kinds = [target["connector_type"]] if target.get("connector_type") else ["inbound", "outbound"]
+    try:
+        return " or ".join(render_command(k, name) for k in kinds)
+    except ValueError:
+        return None
 
 
 def _transient(request_id: str, error: str) -> ActionResult:

@@ -195,7 +195,13 @@ async def _verify(args: argparse.Namespace, worker: Any) -> int:
         raise UsageError("--now needs --tables: only the local engine's clock can be pinned")
     else:
         backend = make_backend(worker.settings, graph_client=worker.graph)
-    outcomes = await worker.verify(backend)
+    from detections.backends.base import BackendError
+
+    try:
+        outcomes = await worker.verify(backend)
+    except BackendError as exc:
+        print(f"error: the verification query failed: {exc}", file=sys.stderr)
+        return 1
     print_outcomes(outcomes, as_json=args.json)
     return 1 if any(o.state == "not_applied" for o in outcomes) else 0
 

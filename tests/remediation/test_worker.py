@@ -15,12 +15,20 @@ from typing import Any
 
 import pytest
 
+from remediation.exchange import ExchangeClient
 from remediation.ledger import Ledger
 from remediation.worker import Report, TransientFailure, Worker, WorkerError
 from responder.config import Settings, TenantConfig
 from responder.graph import make_graph_client
 from responder.testing.fakegraph import FakeGraph
-from tests.remediation.factories import PROTECTED, T0, email_request, make_rule, user_request
+from tests.remediation.factories import (
+    PROTECTED,
+    T0,
+    connector_request,
+    email_request,
+    make_rule,
+    user_request,
+)
 
 pytestmark = pytest.mark.azurite
 
@@ -49,7 +57,8 @@ class Harness:
         self.reports: list[Report] = []
         self.sleeps: list[float] = []
 
-    def worker(self, *, strategy: str = "defender", max_retries: int = 0, **env: str) -> Worker:
+    def worker(self, *, strategy: str = "defender", max_retries: int = 0, exchange: Any = None,
+               **env: str) -> Worker:
         settings = Settings.from_env({"RESPONDER_GRAPH_BASE_URL": self.fake.base_url,
                                       "RESPONDER_EMAIL_STRATEGY": strategy,
                                       "RESPONDER_TENANT_ID": self.fake.tenant_id, **env}, require=False)
@@ -61,11 +70,15 @@ class Harness:
             self.sleeps.append(seconds)
 
         graph = make_graph_client(base_url=self.fake.base_url, max_retries=max_retries)
-        return Worker(settings, TENANT, CATALOG, self.ledger, graph, None, report_hook=hook, sleep=sleep)
+        return Worker(settings, TENANT, CATALOG, self.ledger, graph, exchange, report_hook=hook, sleep=sleep)
 
     def run(self, body: Callable[[Worker], Awaitable[Any]], **kw: Any) -> Any:
-        async def main() -> Any:   # the Graph client is built inside the running loop
-            return await body(self.worker(**kw))
+        async def main() -> Any:   # the clients are built inside the running loop
+            exchange = ExchangeClient(self.fake.tenant_id, base_url=self.fake.exchange_base_url)
+            try:
+                return await body(self.worker(exchange=exchange, **kw))
+            finally:
+                await exchange.aclose()
         return asyncio.run(main())
 
     def row(self, request: dict[str, Any]) -> Any:
@@ -312,6 +325,25 @@ def test_approving_a_capped_request_runs_it(h: Harness) -> None:
     assert h.row(req).hold_reason == "cap"
     assert h.run(lambda w: w.approve(req["id"], "alice")).state == "submitted"
     assert emails(h.fake.calls[0]) == [("nm-9", "support@contoso.com")]
+
+
+def test_connector_waits_for_approval_with_the_exact_command_then_runs_once(h: Harness) -> None:
+    h.fake.connectors.add("Partner relay", "inbound")
+    req = connector_request("Partner relay")
+    [held] = h.run(lambda w: w.process_message(body(req), 1))
+    assert held.hold_reason == "approval"
+    assert "Set-InboundConnector -Identity 'Partner relay' -Enabled:$false" in held.detail
+    assert h.fake.calls == [] and h.fake.connectors.get("Partner relay")["Enabled"] is True
+    out = h.run(lambda w: w.approve(req["id"], "alice"))
+    assert out.state == "confirmed" and h.fake.connectors.get("Partner relay")["Enabled"] is False
+    cmdlets = [(c.json or {}).get("CmdletInput", {}).get("CmdletName") for c in h.fake.calls]
+    assert cmdlets.count("Set-InboundConnector") == 1
+
+
+def test_connector_runs_at_once_when_the_tenant_opted_in(h: Harness) -> None:
+    h.fake.connectors.add("Partner relay", "inbound")
+    [out] = h.run(lambda w: w.process([connector_request("Partner relay")]), RESPONDER_CONNECTOR_AUTO="true")
+    assert out.state == "confirmed" and h.fake.connectors.get("Partner relay")["Enabled"] is False
 
 
 # --- undo -----------------------------------------------------------------------------------------------

@@ -16,7 +16,14 @@ from detections.backends.local import LocalBackend
 from remediation.ledger import INVALID, Ledger
 from remediation.worker import Report, TransientFailure, Worker, WorkerError
 from responder.config import Settings, TenantConfig
-from tests.remediation.factories import PROTECTED, T0, email_request, make_rule, user_request
+from tests.remediation.factories import (
+    PROTECTED,
+    T0,
+    connector_request,
+    email_request,
+    make_rule,
+    user_request,
+)
 
 pytestmark = pytest.mark.azurite
 
@@ -207,3 +214,40 @@ def test_verify_confirms_from_latest_delivery_location(ledger: Ledger, clock: Cl
     assert {r.kind for r in reports} == {"failed"}
     stored = ledger.get(moved)
     assert stored is not None and stored.state == "confirmed" and "Junk folder" in stored.detail
+
+
+class Cards:
+    """A notifier that keeps what it is given (the Teams sender's interface: ``async send(card)``)."""
+
+    def __init__(self, ok: bool = True) -> None:
+        self.cards: list[dict[str, Any]] = []
+        self.ok = ok
+
+    async def send(self, card: dict[str, Any]) -> bool:
+        self.cards.append(card)
+        if not self.ok:
+            raise RuntimeError("webhook down")
+        return True
+
+
+def card_kinds(cards: list[dict[str, Any]]) -> list[str]:
+    return [kind for c in cards for kind in ("approval", "failure") if f'"xdr-{kind}"' in json.dumps(c)]
+
+
+def test_with_a_notifier_holds_and_failures_become_teams_cards(ledger: Ledger) -> None:
+    cards = Cards()
+    settings = Settings.from_env({}, require=False)
+    worker = Worker(settings, TENANT, CATALOG, ledger, graph=None, exchange=None, notifier=cards)
+    req = connector_request("Partner relay")
+    run(worker.process([req]))
+    run(worker.process_message(b"garbage", 1))
+    assert card_kinds(cards.cards) == ["approval", "failure"]
+    assert "Set-InboundConnector -Identity 'Partner relay' -Enabled:$false" in json.dumps(cards.cards[0])
+
+
+def test_a_card_that_cannot_be_sent_never_breaks_remediation(ledger: Ledger) -> None:
+    cards = Cards(ok=False)
+    worker = Worker(Settings.from_env({}, require=False), TENANT, CATALOG, ledger, graph=None, exchange=None,
+                    notifier=cards)
+    [out] = run(worker.process([email_request("nm-1", mode="approval")]))
+    assert out.state == "held" and len(cards.cards) == 1
