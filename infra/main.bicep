@@ -51,8 +51,8 @@ param emailStrategy string = 'defender'
 ])
 param mailboxAccessScope string = 'exchangeRbac'
 
-@description('revoke_sessions: grants User.RevokeSessions.All.')
-param enableRevokeSessions bool = false
+@description('revoke_sessions: grants User.RevokeSessions.All. On by default: the default rules admin-logon-failures-then-success and outbound-external-burst propose it in approval mode, and an approval runs it.')
+param enableRevokeSessions bool = true
 
 @description('disable_user: grants User.EnableDisableAccount.All and User.Read.All.')
 param enableDisableUser bool = false

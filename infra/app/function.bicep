@@ -27,6 +27,8 @@ param alwaysReady array = []
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
+@description('Exchange Online admin API (connector actions).')
+param exchangeBaseUrl string = 'https://outlook.office365.com/adminapi/beta'
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -127,6 +129,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     RESPONDER_TEAMS_WEBHOOK_URL: teamsNotifications ? teamsWebhookReference : ''
     RESPONDER_DRY_RUN: dryRun ? 'true' : 'false'
     RESPONDER_EMAIL_STRATEGY: emailStrategy
+    RESPONDER_EXCHANGE_BASE_URL: exchangeBaseUrl
     RESPONDER_CONNECTOR_AUTO: connectorAuto ? 'true' : 'false'
     RESPONDER_SCAN_RATE_PER_HOUR: string(scanRatePerHour)
   }
