@@ -231,6 +231,12 @@ class Worker:
             if not created and rec.state != "received":
                 outcomes[req["id"]] = _duplicate(rec)
                 continue
+            ours = redelivery and rec.claim_token == owner
+            if rec.claimed(self.ledger.clock()) and not ours:
+                # Someone is executing it right now: neither act nor settle it under their feet.
+                outcomes[req["id"]] = replace(rec.outcome(), detail="being executed by another delivery")
+                busy.append(req["id"])
+                continue
             decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog)
             if decision.kind != "execute":
                 outcomes[req["id"]] = self._settle(rec, req, decision)

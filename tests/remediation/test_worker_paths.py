@@ -251,3 +251,17 @@ def test_a_card_that_cannot_be_sent_never_breaks_remediation(ledger: Ledger) -> 
                     notifier=cards)
     [out] = run(worker.process([email_request("nm-1", mode="approval")]))
     assert out.state == "held" and len(cards.cards) == 1
+
+
+def test_a_duplicate_never_settles_a_request_someone_is_executing(ledger: Ledger) -> None:
+    """A later scan's copy of the request falls past the cap (index 9), while the first copy is being
+    executed: the duplicate must neither hold nor skip the row under the executor's feet."""
+    worker = make_worker(ledger, [])
+    req = email_request("nm-1")
+    rec, _ = ledger.receive(req)
+    ledger.claim(rec, lease=timedelta(minutes=5), owner="executor")
+    late = dict(req, run={"id": "run-2", "index": 9, "total": 10})
+    with pytest.raises(TransientFailure):
+        run(worker.process_message(json.dumps(late), 1))
+    stored = ledger.get(req["id"])
+    assert stored is not None and (stored.state, stored.claim_token) == ("received", "executor")
