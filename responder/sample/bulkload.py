@@ -24,12 +24,15 @@ def bulk_load(backend: LocalBackend, tables_dir: Path) -> dict[str, int]:
         spec = ", ".join(f"'{c}': '{_SQL_TYPES[t]}'" for c, t in cols)
         names = ", ".join(f'"{c}"' for c, _ in cols)
         # Like the local backend: TimeGenerated (Sentinel's ingestion time) defaults to Timestamp.
-        values = ", ".join('coalesce("TimeGenerated", "Timestamp")' if c == "TimeGenerated" else f'"{c}"'
-                           for c, _ in cols)
+        values = ", ".join(
+            'coalesce("TimeGenerated", "Timestamp")' if c == "TimeGenerated" else f'"{c}"' for c, _ in cols
+        )
         before = backend.con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
         # The path is ours (a folder the generator wrote), passed as a parameter, never spliced.
         backend.con.execute(
             f'INSERT INTO "{table}" ({names}) SELECT {values} FROM '
-            f"read_json(?, format='newline_delimited', columns={{{spec}}})", [str(path)])
+            f"read_json(?, format='newline_delimited', columns={{{spec}}})",
+            [str(path)],
+        )
         counts[table] = backend.con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] - before
     return counts

@@ -134,9 +134,11 @@ def _sorted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _write(out_dir: Path, table: str, columns: dict[str, list[str]], rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     cols = columns[table]
+    known = frozenset(cols)
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     with (out_dir / f"{table}.jsonl").open("w", encoding="utf-8", newline="\n") as fh:
         for row in rows:
-            fh.write(json.dumps(shape(row, cols, table), ensure_ascii=False, separators=(",", ":")))
+            fh.write(dumps(shape(row, cols, table, known)))
             fh.write("\n")
             n += 1
     return n

@@ -28,8 +28,11 @@ LOCATION_AFTER = {
     "moveToDeletedItems": "Deleted items",
     "hardDelete": "Deleted items",
 }
-LATEST_ACTION = {"Junk folder": "Moved to junk folder", "Inbox/folder": "Moved to inbox",
-                 "Deleted items": "Moved to deleted items"}
+LATEST_ACTION = {
+    "Junk folder": "Moved to junk folder",
+    "Inbox/folder": "Moved to inbox",
+    "Deleted items": "Moved to deleted items",
+}
 
 
 class LiveTables:
@@ -84,18 +87,24 @@ class LiveTables:
     def people(self) -> list[tuple[str, str]]:
         """(UPN, object id) of every account that signed in: the directory the fake Graph should know."""
         with self._lock:
-            return [tuple(r) for r in self.backend.con.execute(  # type: ignore[misc]
-                'SELECT DISTINCT "AccountUpn", "AccountObjectId" FROM "IdentityLogonEvents" '
-                'WHERE "AccountUpn" IS NOT NULL ORDER BY 1').fetchall()]
+            return [
+                tuple(r)
+                for r in self.backend.con.execute(  # type: ignore[misc]
+                    'SELECT DISTINCT "AccountUpn", "AccountObjectId" FROM "IdentityLogonEvents" '
+                    'WHERE "AccountUpn" IS NOT NULL ORDER BY 1'
+                ).fetchall()
+            ]
 
     def connectors(self) -> list[str]:
         """Connector names seen in mail flow or created in the audit log: what Exchange would list."""
         with self._lock:
-            mail = self.backend.con.execute('SELECT DISTINCT "Connectors" FROM "EmailEvents" '
-                                            'WHERE "Connectors" IS NOT NULL').fetchall()
+            mail = self.backend.con.execute(
+                'SELECT DISTINCT "Connectors" FROM "EmailEvents" WHERE "Connectors" IS NOT NULL'
+            ).fetchall()
             audit = self.backend.con.execute(
                 'SELECT DISTINCT "ObjectName" FROM "CloudAppEvents" '
-                'WHERE "ActionType" LIKE \'%Connector\' AND "ObjectName" IS NOT NULL').fetchall()
+                'WHERE "ActionType" LIKE \'%Connector\' AND "ObjectName" IS NOT NULL'
+            ).fetchall()
         return sorted({r[0] for r in mail + audit})
 
     def _move(self, network_message_id: str, recipient: str, location: str) -> int:
@@ -103,11 +112,13 @@ class LiveTables:
         before = con.execute(
             'SELECT count(*) FROM "EmailEvents" WHERE "NetworkMessageId" = ? '
             'AND lower("RecipientEmailAddress") = lower(?) AND "LatestDeliveryLocation" IS DISTINCT FROM ?',
-            [network_message_id, recipient, location]).fetchone()
+            [network_message_id, recipient, location],
+        ).fetchone()
         con.execute(
             'UPDATE "EmailEvents" SET "LatestDeliveryLocation" = ?, "LatestDeliveryAction" = ? '
             'WHERE "NetworkMessageId" = ? AND lower("RecipientEmailAddress") = lower(?)',
-            [location, LATEST_ACTION.get(location, "Moved"), network_message_id, recipient])
+            [location, LATEST_ACTION.get(location, "Moved"), network_message_id, recipient],
+        )
         n = int(before[0]) if before else 0
         if n:
             self.moves.append((network_message_id, recipient, location))

@@ -73,7 +73,7 @@ class Mail:
     internet_message_id: str = ""
     cluster: int = 0
     language: str = "en"
-    direction: str | None = None       # EmailDirection when not implied by the addresses (relays)
+    direction: str | None = None  # EmailDirection when not implied by the addresses (relays)
 
 
 def direction(sender: str, recipient: str) -> str:
@@ -100,13 +100,14 @@ def email_rows(mail: Mail) -> list[dict[str, Any]]:
         if not mail.connector
         else "SPF=none;DKIM=none;DMARC=none;CompAuth=none"
     )
+    stamp = iso(mail.ts)
     for i, rcpt in enumerate(mail.recipients):
         d = mail.direction or direction(mail.mail_from, rcpt.address)
         delivered = mail.delivery_location if d != "Outbound" else "On-premises/external"
         latest = rcpt.location or delivered
         rows.append(
             {
-                "Timestamp": iso(mail.ts),
+                "Timestamp": stamp,
                 "NetworkMessageId": mail.network_message_id,
                 "InternetMessageId": mail.internet_message_id,
                 "SenderMailFromAddress": mail.mail_from,
@@ -185,9 +186,12 @@ def attachment_rows(mail: Mail) -> list[dict[str, Any]]:
     return rows
 
 
-def shape(row: dict[str, Any], columns: list[str], table: str) -> dict[str, Any]:
+def shape(
+    row: dict[str, Any], columns: list[str], table: str, known: frozenset[str] | None = None
+) -> dict[str, Any]:
     """The row in schema order with every column present; a column the schema lacks is a bug here."""
-    unknown = set(row) - set(columns)
-    if unknown:
-        raise ValueError(f"{table}: columns not in detections/schemas/{table}.json: {sorted(unknown)}")
-    return {c: row.get(c) for c in columns}
+    if not row.keys() <= (known if known is not None else frozenset(columns)):
+        unknown = sorted(set(row) - set(columns))
+        raise ValueError(f"{table}: columns not in detections/schemas/{table}.json: {unknown}")
+    get = row.get
+    return {c: get(c) for c in columns}
