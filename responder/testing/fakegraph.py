@@ -49,7 +49,8 @@ Endpoints (Graph paths relative to ``/v1.0``):
   path msgraph-sdk uses): body ``{"Query", "Timespan"?}``; answered by the pluggable
   ``hunting(query, timespan) -> (schema, rows)`` (schema: list of ``{"name","type"}`` dicts, passed
   through as given, or ``(name, type)`` tuples); the handler may raise ``GraphFault`` to answer an
-  error (e.g. the quota 429). No handler: 400.
+  error (e.g. the quota 429); it may also return a dict, sent as the whole response body (to test
+  malformed answers); any other exception it raises is answered 500. No handler: 400.
 * ``POST /security/collaboration/analyzedEmails/remediate`` (also ``.../microsoft.graph.security.remediate``,
   the SDK's path): validates the body, records a ``Remediation``, calls ``on_remediate(action, emails)``
   (emails: list of ``{"networkMessageId", "recipientEmailAddress"}``), answers 202 with an Action-center
@@ -92,7 +93,7 @@ _CODES = {400: "BadRequest", 401: "InvalidAuthenticationToken", 403: "Forbidden"
           409: "Conflict", 429: "TooManyRequests", 500: "InternalServerError", 502: "BadGateway",
           503: "ServiceUnavailable", 504: "GatewayTimeout"}
 
-Hunting = Callable[[str, "str | None"], tuple[list[Any], list[dict[str, Any]]]]
+Hunting = Callable[[str, "str | None"], "tuple[list[Any], list[dict[str, Any]]] | dict[str, Any]"]
 OnRemediate = Callable[[str, list[dict[str, str]]], None]
 
 
@@ -574,9 +575,14 @@ class FakeGraph:
         if self.hunting is None:
             raise _error(400, "This fake has no hunting handler.", "BadRequest")
         try:
-            schema, rows = self.hunting(query, timespan)
+            answer = self.hunting(query, timespan)
         except GraphFault as fault:
             raise _error(fault.status, fault.message, fault.code, fault.retry_after) from None
+        except Exception as exc:   # the handler is test/demo code (the local engine): a 500 names it
+            raise _error(500, f"hunting handler failed: {type(exc).__name__}: {exc}") from None
+        if isinstance(answer, dict):   # a whole response body, as given (malformed-response tests)
+            return _Reply(200, answer)
+        schema, rows = answer
         cols = [c if isinstance(c, dict) else {"name": c[0], "type": c[1]} for c in schema]
         return _Reply(200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#"
                                               "microsoft.graph.security.huntingQueryResults",
