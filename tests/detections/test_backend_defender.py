@@ -99,7 +99,7 @@ def test_sdk_retry_then_success() -> None:
 @pytest.mark.parametrize("payload", [{"schema": [{"name": "A"}], "results": []}, {"results": []},
                                      {"schema": [], "results": ["x"]}])
 def test_malformed_responses_are_clear_errors(payload: dict[str, Any]) -> None:
-    with FakeGraph(hunting=lambda q, t: payload) as fake:
-        with pytest.raises(BackendError, match="defender: ") as info:
-            run(fake)
+    raises = pytest.raises(BackendError, match="defender: ")
+    with FakeGraph(hunting=lambda q, t: payload) as fake, raises as info:
+        run(fake)
     assert info.value.transient is False
