@@ -1,0 +1,83 @@
+"""Microsoft Sentinel (Log Analytics) through azure-monitor-query's async ``LogsQueryClient``.
+
+``query_workspace(workspace_id, query, timespan=...)`` returns a ``LogsQueryResult`` or, when the
+service ran out of time or memory part-way, a ``LogsQueryPartialResult``: that is reported as
+``partial=True`` with the service's reason, never passed off as complete. Only the first table
+(``PrimaryResult``) is used: a rule's query yields one result set.
+
+Values: azure-monitor-query turns ``datetime`` cells into ``datetime`` objects (and leaves strings
+alone, unlike msgraph); they are written back as ISO 8601 UTC text (``...Z``), as the service sent them
+and as the defender and local backends deliver them, so rules see the same shapes from every backend.
+
+Errors: ``HttpResponseError`` 429/5xx and connection failures are transient (with Retry-After when
+given); 400 (a KQL error), 403 (no access to the workspace) and the like are permanent. The client's
+own retry policy (azure-core) has retried transient errors before they reach here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+from azure.monitor.query import LogsQueryPartialResult
+
+from detections.backends.base import BackendError, QueryResult
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, datetime):
+        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        text = value.strftime("%Y-%m-%dT%H:%M:%S")
+        return text + (f".{value.microsecond:06d}" if value.microsecond else "") + "Z"
+    return value
+
+
+def _retry_after(err: HttpResponseError) -> float | None:
+    resp = getattr(err, "response", None)
+    value = resp.headers.get("Retry-After") if resp is not None else None
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _table(tables: list[Any] | None) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    if not tables:
+        return [], []
+    t = tables[0]
+    columns = list(zip(t.columns, t.columns_types, strict=True))
+    rows = [{name: _cell(v) for name, v in zip(t.columns, row, strict=True)} for row in t.rows]
+    return columns, rows
+
+
+class SentinelBackend:
+    name = "sentinel"
+
+    def __init__(self, logs_client: Any, workspace_id: str):
+        if not workspace_id:
+            raise ValueError("the sentinel backend needs a Log Analytics workspace id")
+        self._client = logs_client
+        self.workspace_id = workspace_id
+
+    async def run(self, query: str, *, timespan: timedelta) -> QueryResult:
+        if not query.strip():
+            raise ValueError("the query is empty")
+        if timespan <= timedelta(0):
+            raise ValueError(f"timespan must be positive, not {timespan!r}")
+        try:
+            result = await self._client.query_workspace(self.workspace_id, query, timespan=timespan)
+        except HttpResponseError as err:
+            status = err.status_code
+            transient = status is None or status == 429 or status >= 500
+            raise BackendError(f"sentinel: HTTP {status}: {err.message}", transient=transient,
+                               retry_after=_retry_after(err)) from None
+        except (ServiceRequestError, ServiceResponseError) as err:
+            raise BackendError(f"sentinel: connection failed: {err.message}", transient=True) from None
+        if isinstance(result, LogsQueryPartialResult):
+            columns, rows = _table(result.partial_data)
+            e = result.partial_error
+            reason = f"{getattr(e, 'code', '')}: {getattr(e, 'message', '')}".strip(": ") or "partial result"
+            return QueryResult(columns=columns, rows=rows, partial=True, partial_reason=reason)
+        columns, rows = _table(result.tables)
+        return QueryResult(columns=columns, rows=rows)
