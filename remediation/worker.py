@@ -555,15 +555,49 @@ class Worker:
 
     async def _flush_reports(self) -> None:
         """Hand new reports to the hook (the function app and demo plug the Teams cards in there).
-        A report that cannot be delivered is logged: notification never breaks remediation."""
+
+        One card per rule run and kind, not one per request: reports of one flush are merged per
+        (kind, rule, run), and on-call hears of a given (kind, rule, run) once across deliveries
+        (a ``claim_once`` marker), since a run of 400 capped targets arrives as 400 queue messages.
+        Failures are told once per distinct error. A report that cannot be delivered is logged and its
+        marker released: notification never breaks remediation.
+        """
         pending, self._reported = self.reports[self._reported:], len(self.reports)
+        if self.report_hook is None or not pending:
+            return
+        merged: dict[tuple[str, ...], Report] = {}
         for report in pending:
-            if self.report_hook is None:
-                continue
+            key = _report_key(report)
+            if key in merged:
+                merged[key].outcomes += report.outcomes
+                merged[key].requests += report.requests
+            else:
+                merged[key] = Report(report.kind, report.summary, list(report.outcomes),
+                                     list(report.requests))
+        for key, report in merged.items():
+            marker = "report:" + ":".join(key) if key[2] else None
+            if marker is not None and not self.ledger.claim_once(marker):
+                continue   # on-call was already told about this run (the run's card lists them all)
+            if len(report.outcomes) > 1:
+                report.summary += f" ({len(report.outcomes)} requests)"
             try:
                 await self.report_hook(report)
             except Exception:
                 log.exception("report %s could not be delivered", report.kind)
+                if marker is not None:
+                    self.ledger.forget_once(marker)
+
+
+def _report_key(report: Report) -> tuple[str, ...]:
+    first = report.outcomes[0] if report.outcomes else None
+    request = report.requests[0] if report.requests else {}
+    run = str((request.get("run") or {}).get("id") or "")
+    key: tuple[str, ...] = (report.kind, first.rule if first else "", run)
+    if report.kind in ("failed", "poison"):
+        # Different errors are different news; the same error on many targets is one.
+        error = (first.error or first.detail) if first else report.summary
+        key += (hashlib.sha256((error or "").encode("utf-8")).hexdigest()[:12],)
+    return key
 
 
 def manual_command(request: Mapping[str, Any]) -> str | None:

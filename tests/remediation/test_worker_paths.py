@@ -265,3 +265,15 @@ def test_a_duplicate_never_settles_a_request_someone_is_executing(ledger: Ledger
         run(worker.process_message(json.dumps(late), 1))
     stored = ledger.get(req["id"])
     assert stored is not None and (stored.state, stored.claim_token) == ("received", "executor")
+
+
+def test_on_call_hears_of_a_capped_run_once_not_once_per_message(ledger: Ledger) -> None:
+    reports: list[Report] = []
+    worker = make_worker(ledger, reports)
+    for i in range(2, 6):    # four targets past the cap of 2, each its own queue message
+        run(worker.process_message(json.dumps(email_request(f"nm-{i}", index=i)), 1))
+    assert [(r.kind, len(r.outcomes)) for r in reports] == [("held", 1)]
+    run(worker.process([email_request(f"nm-x{i}", index=i, run="run-2") for i in range(2, 5)]))
+    assert [(r.kind, len(r.outcomes)) for r in reports] == [("held", 1), ("held", 3)]
+    assert "(3 requests)" in reports[-1].summary
+    assert all(r.state == "held" for r in ledger.list(state="held")) and len(ledger.list(state="held")) == 7
