@@ -102,6 +102,9 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Operator-supplied app settings, e.g. {"RESPONDER_PARAMS": "{...}", "RESPONDER_SCHEDULE_<SLUG>": "0 */2 * * * *"}. Settings the Bicep sets always win. Use this rather than editing settings in the portal: every deployment replaces the whole set.')
+param operatorAppSettings object = {}
+
 @description('Log Analytics retention in days.')
 @minValue(30)
 param logRetentionDays int = 30
@@ -248,6 +251,7 @@ module functionApp 'app/function.bicep' = {
     dryRun: dryRun
     scanRatePerHour: scanRatePerHour
     alwaysReady: alwaysReady
+    extraAppSettings: operatorAppSettings
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
   }

@@ -24,6 +24,8 @@ param connectorAuto bool
 param dryRun bool
 param scanRatePerHour int
 param alwaysReady array = []
+@description('Operator-supplied settings (RESPONDER_PARAMS, RESPONDER_SCHEDULE_<SLUG>, ...). Settings set here win over them.')
+param extraAppSettings object = {}
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
@@ -104,35 +106,39 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
 
 var teamsWebhookReference = '@Microsoft.KeyVault(VaultName=${vault.name};SecretName=${teamsWebhookSecretName})'
 
+// This resource replaces the whole set of settings on every deployment: settings added by hand in the
+// portal are lost at the next one, so operator settings come in through extraAppSettings.
+var settings = {
+  // Functions host storage, identity-based (no connection string, no key).
+  AzureWebJobsStorage__accountName: storageAccount.name
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identityClientId
+  AzureWebJobsStorage__blobServiceUri: storageAccount.properties.primaryEndpoints.blob
+  AzureWebJobsStorage__queueServiceUri: storageAccount.properties.primaryEndpoints.queue
+  AzureWebJobsStorage__tableServiceUri: storageAccount.properties.primaryEndpoints.table
+  // Telemetry with Entra authentication (local auth is disabled on the component).
+  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // The app's own settings (responder/config.py APP_SETTINGS).
+  AZURE_CLIENT_ID: identityClientId
+  RESPONDER_TENANT_ID: tenant().tenantId
+  RESPONDER_BACKEND: queryBackend
+  RESPONDER_SENTINEL_WORKSPACE_ID: sentinelWorkspaceId
+  RESPONDER_GRAPH_BASE_URL: graphBaseUrl
+  RESPONDER_REQUESTS_QUEUE: requestsQueueName
+  RESPONDER_LEDGER_TABLE: ledgerTableName
+  RESPONDER_TEAMS_WEBHOOK_URL: teamsNotifications ? teamsWebhookReference : ''
+  RESPONDER_DRY_RUN: dryRun ? 'true' : 'false'
+  RESPONDER_EMAIL_STRATEGY: emailStrategy
+  RESPONDER_EXCHANGE_BASE_URL: exchangeBaseUrl
+  RESPONDER_CONNECTOR_AUTO: connectorAuto ? 'true' : 'false'
+  RESPONDER_SCAN_RATE_PER_HOUR: string(scanRatePerHour)
+}
+
 resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   parent: site
   name: 'appsettings'
-  properties: {
-    // Functions host storage, identity-based (no connection string, no key).
-    AzureWebJobsStorage__accountName: storageAccount.name
-    AzureWebJobsStorage__credential: 'managedidentity'
-    AzureWebJobsStorage__clientId: identityClientId
-    AzureWebJobsStorage__blobServiceUri: storageAccount.properties.primaryEndpoints.blob
-    AzureWebJobsStorage__queueServiceUri: storageAccount.properties.primaryEndpoints.queue
-    AzureWebJobsStorage__tableServiceUri: storageAccount.properties.primaryEndpoints.table
-    // Telemetry with Entra authentication (local auth is disabled on the component).
-    APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
-    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-    // The app's own settings (responder/config.py APP_SETTINGS).
-    AZURE_CLIENT_ID: identityClientId
-    RESPONDER_TENANT_ID: tenant().tenantId
-    RESPONDER_BACKEND: queryBackend
-    RESPONDER_SENTINEL_WORKSPACE_ID: sentinelWorkspaceId
-    RESPONDER_GRAPH_BASE_URL: graphBaseUrl
-    RESPONDER_REQUESTS_QUEUE: requestsQueueName
-    RESPONDER_LEDGER_TABLE: ledgerTableName
-    RESPONDER_TEAMS_WEBHOOK_URL: teamsNotifications ? teamsWebhookReference : ''
-    RESPONDER_DRY_RUN: dryRun ? 'true' : 'false'
-    RESPONDER_EMAIL_STRATEGY: emailStrategy
-    RESPONDER_EXCHANGE_BASE_URL: exchangeBaseUrl
-    RESPONDER_CONNECTOR_AUTO: connectorAuto ? 'true' : 'false'
-    RESPONDER_SCAN_RATE_PER_HOUR: string(scanRatePerHour)
-  }
+  properties: union(extraAppSettings, settings)
 }
 
 output name string = site.name

@@ -505,6 +505,14 @@ def without_property(file: BicepFile, decl: Decl, *path: str) -> bytes:
     raise KeyError(f"{file.path.name}: {decl.name} has no property {'.'.join(path)}")
 
 
+def without_key(file: BicepFile, obj: Node, key: str) -> bytes:
+    """A copy of the source with ``key`` deleted from the object literal ``obj``."""
+    for k, _, prop in object_items(obj):
+        if k == key:
+            return _cut(file.source, prop)
+    raise KeyError(f"{file.path.name}: no key {key}")
+
+
 def replace_node(file: BicepFile, node: Node, new_text: str) -> bytes:
     return file.source[:node.start_byte] + new_text.encode() + file.source[node.end_byte:]
 

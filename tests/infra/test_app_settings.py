@@ -27,11 +27,20 @@ def operator_settings() -> list[AppSetting]:
 
 
 def app_settings_object(file: bm.BicepFile) -> bm.Node:
+    """The object literal of the settings Bicep sets: ``properties: union(extraAppSettings, settings)``."""
     config = [r for r in file.resources("Microsoft.Web/sites/config")
               if file.evaluate(r.prop("name")) == "appsettings"]
     assert len(config) == 1, "function.bicep must set the app settings in one sites/config 'appsettings'"
     node = config[0].prop("properties")
     assert node is not None
+    if node.type == "call_expression":
+        assert bm.text(node.child_by_field_name("function")) == "union"
+        args = [a for a in node.child_by_field_name("arguments").named_children if a.type != "comment"]
+        assert bm.text(args[0]) == "extraAppSettings", "operator settings first, so Bicep's settings win"
+        node = args[-1]
+    if node.type == "identifier":
+        node = file.vars[bm.text(node)].value
+    assert node is not None and node.type == "object", "the app settings must be one object literal"
     return node
 
 
@@ -56,8 +65,7 @@ def test_every_bicep_setting_is_set_by_the_bicep() -> None:
 @pytest.mark.parametrize("name", [s.name for s in bicep_settings()])
 def test_setting_check_fails_when_the_setting_is_removed(name: str) -> None:
     file = bm.load(FUNCTION)
-    config = next(r for r in file.resources("Microsoft.Web/sites/config"))
-    mutated = bm.BicepFile(file.path, bm.without_property(file, config, "properties", name))
+    mutated = bm.BicepFile(file.path, bm.without_key(file, app_settings_object(file), name))
     assert not mutated.errors
     with pytest.raises(AssertionError, match=name):
         check_bicep_sets(mutated, [s.name for s in bicep_settings()])
@@ -98,6 +106,17 @@ def test_a_default_deployment_gives_the_code_defaults() -> None:
             continue
         assert got == (setting.default or ""), f"{setting.name}: Bicep sets {got!r}, the code's default is " \
                                                f"{setting.default!r}"
+
+
+def test_operator_settings_pass_through_a_parameter_and_never_override() -> None:
+    main = bm.load("infra/main.bicep")
+    assert bm.text(main.modules["functionApp"].prop("params", "extraAppSettings")) == "operatorAppSettings"
+    assert main.evaluate(main.params["operatorAppSettings"].value) == {}
+    file = bm.load(FUNCTION)
+    values = file.evaluate(file.resource("Microsoft.Web/sites/config").prop("properties"),
+                           file.environment({"extraAppSettings": {"RESPONDER_BACKEND": "x", "RESPONDER_PARAMS": "{}"},
+                                             "queryBackend": "defender"}))
+    assert values["RESPONDER_BACKEND"] == "defender" and values["RESPONDER_PARAMS"] == "{}"
 
 
 def test_identity_and_tenant_settings_come_from_the_deployment() -> None:
