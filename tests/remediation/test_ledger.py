@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from azure.core.credentials import AzureNamedKeyCredential
 
 from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict
 from remediation.request import make_request
+from responder.testing.azurite import DEV_ACCOUNT, DEV_KEY, Azurite
 
 pytestmark = pytest.mark.azurite
 
@@ -188,3 +190,12 @@ def test_huge_evidence_is_trimmed_not_refused(ledger: Ledger) -> None:
     stored = ledger.get(rec.request_id)
     assert stored is not None and stored.request is not None
     assert "_truncated" in stored.request["evidence"] and stored.request["id"] == req["id"]
+
+
+def test_account_url_constructor_with_a_credential(azurite: Azurite, unique_name: str) -> None:
+    """The production constructor (account URL + credential); here the emulator's key stands in for
+    the managed identity's token credential."""
+    url = f"http://127.0.0.1:{azurite.table_port}/{DEV_ACCOUNT}"
+    ledger = Ledger.from_account_url(url, unique_name, AzureNamedKeyCredential(DEV_ACCOUNT, DEV_KEY))
+    rec, created = ledger.receive(junk_request())
+    assert created and ledger.get(rec.request_id) is not None
