@@ -35,6 +35,13 @@ for _spec in runtime.config.timers:
     _rule_timer(_spec)
 
 
+if runtime.config.digest_schedule:
+    @app.function_name("digest")
+    @app.timer_trigger(arg_name="timer", schedule=runtime.config.digest_schedule)
+    async def digest(timer: func.TimerRequest) -> None:
+        await handlers.on_digest(runtime, timer)
+
+
 @app.function_name("worker")
 @app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection=STORAGE)
 async def worker(msg: func.QueueMessage) -> None:

@@ -72,6 +72,8 @@ APP_SETTINGS: tuple[AppSetting, ...] = (
     AppSetting("RESPONDER_STORAGE_CONNECTION", "Storage connection string for the command line's ledger "
                "(local use: Azurite). Leave unset in Azure, where storage is identity-based "
                "(AzureWebJobsStorage__accountName).", default="", secret=True, source="operator"),
+    AppSetting("RESPONDER_DIGEST_SCHEDULE", "When the daily digest card goes out (6-field NCRONTAB, UTC); "
+               "empty: no digest.", default="0 0 7 * * *", source="operator"),
     AppSetting("AzureWebJobsStorage__accountName", "Storage account of the app (identity-based "
                "connection); queues and the ledger table live here.", default=""),
 )

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # string locally (Azurite), identity-based in Azure: `__accountName` or the per-service URIs, with
 # `__credential=managedidentity` and `__clientId` for a user-assigned identity.
 STORAGE_CONNECTION = "AzureWebJobsStorage"
+DIGEST_SETTING = "RESPONDER_DIGEST_SCHEDULE"
+DIGEST_DEFAULT = "0 0 7 * * *"
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class AppConfig:
     catalog: Catalog
     timers: tuple[TimerSpec, ...]
     storage: StorageConfig
+    api_base: str | None = None          # https://<app host>: approval cards show the HTTP commands
+    digest_schedule: str | None = None   # None: no daily digest
 
 
 def storage_from_env(env: Mapping[str, str], settings: Settings) -> StorageConfig:
@@ -100,6 +104,14 @@ def load(env: Mapping[str, str] | None = None) -> AppConfig:
     if stray:
         raise ConfigError(f"app setting {stray[0]}: no rule has this slug (schedule settings are "
                           f"{schedules.SCHEDULE_SETTING_PREFIX}<SLUG>, slug upper-cased, - as _)")
+    host = env.get("WEBSITE_HOSTNAME", "").strip()   # set by the platform in Azure
+    digest = env.get(DIGEST_SETTING, DIGEST_DEFAULT).strip()
+    if digest:
+        try:
+            digest = schedules.validate(digest)
+        except ScheduleError as exc:
+            raise ConfigError(f"app setting {DIGEST_SETTING}: {exc}") from None
     log.info("configuration loaded: %d rule(s), %d timer(s), backend %s", len(catalog), len(timers),
              settings.backend)
-    return AppConfig(settings=settings, tenant=tenant, catalog=catalog, timers=timers, storage=storage)
+    return AppConfig(settings=settings, tenant=tenant, catalog=catalog, timers=timers, storage=storage,
+                     api_base=f"https://{host}" if host else None, digest_schedule=digest or None)

@@ -68,6 +68,16 @@ def _summary(run: Any, queued: runs.Queued | None) -> dict[str, Any]:
     return out
 
 
+async def on_digest(rt: Runtime, timer: func.TimerRequest) -> bool:
+    """The daily digest card (responder/app/digest.py)."""
+    from responder.app.digest import send_digest
+
+    sent = await send_digest(rt.ledger(), rt.notifier, rt.config.catalog, now=rt.clock(),
+                             tenant_id=_tenant_id(rt))
+    log.info("daily digest %s", "sent" if sent else "not sent (already sent today, or undeliverable)")
+    return sent
+
+
 # --- queue ---------------------------------------------------------------------------------------
 
 def _dequeue_count(msg: func.QueueMessage) -> int:

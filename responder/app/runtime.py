@@ -141,11 +141,16 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def worker(self) -> AsyncIterator[Any]:
         """A Worker for one invocation (cheap: the clients under it are shared)."""
+        from remediation.reporting import cards_hook
         from remediation.worker import Worker
 
         svc = await self._loop_services()
+        # The worker's own cards (approval, failure), with the app's URL in the approve commands.
+        hook = cards_hook(self.notifier, tenant_id=self.settings.tenant_id or None,
+                          api_base=self.config.api_base)
+        options = {"report_hook": hook, **self.worker_options}
         yield Worker(self.settings, self.config.tenant, self.config.catalog, self.ledger(), svc.graph,
-                     svc.exchange, self.notifier, **self.worker_options)
+                     svc.exchange, self.notifier, **options)
 
 
 def quota_table(ledger_table: str) -> str:

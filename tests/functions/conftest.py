@@ -132,8 +132,9 @@ class Env:
 @pytest.fixture
 def make_env(fa: ModuleType, storage_conn: str, unique_name: str,
              monkeypatch: pytest.MonkeyPatch) -> Callable[..., Env]:
-    def build(*, backend: SpyBackend | None = None, notifier: Any = None, **settings: Any) -> Env:
-        config = fa.runtime.config
+    def build(*, backend: Any = None, notifier: Any = None, api_base: str | None = None,
+              **settings: Any) -> Env:
+        config = dataclasses.replace(fa.runtime.config, api_base=api_base)
         new_settings = dataclasses.replace(config.settings, ledger_table=unique_name,
                                            requests_queue=unique_name + "q", **settings)
         clock = Clock()

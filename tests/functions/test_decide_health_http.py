@@ -65,9 +65,14 @@ def test_unknown_request_is_404(env: Env, verb: str) -> None:
 
 
 def test_approve_runs_a_held_request_once(make_env: Any, fake: FakeGraph) -> None:
-    env = make_env(graph_base_url=fake.base_url)
+    env = make_env(graph_base_url=fake.base_url, api_base="https://func-xdr.azurewebsites.net")
     rid = held_request(env)
-    assert [c["body"][0]["id"] for c in env.notifier.cards][:1] == ["xdr-approval"]
+    # The worker's approval card, then the run's outcome card (its one request is settled: held).
+    card, outcome = env.notifier.cards
+    assert (card["body"][0]["id"], outcome["body"][0]["id"]) == ("xdr-approval", "xdr-scan")
+    # The approval card tells on-call the exact call to make, and to which app.
+    text = json.dumps(card)
+    assert f"POST /api/requests/{rid}/approve" in text and "https://func-xdr.azurewebsites.net" in text
     status, doc = decide(env, "approve", rid, {"by": "oncall@contoso.com"})
     assert (status, doc["state"]) == (200, "submitted"), doc
     assert [e["networkMessageId"] for r in fake.remediations for e in r.emails] == ["held-1"]

@@ -30,7 +30,7 @@ def bindings(fn: Any) -> dict[str, dict[str, Any]]:
 def test_function_set_is_one_timer_per_enabled_rule_plus_fixed_functions(functions: dict[str, Any]) -> None:
     catalog = load_catalog()
     timers = {schedules.function_name(slug) for slug in catalog}
-    assert set(functions) == timers | {"worker", "poison", *HTTP}
+    assert set(functions) == timers | {"worker", "poison", "digest", *HTTP}
     for name in functions:
         assert schedules.FUNCTION_NAME_RE.match(name), name
 
@@ -44,6 +44,11 @@ def test_rule_timers_schedule_from_query_frequency_and_write_to_the_queue(functi
         assert schedules.validate(b["timer"]["schedule"]) == b["timer"]["schedule"]
         assert b["msgs"] == {"direction": "OUT", "type": "queue", "name": "msgs", "queueName": QUEUE,
                              "connection": "AzureWebJobsStorage"}
+
+
+def test_daily_digest_timer_defaults_to_seven_utc(functions: dict[str, Any]) -> None:
+    timer = {"direction": "IN", "type": "timerTrigger", "name": "timer", "schedule": "0 0 7 * * *"}
+    assert bindings(functions["digest"]) == {"timer": timer}
 
 
 def test_worker_and_poison_queue_triggers(functions: dict[str, Any]) -> None:

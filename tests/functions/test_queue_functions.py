@@ -146,3 +146,21 @@ def test_backend_failure_card_at_most_once_an_hour(make_env: Any) -> None:
     env.clock.now += timedelta(hours=1)
     run_timer(env)
     assert kinds(env) == ["failure", "failure"]
+
+
+def test_daily_digest_counts_the_ledger_once_a_day(make_env: Any, fake: FakeGraph) -> None:
+    env = make_env(backend=SpyBackend(three_rows()), graph_base_url=fake.base_url)
+    for body in run_timer(env):
+        env.call("worker", msg(body))
+    env.call("worker", msg("{not json"))
+    env.notifier.cards.clear()
+    env.call("digest", TimerRequest(past_due=False))
+    (card,) = env.notifier.cards
+    assert card["body"][0]["id"] == "xdr-digest"
+    text = json.dumps(card)
+    assert "Invalid queue messages" in text
+    env.call("digest", TimerRequest(past_due=True))      # fired again the same day: nothing
+    assert len(env.notifier.cards) == 1
+    env.clock.now += timedelta(days=1)
+    env.call("digest", TimerRequest(past_due=False))
+    assert len(env.notifier.cards) == 2

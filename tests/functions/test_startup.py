@@ -116,6 +116,15 @@ def test_tenant_config_typo_is_refused(tmp_path: Path) -> None:
         bootstrap.load(env_with(cfg))
 
 
+def test_app_url_and_digest_schedule(tenant_file: Path) -> None:
+    config = bootstrap.load(env_with(tenant_file, WEBSITE_HOSTNAME="func-xdr.azurewebsites.net"))
+    assert config.api_base == "https://func-xdr.azurewebsites.net"
+    assert config.digest_schedule == "0 0 7 * * *"
+    assert bootstrap.load(env_with(tenant_file, RESPONDER_DIGEST_SCHEDULE="")).digest_schedule is None
+    with pytest.raises(ConfigError, match=r"RESPONDER_DIGEST_SCHEDULE: .*6 fields"):
+        bootstrap.load(env_with(tenant_file, RESPONDER_DIGEST_SCHEDULE="daily"))
+
+
 def test_identity_based_storage_from_account_name(tenant_file: Path) -> None:
     env = env_with(tenant_file)
     del env["AzureWebJobsStorage"]
