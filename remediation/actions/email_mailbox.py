@@ -11,6 +11,10 @@ that mailbox's semaphore (``MAILBOX_CONCURRENCY``) for as long as it is in fligh
 mailboxes proceed in parallel. The limit is per app across all instances, so a 429 can still come
 back when several workers hit one mailbox: it is reported transient with the service's Retry-After.
 
+SDK retries: the RetryHandler replays a move that got 503/504. If the service had processed it, the
+message already has a new id and the replay answers 404; the action then re-reads the mailbox and,
+finding the message in the destination, reports ``confirmed`` rather than a false failure.
+
 Folder ids are opaque: the destination's id is fetched once per mailbox (``GET mailFolders/junkemail``)
 and compared with the message's ``parentFolderId``; a folder name is never compared with an id.
 """
@@ -99,8 +103,21 @@ class MailboxEmailAction:
             if not to_move:
                 return ActionResult(req["id"], "skipped", detail=f"already in {label} in {mailbox}")
             step = "move"
-            moved_ids = [await run.move(mailbox, m.id, dest_ref if dest_ref in FOLDER_LABEL else dest_id)
-                         for m in to_move]
+            destination = dest_ref if dest_ref in FOLDER_LABEL else dest_id
+            moved_ids: list[str] = []
+            for m in to_move:
+                try:
+                    moved_ids.append(await run.move(mailbox, m.id, destination))
+                except APIError as exc:
+                    # A 404 on move after the SDK replayed it (503/504 that the service had in fact
+                    # processed): the first attempt moved the message and gave it a new id. Re-read.
+                    if exc.response_status_code != 404:
+                        raise
+                    again = [x for x in await run.find(mailbox, imid) if x.parent_folder_id == dest_id]
+                    if not again:
+                        raise
+                    moved_ids.append(str(again[0].id))
+                    note = " (the service had applied an attempt that answered an error)"
         except _NotFound as exc:
             return ActionResult(req["id"], "failed", detail=str(exc), error=str(exc))
         except Exception as exc:

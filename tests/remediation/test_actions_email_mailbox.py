@@ -184,3 +184,16 @@ def test_undo_puts_the_message_back_in_its_original_folder() -> None:
         assert fake.mailboxes.folder_of(BOX, "<a@x>") == "Projects"
     assert res.state == "confirmed"
     assert res.detail == f"moved 1 message(s) to its original folder in {BOX}"
+
+
+def test_sdk_replay_of_a_processed_move_is_still_confirmed() -> None:
+    """The move was done but answered 503; the SDK replays it with the old id and gets 404. The action
+    re-reads the mailbox instead of reporting a failure that did not happen."""
+    with FakeGraph() as fake:
+        fake.mailboxes.add(BOX, "<a@x>")
+        fake.inject("POST", "move$", 503, retry_after=1, applied=True)
+        [res] = run(fake, "move_to_junk", [junk("<a@x>")], max_retries=1)
+        moves = [c.status for c in fake.calls_to("POST", "move$")]
+        assert fake.mailboxes.folder_of(BOX, "<a@x>") == "junkemail"
+    assert moves == [503, 404]
+    assert res.state == "confirmed" and "applied an attempt" in res.detail
