@@ -89,18 +89,18 @@ class Decorator:
 
 @dataclass
 class Decl:
-    kind: str                          # param | var | resource | module | output
+    kind: str  # param | var | resource | module | output
     name: str
     node: Node
     decorators: list[Decorator] = field(default_factory=list)
-    type: str = ""                     # param/output: its type; resource: 'Type@api'; module: its path
-    value: Node | None = None          # param default / var / output value
-    body: Node | None = None           # resource or module: the object
-    condition: Node | None = None      # `if (...)`
-    loop_var: str | None = None        # `[for x in xs: ...]`
+    type: str = ""  # param/output: its type; resource: 'Type@api'; module: its path
+    value: Node | None = None  # param default / var / output value
+    body: Node | None = None  # resource or module: the object
+    condition: Node | None = None  # `if (...)`
+    loop_var: str | None = None  # `[for x in xs: ...]`
     loop_over: Node | None = None
     existing: bool = False
-    parent: Decl | None = None         # nested resource: its parent
+    parent: Decl | None = None  # nested resource: its parent
 
     def decorator(self, name: str) -> Decorator | None:
         return next((d for d in self.decorators if d.name == name), None)
@@ -119,7 +119,7 @@ class Decl:
 
 
 def object_items(node: Node | None) -> Iterator[tuple[str, Node, Node]]:
-    """(key, value node, object_property node) of an object literal, keys as written (interpolated keys raw)."""
+    """(key, value node, object_property node) of an object literal; keys as written."""
     if node is None or node.type != "object":
         return
     for prop in _named(node):
@@ -164,7 +164,11 @@ class BicepFile:
             if node.type == "decorators":
                 pending += [self._decorator(d) for d in _named(node) if d.type == "decorator"]
                 continue
-            if node.type == "object_property" and _named(node) and _named(node)[0].type == "resource_declaration":
+            if (
+                node.type == "object_property"
+                and _named(node)
+                and _named(node)[0].type == "resource_declaration"
+            ):
                 node = _named(node)[0]
             decl = self._decl(node, pending, parent)
             pending = []
@@ -183,9 +187,13 @@ class BicepFile:
         return Decorator(text(call), [])
 
     def _decl(self, node: Node, decorators: list[Decorator], parent: Decl | None) -> Decl | None:
-        kinds = {"parameter_declaration": "param", "variable_declaration": "var",
-                 "resource_declaration": "resource", "module_declaration": "module",
-                 "output_declaration": "output"}
+        kinds = {
+            "parameter_declaration": "param",
+            "variable_declaration": "var",
+            "resource_declaration": "resource",
+            "module_declaration": "module",
+            "output_declaration": "output",
+        }
         kind = kinds.get(node.type)
         if kind is None:
             return None
@@ -283,7 +291,7 @@ class Env:
             return self._vars[name]
         return UNKNOWN  # resources, modules, outputs: deployment-time
 
-    def eval(self, node: Node | None) -> Any:  # noqa: C901 - one branch per node kind
+    def eval(self, node: Node | None) -> Any:  # one branch per node kind
         if node is None:
             return None
         kind = node.type
@@ -294,8 +302,9 @@ class Env:
                 if child.type == "string_content":
                     out += text(child)
                 elif child.type == "escape_sequence":
-                    out += {"\\'": "'", "\\\\": "\\", "\\n": "\n", "\\r": "\r", "\\t": "\t",
-                            "\\$": "$"}.get(text(child), text(child))
+                    out += {"\\'": "'", "\\\\": "\\", "\\n": "\n", "\\r": "\r", "\\t": "\t", "\\$": "$"}.get(
+                        text(child), text(child)
+                    )
                 elif child.type == "interpolation":
                     value = self.eval(_named(child)[0])
                     if value is UNKNOWN:
@@ -368,13 +377,21 @@ class Env:
         right = self.eval(right_node)
         if left is UNKNOWN or right is UNKNOWN:
             return UNKNOWN
-        ops = {"&&": lambda a, b: bool(a and b), "||": lambda a, b: bool(a or b),
-               "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
-               "=~": lambda a, b: str(a).lower() == str(b).lower(),
-               "!~": lambda a, b: str(a).lower() != str(b).lower(),
-               "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
-               ">=": lambda a, b: a >= b, "+": lambda a, b: a + b, "-": lambda a, b: a - b,
-               "*": lambda a, b: a * b}
+        ops = {
+            "&&": lambda a, b: bool(a and b),
+            "||": lambda a, b: bool(a or b),
+            "==": lambda a, b: a == b,
+            "!=": lambda a, b: a != b,
+            "=~": lambda a, b: str(a).lower() == str(b).lower(),
+            "!~": lambda a, b: str(a).lower() != str(b).lower(),
+            "<": lambda a, b: a < b,
+            "<=": lambda a, b: a <= b,
+            ">": lambda a, b: a > b,
+            ">=": lambda a, b: a >= b,
+            "+": lambda a, b: a + b,
+            "-": lambda a, b: a - b,
+            "*": lambda a, b: a * b,
+        }
         return ops[op](left, right) if op in ops else UNKNOWN
 
     def _call(self, node: Node) -> Any:
@@ -427,6 +444,7 @@ def _to_string(value: Any) -> str:
 
 
 # --- whole-template helpers --------------------------------------------------------------------
+
 
 def bicep_files() -> list[Path]:
     return sorted(INFRA.rglob("*.bicep"))
@@ -484,6 +502,7 @@ def module_file(main: BicepFile, module: str, source: bytes | None = None) -> Bi
 
 # --- mutation helpers: prove each assertion fails without its property -------------------------
 
+
 def _cut(source: bytes, node: Node) -> bytes:
     start, end = node.start_byte, node.end_byte
     # take the whole line when the node is alone on it
@@ -514,7 +533,7 @@ def without_key(file: BicepFile, obj: Node, key: str) -> bytes:
 
 
 def replace_node(file: BicepFile, node: Node, new_text: str) -> bytes:
-    return file.source[:node.start_byte] + new_text.encode() + file.source[node.end_byte:]
+    return file.source[: node.start_byte] + new_text.encode() + file.source[node.end_byte :]
 
 
 def without_decorator(file: BicepFile, decl: Decl, name: str) -> bytes:

@@ -12,9 +12,13 @@ FUNCTION = "infra/app/function.bicep"
 DEPLOY_DOC = bm.ROOT / "docs" / "deploy.md"
 # Settings the platform reads (host storage, telemetry), not the app's code.
 PLATFORM_SETTINGS = {
-    "AzureWebJobsStorage__credential", "AzureWebJobsStorage__clientId", "AzureWebJobsStorage__blobServiceUri",
-    "AzureWebJobsStorage__queueServiceUri", "AzureWebJobsStorage__tableServiceUri",
-    "APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__clientId",
+    "AzureWebJobsStorage__blobServiceUri",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__tableServiceUri",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
 
 
@@ -28,8 +32,11 @@ def operator_settings() -> list[AppSetting]:
 
 def app_settings_object(file: bm.BicepFile) -> bm.Node:
     """The object literal of the settings Bicep sets: ``properties: union(extraAppSettings, settings)``."""
-    config = [r for r in file.resources("Microsoft.Web/sites/config")
-              if file.evaluate(r.prop("name")) == "appsettings"]
+    config = [
+        r
+        for r in file.resources("Microsoft.Web/sites/config")
+        if file.evaluate(r.prop("name")) == "appsettings"
+    ]
     assert len(config) == 1, "function.bicep must set the app settings in one sites/config 'appsettings'"
     node = config[0].prop("properties")
     assert node is not None
@@ -84,7 +91,9 @@ def test_operator_settings_are_not_set_but_documented() -> None:
     for setting in operator_settings():
         assert setting.name not in names or setting.name == "RESPONDER_STORAGE_CONNECTION", setting.name
         assert f"`{setting.name}`" in doc, f"docs/deploy.md must document operator setting {setting.name}"
-    assert "RESPONDER_STORAGE_CONNECTION" not in names, "Azure uses identity-based storage, never a connection string"
+    assert "RESPONDER_STORAGE_CONNECTION" not in names, (
+        "Azure uses identity-based storage, never a connection string"
+    )
 
 
 def _default_values(**overrides: object) -> dict[str, object]:
@@ -104,8 +113,9 @@ def test_a_default_deployment_gives_the_code_defaults() -> None:
             continue
         if setting.secret:
             continue
-        assert got == (setting.default or ""), f"{setting.name}: Bicep sets {got!r}, the code's default is " \
-                                               f"{setting.default!r}"
+        assert got == (setting.default or ""), (
+            f"{setting.name}: Bicep sets {got!r}, the code's default is {setting.default!r}"
+        )
 
 
 def test_operator_settings_pass_through_a_parameter_and_never_override() -> None:
@@ -113,9 +123,15 @@ def test_operator_settings_pass_through_a_parameter_and_never_override() -> None
     assert bm.text(main.modules["functionApp"].prop("params", "extraAppSettings")) == "operatorAppSettings"
     assert main.evaluate(main.params["operatorAppSettings"].value) == {}
     file = bm.load(FUNCTION)
-    values = file.evaluate(file.resource("Microsoft.Web/sites/config").prop("properties"),
-                           file.environment({"extraAppSettings": {"RESPONDER_BACKEND": "x", "RESPONDER_PARAMS": "{}"},
-                                             "queryBackend": "defender"}))
+    values = file.evaluate(
+        file.resource("Microsoft.Web/sites/config").prop("properties"),
+        file.environment(
+            {
+                "extraAppSettings": {"RESPONDER_BACKEND": "x", "RESPONDER_PARAMS": "{}"},
+                "queryBackend": "defender",
+            }
+        ),
+    )
     assert values["RESPONDER_BACKEND"] == "defender" and values["RESPONDER_PARAMS"] == "{}"
 
 
@@ -129,15 +145,25 @@ def test_identity_and_tenant_settings_come_from_the_deployment() -> None:
     assert expr["RESPONDER_TENANT_ID"] == "tenant().tenantId"
     assert expr["AzureWebJobsStorage__accountName"] == "storageAccount.name"
     for service in ("blob", "queue", "table"):
-        assert expr[f"AzureWebJobsStorage__{service}ServiceUri"] == \
-            f"storageAccount.properties.primaryEndpoints.{service}"
-    assert "ClientId=${identityClientId};Authorization=AAD" in expr["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+        assert (
+            expr[f"AzureWebJobsStorage__{service}ServiceUri"]
+            == f"storageAccount.properties.primaryEndpoints.{service}"
+        )
+    assert (
+        "ClientId=${identityClientId};Authorization=AAD" in expr["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+    )
 
 
 def test_settings_follow_the_feature_parameters() -> None:
-    values = _default_values(queryBackend="sentinel", sentinelWorkspaceResourceId="/subscriptions/s/resourceGroups/"
-                             "g/providers/Microsoft.OperationalInsights/workspaces/w", emailStrategy="mailbox",
-                             connectorActions="auto", dryRun=True, scanRatePerHour=3)
+    values = _default_values(
+        queryBackend="sentinel",
+        sentinelWorkspaceResourceId="/subscriptions/s/resourceGroups/"
+        "g/providers/Microsoft.OperationalInsights/workspaces/w",
+        emailStrategy="mailbox",
+        connectorActions="auto",
+        dryRun=True,
+        scanRatePerHour=3,
+    )
     assert values["RESPONDER_BACKEND"] == "sentinel"
     assert values["RESPONDER_SENTINEL_WORKSPACE_ID"] is bm.UNKNOWN  # the workspace's GUID, at deploy time
     assert values["RESPONDER_EMAIL_STRATEGY"] == "mailbox"
@@ -163,8 +189,9 @@ def check_secret_settings_are_key_vault_references(file: bm.BicepFile) -> None:
                 if node is not None and node.type == "identifier" and bm.text(node) in file.vars:
                     node = file.vars[bm.text(node)].value
                 ref = bm.text(node)
-                assert "@Microsoft.KeyVault(" in ref and "SecretName=" in ref, \
+                assert "@Microsoft.KeyVault(" in ref and "SecretName=" in ref, (
                     f"{setting.name} must be a Key Vault reference, is {ref}"
+                )
             else:
                 assert got == "", f"{setting.name} must be empty when notifications are off"
 
@@ -188,7 +215,10 @@ def test_key_vault_reference_check_fails_on_a_plain_value() -> None:
 def test_teams_reference_is_on_when_a_url_or_the_vault_flag_is_given() -> None:
     main = bm.load("infra/main.bicep")
     base = bm.coerce_to_param_types(main, bm.azd_parameter_values())
-    for extra, expected in (({}, False), ({"teamsWebhookUrl": "https://example.invalid/x"}, True),
-                            ({"teamsWebhookInKeyVault": True}, True)):
+    for extra, expected in (
+        ({}, False),
+        ({"teamsWebhookUrl": "https://example.invalid/x"}, True),
+        ({"teamsWebhookInKeyVault": True}, True),
+    ):
         params = bm.module_params(main, "functionApp", main.environment({**base, **extra}))
         assert params["teamsNotifications"] is expected, extra

@@ -70,15 +70,23 @@ def test_storage_check_fails_without_each_property(prop: str) -> None:
     file = bm.load("infra/app/storage.bicep")
     account = file.resource("Microsoft.Storage/storageAccounts")
     _must_fail(check_storage, file, bm.without_property(file, account, "properties", prop), prop)
-    weakened = bm.replace_node(file, account.prop("properties", prop),
-                               {"minimumTlsVersion": "'TLS1_0'"}.get(prop, "true" if prop.startswith(
-                                   "allow") else "false"))
+    weakened = bm.replace_node(
+        file,
+        account.prop("properties", prop),
+        {"minimumTlsVersion": "'TLS1_0'"}.get(prop, "true" if prop.startswith("allow") else "false"),
+    )
     _must_fail(check_storage, file, weakened, prop)
 
 
 def _queue_and_table_names(file: bm.BicepFile, env: bm.Env) -> tuple[set[str], set[str]]:
-    queues = {env.eval(q.prop("name")) for q in file.resources("Microsoft.Storage/storageAccounts/queueServices/queues")}
-    tables = {env.eval(t.prop("name")) for t in file.resources("Microsoft.Storage/storageAccounts/tableServices/tables")}
+    queues = {
+        env.eval(q.prop("name"))
+        for q in file.resources("Microsoft.Storage/storageAccounts/queueServices/queues")
+    }
+    tables = {
+        env.eval(t.prop("name"))
+        for t in file.resources("Microsoft.Storage/storageAccounts/tableServices/tables")
+    }
     return queues, tables
 
 
@@ -93,8 +101,11 @@ def test_queues_and_ledger_table_match_the_code_defaults() -> None:
 
 def test_queue_check_fails_without_the_poison_queue() -> None:
     file, env = _module("storage")
-    poison = next(q for q in file.resources("Microsoft.Storage/storageAccounts/queueServices/queues")
-                  if str(env.eval(q.prop("name"))).endswith("-poison"))
+    poison = next(
+        q
+        for q in file.resources("Microsoft.Storage/storageAccounts/queueServices/queues")
+        if str(env.eval(q.prop("name"))).endswith("-poison")
+    )
     mutated = bm.BicepFile(file.path, bm.replace_node(file, poison.prop("name"), "'other'"))
     queues, _ = _queue_and_table_names(mutated, mutated.environment(env.param_values))
     assert queues != {"remediation-requests", "remediation-requests-poison"}
@@ -108,12 +119,14 @@ def test_deployment_container_is_created_and_private() -> None:
     fn_params = bm.module_params(main, "functionApp", menv)
     st_params = bm.module_params(main, "storage", menv)
     assert main.modules["functionApp"].prop("params", "deploymentContainerName") is not None
-    assert bm.text(main.modules["functionApp"].prop("params", "deploymentContainerName")) == \
-        bm.text(main.modules["storage"].prop("params", "deploymentContainerName"))
+    assert bm.text(main.modules["functionApp"].prop("params", "deploymentContainerName")) == bm.text(
+        main.modules["storage"].prop("params", "deploymentContainerName")
+    )
     assert fn_params.keys() >= {"deploymentContainerName"} and st_params.keys() >= {"deploymentContainerName"}
 
 
 # --- function app -------------------------------------------------------------------------------
+
 
 def check_function_app(file: bm.BicepFile) -> None:
     plan = file.resource("Microsoft.Web/serverfarms")
@@ -129,11 +142,16 @@ def check_function_app(file: bm.BicepFile) -> None:
     auth = ("properties", "functionAppConfig", "deployment", "storage", "authentication")
     assert _value(file, site, *auth, "type") == "UserAssignedIdentity"
     assert bm.text(site.prop(*auth, "userAssignedIdentityResourceId")) == "identityId"
-    assert _value(file, site, "properties", "functionAppConfig", "deployment", "storage", "type") == "blobContainer"
+    assert (
+        _value(file, site, "properties", "functionAppConfig", "deployment", "storage", "type")
+        == "blobContainer"
+    )
     assert bm.text(site.prop("properties", "keyVaultReferenceIdentity")) == "identityId"
     assert _value(file, site, "properties", "httpsOnly") is True
-    assert bm.text(site.prop("properties", "functionAppConfig", "scaleAndConcurrency", "alwaysReady")) == \
-        "alwaysReady", "always-ready instances must come from the alwaysReady parameter"
+    assert (
+        bm.text(site.prop("properties", "functionAppConfig", "scaleAndConcurrency", "alwaysReady"))
+        == "alwaysReady"
+    ), "always-ready instances must come from the alwaysReady parameter"
     assert "alwaysReady" in file.params
 
 
@@ -155,10 +173,14 @@ def test_function_app_is_flex_python_311_with_the_user_assigned_identity() -> No
     check_function_app(bm.load("infra/app/function.bicep"))
 
 
-@pytest.mark.parametrize(("rtype", "path"), FUNCTION_APP_PROPS, ids=lambda v: v if isinstance(v, str) else ".".join(v))
+@pytest.mark.parametrize(
+    ("rtype", "path"), FUNCTION_APP_PROPS, ids=lambda v: v if isinstance(v, str) else ".".join(v)
+)
 def test_function_app_check_fails_without_each_property(rtype: str, path: tuple[str, ...]) -> None:
     file = bm.load("infra/app/function.bicep")
-    _must_fail(check_function_app, file, bm.without_property(file, file.resource(rtype), *path), ".".join(path))
+    _must_fail(
+        check_function_app, file, bm.without_property(file, file.resource(rtype), *path), ".".join(path)
+    )
 
 
 def test_function_app_check_fails_on_other_sku_or_runtime() -> None:
@@ -167,8 +189,12 @@ def test_function_app_check_fails_on_other_sku_or_runtime() -> None:
     _must_fail(check_function_app, file, bm.replace_node(file, plan.prop("sku", "name"), "'Y1'"), "sku")
     runtime = site.prop("properties", "functionAppConfig", "runtime", "version")
     _must_fail(check_function_app, file, bm.replace_node(file, runtime, "'3.12'"), "version")
-    _must_fail(check_function_app, file, bm.replace_node(file, site.prop("identity", "type"), "'SystemAssigned'"),
-               "identity")
+    _must_fail(
+        check_function_app,
+        file,
+        bm.replace_node(file, site.prop("identity", "type"), "'SystemAssigned'"),
+        "identity",
+    )
 
 
 def test_main_passes_the_identity_to_the_function_app() -> None:
@@ -186,14 +212,19 @@ def test_main_is_subscription_scope_and_creates_the_resource_group() -> None:
     rg = main.resource("Microsoft.Resources/resourceGroups")
     for module in main.modules.values():
         if module.name != "sentinel":
-            assert bm.text(module.prop("scope")) == rg.name, f"module {module.name} must deploy into the group"
+            assert bm.text(module.prop("scope")) == rg.name, (
+                f"module {module.name} must deploy into the group"
+            )
 
 
 # --- monitoring, Key Vault ---------------------------------------------------------------------
 
+
 def check_monitoring(file: bm.BicepFile) -> None:
     ai = file.resource("Microsoft.Insights/components")
-    assert _value(file, ai, "properties", "DisableLocalAuth") is True, "Application Insights local auth must be off"
+    assert _value(file, ai, "properties", "DisableLocalAuth") is True, (
+        "Application Insights local auth must be off"
+    )
     workspace = file.resource("Microsoft.OperationalInsights/workspaces")
     assert bm.text(ai.prop("properties", "WorkspaceResourceId")) == f"{workspace.name}.id"
 
@@ -209,7 +240,9 @@ def test_application_insights_has_local_auth_disabled_on_a_workspace(prop: str) 
 def test_monitoring_check_fails_when_local_auth_is_enabled() -> None:
     file = bm.load("infra/app/monitoring.bicep")
     ai = file.resource("Microsoft.Insights/components")
-    _must_fail(check_monitoring, file, bm.replace_node(file, ai.prop("properties", "DisableLocalAuth"), "false"), "")
+    _must_fail(
+        check_monitoring, file, bm.replace_node(file, ai.prop("properties", "DisableLocalAuth"), "false"), ""
+    )
 
 
 KEY_VAULT = {"enableRbacAuthorization": True, "enablePurgeProtection": True}
@@ -218,15 +251,18 @@ KEY_VAULT = {"enableRbacAuthorization": True, "enablePurgeProtection": True}
 def check_key_vault(file: bm.BicepFile) -> None:
     vault = file.resource("Microsoft.KeyVault/vaults")
     for prop, expected in KEY_VAULT.items():
-        assert _value(file, vault, "properties", prop) == expected, f"Key Vault properties.{prop} must be {expected}"
+        assert _value(file, vault, "properties", prop) == expected, (
+            f"Key Vault properties.{prop} must be {expected}"
+        )
     secret = file.resource("Microsoft.KeyVault/vaults/secrets")
     value = secret.prop("properties", "value")
     assert value is not None and value.type == "identifier", "the secret's value must be a parameter"
     param = file.params[bm.text(value)]
     assert param.decorator("secure") is not None, f"parameter {param.name} must be @secure()"
     assert file.evaluate(param.value) == "", "the webhook parameter's default must be empty"
-    assert secret.condition is not None and "empty" in bm.text(secret.condition), \
+    assert secret.condition is not None and "empty" in bm.text(secret.condition), (
         "no secret is written when the URL is empty"
+    )
 
 
 @pytest.mark.parametrize("prop", sorted(KEY_VAULT))
@@ -242,8 +278,12 @@ def test_key_vault_check_fails_without_secure_or_with_a_literal_secret() -> None
     secret = file.resource("Microsoft.KeyVault/vaults/secrets")
     param = file.params[bm.text(secret.prop("properties", "value"))]
     _must_fail(check_key_vault, file, bm.without_decorator(file, param, "secure"), "@secure")
-    _must_fail(check_key_vault, file, bm.replace_node(file, secret.prop("properties", "value"), "'https://x'"),
-               "literal")
+    _must_fail(
+        check_key_vault,
+        file,
+        bm.replace_node(file, secret.prop("properties", "value"), "'https://x'"),
+        "literal",
+    )
 
 
 # --- role assignments ---------------------------------------------------------------------------
@@ -296,19 +336,31 @@ def test_identity_has_its_data_roles_on_the_right_resources() -> None:
 @pytest.mark.parametrize("role", sorted(ROLE_IDS))
 def test_rbac_check_fails_without_each_role(role: str) -> None:
     file = bm.load("infra/app/rbac.bicep")
-    target = next(ra for ra in file.resources("Microsoft.Authorization/roleAssignments")
-                  if ROLE_IDS[role] in {file.evaluate(a) for a in ra.prop("properties", "roleDefinitionId")
-                                        .child_by_field_name("arguments").named_children})
-    _must_fail(check_rbac, file, file.source[:target.node.start_byte] + file.source[target.node.end_byte:], role)
+    target = next(
+        ra
+        for ra in file.resources("Microsoft.Authorization/roleAssignments")
+        if ROLE_IDS[role]
+        in {
+            file.evaluate(a)
+            for a in ra.prop("properties", "roleDefinitionId").child_by_field_name("arguments").named_children
+        }
+    )
+    _must_fail(
+        check_rbac, file, file.source[: target.node.start_byte] + file.source[target.node.end_byte :], role
+    )
 
 
 def test_sentinel_reader_only_when_the_sentinel_backend_is_chosen() -> None:
     main, env = _default_env()
     module = main.modules["sentinel"]
     assert module.condition is not None and env.eval(module.condition) is False
-    sentinel_env = main.environment({"queryBackend": "sentinel",
-                                     "sentinelWorkspaceResourceId": "/subscriptions/s/resourceGroups/g/providers/"
-                                     "Microsoft.OperationalInsights/workspaces/w"})
+    sentinel_env = main.environment(
+        {
+            "queryBackend": "sentinel",
+            "sentinelWorkspaceResourceId": "/subscriptions/s/resourceGroups/g/providers/"
+            "Microsoft.OperationalInsights/workspaces/w",
+        }
+    )
     assert sentinel_env.eval(module.condition) is True
     assert bm.module_params(main, "sentinel", sentinel_env)["workspaceName"] == "w"
     assert sentinel_env.lookup("sentinelResourceGroup") == "g"
@@ -319,5 +371,7 @@ def test_sentinel_reader_only_when_the_sentinel_backend_is_chosen() -> None:
     assert bm.text(ra.prop("scope")) == "workspace"
     fn = bm.module_params(main, "functionApp", sentinel_env)
     assert fn["queryBackend"] == "sentinel"
-    assert fn["sentinelWorkspaceId"] is bm.UNKNOWN, "the workspace GUID comes from the workspace at deploy time"
+    assert fn["sentinelWorkspaceId"] is bm.UNKNOWN, (
+        "the workspace GUID comes from the workspace at deploy time"
+    )
     assert bm.module_params(main, "functionApp", env)["sentinelWorkspaceId"] == ""

@@ -15,9 +15,17 @@ BICEP_FILES = bm.bicep_files()
 
 def test_infra_has_the_expected_files() -> None:
     names = {p.relative_to(bm.INFRA).as_posix() for p in BICEP_FILES}
-    assert {"main.bicep", "app/function.bicep", "app/storage.bicep", "app/monitoring.bicep",
-            "app/keyvault.bicep", "app/rbac.bicep", "app/identity.bicep", "app/graph-permissions.bicep",
-            "app/sentinel.bicep"} <= names
+    assert {
+        "main.bicep",
+        "app/function.bicep",
+        "app/storage.bicep",
+        "app/monitoring.bicep",
+        "app/keyvault.bicep",
+        "app/rbac.bicep",
+        "app/identity.bicep",
+        "app/graph-permissions.bicep",
+        "app/sentinel.bicep",
+    } <= names
 
 
 @pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: p.relative_to(bm.ROOT).as_posix())

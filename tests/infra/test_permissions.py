@@ -75,6 +75,7 @@ def azd_defaults(main: bm.BicepFile) -> dict[str, Any]:
 
 # --- the map itself --------------------------------------------------------------------------------
 
+
 def test_permission_map_rows_match_what_each_action_needs() -> None:
     features = permission_map()["features"]
     assert features["hunting"]["roles"] == [HUNTING]
@@ -83,14 +84,21 @@ def test_permission_map_rows_match_what_each_action_needs() -> None:
         needed: set[str] = set()
         for action in feature["actions"]:
             if action in EMAIL_ACTIONS:
-                needed |= {"defenderEmail": EMAIL_ROLES["defender"], "mailboxTenantWide": {"Mail.ReadWrite"}}[name]
+                needed |= {"defenderEmail": EMAIL_ROLES["defender"], "mailboxTenantWide": {"Mail.ReadWrite"}}[
+                    name
+                ]
             elif action in ACCOUNT_ROLES:
                 needed |= ACCOUNT_ROLES[action]
             elif action == "disable_connector":
                 needed |= CONNECTOR_ROLES
         if name != "hunting":
-            assert set(feature["roles"]) == needed, f"feature {name}: roles {feature['roles']}, needs {needed}"
-    assert permission_map()["resources"] == {"microsoftGraph": GRAPH_APP_ID, "exchangeOnline": EXCHANGE_APP_ID}
+            assert set(feature["roles"]) == needed, (
+                f"feature {name}: roles {feature['roles']}, needs {needed}"
+            )
+    assert permission_map()["resources"] == {
+        "microsoftGraph": GRAPH_APP_ID,
+        "exchangeOnline": EXCHANGE_APP_ID,
+    }
 
 
 def test_every_role_in_the_map_is_documented_in_deploy_md() -> None:
@@ -100,20 +108,31 @@ def test_every_role_in_the_map_is_documented_in_deploy_md() -> None:
         for role in feature["roles"]:
             documented = [r for r in rows if f"`{role}`" in r]
             assert documented, f"docs/deploy.md has no permission-table row for {role}"
-            assert any(f"`{feature['parameter']}`" in r or feature["parameter"] in r for r in documented), \
+            assert any(f"`{feature['parameter']}`" in r or feature["parameter"] in r for r in documented), (
                 f"docs/deploy.md: the row for {role} must name its parameter ({feature['parameter']})"
+            )
         assert name
 
 
 # --- what main.bicep grants ----------------------------------------------------------------------
 
+
 def check_grants_only_documented_roles(main: bm.BicepFile) -> None:
     features = permission_map()["features"]
     graph_roles = {r for f in features.values() if f["resource"] == "microsoftGraph" for r in f["roles"]}
     exo_roles = {r for f in features.values() if f["resource"] == "exchangeOnline" for r in f["roles"]}
-    everything = dict(emailRemediation=True, enableRevokeSessions=True, enableDisableUser=True,
-                      enableConfirmCompromised=True, connectorActions="auto")
-    for strategy, scope in (("defender", "exchangeRbac"), ("mailbox", "exchangeRbac"), ("mailbox", "tenantWide")):
+    everything = dict(
+        emailRemediation=True,
+        enableRevokeSessions=True,
+        enableDisableUser=True,
+        enableConfirmCompromised=True,
+        connectorActions="auto",
+    )
+    for strategy, scope in (
+        ("defender", "exchangeRbac"),
+        ("mailbox", "exchangeRbac"),
+        ("mailbox", "tenantWide"),
+    ):
         graph, exchange = granted(main, **everything, emailStrategy=strategy, mailboxAccessScope=scope)
         assert set(graph) <= graph_roles, f"undocumented Graph roles: {set(graph) - graph_roles}"
         assert set(exchange) <= exo_roles, f"undocumented Exchange roles: {set(exchange) - exo_roles}"
@@ -127,23 +146,26 @@ def test_main_grants_only_roles_from_the_documented_map() -> None:
 def test_documented_roles_check_fails_on_an_extra_role() -> None:
     main = bm.load(MAIN)
     node = main.vars["graphAppRoles"].value
-    mutated = bm.replace_node(main, node, bm.text(node).replace("flatten([", "flatten([\n  ['Directory.ReadWrite.All']", 1))
-    with pytest.raises(AssertionError, match="Directory.ReadWrite.All"):
+    mutated = bm.replace_node(
+        main, node, bm.text(node).replace("flatten([", "flatten([\n  ['Directory.ReadWrite.All']", 1)
+    )
+    with pytest.raises(AssertionError, match=r"Directory\.ReadWrite\.All"):
         check_grants_only_documented_roles(bm.BicepFile(main.path, mutated))
 
 
 def check_default_grants(main: bm.BicepFile, values: dict[str, Any]) -> None:
     graph, exchange = granted(main, **values)
     need_graph, need_exchange = needed_by_default_rules()
-    assert set(graph) == need_graph, f"default deployment grants {sorted(graph)}, default rules need " \
-                                     f"{sorted(need_graph)}"
+    assert set(graph) == need_graph, (
+        f"default deployment grants {sorted(graph)}, default rules need {sorted(need_graph)}"
+    )
     assert set(exchange) == need_exchange, f"default deployment grants Exchange roles {exchange}"
 
 
 def test_default_deployment_grants_hunting_and_what_the_default_rules_need() -> None:
     main = bm.load(MAIN)
-    check_default_grants(main, azd_defaults(main))   # azd up
-    check_default_grants(main, {})                   # az deployment sub create without the parameters file
+    check_default_grants(main, azd_defaults(main))  # azd up
+    check_default_grants(main, {})  # az deployment sub create without the parameters file
     graph, _ = granted(main)
     assert HUNTING in graph
 
@@ -180,7 +202,9 @@ def test_azd_parameter_defaults_agree_with_the_bicep_defaults() -> None:
     for name, value in azd_defaults(main).items():
         decl = main.params[name]
         if decl.value is not None:
-            assert value == main.evaluate(decl.value), f"{name}: main.parameters.json {value!r} vs Bicep default"
+            assert value == main.evaluate(decl.value), (
+                f"{name}: main.parameters.json {value!r} vs Bicep default"
+            )
 
 
 def test_email_strategy_default_matches_the_code() -> None:
@@ -195,15 +219,23 @@ FEATURES = [
     ({"enableConfirmCompromised": True}, {"IdentityRiskyUser.ReadWrite.All"}, set()),
     ({"connectorActions": "approval"}, set(), {"Exchange.ManageAsApp"}),
     ({"connectorActions": "auto"}, set(), {"Exchange.ManageAsApp"}),
-    ({"emailRemediation": True, "emailStrategy": "mailbox", "mailboxAccessScope": "tenantWide"},
-     {"Mail.ReadWrite"}, set()),
-    ({"emailRemediation": True, "emailStrategy": "defender"}, {"SecurityAnalyzedMessage.ReadWrite.All"}, set()),
+    (
+        {"emailRemediation": True, "emailStrategy": "mailbox", "mailboxAccessScope": "tenantWide"},
+        {"Mail.ReadWrite"},
+        set(),
+    ),
+    (
+        {"emailRemediation": True, "emailStrategy": "defender"},
+        {"SecurityAnalyzedMessage.ReadWrite.All"},
+        set(),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("params", "graph_extra", "exchange_extra"), FEATURES, ids=lambda v: str(v))
-def test_each_feature_adds_exactly_its_roles(params: dict[str, Any], graph_extra: set[str],
-                                             exchange_extra: set[str]) -> None:
+def test_each_feature_adds_exactly_its_roles(
+    params: dict[str, Any], graph_extra: set[str], exchange_extra: set[str]
+) -> None:
     main = bm.load(MAIN)
     # Starting from the least: every feature off.
     least = {"emailRemediation": False, "enableRevokeSessions": False}
@@ -228,9 +260,13 @@ def test_defender_strategy_grants_the_analyzed_email_role() -> None:
 
 # --- the Graph module ------------------------------------------------------------------------------
 
+
 def check_graph_module(file: bm.BicepFile) -> None:
-    sps = {file.evaluate(sp.prop("appId")): sp.name
-           for sp in file.resources("Microsoft.Graph/servicePrincipals") if sp.existing}
+    sps = {
+        file.evaluate(sp.prop("appId")): sp.name
+        for sp in file.resources("Microsoft.Graph/servicePrincipals")
+        if sp.existing
+    }
     assert sps.keys() == {GRAPH_APP_ID, EXCHANGE_APP_ID}, f"service principals resolved by appId: {sps}"
     grants = file.resources("Microsoft.Graph/appRoleAssignedTo")
     assert len(grants) == 2
@@ -250,8 +286,9 @@ def check_graph_module(file: bm.BicepFile) -> None:
     graph_sp, exo_sp = sps[GRAPH_APP_ID], sps[EXCHANGE_APP_ID]
     assert bm.text(loops["graphAppRoles"].prop("resourceId")) == f"{graph_sp}.id"
     assert bm.text(loops["exchangeAppRoles"].prop("resourceId")) == f"{exo_sp}.id"
-    assert not re.search(r"'[A-Za-z]+\.[A-Za-z.]+(\.All|AsApp)'", file.source.decode()), \
+    assert not re.search(r"'[A-Za-z]+\.[A-Za-z.]+(\.All|AsApp)'", file.source.decode()), (
         "graph-permissions.bicep must not name a role itself"
+    )
 
 
 def test_graph_module_grants_exactly_the_roles_it_is_given() -> None:
@@ -266,10 +303,15 @@ def test_graph_module_check_fails_on_a_literal_role_or_wrong_service_principal()
     file = bm.load("infra/app/graph-permissions.bicep")
     grant = file.resources("Microsoft.Graph/appRoleAssignedTo")[0]
     with pytest.raises(AssertionError):
-        check_graph_module(bm.BicepFile(file.path, bm.replace_node(file, grant.loop_over, "['Mail.ReadWrite']")))
+        check_graph_module(
+            bm.BicepFile(file.path, bm.replace_node(file, grant.loop_over, "['Mail.ReadWrite']"))
+        )
     sp = file.resources("Microsoft.Graph/servicePrincipals")[0]
     with pytest.raises(AssertionError):
-        check_graph_module(bm.BicepFile(file.path, bm.replace_node(
-            file, sp.prop("appId"), "'11111111-0000-0000-c000-000000000000'")))
+        check_graph_module(
+            bm.BicepFile(
+                file.path, bm.replace_node(file, sp.prop("appId"), "'11111111-0000-0000-c000-000000000000'")
+            )
+        )
     with pytest.raises(AssertionError):
         check_graph_module(bm.BicepFile(file.path, bm.without_property(file, grant, "principalId")))

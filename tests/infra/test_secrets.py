@@ -10,20 +10,34 @@ import pytest
 from tests.infra import bicepmodel as bm
 
 DEPLOYMENT_FILES = sorted(
-    [*bm.INFRA.rglob("*.bicep"), *bm.INFRA.rglob("*.json"), *bm.INFRA.rglob("*.ps1"),
-     bm.ROOT / "azure.yaml", bm.ROOT / "bicepconfig.json", bm.ROOT / "docs" / "deploy.md"]
+    [
+        *bm.INFRA.rglob("*.bicep"),
+        *bm.INFRA.rglob("*.json"),
+        *bm.INFRA.rglob("*.ps1"),
+        bm.ROOT / "azure.yaml",
+        bm.ROOT / "bicepconfig.json",
+        bm.ROOT / "docs" / "deploy.md",
+    ]
 )
 
 # What a leaked credential looks like in these files.
 SECRET_PATTERNS: dict[str, re.Pattern[str]] = {
-    "storage account key or connection string": re.compile(r"AccountKey\s*=|DefaultEndpointsProtocol\s*=", re.I),
+    "storage account key or connection string": re.compile(
+        r"AccountKey\s*=|DefaultEndpointsProtocol\s*=", re.I
+    ),
     "SAS token": re.compile(r"SharedAccessSignature\s*=|[?&]sig=[A-Za-z0-9%+/=]{10,}", re.I),
     "Application Insights key literal": re.compile(r"InstrumentationKey\s*=\s*[0-9a-f]{8}-", re.I),
     "key listing function": re.compile(r"\blist(Keys|Secrets|AccountSas|ServiceSas|ConnectionStrings)\s*\("),
-    "client secret": re.compile(r"client[_-]?secret|AZURE_CLIENT_SECRET|passwordCredentials|"
-                                r"addPassword|ClientSecretCredential", re.I),
-    "webhook URL": re.compile(r"https://[^\s'\"]*(logic\.azure\.com|webhook\.office\.com|powerplatform\.com|"
-                              r"powerautomate\.com)[^\s'\"]*sig", re.I),
+    "client secret": re.compile(
+        r"client[_-]?secret|AZURE_CLIENT_SECRET|passwordCredentials|"
+        r"addPassword|ClientSecretCredential",
+        re.I,
+    ),
+    "webhook URL": re.compile(
+        r"https://[^\s'\"]*(logic\.azure\.com|webhook\.office\.com|powerplatform\.com|"
+        r"powerautomate\.com)[^\s'\"]*sig",
+        re.I,
+    ),
     "Teams connector webhook": re.compile(r"webhook\.office\.com/webhookb2/[0-9a-f-]{36}", re.I),
     "base64 key (88 chars)": re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{86}==(?![A-Za-z0-9+/=])"),
     "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
@@ -76,21 +90,31 @@ def _secret_named_params() -> list[tuple[Path, bm.Decl]]:
     out = []
     for path in bm.bicep_files():
         file = bm.BicepFile(path)
-        out += [(path, p) for p in file.params.values() if SECRET_NAMED.search(p.name)
-                and p.type == "string" and not p.name.endswith(("Name", "InKeyVault"))]
+        out += [
+            (path, p)
+            for p in file.params.values()
+            if SECRET_NAMED.search(p.name)
+            and p.type == "string"
+            and not p.name.endswith(("Name", "InKeyVault"))
+        ]
     return out
 
 
 def check_secure_params(file: bm.BicepFile) -> None:
     for param in file.params.values():
         if SECRET_NAMED.search(param.name) and param.type == "string" and not param.name.endswith(("Name",)):
-            assert param.decorator("secure") is not None, f"{file.line(param.node)}: {param.name} must be @secure()"
+            assert param.decorator("secure") is not None, (
+                f"{file.line(param.node)}: {param.name} must be @secure()"
+            )
         if param.decorator("secure") is not None:
             default = file.evaluate(param.value) if param.value is not None else ""
-            assert default == "", f"{file.line(param.node)}: secure parameter {param.name} has a default value"
+            assert default == "", (
+                f"{file.line(param.node)}: secure parameter {param.name} has a default value"
+            )
             for output in file.of_kind("output"):
-                assert not re.search(rf"\b{param.name}\b", bm.text(output.value)), \
+                assert not re.search(rf"\b{param.name}\b", bm.text(output.value)), (
                     f"{file.line(output.node)}: output {output.name} exposes {param.name}"
+                )
 
 
 def test_secret_parameters_are_secure_without_defaults_and_never_output() -> None:
@@ -112,7 +136,9 @@ def test_secure_check_fails_without_the_decorator(rel: str) -> None:
 def test_secure_check_fails_on_a_default_or_an_output() -> None:
     file = bm.load("infra/main.bicep")
     param = file.params["teamsWebhookUrl"]
-    with_default = bm.BicepFile(file.path, bm.replace_node(file, param.value, "'https://example.invalid/hook'"))
+    with_default = bm.BicepFile(
+        file.path, bm.replace_node(file, param.value, "'https://example.invalid/hook'")
+    )
     with pytest.raises(AssertionError, match="has a default"):
         check_secure_params(with_default)
     leaked = bm.BicepFile(file.path, file.source + b"\noutput hook string = teamsWebhookUrl\n")
