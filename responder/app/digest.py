@@ -48,7 +48,8 @@ async def send_digest(ledger: Ledger, notifier: Any, catalog: Mapping[str, Rule]
     key = f"digest:{now.astimezone(UTC):%Y%m%d}"
     if not ledger.claim_once(key):
         return False
-    if not await send(notifier, digest_card(build(ledger, catalog, now=now, tenant_id=tenant_id)), "digest"):
+    report = build(ledger, catalog, now=now, tenant_id=tenant_id)
+    if not await send(notifier, lambda: digest_card(report), "digest"):
         ledger.forget_once(key)
         return False
     return True

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -109,11 +110,13 @@ def _renumber(ledger: Ledger, requests: list[dict[str, Any]]) -> None:
             ledger.update(rec, request=req)
 
 
-async def send(notifier: Any, card: dict[str, Any], what: str) -> bool:
+async def send(notifier: Any, build: Callable[[], dict[str, Any]], what: str) -> bool:
+    """Build and send one card. Building is inside the guard too: a card that cannot be built (too
+    large even when trimmed, a bug) must not fail the function, which would lose its queue output."""
     try:
-        delivered = bool(await notifier.send(card))
+        delivered = bool(await notifier.send(build()))
     except Exception:   # a notifier must never break detection or remediation
-        log.exception("%s card: the notifier raised", what)
+        log.exception("%s card: not built or not sent", what)
         return False
     if not delivered:
         log.warning("%s card was not delivered", what)
@@ -133,18 +136,18 @@ async def run_card(ledger: Ledger, notifier: Any, run: RuleRun, queued: Queued, 
     if not queued.new and not ledger.claim_once(_hour_key("run-trouble", run.rule.slug, now)):
         return None   # the same failure was reported this hour already
     if run.error and run.transient and not queued.new:
-        card = failure_card(FailureReport(
-            kind="quota" if "429" in run.error or "quota" in run.error.lower() else "backend",
-            summary=f"{run.rule.name}: the query could not run", reason=run.error, rule=run.rule.slug,
-            rule_name=run.rule.name, run_id=run.run_id, occurred_at=now, tenant_id=tenant_id))
-        kind = "failure"
-    else:
-        report = RunReport.from_rule_run(run, started_at=now, backend=backend, dry_run=dry_run,
-                                         partial_reason=run.partial_reason, tenant_id=tenant_id)
-        report.requests = list(queued.new)
-        card, kind = scan_card(report), "scan"
-    await send(notifier, card, f"{run.rule.slug} {kind}")
-    return kind
+        error = run.error
+        report = FailureReport(
+            kind="quota" if "429" in error or "quota" in error.lower() else "backend",
+            summary=f"{run.rule.name}: the query could not run", reason=error, rule=run.rule.slug,
+            rule_name=run.rule.name, run_id=run.run_id, occurred_at=now, tenant_id=tenant_id)
+        await send(notifier, lambda: failure_card(report), f"{run.rule.slug} failure")
+        return "failure"
+    scan = RunReport.from_rule_run(run, started_at=now, backend=backend, dry_run=dry_run,
+                                   partial_reason=run.partial_reason, tenant_id=tenant_id)
+    scan.requests = list(queued.new)
+    await send(notifier, lambda: scan_card(scan), f"{run.rule.slug} scan")
+    return "scan"
 
 
 async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, backend: str | None,
@@ -170,7 +173,7 @@ async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, back
                        rows=int(run.get("rows") or total), requests=[r.request for r in rows if r.request],
                        outcomes=[r.outcome() for r in rows], run_id=run_id, backend=backend,
                        tenant_id=tenant_id)
-    if not await send(notifier, scan_card(report), f"{request['rule']} outcome"):
+    if not await send(notifier, lambda: scan_card(report), f"{request['rule']} outcome"):
         ledger.forget_once(key)   # let a later delivery of this run try again
         return False
     return True

@@ -17,6 +17,7 @@ from remediation.ledger import INVALID
 from remediation.worker import TransientFailure
 from responder.app import runs
 from responder.app.schedules import function_name
+from responder.notify.teams import MemoryNotifier
 from responder.testing.fakegraph import FakeGraph
 from tests.functions.conftest import PROTECTED, RULE, Env, Out, SpyBackend, inbox_row
 
@@ -164,3 +165,27 @@ def test_daily_digest_counts_the_ledger_once_a_day(make_env: Any, fake: FakeGrap
     env.clock.now += timedelta(days=1)
     env.call("digest", TimerRequest(past_due=False))
     assert len(env.notifier.cards) == 2
+
+
+class BrokenNotifier:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, card: dict[str, Any]) -> bool:
+        self.calls += 1
+        raise RuntimeError("webhook down")
+
+
+def test_failing_cards_never_break_a_run_and_the_outcome_card_is_retried(make_env: Any,
+                                                                        fake: FakeGraph) -> None:
+    broken = BrokenNotifier()
+    env = make_env(backend=SpyBackend(three_rows()[:1]), graph_base_url=fake.base_url, notifier=broken)
+    (body,) = run_timer(env)                       # the scan card raised; the message was still output
+    env.call("worker", msg(body))
+    rid = json.loads(body)["id"]
+    assert env.rt.ledger().read(RULE, rid).state == "submitted"
+    assert broken.calls == 2                       # scan card, then the outcome card: both failed
+    # The outcome marker was released, so a later delivery of the run sends the outcome card.
+    env.rt.notifier = MemoryNotifier()
+    env.call("worker", msg(body, dequeue_count=2))
+    assert [c["body"][0]["id"] for c in env.rt.notifier.cards] == ["xdr-scan"]
