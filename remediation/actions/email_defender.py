@@ -9,10 +9,11 @@ typical campaign (a few dozen copies) still fits in a single call.
 
 The call is asynchronous: 202 with a ``Location`` into the Action center and no body, and there is no
 status API. So the result is ``submitted`` with that link, and remediation/verify.py later confirms it
-from ``LatestDeliveryLocation`` in EmailEvents. The Location header is read with kiota's
-response handler (the SDK's ``post`` returns None and drops headers otherwise). Not with kiota's
-HeadersInspectionHandlerOption: its options live in the httpx request's extensions, which the last
-middleware removes, so after a RetryHandler replay the header is silently lost (seen in the tests).
+from ``LatestDeliveryLocation`` in EmailEvents. The Location header is read with our own kiota
+response handler (``_KeepLocation``, which raises errors exactly as the SDK does), because the
+SDK's ``post`` returns None and drops the headers. Not with kiota's HeadersInspectionHandlerOption:
+its options live in the httpx request's extensions, which the last middleware removes, so after a
+RetryHandler replay the header is silently lost (seen in the tests).
 
 SDK retries and idempotency: the RetryHandler below this code replays the POST on 429/503/504. A 429
 was not processed, so the replay is exact. A 503/504 may have been processed: the replay then creates
@@ -20,6 +21,10 @@ a second Action-center entry for the same emails, which converges on the same en
 already in Junk stays there). That is the accepted cost; the ledger's request ids keep the worker
 from ever submitting the same request twice on purpose. When the SDK gives up, every target of the
 call gets a transient result and the worker retries the whole group.
+
+Failure isolation: a target that cannot be valid (no NetworkMessageId, recipient without "@") fails
+alone before any call. A call the service refuses (400/403) fails every target in that call with the
+service's reason: the API answers for the call as a whole and says nothing per email.
 """
 
 from __future__ import annotations
