@@ -273,9 +273,23 @@ def test_permanent_errors_are_failed_reported_and_not_retried(h: Harness, status
 
 
 def test_404_mailbox_is_failed(h: Harness) -> None:
-    h.fake.inject("GET", r"/users/support@contoso.com/messages$", 404, code="ErrorItemNotFound")
+    h.fake.inject("GET", r"/users/support@contoso.com/messages$", 404, code="ErrorItemNotFound", times=None)
     [out] = h.run(lambda w: w.process([email_request("nm-1", imid="<m1@x>")]), strategy="mailbox")
-    assert out.state == "failed" and "404" in (out.error or "") and len(h.fake.calls) == 1
+    assert out.state == "failed" and "404" in (out.error or "")
+    assert h.sleeps == [] and h.row(email_request("nm-1", imid="<m1@x>")).state == "failed"
+
+
+def test_sdk_replay_of_a_processed_mailbox_move_is_not_a_failure(h: Harness) -> None:
+    """The move succeeded but answered 503; the SDK replays it with the old message id and gets 404.
+    The action re-reads the mailbox, so the worker records one confirmed move with its undo info."""
+    h.fake.mailboxes.add("support@contoso.com", "<m1@x>")
+    h.fake.inject("POST", r"/move$", 503, retry_after=1, applied=True)
+    req = email_request("nm-1", imid="<m1@x>")
+    [out] = h.run(lambda w: w.process_message(body(req), 1), strategy="mailbox", max_retries=1)
+    assert [c.status for c in h.fake.calls_to("POST", r"/move$")] == [503, 404]
+    assert (out.state, out.attempts) == ("confirmed", 1) and h.reports == []
+    assert h.fake.mailboxes.folder_of("support@contoso.com", "<m1@x>") == "junkemail"
+    assert h.row(req).undo["original_folder"]
 
 
 def test_malformed_message_is_recorded_and_reported(h: Harness) -> None:
