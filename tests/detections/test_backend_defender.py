@@ -103,3 +103,16 @@ def test_malformed_responses_are_clear_errors(payload: dict[str, Any]) -> None:
     with FakeGraph(hunting=lambda q, t: payload) as fake, raises as info:
         run(fake)
     assert info.value.transient is False
+
+
+def test_unreachable_graph_is_transient() -> None:
+    with FakeGraph() as fake:
+        base = fake.base_url
+
+    async def go() -> QueryResult:
+        return await DefenderBackend(make_graph_client(base_url=base, max_retries=0)).run(
+            "T", timespan=timedelta(hours=1))
+
+    with pytest.raises(BackendError, match="connection failed") as info:
+        asyncio.run(go())
+    assert info.value.transient is True

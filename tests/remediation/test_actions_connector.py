@@ -130,3 +130,22 @@ def test_make_exchange_client_uses_the_setting() -> None:
         client = make_exchange_client(settings_for(fake), None)
         assert client is not None and client.base_url == fake.exchange_base_url
         assert client.tenant_id == fake.tenant_id
+
+
+def test_unreachable_endpoint_is_transient() -> None:
+    with FakeGraph() as fake:
+        base, tenant = fake.exchange_base_url, fake.tenant_id
+    # the fake is closed now: nothing listens on its port
+
+    async def go() -> list[Any]:
+        client = ExchangeClient(tenant, base_url=base)
+        try:
+            with FakeGraph() as graph:
+                return await execute(graph, "disable_connector", [connector_request("Relay")],
+                                     exchange=client)
+        finally:
+            await client.aclose()
+
+    [res] = asyncio.run(go())
+    assert (res.state, res.transient) == ("failed", True)
+    assert "connection failed" in (res.error or "")
