@@ -26,6 +26,7 @@ _ENV = {
     "AZURE_CLIENT_ID": "bench",
     "AzureWebJobsStorage__accountName": "benchaccount",
     "RESPONDER_DRY_RUN": "true",
+    "RESPONDER_PARAMS": json.dumps({"params": {"protected_recipients": ["support@contoso.com"]}}),
 }
 
 
