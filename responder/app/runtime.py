@@ -1,6 +1,6 @@
 """The services the functions use, built from the start-up configuration, lazily and once.
 
-Storage clients (ledger, quota table, queue) are synchronous and shared by every invocation. Graph,
+Storage clients (ledger, quota table) are synchronous and shared by every invocation. Graph,
 Exchange and query-backend clients are asynchronous and bound to an event loop, so they are built
 inside the running loop and kept per loop (the Functions worker runs one loop for the life of the
 process; tests run one per call). Everything a test needs to replace (the query backend, the clock,
@@ -20,12 +20,12 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
-from azure.storage.queue import QueueClient
 
 from detections.backends.base import QueryBackend
 from remediation.ledger import Ledger
 from responder.app.bootstrap import AppConfig
 from responder.app.ratelimit import ScanQuota
+from responder.config import Settings
 from responder.notify.teams import Notifier, notifier_from_settings
 
 BackendFactory = Callable[["Runtime", Any, Any], QueryBackend]   # (runtime, graph client, credential)
@@ -61,7 +61,7 @@ class Runtime:
             self.notifier = notifier_from_settings(self.config.settings)
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> Settings:
         return self.config.settings
 
     # --- storage (synchronous SDKs, shared) ------------------------------------------------------
@@ -84,13 +84,6 @@ class Runtime:
         with contextlib.suppress(ResourceNotFoundError):
             self.table_client(self.settings.ledger_table, retry_total=0, connection_timeout=5,
                               read_timeout=10).get_entity("~health", "probe")
-
-    def queue_client(self, queue: str) -> QueueClient:
-        st = self.config.storage
-        if st.connection_string:
-            return QueueClient.from_connection_string(st.connection_string, queue)
-        return QueueClient(f"{st.queue_endpoint}/{queue}", queue_name=queue,
-                           credential=self._sync_credential())
 
     def ledger(self) -> Ledger:
         with self._lock:
