@@ -140,7 +140,9 @@ def make_env(fa: ModuleType, storage_conn: str, unique_name: str,
         clock = Clock()
         spy = backend or SpyBackend()
         rt = Runtime(dataclasses.replace(config, settings=new_settings), clock=clock,
-                     backend_factory=lambda _rt, _graph, _cred: spy, notifier=notifier or MemoryNotifier(),
+                     backend_factory=lambda _rt, _graph, _cred: spy,
+                     # "from-settings": the app's own notifier, built from RESPONDER_TEAMS_WEBHOOK_URL
+                     notifier=None if notifier == "from-settings" else (notifier or MemoryNotifier()),
                      worker_options={"sleep": _no_sleep, "max_attempts": 1}, graph_retries=0)
         monkeypatch.setattr(fa, "runtime", rt)
         return Env(fa, rt, spy, rt.notifier, clock)  # type: ignore[arg-type]

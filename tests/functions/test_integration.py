@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
@@ -39,6 +41,15 @@ def email_rows() -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.fixture
+def fake_rows_dir(tmp_path: Path) -> Path:
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "EmailEvents.jsonl").write_text("".join(json.dumps(r) + "\n" for r in email_rows()),
+                                              encoding="utf-8")
+    return tables
+
+
 def host_write(queue: QueueClient, messages: list[str]) -> None:
     """What the queue output binding does with the strings a function sets (messageEncoding base64)."""
     for m in messages:
@@ -61,11 +72,8 @@ def host_deliver(env: Any, queue: QueueClient) -> int:
 
 
 def test_timer_to_queue_to_worker_to_graph_to_ledger_to_card(make_env: Any, storage_conn: str,
-                                                              tmp_path: Path) -> None:
-    tables = tmp_path / "tables"
-    tables.mkdir()
-    (tables / "EmailEvents.jsonl").write_text("".join(json.dumps(r) + "\n" for r in email_rows()),
-                                              encoding="utf-8")
+                                                              fake_rows_dir: Path) -> None:
+    tables = fake_rows_dir
     with FakeGraph() as fake, WebhookSink() as sink:
         for _, rcpt, imid in CAMPAIGN:
             fake.mailboxes.add(rcpt, imid, "inbox", subject="Quick question")
@@ -102,3 +110,21 @@ def test_timer_to_queue_to_worker_to_graph_to_ledger_to_card(make_env: Any, stor
         env.call(function_name(RULE), TimerRequest(past_due=False), out)
         assert out.value == []
         assert len(sink.deliveries) == 2
+
+
+def test_webhook_url_from_settings_never_reaches_the_logs(make_env: Any, fake_rows_dir: Path,
+                                                          caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    with FakeGraph() as fake, WebhookSink() as sink:
+        sink.answer(400, body=b"bad card", times=5)
+        env = make_env(backend=LocalBackend(fake_rows_dir, NOW), graph_base_url=fake.base_url,
+                       teams_webhook_url=sink.url, notifier="from-settings")
+        assert isinstance(env.rt.notifier, TeamsWebhookNotifier)
+        out = Out()
+        env.call(function_name(RULE), TimerRequest(past_due=False), out)
+        assert len(out.value) == 3                      # the card was refused; the run was not
+        assert [d.status for d in sink.deliveries] == [400]
+        assert "not delivered" in caplog.text
+        for secret in (sink.signature, sink.flow, sink.url):
+            assert secret not in caplog.text
+            assert secret not in repr(env.rt) and secret not in repr(env.rt.config)
