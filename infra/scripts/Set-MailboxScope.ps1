@@ -86,7 +86,8 @@ if ($PSCmdlet.ParameterSetName -eq 'List') {
     $clauses = foreach ($address in $Mailboxes) {
         $trimmed = $address.Trim()
         if ($trimmed -notmatch '^[^@\s]+@[^@\s]+$') { throw "not an SMTP address: '$address'" }
-        "PrimarySmtpAddress -eq '$($trimmed.Replace("'", "''"))'"
+        $escaped = $trimmed.Replace("'", "''")
+        "PrimarySmtpAddress -eq '$escaped'"
     }
     $RecipientFilter = '(' + ($clauses -join ' -or ') + ')'
 }
