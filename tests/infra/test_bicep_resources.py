@@ -111,18 +111,24 @@ def test_queue_check_fails_without_the_poison_queue() -> None:
     assert queues != {"remediation-requests", "remediation-requests-poison"}
 
 
-def test_deployment_container_is_created_and_private() -> None:
+def test_deployment_container_is_created_private_and_used_by_the_app() -> None:
     file, env = _module("storage")
     container = file.resource("Microsoft.Storage/storageAccounts/blobServices/containers")
     assert file.evaluate(container.prop("properties", "publicAccess"), env) == "None"
-    main, menv = _default_env()
-    fn_params = bm.module_params(main, "functionApp", menv)
-    st_params = bm.module_params(main, "storage", menv)
-    assert main.modules["functionApp"].prop("params", "deploymentContainerName") is not None
-    assert bm.text(main.modules["functionApp"].prop("params", "deploymentContainerName")) == bm.text(
-        main.modules["storage"].prop("params", "deploymentContainerName")
+    assert bm.text(container.prop("name")) == "deploymentContainerName"
+    main = bm.load(MAIN)
+    # main passes the same variable to the storage module (creates it) and the app (deploys from it)
+    passed = {
+        bm.text(main.modules[m].prop("params", "deploymentContainerName")) for m in ("storage", "functionApp")
+    }
+    assert passed == {"deploymentContainerName"} and "deploymentContainerName" in main.vars
+    fn = bm.load("infra/app/function.bicep")
+    value = bm.text(
+        fn.resource("Microsoft.Web/sites").prop(
+            "properties", "functionAppConfig", "deployment", "storage", "value"
+        )
     )
-    assert fn_params.keys() >= {"deploymentContainerName"} and st_params.keys() >= {"deploymentContainerName"}
+    assert "primaryEndpoints.blob" in value and "${deploymentContainerName}" in value
 
 
 # --- function app -------------------------------------------------------------------------------
