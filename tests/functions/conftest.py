@@ -138,9 +138,10 @@ def make_env(fa: ModuleType, storage_conn: str, unique_name: str,
         new_settings = dataclasses.replace(config.settings, ledger_table=unique_name,
                                            requests_queue=unique_name + "q", **settings)
         clock = Clock()
-        spy = backend or SpyBackend()
+        real = backend == "real"     # the app's own backend (RESPONDER_BACKEND) on its Graph client
+        spy = SpyBackend() if real or backend is None else backend
         rt = Runtime(dataclasses.replace(config, settings=new_settings), clock=clock,
-                     backend_factory=lambda _rt, _graph, _cred: spy,
+                     backend_factory=None if real else (lambda _rt, _graph, _cred: spy),
                      # "from-settings": the app's own notifier, built from RESPONDER_TEAMS_WEBHOOK_URL
                      notifier=None if notifier == "from-settings" else (notifier or MemoryNotifier()),
                      worker_options={"sleep": _no_sleep, "max_attempts": 1}, graph_retries=0)

@@ -1,11 +1,15 @@
-"""The whole path with real parts: timer -> Azurite queue (base64, as the host writes and reads it) ->
+"""The whole path with real parts: timer -> Defender backend (Graph runHuntingQuery on the fake,
+answered by the local KQL engine) -> Azurite queue (base64, as the host writes and reads it) ->
 worker -> msgraph-sdk -> fake Graph -> ledger on Azurite tables -> Teams cards at a loopback webhook."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,8 @@ from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
 from detections.backends.local import LocalBackend
+from detections.findings import json_safe
+from detections.params import parse_timespan
 from responder.app.schedules import function_name
 from responder.notify.elements import card_kind
 from responder.notify.teams import TeamsWebhookNotifier
@@ -50,6 +56,15 @@ def fake_rows_dir(tmp_path: Path) -> Path:
     return tables
 
 
+def local_hunting(tables: Path) -> Callable[[str, str | None], tuple[list[Any], list[dict[str, Any]]]]:
+    """The fake's runHuntingQuery answered by the local KQL engine over ``tables`` (now() pinned)."""
+    def hunt(query: str, timespan: str | None) -> tuple[list[Any], list[dict[str, Any]]]:
+        span = parse_timespan(timespan) if timespan else timedelta(days=30)
+        result = asyncio.run(LocalBackend(tables, NOW).run(query, timespan=span))
+        return result.columns, [json_safe(row) for row in result.rows]
+    return hunt
+
+
 def host_write(queue: QueueClient, messages: list[str]) -> None:
     """What the queue output binding does with the strings a function sets (messageEncoding base64)."""
     for m in messages:
@@ -74,17 +89,21 @@ def host_deliver(env: Any, queue: QueueClient) -> int:
 def test_timer_to_queue_to_worker_to_graph_to_ledger_to_card(make_env: Any, storage_conn: str,
                                                               fake_rows_dir: Path) -> None:
     tables = fake_rows_dir
-    with FakeGraph() as fake, WebhookSink() as sink:
+    with FakeGraph(hunting=local_hunting(tables)) as fake, WebhookSink() as sink:
         for _, rcpt, imid in CAMPAIGN:
             fake.mailboxes.add(rcpt, imid, "inbox", subject="Quick question")
         fake.mailboxes.add(PROTECTED[0], "<p@fabrikam.com>", "inbox")
-        env = make_env(backend=LocalBackend(tables, NOW), graph_base_url=fake.base_url,
+        # The Defender backend (RESPONDER_BACKEND's default) runs the query through Graph
+        # runHuntingQuery on the fake, which answers from the local engine over the tables.
+        env = make_env(backend="real", graph_base_url=fake.base_url,
                        email_strategy="mailbox", notifier=TeamsWebhookNotifier(sink.url, retries=0))
         queue = QueueClient.from_connection_string(storage_conn, env.rt.settings.requests_queue)
         queue.create_queue()
 
         out = Out()
         env.call(function_name(RULE), TimerRequest(past_due=False), out)
+        (hunt,) = fake.calls_to("POST", "runHuntingQuery")
+        assert hunt.json["Timespan"] == "PT1H" and "let window = 1h;" in hunt.json["Query"]
         assert len(out.value) == 3
         host_write(queue, out.value)
         assert host_deliver(env, queue) == 3
