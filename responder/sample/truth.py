@@ -74,6 +74,10 @@ def expectations(plants: list[Plant], tenant: Tenant) -> dict[str, list[dict[str
     chain = by_name["reply-chain"]
     for mail, rcpt in _inbox_copies([m for m in chain.mails if m.urls], protected):
         rules[CHAIN_RULE].append(_email(CHAIN_RULE, "move_to_junk", "auto", mail, rcpt, chain))
+    # Issue 7: on-call hears about the earlier messages of the thread (the first mail, the reply).
+    for mail in (m for m in chain.mails if not m.urls):
+        for r in mail.recipients:
+            rules[CHAIN_RULE].append(_email(CHAIN_RULE, "notify", "auto", mail, r.address, chain))
 
     admin = by_name["compromised-admin"]
     for plant in (admin, by_name["benign-connector-change"]):

@@ -147,9 +147,18 @@ def test_normal_admin_activity_and_logon_failures(small: Path) -> None:
 
 def test_every_expected_email_copy_is_an_inbox_row(email: list, truth: dict) -> None:
     rows = {(r["NetworkMessageId"], r["RecipientEmailAddress"]): r for r in email}
-    items = [i for slug in (CONSUMER_RULE, CHAIN_RULE) for i in truth["rules"][slug]["expected"]]
+    items = [
+        i
+        for slug in (CONSUMER_RULE, CHAIN_RULE)
+        for i in truth["rules"][slug]["expected"]
+        if i["action"] == "move_to_junk"
+    ]
     assert len(truth["rules"][CONSUMER_RULE]["expected"]) == 8  # 3 (one message) + 2 + 3 (separate ones)
-    assert len(truth["rules"][CHAIN_RULE]["expected"]) == 1
+    assert [i["action"] for i in truth["rules"][CHAIN_RULE]["expected"]] == [
+        "move_to_junk",
+        "notify",
+        "notify",
+    ]
     for item in items:
         row = rows[(item["target"]["network_message_id"], item["target"]["recipient"])]
         assert row["LatestDeliveryLocation"] == "Inbox/folder"
@@ -167,6 +176,7 @@ def test_campaign_is_inside_the_hour_and_spans_several_mailboxes(email: list, tr
 
 def test_reply_chain_has_reply_and_file_share_link(small: Path, email: list, truth: dict) -> None:
     item = truth["rules"][CHAIN_RULE]["expected"][0]
+    assert item["action"] == "move_to_junk"
     link = next(r for r in email if r["NetworkMessageId"] == item["target"]["network_message_id"])
     sender, box = link["SenderMailFromAddress"], item["target"]["recipient"]
     replies = [r for r in email if r["SenderFromAddress"] == box and r["RecipientEmailAddress"] == sender]
@@ -177,6 +187,13 @@ def test_reply_chain_has_reply_and_file_share_link(small: Path, email: list, tru
     assert [u["UrlDomain"] for u in urls] == ["dl.dropboxusercontent.com"]
     inbound = [r for r in email if r["SenderMailFromAddress"] == sender]
     assert len(inbound) == 2  # two copies only: the correlation rule (threshold 2) cannot see it
+    earlier = {
+        (i["target"]["network_message_id"], i["target"]["recipient"])
+        for i in truth["rules"][CHAIN_RULE]["expected"]
+        if i["action"] == "notify"
+    }
+    first = next(r for r in inbound if r["NetworkMessageId"] != link["NetworkMessageId"])
+    assert earlier == {(first["NetworkMessageId"], box), (replies[0]["NetworkMessageId"], sender)}
 
 
 def test_connector_and_account_truth_match_the_audit_and_logons(small: Path, truth: dict) -> None:
