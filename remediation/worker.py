@@ -43,6 +43,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -522,8 +523,10 @@ class Worker:
     async def _verify_chunk(self, backend: Any, chunk: list[Record]) -> list[Outcome]:
         now = self.ledger.clock()
         oldest = min(_parse(r.state_times.get("submitted") or r.created_at) for r in chunk)
-        # The hunting API looks back at most 30 days; a day of margin covers late ingestion.
+        # The hunting API looks back at most 30 days; a day of margin covers late ingestion. Whole
+        # seconds: an ISO 8601 duration with a fraction is refused by the Defender backend.
         span = min(now - oldest + timedelta(days=1), timedelta(days=30))
+        span = timedelta(seconds=math.ceil(span.total_seconds()))
         result = await backend.run(verification_query(r.target["network_message_id"] for r in chunk),
                                    timespan=span)
         where = locations(result.rows)

@@ -200,7 +200,18 @@ def test_verify_confirms_from_latest_delivery_location(ledger: Ledger, clock: Cl
         row("nm-two", "support@contoso.com", "Junk folder"),
         row("nm-two", "sales@contoso.com", "Inbox/folder"),
     ]}, clock.now, source="test")
-    out = {o.request_id: o for o in run(worker.verify(backend))}
+    spans: list[timedelta] = []
+
+    class Recording:   # the real local engine underneath; only the timespan it is given is kept
+        name = "local"
+
+        async def run(self, query: str, *, timespan: timedelta) -> Any:
+            spans.append(timespan)
+            return await backend.run(query, timespan=timespan)
+
+    clock.now = clock.now + timedelta(microseconds=250)
+    out = {o.request_id: o for o in run(worker.verify(Recording()))}
+    assert spans == [timedelta(days=1, minutes=30, seconds=1)]   # whole seconds, rounded up
     assert out[moved].state == "confirmed"
     assert out[still_inbox].state == "submitted" and "waiting" in out[still_inbox].detail
     assert out[unseen].state == "submitted"
