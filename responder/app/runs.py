@@ -137,10 +137,13 @@ async def run_card(ledger: Ledger, notifier: Any, run: RuleRun, queued: Queued, 
         return None   # the same failure was reported this hour already
     if run.error and run.transient and not queued.new:
         error = run.error
+        # The hunting API answers 429 for both of its limits (calls per minute, CPU per 15 minutes).
+        quota = "HTTP 429" in error or "quota" in error.lower()
+        what = "the hunting quota is used up" if quota else "the query could not run"
         report = FailureReport(
-            kind="quota" if "429" in error or "quota" in error.lower() else "backend",
-            summary=f"{run.rule.name}: the query could not run", reason=error, rule=run.rule.slug,
-            rule_name=run.rule.name, run_id=run.run_id, occurred_at=now, tenant_id=tenant_id)
+            kind="quota" if quota else "backend", summary=f"{run.rule.name}: {what}",
+            reason=error, rule=run.rule.slug, rule_name=run.rule.name, run_id=run.run_id, occurred_at=now,
+            retry_after=getattr(run, "retry_after", None), tenant_id=tenant_id)
         await send(notifier, lambda: failure_card(report), f"{run.rule.slug} failure")
         return "failure"
     scan = RunReport.from_rule_run(run, started_at=now, backend=backend, dry_run=dry_run,

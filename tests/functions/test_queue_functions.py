@@ -18,7 +18,7 @@ from remediation.worker import TransientFailure
 from responder.app import runs
 from responder.app.schedules import function_name
 from responder.notify.teams import MemoryNotifier
-from responder.testing.fakegraph import FakeGraph
+from responder.testing.fakegraph import FakeGraph, GraphFault
 from tests.functions.conftest import PROTECTED, RULE, Env, Out, SpyBackend, inbox_row
 
 TIMER = function_name(RULE)
@@ -189,3 +189,17 @@ def test_failing_cards_never_break_a_run_and_the_outcome_card_is_retried(make_en
     env.rt.notifier = MemoryNotifier()
     env.call("worker", msg(body, dequeue_count=2))
     assert [c["body"][0]["id"] for c in env.rt.notifier.cards] == ["xdr-scan"]
+
+
+def test_hunting_quota_exhaustion_sends_a_quota_card(make_env: Any) -> None:
+    def throttled(query: str, timespan: str | None) -> Any:
+        raise GraphFault(429, "Query execution has exceeded the allowed limits (CPU)", retry_after=120)
+
+    with FakeGraph(hunting=throttled) as graph:
+        env = make_env(backend="real", graph_base_url=graph.base_url)
+        assert run_timer(env) == []
+        assert len(graph.calls_to("POST", "runHuntingQuery")) == 1
+    (card,) = env.notifier.cards
+    text = json.dumps(card)
+    assert card["body"][0]["id"] == "xdr-failure"
+    assert "hunting quota is used up" in text and "exceeded the allowed limits" in text
