@@ -58,7 +58,7 @@ class Harness:
         self.sleeps: list[float] = []
 
     def worker(self, *, strategy: str = "defender", max_retries: int = 0, exchange: Any = None,
-               **env: str) -> Worker:
+               timeout: float = 60.0, **env: str) -> Worker:
         settings = Settings.from_env({"RESPONDER_GRAPH_BASE_URL": self.fake.base_url,
                                       "RESPONDER_EMAIL_STRATEGY": strategy,
                                       "RESPONDER_TENANT_ID": self.fake.tenant_id, **env}, require=False)
@@ -69,7 +69,7 @@ class Harness:
         async def sleep(seconds: float) -> None:
             self.sleeps.append(seconds)
 
-        graph = make_graph_client(base_url=self.fake.base_url, max_retries=max_retries)
+        graph = make_graph_client(base_url=self.fake.base_url, max_retries=max_retries, timeout=timeout)
         return Worker(settings, TENANT, CATALOG, self.ledger, graph, exchange, report_hook=hook, sleep=sleep)
 
     def run(self, body: Callable[[Worker], Awaitable[Any]], **kw: Any) -> Any:
@@ -252,6 +252,17 @@ def test_persistent_503_returns_the_message_then_the_redelivery_succeeds(h: Harn
     [out] = h.run(lambda w: w.process_message(body(req), 2))
     assert (out.state, out.attempts, out.error) == ("submitted", 4, None)
     assert len(h.fake.remediations) == 1
+
+
+def test_a_timeout_is_transient_and_retried(h: Harness) -> None:
+    """The first call outlasts the client's timeout: transient, so the worker retries it and records one
+    submission. (The service may still carry out the late call: the replay case documented in
+    remediation/worker.py, same end state.)"""
+    h.fake.add_latency(1.5, "POST", REMEDIATE, times=1)
+    req = email_request("nm-1")
+    [out] = h.run(lambda w: w.process_message(body(req), 1), timeout=0.5)
+    assert (out.state, out.attempts) == ("submitted", 2) and h.sleeps == [2.0]
+    assert h.row(req).state == "submitted"
 
 
 def test_retry_after_longer_than_the_cap_ends_the_delivery_without_sleeping(h: Harness) -> None:
