@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ class DemoRun:
     timings: dict[str, float] = field(default_factory=dict)
     cards: list[str] = field(default_factory=list)
     pngs: list[str] = field(default_factory=list)
+    scan_window: tuple[datetime, datetime] | None = None  # wall-clock start and end of the first scan
 
 
 class _Timer:
@@ -118,10 +119,12 @@ async def run_demo(options: DemoOptions, step: Step = lambda _: None) -> DemoRun
         )
 
         step(f"scanning {len(rules)} rules through the defender backend")
+        run.scan_window = (datetime.now(UTC), datetime.now(UTC))
         with _Timer(run, "scan"):
             run.runs = await scan(
                 rules, backend, tenant=tenant, overrides={}, now=gen.now, run_id="demo-scan-1"
             )
+        run.scan_window = (run.scan_window[0], datetime.now(UTC))
         requests = [r for rr in run.runs for r in rr.requests]
         step(f"enqueueing {len(requests)} remediation requests ({queue.kind} queue)")
         with _Timer(run, "enqueue"):
@@ -314,8 +317,14 @@ async def _scan_cards(run: DemoRun, notifier: Any, settings: Settings) -> None:
         if not rr.requests and not rr.error:
             continue
         outcomes = [run.outcomes[r["id"]] for r in rr.requests if r["id"] in run.outcomes]
+        started, finished = run.scan_window or (None, None)
         report = RunReport.from_rule_run(
-            rr, outcomes=outcomes, backend="defender", tenant_id=settings.tenant_id
+            rr,
+            outcomes=outcomes,
+            backend="defender",
+            tenant_id=settings.tenant_id,
+            started_at=started,
+            finished_at=finished,
         )
         await notifier.send(scan_card(report))
 
