@@ -1,0 +1,70 @@
+"""``python -m responder.bench [--write BENCHMARKS.md] [--only NAME]... [--moves N] [--trials N]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from responder.bench import machine, report
+
+NAMES = ("ttr", "pipeline", "throughput", "engine", "coldstart")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m responder.bench", description="Run the benchmarks.")
+    p.add_argument("--write", type=Path, metavar="FILE", help="write the Markdown report here")
+    p.add_argument("--only", action="append", choices=NAMES, help="run only these (repeatable)")
+    p.add_argument("--trials", type=int, default=30, help="time-to-remediate trials (default 30)")
+    p.add_argument("--moves", type=int, default=2_000, help="throughput moves, spread over 100 mailboxes")
+    p.add_argument("--engine-sizes", default="10000,100000,1000000", help="EmailEvents rows, comma-separated")
+    args = p.parse_args(argv)
+    argv_used = sys.argv[1:] if argv is None else argv
+    command = "python -m responder.bench " + " ".join(shlex.quote(a) for a in argv_used)
+    selected = args.only or list(NAMES)
+    results: dict[str, Any] = {}
+    start = time.perf_counter()
+    for name in selected:
+        t0 = time.perf_counter()
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        results[name] = _run(name, args)
+        print(f"bench: {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    elapsed = time.perf_counter() - start
+    text = report.render(results, command=command.strip(), machine=machine.describe(), elapsed_s=elapsed)
+    if args.write:
+        args.write.write_text(text, encoding="utf-8")
+        print(f"bench: wrote {args.write}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    print(json.dumps(results, default=str), file=sys.stderr) if not args.write else None
+    return 0
+
+
+def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    if name == "ttr":
+        from responder.bench import ttr
+
+        return ttr.run(args.trials)
+    if name == "pipeline":
+        from responder.bench import pipeline
+
+        return pipeline.run()
+    if name == "throughput":
+        from responder.bench import throughput
+
+        return throughput.run(100, max(1, args.moves // 100))
+    if name == "engine":
+        from responder.bench import engine
+
+        return engine.run(tuple(int(s) for s in args.engine_sizes.split(",")))
+    from responder.bench import coldstart
+
+    return coldstart.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
