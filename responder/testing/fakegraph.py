@@ -383,7 +383,7 @@ class FakeGraph:
 
     def start(self) -> FakeGraph:
         handler = type("_Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer((self._host, self._port), handler)
+        self._server = _Server((self._host, self._port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fakegraph", daemon=True)
         self._thread.start()
@@ -764,6 +764,12 @@ def _key(body: dict[str, Any], name: str) -> Any:
         if k.lower() == name.lower():
             return v
     return None
+
+
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a client opening many connections at once (the
+    # mailbox strategy across 100 mailboxes) has SYNs dropped and retried after 1 s, 3 s, ...
+    request_queue_size = 256
 
 
 class _Handler(BaseHTTPRequestHandler):
