@@ -8,7 +8,6 @@ import gc
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from responder.sample import DEFAULT_SEED, SIZES
@@ -44,11 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from responder.demo import DemoOptions, run_demo
     from responder.demo_summary import print_summary, summarize
 
-    output = args.output or Path(tempfile.mkdtemp(prefix="responder-demo-"))
-    if args.output is not None and (output / "tenant").exists():
-        shutil.rmtree(output / "tenant")  # a re-run starts from a fresh tenant, never from moved tables
-    if args.output is not None and (output / "cards").exists():
-        shutil.rmtree(output / "cards")
+    output = args.output
+    for sub in ("tenant", "cards"):  # a re-run starts from a fresh tenant and writes only its own cards
+        if (output / sub).exists():
+            shutil.rmtree(output / sub)
     options = DemoOptions(
         size=args.tenant_size,
         seed=args.seed,
