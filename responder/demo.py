@@ -23,11 +23,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from detections.catalog import Rule, load_catalog
+from detections.catalog import load_catalog
 from detections.scan import RuleRun, scan
 from remediation.ledger import Ledger
 from remediation.outcome import Outcome
-from responder.config import Settings, TenantConfig, load_tenant_config
+from responder.config import Settings, load_tenant_config
 from responder.demo_queue import AzuriteQueue, MemoryQueue, RequestQueue
 from responder.sample import DEFAULT_SEED, generate
 from responder.sample.live import LiveTables
@@ -350,7 +350,3 @@ def _render(run: DemoRun, folder: Path) -> None:
             run.pngs.append(str(res.png))
         if res.errors:
             run.notes.append(f"card {name}: renderer reported {res.errors[0]}")
-
-
-def selected_rules(rules: list[Rule], tenant: TenantConfig) -> list[Rule]:
-    return [r for r in rules if tenant.for_rule(r.slug).enabled]
