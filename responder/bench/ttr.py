@@ -47,6 +47,7 @@ class Variant:
     name: str
     period: timedelta  # schedule
     verify: bool  # this app verifies; the seed's custom detection does not
+    sync: bool  # the action confirms at once (mailbox strategy)
     apply_min: float  # seconds from the run to the message being in Junk
     apply_max: float
 
