@@ -58,12 +58,15 @@ def summarize(run: DemoRun) -> dict[str, Any]:
         },
         "environment": run.environment,
         "notes": run.notes,
-        "truth": {
-            **totals(scores),
-            "expected": sum(v["expected"] for v in rules.values()),
-            "definition": FOUND_MEANS,
+        # `truth` and `rules` hold exactly the three integer counts (what scripts and outside tests read);
+        # everything else about a rule is under `rule_details`.
+        "truth": totals(scores),
+        "rules": {
+            slug: {k: r[k] for k in ("found", "missed", "false_positives")} for slug, r in rules.items()
         },
-        "rules": rules,
+        "expected_total": sum(v["expected"] for v in rules.values()),
+        "found_means": FOUND_MEANS,
+        "rule_details": rules,
         "second_scan": {"requests": len(second), "deduplicated": run.duplicates, "acted": run.second_actions},
         "email_moves_applied": len(run.moves),
         "graph_calls": run.graph_calls,
@@ -91,7 +94,7 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
             table.add_column(col, no_wrap=True, overflow="fold")
         else:
             table.add_column(col, justify="right")
-    for slug, r in summary["rules"].items():
+    for slug, r in summary["rule_details"].items():
         table.add_row(
             slug,
             str(r["rows"]),
@@ -104,7 +107,7 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
             str(r["false_positives"]),
         )
     console.print(table)
-    for slug, r in summary["rules"].items():
+    for slug, r in summary["rule_details"].items():
         if r["actions"]:
             console.print(
                 f"  {slug}: "
@@ -125,7 +128,7 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
     tr = summary["truth"]
     colour = "green" if tr["missed"] == 0 and tr["false_positives"] == 0 else "red"
     console.print(
-        f"\n[bold {colour}]Truth: found {tr['found']} of {tr['expected']}, missed {tr['missed']}, "
+        f"\n[bold {colour}]Truth: found {tr['found']} of {summary['expected_total']}, missed {tr['missed']}, "
         f"false positives {tr['false_positives']}[/bold {colour}]"
     )
     s = summary["second_scan"]

@@ -27,9 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--output",
         type=Path,
-        default=None,
+        default=Path("demo-output"),
         metavar="DIR",
-        help="where the tenant, cards and summary go (default: a new temporary folder)",
+        help="where the tenant, cards, ledger and summary go (default: ./demo-output, replaced on each run)",
     )
     p.add_argument("--no-render", action="store_true", help="do not render the cards to PNG")
     p.add_argument("--no-azurite", action="store_true", help="use the in-process queue and ledger")

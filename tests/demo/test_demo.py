@@ -70,19 +70,11 @@ def test_summary_counts_match_truth(demo: tuple[Path, dict[str, Any]]) -> None:
     out, summary = demo
     truth = load(out / "tenant" / "truth.json")
     expected = {slug: len(body["expected"]) for slug, body in truth["rules"].items()}
-    assert summary["truth"] == {
-        **summary["truth"],
-        "found": sum(expected.values()),
-        "missed": 0,
-        "false_positives": 0,
-    }
-    for slug, n in expected.items():
-        counts = {k: summary["rules"][slug][k] for k in ("found", "missed", "false_positives")}
-        assert counts == {"found": n, "missed": 0, "false_positives": 0}, slug
-    assert all(
-        isinstance(v, int)
-        for v in (summary["truth"]["found"], summary["truth"]["missed"], summary["truth"]["false_positives"])
-    )
+    assert summary["truth"] == {"found": sum(expected.values()), "missed": 0, "false_positives": 0}
+    assert set(summary["rules"]) >= set(expected)
+    for slug, counts in summary["rules"].items():
+        assert counts == {"found": expected.get(slug, 0), "missed": 0, "false_positives": 0}, slug
+    assert all(type(v) is int for c in [summary["truth"], *summary["rules"].values()] for v in c.values())
 
 
 @pytest.mark.azurite
