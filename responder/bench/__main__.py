@@ -18,6 +18,12 @@ NAMES = ("ttr", "pipeline", "throughput", "engine", "coldstart")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m responder.bench", description="Run the benchmarks.")
     p.add_argument("--write", type=Path, metavar="FILE", help="write the Markdown report here")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run's report to the end of FILE instead of replacing it (e.g. a long run "
+        "of one benchmark beside the regular ones)",
+    )
     p.add_argument("--only", action="append", choices=NAMES, help="run only these (repeatable)")
     p.add_argument("--trials", type=int, default=30, help="time-to-remediate trials (default 30)")
     p.add_argument("--moves", type=int, default=2_000, help="throughput moves, spread over 100 mailboxes")
@@ -35,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - start
     text = report.render(results, command=command.strip(), machine=machine.describe(), elapsed_s=elapsed)
-    if args.write:
+    if args.write and args.append and args.write.exists():
+        previous = args.write.read_text(encoding="utf-8").rstrip()
+        extra = text.replace("# Benchmarks", "# Benchmarks: additional run", 1)
+        args.write.write_text(previous + "\n\n---\n\n" + extra, encoding="utf-8")
+        print(f"bench: appended to {args.write}", file=sys.stderr)
+    elif args.write:
         args.write.write_text(text, encoding="utf-8")
         print(f"bench: wrote {args.write}", file=sys.stderr)
     else:
