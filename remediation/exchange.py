@@ -11,6 +11,7 @@ Tokens are fetched per call from the azure-identity credential (which caches the
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -31,14 +32,32 @@ class ExchangeError(Exception):
         self.retry_after = retry_after
 
 
+# Every character PowerShell accepts as a single quote: ' and the curly quotes U+2018..U+201B. Any of
+# them ends a single-quoted string, so a connector name (attacker-chosen: it comes from the audit log)
+# holding a curly quote would otherwise break out of the argument in the command on-call pastes.
+PS_SINGLE_QUOTES = "'\u2018\u2019\u201a\u201b"
+_PS_QUOTE_RE = re.compile(f"([{PS_SINGLE_QUOTES}])")
+# Control characters (newlines included) and the Unicode line/paragraph separators: a newline inside a
+# pasted command starts a new statement in some hosts, and nothing legitimate names a connector so.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def ps_quote(value: str) -> str:
-    """A PowerShell single-quoted string: nothing inside is expanded; a quote is doubled."""
-    return "'" + value.replace("'", "''") + "'"
+    """A PowerShell single-quoted string: nothing inside is expanded; every single-quote character
+    (ASCII and curly) is doubled, which is PowerShell's escape inside single quotes. Refuses control
+    characters (ValueError): they cannot be shown safely in a one-line command."""
+    if _CONTROL_RE.search(value):
+        raise ValueError(f"refusing to quote a value with control characters or line breaks: {value!r}")
+    return "'" + _PS_QUOTE_RE.sub(r"\1\1", value) + "'"
 
 
 def render_command(direction: str, connector: str, *, enabled: bool = False) -> str:
     """The exact command for on-call (approval card, ledger), e.g.
-    ``Set-InboundConnector -Identity 'Partner relay' -Enabled:$false``."""
+    ``Set-InboundConnector -Identity 'Partner relay' -Enabled:$false``.
+
+    ValueError for a name that cannot be rendered safely (empty, control characters): callers then
+    show no command. The InvokeCommand path needs none of this: it sends the name as a JSON string
+    value in ``Parameters`` (no PowerShell parsing), which json escaping keeps one value."""
     if direction not in CMDLET_NOUN:
         raise ValueError(f"connector direction must be inbound or outbound, not {direction!r}")
     if not connector.strip():

@@ -36,14 +36,14 @@ class DisableConnector:
         if ctx.exchange is None:
             return failed(req, "no Exchange admin client is configured (RESPONDER_TENANT_ID and a credential "
                                "are needed); run the command by hand",
-                          detail=f"not run: {render_command(kind or 'inbound', name)}")
+                          detail=f"not run: {_command(kind or 'inbound', name)}")
         kinds = [kind] if kind else ["inbound", "outbound"]
         try:
             for direction in kinds:
                 found = await ctx.exchange.get_connector(direction, name)
                 if found is None:
                     continue
-                command = render_command(direction, name)
+                command = _command(direction, name)
                 if found.get("Enabled") is False:
                     detail = f"{direction} connector {name} is already disabled"
                     return ActionResult(req["id"], "skipped", detail=detail)
@@ -54,3 +54,12 @@ class DisableConnector:
             return describe(exc).result(req["id"], f"disable connector {name}")
         reason = f"no {' or '.join(kinds)} connector named {name!r} exists"
         return ActionResult(req["id"], "failed", detail=reason, error=reason)
+
+
+def _command(direction: str, name: str) -> str:
+    """The PowerShell for the ledger detail, or why there is none: a name that cannot be quoted safely
+    (control characters) still executes through InvokeCommand, whose JSON body keeps it one value."""
+    try:
+        return render_command(direction, name)
+    except ValueError as exc:
+        return f"(no command shown: {exc})"

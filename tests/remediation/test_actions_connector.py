@@ -9,6 +9,7 @@ import pytest
 from azure.core.credentials import AccessToken
 
 from remediation.exchange import EXCHANGE_SCOPE, ExchangeClient, make_exchange_client, render_command
+from remediation.worker import manual_command
 from responder.testing.fakegraph import FakeGraph
 from tests.remediation.actionkit import execute, settings_for
 from tests.remediation.factories import connector_request
@@ -116,6 +117,77 @@ def test_render_command_quotes_for_powershell() -> None:
         render_command("sideways", "x")
     with pytest.raises(ValueError, match="empty"):
         render_command("inbound", "  ")
+
+
+# PowerShell's tokenizer treats each of these as a single quote (ASCII ' and U+2018..U+201B).
+PS_QUOTES = "'\u2018\u2019\u201a\u201b"
+
+
+def ps_single_quoted(text: str) -> tuple[str, str]:
+    """Read one PowerShell single-quoted string at the start of ``text`` the way PowerShell does: any
+    quote character ends it unless the next character is a quote too (then the pair is one literal
+    quote). Returns (the value, what follows the closing quote)."""
+    assert text[0] in PS_QUOTES
+    value, i = [], 1
+    while i < len(text):
+        c = text[i]
+        if c in PS_QUOTES:
+            if i + 1 < len(text) and text[i + 1] in PS_QUOTES:
+                value.append(text[i + 1])
+                i += 2
+                continue
+            return "".join(value), text[i + 1:]
+        value.append(c)
+        i += 1
+    raise AssertionError(f"unterminated string in {text!r}")
+
+
+@pytest.mark.parametrize("name", [
+    "Relay\u2019; Remove-InboundConnector -Identity Prod; \u2019",
+    "Relay\u2018; Remove-InboundConnector -Identity Prod; \u2018",
+    "Relay\u201a; Remove-InboundConnector -Identity Prod; \u201b",
+    "Relay\u201b\u201b; iex 'x'; \u2019",
+    "Relay'; Remove-InboundConnector -Identity Prod; '",
+    "\u2019",
+    "a\u2019\u2018b",
+])
+def test_render_command_keeps_curly_quote_names_one_argument(name: str) -> None:
+    command = render_command("inbound", name)
+    prefix = "Set-InboundConnector -Identity "
+    assert command.startswith(prefix)
+    value, rest = ps_single_quoted(command[len(prefix):])
+    assert (value, rest) == (name, " -Enabled:$false")
+
+
+@pytest.mark.parametrize("name", ["Relay\nRemove-InboundConnector Prod", "Relay\r", "a\x00b", "a\tb",
+                                  "a\u2028b", "a\x1bb"])
+def test_render_command_refuses_control_characters(name: str) -> None:
+    with pytest.raises(ValueError, match="control characters"):
+        render_command("inbound", name)
+    # The approval card and the ledger then show no command at all.
+    assert manual_command(connector_request(name)) is None
+
+
+def test_curly_quote_connector_name_is_sent_verbatim_as_json_by_invoke_command() -> None:
+    # The execution path sends the name as a JSON value: no PowerShell parsing, so no escaping needed.
+    name = "Relay\u2019; Remove-InboundConnector -Identity Prod; \u2019"
+    with FakeGraph() as fake:
+        fake.connectors.add(name, "inbound")
+        fake.connectors.add("Prod", "inbound")
+        [res] = run(fake, [connector_request(name)])
+        sent = [c.json["CmdletInput"] for c in fake.calls]
+        assert fake.connectors.get(name)["Enabled"] is False  # type: ignore[index]
+        assert fake.connectors.get("Prod")["Enabled"] is True  # type: ignore[index]
+    assert sent[-1] == {"CmdletName": "Set-InboundConnector",
+                        "Parameters": {"Identity": name, "Enabled": False}}
+    assert res.state == "confirmed"
+
+
+def test_a_name_with_a_newline_still_gets_a_result_without_a_command() -> None:
+    with FakeGraph() as fake:
+        [res] = asyncio.run(execute(fake, "disable_connector", [connector_request("Re\nlay")], exchange=None))
+    assert res.state == "failed" and "Set-InboundConnector" not in (res.detail or "")
+    assert "control characters" in (res.detail or "")
 
 
 def test_client_needs_a_credential_for_a_real_endpoint_and_a_tenant() -> None:
