@@ -42,6 +42,13 @@ if runtime.config.digest_schedule:
         await handlers.on_digest(runtime, timer)
 
 
+if runtime.config.verify_schedule:
+    @app.function_name("verify")
+    @app.timer_trigger(arg_name="timer", schedule=runtime.config.verify_schedule)
+    async def verify(timer: func.TimerRequest) -> None:
+        await handlers.on_verify(runtime, timer)
+
+
 @app.function_name("worker")
 @app.queue_trigger(arg_name="msg", queue_name=QUEUE, connection=STORAGE)
 async def worker(msg: func.QueueMessage) -> None:

@@ -75,6 +75,9 @@ param dryRun bool = false
 @minValue(1)
 param scanRatePerHour int = 12
 
+@description('When submitted Defender email remediations are confirmed from EmailEvents (6-field NCRONTAB, UTC).')
+param verifySchedule string = '30 */5 * * * *'
+
 // --- Teams -------------------------------------------------------------------------------------
 
 @secure()
@@ -250,6 +253,7 @@ module functionApp 'app/function.bicep' = {
     connectorAuto: connectorActions == 'auto'
     dryRun: dryRun
     scanRatePerHour: scanRatePerHour
+    verifySchedule: verifySchedule
     alwaysReady: alwaysReady
     extraAppSettings: operatorAppSettings
     maximumInstanceCount: maximumInstanceCount

@@ -121,7 +121,12 @@ class Record:
         return Outcome(request_id=self.request_id, rule=self.rule, action=self.action, target=self.target,
                        mode=self.mode, state=self.state, detail=self.detail, error=self.error,
                        link=self.link, attempts=self.attempts, hold_reason=self.hold_reason,
-                       extra={k: v for k, v in self.extra.items() if v is not None})
+                       extra={k: v for k, v in self.extra.items() if v is not None and v is not False})
+
+    @property
+    def dry_run_skip(self) -> bool:
+        """Settled only by a dry run: a later live decision for the same id may reopen it."""
+        return self.state == "skipped" and self.extra.get("dry_run") is True
 
 
 # Columns that map one-to-one onto Record fields; JSON columns are encoded separately.
@@ -130,8 +135,10 @@ _PLAIN = ("action", "mode", "state", "run_id", "hold_reason", "attempts", "detai
 _JSON = ("target", "request", "undo")
 # Written as "" when cleared (a MERGE ignores absent columns), read back as None.
 _OPTIONAL = frozenset({"run_id", "hold_reason", "error", "link", "claim_token", "claim_until"})
+# dry_run: the row's ``skipped`` is a dry run (re-actionable once the decision is no longer dry run);
+# dry_run_at/_detail/_run_id: the dry run's history, kept after the request is reopened and acted on.
 _EXTRA = ("approved_by", "rejected_by", "undone_by", "undo_of", "network_message_id", "dequeue_count",
-          "executed_by")
+          "executed_by", "dry_run", "dry_run_at", "dry_run_detail", "dry_run_run_id", "reopened_at")
 
 
 def _to_entity(rec: Record) -> dict[str, Any]:
@@ -209,10 +216,10 @@ class Ledger:
         return next(rows, None)
 
     def list(self, rule: str | None = None, state: str | None = None, *, run_id: str | None = None,
-             action: str | None = None) -> list[Record]:
+             action: str | None = None, dry_run_run_id: str | None = None) -> list[Record]:
         clauses, params = ["PartitionKey ne @m"], {"m": MARKERS}
         for column, value in (("PartitionKey", rule), ("state", state), ("run_id", run_id),
-                              ("action", action)):
+                              ("action", action), ("dry_run_run_id", dry_run_run_id)):
             if value is not None:
                 clauses.append(f"{column} eq @{column.lower()}")
                 params[column.lower()] = value
@@ -282,6 +289,30 @@ class Ledger:
         new.updated_at = now
         new.claim_token = new.claim_until = None
         _apply(new, fields)
+        return self._write(new)
+
+    def reopen(self, rec: Record, request: dict[str, Any]) -> Record:
+        """A dry-run ``skipped`` row back to ``received`` for a live ``request`` with the same id.
+
+        Request ids do not depend on the mode, so without this a finding first seen in dry run would
+        stay settled for ever once the rule (or RESPONDER_DRY_RUN) goes live. The row takes the live
+        request (mode, run, evidence) and its run id, so the live run's outcome card counts it; the
+        dry run stays on the row (``dry_run_at``, ``dry_run_detail``, ``dry_run_run_id``, ``at_skipped``).
+        ETag-conditional like every write: of two deliveries reopening together, one gets LedgerConflict.
+        """
+        if not rec.dry_run_skip:
+            raise IllegalTransition(f"request {rec.request_id}: only a dry-run skip can be reopened "
+                                    f"(state {rec.state})")
+        new = replace(rec, state_times=dict(rec.state_times), extra=dict(rec.extra))
+        now = _iso(self.clock())
+        run = request.get("run") or {}
+        new.state, new.updated_at = "received", now
+        new.state_times["received"] = now
+        new.request, new.mode, new.run_id = request, request["mode"], run.get("id") or rec.run_id
+        new.claim_token = new.claim_until = new.error = new.hold_reason = None
+        new.detail = f"reopened for a live decision after a dry run ({rec.detail})"
+        new.extra.update(dry_run=False, reopened_at=now, dry_run_at=rec.state_times.get("skipped", ""),
+                         dry_run_detail=rec.detail, dry_run_run_id=rec.run_id or "")
         return self._write(new)
 
     def update(self, rec: Record, **fields: Any) -> Record:

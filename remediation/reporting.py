@@ -42,9 +42,23 @@ def card_for(report: Any, *, tenant_id: str | None = None, api_base: str | None 
     ))
 
 
-def cards_hook(notifier: Any, *, tenant_id: str | None = None,
-               api_base: str | None = None) -> Callable[[Any], Awaitable[None]]:
+def in_a_run(report: Any) -> bool:
+    """Every request of the report belongs to a scan run (so the run's outcome card will list it)."""
+    def ok(request: dict[str, Any]) -> bool:
+        run = request.get("run") or {}
+        return bool(run.get("id")) and isinstance(run.get("total"), int) and run["total"] >= 1
+    return bool(report.requests) and all(ok(r) for r in report.requests)
+
+
+def cards_hook(notifier: Any, *, tenant_id: str | None = None, api_base: str | None = None,
+               held_cards: bool = True) -> Callable[[Any], Awaitable[None]]:
+    """``held_cards=False``: held requests of a scan run get no approval card here, because the
+    caller (the function app) sends the run's outcome card with the approval instructions instead."""
     async def hook(report: Any) -> None:
+        if not held_cards and report.kind == "held" and in_a_run(report):
+            log.info("held requests of run %s: told on the run's outcome card",
+                     (report.requests[0].get("run") or {}).get("id"))
+            return
         sent = await notifier.send(card_for(report, tenant_id=tenant_id, api_base=api_base))
         if not sent:
             log.warning("the %s card was not delivered", report.kind)

@@ -25,6 +25,10 @@ Two entry points share one pipeline: ``process_message`` (the queue trigger, one
   message; the dequeue count and the poison queue bound the rest (``record_poison``).
 * **Permanent errors** (400/403/404 reported by the action, schema-invalid messages) are recorded
   ``failed`` with the reason, reported, and never retried.
+* **Dry run, then live.** Ids do not depend on the mode, so a dry run's ``skipped`` row carries the
+  flag ``dry_run``: a delivery whose decision is still ``dry_run`` is a no-op like any duplicate, one
+  that would now run reopens the row (``Ledger.reopen``) and goes through the pipeline as new. The
+  row keeps the dry run in its history (docs/remediation.md).
 
 Queue-path grouping (Defender strategy). Each message is one request, but Defender allows only 50
 active remediations per organisation and shows each call as one Action-center entry, so one call per
@@ -229,6 +233,13 @@ class Worker:
         busy: list[str] = []
         for req in requests:
             rec, created = self.ledger.receive(req)
+            decision: Decision | None = None
+            if not created and rec.dry_run_skip:
+                # Settled by a dry run only. The same dry-run delivery again is a no-op; a request
+                # that would now run (rule or RESPONDER_DRY_RUN gone live) reopens the row.
+                decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog)
+                if decision.kind != "dry_run":
+                    rec = self._reopen(rec, req)
             if not created and rec.state != "received":
                 outcomes[req["id"]] = _duplicate(rec)
                 continue
@@ -238,7 +249,8 @@ class Worker:
                 outcomes[req["id"]] = replace(rec.outcome(), detail="being executed by another delivery")
                 busy.append(req["id"])
                 continue
-            decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog)
+            if decision is None:
+                decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog)
             if decision.kind != "execute":
                 outcomes[req["id"]] = self._settle(rec, req, decision)
                 continue
@@ -275,6 +287,13 @@ class Worker:
             # that delivery dies; the retry finds the request settled and does nothing.
             problem = "being executed by another delivery"
         return ordered, problem, retry_after
+
+    def _reopen(self, rec: Record, req: dict[str, Any]) -> Record:
+        """A dry-run row back to ``received`` for ``req``; whoever loses the race gets the fresh row."""
+        try:
+            return self.ledger.reopen(rec, req)
+        except (LedgerConflict, IllegalTransition):
+            return self.ledger.read(rec.rule, rec.request_id) or rec
 
     def _claim(self, rec: Record, owner: str, *, take_over: bool) -> Record | None:
         try:
@@ -326,6 +345,9 @@ class Worker:
             state, fields = "held", {"hold_reason": decision.hold_reason, "detail": detail}
         else:
             state, fields = "skipped", {"detail": decision.reason}
+            if decision.kind == "dry_run":
+                # Marks the skip as re-actionable: the same id may run later, once it is live.
+                fields["dry_run"] = True
         try:
             rec = self.ledger.transition(rec, state, **fields)
         except (LedgerConflict, IllegalTransition):

@@ -74,6 +74,10 @@ APP_SETTINGS: tuple[AppSetting, ...] = (
                "(AzureWebJobsStorage__accountName).", default="", secret=True, source="operator"),
     AppSetting("RESPONDER_DIGEST_SCHEDULE", "When the daily digest card goes out (6-field NCRONTAB, UTC); "
                "empty: no digest.", default="0 0 7 * * *", source="operator"),
+    AppSetting("RESPONDER_VERIFY_SCHEDULE", "When submitted Defender email remediations are confirmed from "
+               "EmailEvents (`LatestDeliveryLocation`), as 6-field NCRONTAB (UTC); empty: no verify timer "
+               "(then run `python -m responder verify`). No query runs while nothing is submitted.",
+               default="30 */5 * * * *"),
     AppSetting("AzureWebJobsStorage__accountName", "Storage account of the app (identity-based "
                "connection); queues and the ledger table live here.", default=""),
 )
@@ -274,13 +278,25 @@ def _set_fields(o: RuleOverrides) -> set[str]:
     return {"enabled"} if o.enabled is False else set()
 
 
+# The RESPONDER_TENANT_CONFIG default: a deployment without a tenant config is legitimate.
+DEFAULT_TENANT_CONFIG = "tenant.yaml"
+
+
 def load_tenant_config(path: str | Path | None, params_json: str = "") -> TenantConfig:
-    """Tenant config from a YAML file (missing file = empty config) with RESPONDER_PARAMS laid over it."""
+    """Tenant config from a YAML file with RESPONDER_PARAMS laid over it.
+
+    Only the built-in default name (``tenant.yaml``, the setting left at its default) may be absent
+    (= empty config). Any other path that does not exist is a ConfigError naming it: the file holds
+    the allowlists and break-glass accounts, so a typo must not silently run without them.
+    """
     config = TenantConfig()
     if path:
         p = Path(path)
         if not p.is_absolute():
             p = ROOT / p
+        if not p.exists() and str(path) != DEFAULT_TENANT_CONFIG:
+            raise ConfigError(f"tenant config {p} does not exist (RESPONDER_TENANT_CONFIG or --config); "
+                              "refusing to run without its allowlists and break-glass accounts")
         if p.exists():
             try:
                 data = yaml.safe_load(p.read_text(encoding="utf-8"))

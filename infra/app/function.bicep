@@ -31,6 +31,8 @@ param instanceMemoryMB int = 2048
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 @description('Exchange Online admin API (connector actions).')
 param exchangeBaseUrl string = 'https://outlook.office365.com/adminapi/beta'
+@description('When submitted Defender email remediations are confirmed from EmailEvents (6-field NCRONTAB, UTC).')
+param verifySchedule string = '30 */5 * * * *'
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -133,6 +135,7 @@ var settings = {
   RESPONDER_EXCHANGE_BASE_URL: exchangeBaseUrl
   RESPONDER_CONNECTOR_AUTO: connectorAuto ? 'true' : 'false'
   RESPONDER_SCAN_RATE_PER_HOUR: string(scanRatePerHour)
+  RESPONDER_VERIFY_SCHEDULE: verifySchedule
 }
 
 resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {

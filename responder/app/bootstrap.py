@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 DIGEST_SETTING = "RESPONDER_DIGEST_SCHEDULE"
 DIGEST_DEFAULT = "0 0 7 * * *"
+VERIFY_SETTING = "RESPONDER_VERIFY_SCHEDULE"
+VERIFY_DEFAULT = "30 */5 * * * *"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class AppConfig:
     storage: StorageConfig
     api_base: str | None = None          # https://<app host>: approval cards show the HTTP commands
     digest_schedule: str | None = None   # None: no daily digest
+    verify_schedule: str | None = None   # None: no verify timer (submitted mail is confirmed elsewhere)
 
 
 def storage_from_env(env: Mapping[str, str], settings: Settings) -> StorageConfig:
@@ -111,7 +114,14 @@ def load(env: Mapping[str, str] | None = None) -> AppConfig:
             digest = schedules.validate(digest)
         except ScheduleError as exc:
             raise ConfigError(f"app setting {DIGEST_SETTING}: {exc}") from None
+    verify = env.get(VERIFY_SETTING, VERIFY_DEFAULT).strip()
+    if verify:
+        try:
+            verify = schedules.validate(verify)
+        except ScheduleError as exc:
+            raise ConfigError(f"app setting {VERIFY_SETTING}: {exc}") from None
     log.info("configuration loaded: %d rule(s), %d timer(s), backend %s", len(catalog), len(timers),
              settings.backend)
     return AppConfig(settings=settings, tenant=tenant, catalog=catalog, timers=timers, storage=storage,
-                     api_base=f"https://{host}" if host else None, digest_schedule=digest or None)
+                     api_base=f"https://{host}" if host else None, digest_schedule=digest or None,
+                     verify_schedule=verify or None)

@@ -48,7 +48,8 @@ async def on_timer(rt: Runtime, slug: str, timer: func.TimerRequest, msgs: func.
     queued = runs.register_run(rt.ledger(), run, now)
     msgs.set(queued.messages)
     card = await runs.run_card(rt.ledger(), rt.notifier, run, queued, now=now, backend=backend.name,
-                               tenant_id=_tenant_id(rt), dry_run=rt.settings.dry_run)
+                               tenant_id=_tenant_id(rt), dry_run=rt.settings.dry_run,
+                               connector_auto=rt.settings.connector_auto)
     summary = _summary(run, queued)
     log.info("rule %s run %s: %d row(s), %d new, %d requeued, %d settled, %d in flight%s%s", slug, run.run_id,
              summary["rows"], len(queued.new), len(queued.requeued), queued.settled, queued.in_flight,
@@ -78,6 +79,32 @@ async def on_digest(rt: Runtime, timer: func.TimerRequest) -> bool:
     return sent
 
 
+async def on_verify(rt: Runtime, timer: func.TimerRequest) -> dict[str, int]:
+    """Confirm ``submitted`` Defender email remediations from EmailEvents (``Worker.verify``).
+
+    Defender applies them asynchronously and has no status API, so without this they would stay
+    ``submitted`` for ever and a remediation that never took effect would go unnoticed. Nothing
+    submitted: no query (no hunting quota spent). A backend error is logged and left to the next run:
+    nothing is lost, the rows stay ``submitted`` and the 2-hour grace is measured from submission.
+    """
+    from detections.backends.base import BackendError
+
+    backend = await rt.backend()
+    async with rt.worker() as worker:
+        try:
+            outcomes = await worker.verify(backend)
+        except BackendError as exc:
+            log.warning("verify: the %s backend failed (%s); the next run tries again", backend.name, exc)
+            return {"checked": 0, "confirmed": 0, "not_applied": 0, "waiting": 0}
+    counts = {"checked": len(outcomes),
+              "confirmed": sum(o.state == "confirmed" for o in outcomes),
+              "not_applied": sum(o.state == "not_applied" for o in outcomes),
+              "waiting": sum(o.state == "submitted" for o in outcomes)}
+    log.info("verify: %(checked)d submitted request(s): %(confirmed)d confirmed, %(not_applied)d not "
+             "applied, %(waiting)d still waiting", counts)
+    return counts
+
+
 # --- queue ---------------------------------------------------------------------------------------
 
 def _dequeue_count(msg: func.QueueMessage) -> int:
@@ -95,7 +122,8 @@ async def on_message(rt: Runtime, msg: func.QueueMessage) -> list[dict[str, Any]
             log.warning("message %s (delivery %d) will be retried: %s", msg.id, _dequeue_count(msg), exc)
             raise
     await runs.outcome_card(rt.ledger(), rt.notifier, body, backend=rt.settings.backend,
-                            tenant_id=_tenant_id(rt), rule_names=_rule_names(rt))
+                            tenant_id=_tenant_id(rt), rule_names=_rule_names(rt),
+                            api_base=rt.config.api_base)
     return [o.to_dict() for o in outcomes]
 
 
@@ -106,7 +134,8 @@ async def on_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
         outcome = await worker.record_poison(body, _dequeue_count(msg))
     log.error("poison message %s recorded as %s (request %s)", msg.id, outcome.state, outcome.request_id)
     await runs.outcome_card(rt.ledger(), rt.notifier, body, backend=rt.settings.backend,
-                            tenant_id=_tenant_id(rt), rule_names=_rule_names(rt))
+                            tenant_id=_tenant_id(rt), rule_names=_rule_names(rt),
+                            api_base=rt.config.api_base)
     return outcome.to_dict()
 
 
@@ -148,7 +177,8 @@ async def http_scan(rt: Runtime, req: func.HttpRequest, msgs: func.Out[Any]) -> 
             queued = runs.register_run(rt.ledger(), run, now)
             messages += queued.messages
             await runs.run_card(rt.ledger(), rt.notifier, run, queued, now=now, backend=backend.name,
-                                tenant_id=_tenant_id(rt), dry_run=rt.settings.dry_run)
+                                tenant_id=_tenant_id(rt), dry_run=rt.settings.dry_run,
+                                connector_auto=rt.settings.connector_auto)
             summary = _summary(run, queued)
         summaries.append(summary)
     msgs.set(messages)

@@ -138,9 +138,11 @@ class Runtime:
         from remediation.worker import Worker
 
         svc = await self._loop_services()
-        # The worker's own cards (approval, failure), with the app's URL in the approve commands.
+        # The worker's own cards (failures, out of scope). Held requests of a run get no approval card
+        # here: the run's outcome card (responder/app/runs.py) carries their approval instructions, so
+        # on-call gets one message per run, not an approval card and an outcome card for the same ids.
         hook = cards_hook(self.notifier, tenant_id=self.settings.tenant_id or None,
-                          api_base=self.config.api_base)
+                          api_base=self.config.api_base, held_cards=False)
         options = {"report_hook": hook, **self.worker_options}
         yield Worker(self.settings, self.config.tenant, self.config.catalog, self.ledger(), svc.graph,
                      svc.exchange, self.notifier, **options)

@@ -9,6 +9,7 @@ from responder.notify import links
 from responder.notify.common import (
     CONNECTOR_ACTIONS,
     approve_cli,
+    approve_http,
     buttons,
     header,
     outcome_links,
@@ -91,16 +92,32 @@ def _held_section(report: RunReport, n: int, w: int) -> list[Element]:
     if not held:
         return []
     items: list[Element] = [heading(f"Waiting for approval ({len(held)})")]
+    if report.api_base:
+        items.append(labelled("Function app", report.api_base.rstrip("/"), mono=True, spacing="Small"))
     for r in held[:n]:
         items.append(plain(run(f"{action_label(r['action'])}: ", weight="Bolder"),
                            run(clip(describe_target(r), w)), spacing="Small"))
+        command = report.commands.get(r["id"])
+        if command:   # the exact command on-call may run instead (connectors: Exchange PowerShell)
+            items.append(plain(run("Or run: ", isSubtle=True), run(command, fontType="Monospace"),
+                               spacing="None"))
         items.append(plain(run("Approve: ", isSubtle=True), run(approve_cli(r["id"]), fontType="Monospace"),
+                           run(" or ", isSubtle=True), run(approve_http(r["id"]), fontType="Monospace"),
                            spacing="None"))
     if len(held) > n:
-        items.append(more_line(len(held) - n, "held requests"))
+        rest = held[n:]
+        items.append(more_line(len(rest), "held requests"))
+        ids = [r["id"] for r in rest[:max(n, 1) * 3]]
+        id_runs: list[Element] = [run("Their ids: ", isSubtle=True),
+                                  run(", ".join(ids), fontType="Monospace")]
+        if len(rest) > len(ids):
+            id_runs.append(run(f" and {len(rest) - len(ids)} more", isSubtle=True, italic=True))
+        items.append(plain(*id_runs, spacing="None"))
     # Plain runs: Teams' Markdown would eat "<id>" as an HTML tag.
-    items.append(plain(run("The approval card has the evidence for each. HTTP: "
-                           "POST /api/requests/<id>/approve (function key).", isSubtle=True, size="Small")))
+    items.append(plain(run("Nothing held has been done. The HTTP endpoints need the function key (header "
+                           "x-functions-key); reject with POST /api/requests/<id>/reject. The evidence is in "
+                           "the ledger (python -m responder ledger --state held).", isSubtle=True,
+                           size="Small")))
     return items
 
 

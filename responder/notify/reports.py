@@ -89,6 +89,10 @@ class RunReport:
     backend: str | None = None                  # defender | sentinel | local
     dry_run: bool = False                       # the whole run was a dry run
     tenant_id: str | None = None                # adds ?tid= to portal links (multi-tenant admins)
+    # For held requests: the function app's URL (approve over HTTP) and, per request id, the exact
+    # command on-call may run instead (connectors). The app's outcome card is the approval message.
+    api_base: str | None = None
+    commands: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_rule_run(cls, run: RuleRunLike, *, outcomes: Iterable[Outcome] = (),

@@ -139,3 +139,12 @@ def test_connection_string_never_in_repr(tenant_file: Path) -> None:
     secret = "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=c2VjcmV0c2VjcmV0"
     config = bootstrap.load(env_with(tenant_file, AzureWebJobsStorage=secret))
     assert "c2VjcmV0c2VjcmV0" not in repr(config)
+
+
+def test_verify_schedule_default_override_off_and_bad(tenant_file: Path) -> None:
+    assert bootstrap.load(env_with(tenant_file)).verify_schedule == "30 */5 * * * *"
+    custom = bootstrap.load(env_with(tenant_file, RESPONDER_VERIFY_SCHEDULE="0 */15 * * * *"))
+    assert custom.verify_schedule == "0 */15 * * * *"
+    assert bootstrap.load(env_with(tenant_file, RESPONDER_VERIFY_SCHEDULE="")).verify_schedule is None
+    with pytest.raises(ConfigError, match=r"RESPONDER_VERIFY_SCHEDULE: .*6 fields"):
+        bootstrap.load(env_with(tenant_file, RESPONDER_VERIFY_SCHEDULE="every 5 minutes"))

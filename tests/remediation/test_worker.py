@@ -429,3 +429,53 @@ def test_a_sibling_claimed_elsewhere_is_left_alone(h: Harness) -> None:
     h.run(flow)
     assert emails(h.fake.calls[0]) == [("nm-a", "support@contoso.com")]
     assert h.row(reqs[1]).state == "received" and h.row(reqs[1]).claim_token == "another-worker"
+
+
+# --- dry run first, then live (request ids do not depend on the mode) ---------------------------------
+
+@pytest.mark.parametrize("how", ["global", "rule"])
+def test_dry_run_then_live_acts_once_and_the_row_keeps_its_history(h: Harness, how: str) -> None:
+    # "rule": the scan gave the request its rule's dry_run mode. "global": an auto-mode message meets
+    # RESPONDER_DRY_RUN at the worker (e.g. queued just before the switch was turned on).
+    dry = email_request("nm-1", mode="dry_run" if how == "rule" else "auto", run="run-dry")
+    env = {"RESPONDER_DRY_RUN": "true"} if how == "global" else {}
+    [first] = h.run(lambda w: w.process_message(body(dry), 1), **env)
+    assert first.state == "skipped" and first.extra["dry_run"] is True and h.fake.calls == []
+    # The same delivery again while the decision is still dry run: a no-op.
+    [again] = h.run(lambda w: w.process_message(body(dry), 2), **env)
+    assert again.state == "skipped" and again.extra.get("duplicate") and h.fake.calls == []
+    # The live run's request for the same finding: same id, and now it is acted on, once.
+    live = email_request("nm-1", run="run-live")
+    assert live["id"] == dry["id"]
+    [acted] = h.run(lambda w: w.process_message(body(live), 1))
+    assert acted.state == "submitted" and not acted.extra.get("duplicate")
+    assert [e["networkMessageId"] for r in h.fake.remediations for e in r.emails] == ["nm-1"]
+    row = h.row(live)
+    # History: dry run first (when, why, which run), then what happened.
+    assert row.state == "submitted" and {"skipped", "received", "submitted"} <= set(row.state_times)
+    assert row.extra["dry_run_at"] == row.state_times["skipped"]
+    assert row.extra["dry_run_run_id"] == "run-dry" and row.run_id == "run-live"
+    assert ("RESPONDER_DRY_RUN" if how == "global" else "mode dry_run") in row.extra["dry_run_detail"]
+    assert row.mode == "auto" and row.request["run"]["id"] == "run-live"
+    # Neither message acts again (the dry one included, now that the row is past the dry run).
+    for late in (live, dry):
+        [dup] = h.run(lambda w, late=late: w.process_message(body(late), 3))
+        assert dup.state == "submitted" and dup.extra.get("duplicate")
+    assert len(h.fake.remediations) == 1
+
+
+def test_a_skip_that_was_not_a_dry_run_stays_settled(h: Harness) -> None:
+    out_of_scope = email_request("nm-1", "ceo@contoso.com", mode="dry_run")
+    [first] = h.run(lambda w: w.process_message(body(out_of_scope), 1))
+    assert first.state == "skipped" and "out of scope" in first.detail and not first.extra.get("dry_run")
+    [later] = h.run(lambda w: w.process_message(body(email_request("nm-1", "ceo@contoso.com")), 1))
+    assert later.state == "skipped" and later.extra.get("duplicate") and h.fake.calls == []
+
+
+def test_a_live_delivery_still_dry_run_by_the_global_switch_is_a_no_op(h: Harness) -> None:
+    dry = email_request("nm-1", mode="dry_run")
+    h.run(lambda w: w.process_message(body(dry), 1), RESPONDER_DRY_RUN="true")
+    # An auto-mode message (e.g. queued before the switch was turned on) while the switch is on.
+    [out] = h.run(lambda w: w.process_message(body(email_request("nm-1")), 1), RESPONDER_DRY_RUN="true")
+    assert out.state == "skipped" and out.extra.get("duplicate") and h.fake.calls == []
+    assert "reopened_at" not in h.row(dry).extra
