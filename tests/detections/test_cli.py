@@ -21,7 +21,9 @@ PROTECTED = "protected_recipients=support@contoso.com,sales@contoso.com,info@con
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # No tenant.yaml or RESPONDER_PARAMS from the machine may leak into these tests.
+    # No tenant.yaml or RESPONDER_PARAMS from the machine may leak into these tests: an empty tenant
+    # config (a named file must exist: a missing one is an error, see load_tenant_config).
+    (tmp_path / "no-tenant.yaml").write_text("{}\n", encoding="utf-8")
     monkeypatch.setenv("RESPONDER_TENANT_CONFIG", str(tmp_path / "no-tenant.yaml"))
     monkeypatch.delenv("RESPONDER_PARAMS", raising=False)
     monkeypatch.delenv("RESPONDER_DRY_RUN", raising=False)
@@ -193,6 +195,7 @@ def test_rules_test_with_a_broken_file_exits_2(
 
 
 def test_python_dash_m_entry_point(tables: Path, tmp_path: Path) -> None:
+    (tmp_path / "none.yaml").write_text("{}\n", encoding="utf-8")
     env = {**os.environ, "RESPONDER_TENANT_CONFIG": str(tmp_path / "none.yaml")}
     env.pop("RESPONDER_PARAMS", None)
     proc = subprocess.run(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +23,7 @@ from detections.params import (
     parse_timespan,
     resolve_params,
 )
-from responder.config import TenantConfig
+from responder.config import DEFAULT_TENANT_CONFIG, ConfigError, TenantConfig, load_tenant_config
 from tests.detections.helpers import MODEL
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -261,3 +263,20 @@ def test_yaml_boolean_rule_key_is_explained(rule) -> None:
     tenant = TenantConfig.from_mapping({"rules": {False: {"mode": "auto"}}}, source="t")
     with pytest.raises(ParamError, match="YAML read this key as False: quote it"):
         check_param_names([rule], {}, all_rules=[rule], tenant=tenant)
+
+
+def test_an_explicit_tenant_config_path_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    missing = tmp_path / "tennant.yaml"
+    with pytest.raises(ConfigError, match=re.escape(str(missing))):
+        load_tenant_config(missing)
+    with pytest.raises(ConfigError, match=re.escape("no-such-dir/tenant.yaml")):
+        load_tenant_config("no-such-dir/tenant.yaml")   # relative to the app root, not the default
+
+
+def test_only_the_default_tenant_config_name_may_be_absent(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    monkeypatch.setattr("responder.config.ROOT", tmp_path)   # an app root without tenant.yaml
+    assert load_tenant_config(DEFAULT_TENANT_CONFIG) == TenantConfig()
+    assert load_tenant_config(None) == TenantConfig()
+    (tmp_path / "tenant.yaml").write_text("allowlist:\n  senders: [a@contoso.com]\n", encoding="utf-8")
+    assert load_tenant_config(DEFAULT_TENANT_CONFIG).allow_senders == {"a@contoso.com"}

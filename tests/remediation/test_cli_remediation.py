@@ -156,3 +156,27 @@ def test_remediate_reads_json_lines_from_stdin_and_verify_confirms(env: Ledger, 
     assert verified == {reqs[0]["id"]: "confirmed", reqs[1]["id"]: "submitted"}
     assert main(["ledger", "--state", "confirmed", "--json"]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [reqs[0]["id"]]
+
+
+@pytest.mark.parametrize("command", [["remediate", "--queue-file", "QUEUE"], ["approve", "0" * 32]])
+def test_a_mistyped_config_path_is_refused_not_read_as_empty(env: Ledger, tmp_path: Path, command: list[str],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # An empty config would drop the allowlists and break-glass accounts: a typo must stop the command.
+    queue = tmp_path / "queue.jsonl"
+    queue.write_text(json.dumps(junk("a")) + "\n")
+    typo = tmp_path / "tennant.yaml"
+    args = [str(queue) if a == "QUEUE" else a for a in command]
+    assert main([*args, "--config", str(typo)]) == 2
+    assert str(typo) in capsys.readouterr().err
+    assert env.list() == []
+
+
+def test_a_missing_config_from_the_app_setting_is_refused(env: Ledger, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    queue = tmp_path / "queue.jsonl"
+    queue.write_text(json.dumps(junk("a")) + "\n")
+    monkeypatch.setenv("RESPONDER_TENANT_CONFIG", "config/tennant.yaml")
+    assert main(["remediate", "--queue-file", str(queue)]) == 2
+    assert "tennant.yaml" in capsys.readouterr().err
+    assert env.list() == []
