@@ -78,10 +78,6 @@ APP_SETTINGS: tuple[AppSetting, ...] = (
                "EmailEvents (`LatestDeliveryLocation`), as 6-field NCRONTAB (UTC); empty: no verify timer "
                "(then run `python -m responder verify`). No query runs while nothing is submitted.",
                default="30 */5 * * * *"),
-    AppSetting("RESPONDER_VERIFY_SCHEDULE", "When submitted Defender email remediations are confirmed from "
-               "EmailEvents (`LatestDeliveryLocation`), as 6-field NCRONTAB (UTC); empty: no verify timer "
-               "(then run `python -m responder verify`). No query runs while nothing is submitted.",
-               default="30 */5 * * * *"),
     AppSetting("AzureWebJobsStorage__accountName", "Storage account of the app (identity-based "
                "connection); queues and the ledger table live here.", default=""),
 )
