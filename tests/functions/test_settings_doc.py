@@ -1,13 +1,15 @@
-"""docs/function-app.md documents every app setting, exactly as the code declares them."""
+"""docs/function-app.md and the README document every app setting, exactly as the code declares them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from responder.app import settings_table
 from responder.config import APP_SETTINGS, ROOT
 
-DOC = ROOT / "docs" / "function-app.md"
+DOCS = (ROOT / "docs" / "function-app.md", ROOT / "README.md")
 
 
 def test_every_setting_is_in_the_generated_table() -> None:
@@ -16,11 +18,12 @@ def test_every_setting_is_in_the_generated_table() -> None:
         assert f"| `{s.name}` |" in table
 
 
-def test_doc_holds_the_current_table() -> None:
-    text = DOC.read_text(encoding="utf-8")
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_doc_holds_the_current_table(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
     assert settings_table.replace_table(text) == text, (
-        "docs/function-app.md is out of date: run "
-        "python -m responder.app.settings_table --write docs/function-app.md")
+        f"{doc.name} is out of date: run "
+        f"python -m responder.app.settings_table --write {doc.relative_to(ROOT)}")
 
 
 def test_write_fills_the_markers(tmp_path: Path) -> None:
