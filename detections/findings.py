@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -50,8 +51,61 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
+# A queue message is at most 64 KB, and the Functions queue binding base64-encodes it (x 4/3): 48 KB of
+# JSON is the real ceiling. Evidence from make_set/make_list columns can be far larger, so it is trimmed
+# to this budget when the request is made; target, ids and the rest of the request stay well under the
+# remaining 16 KB.
+EVIDENCE_BUDGET = 32 * 1024
+EVIDENCE_MAX_STRING = 2048   # characters kept of one string before trimming harder
+EVIDENCE_MAX_ITEMS = 100     # items kept of one list before trimming harder
+
+
+def _more(n: int) -> str:
+    return f"\u2026(+{n} more)"
+
+
+def _trim(value: Any, max_string: int, max_items: int) -> Any:
+    if isinstance(value, str) and len(value) > max_string:
+        return value[:max_string] + _more(len(value) - max_string)
+    if isinstance(value, list):
+        kept = [_trim(v, max_string, max_items) for v in value[:max_items]]
+        return [*kept, _more(len(value) - max_items)] if len(value) > max_items else kept
+    if isinstance(value, dict):
+        return {k: _trim(v, max_string, max_items) for k, v in value.items()}
+    return value
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def trim_evidence(evidence: Mapping[str, Any], budget: int = EVIDENCE_BUDGET) -> dict[str, Any]:
+    """``evidence`` (JSON-safe values) cut to ``budget`` bytes of JSON: long strings and long lists are
+    shortened, each with an explicit ``…(+N more)`` marker so on-call knows something was left out.
+    Limits halve until it fits; evidence that fits is returned unchanged."""
+    out = dict(evidence)
+    max_string, max_items = EVIDENCE_MAX_STRING, EVIDENCE_MAX_ITEMS
+    while _json_size(out) > budget:
+        out = {k: _trim(v, max_string, max_items) for k, v in evidence.items()}
+        if max_string <= 16 and max_items <= 1:
+            break
+        max_string, max_items = max(16, max_string // 2), max(1, max_items // 2)
+    if _json_size(out) > budget:
+        # Many columns, each already minimal: keep the columns that fit, in the rule's order.
+        kept: dict[str, Any] = {}
+        for k, v in out.items():
+            if _json_size({**kept, k: v, "_trimmed": _more(len(out))}) > budget:
+                kept["_trimmed"] = _more(len(out) - len(kept))
+                break
+            kept[k] = v
+        out = kept
+    return out
+
+
 def effective_mode(rule: Rule, action: ActionSpec, *, tenant_mode: str | None, dry_run: bool) -> str:
-    """Rule action's mode < tenant config ``rules.<slug>.mode`` < global dry run."""
+    """Rule action's mode < tenant config ``rules.<slug>.mode`` < global dry run. The tenant config
+    replaces the rule's mode, so it may loosen it (the operator's reviewed choice); connector actions
+    still wait for approval without RESPONDER_CONNECTOR_AUTO, which the worker's rails enforce."""
     if dry_run:
         return "dry_run"
     return tenant_mode or action.mode
@@ -74,8 +128,9 @@ def requests_from_rows(rule: Rule, rows: Sequence[Mapping[str, Any]], *, modes: 
                        detected_at: datetime, run_id: str) -> Findings:
     """One request per (row, matching action), deduplicated by request id; ``modes`` by action index.
 
-    ``run.index``/``run.total`` number this rule's requests within the run (the worker applies the
-    per-rule target cap on them).
+    ``run.index`` numbers this rule's requests *of the same action* within the run (the worker applies
+    the per-rule target cap on it, so a notify row sorted first cannot push a protective move past the
+    cap); ``run.total`` counts all of the run's requests (the run is complete when that many settled).
     """
     out = Findings()
     seen: set[str] = set()
@@ -99,7 +154,7 @@ def requests_from_rows(rule: Rule, rows: Sequence[Mapping[str, Any]], *, modes: 
                 out.problems.append(f"{rule.slug}: row {n + 1}: {action.action}: empty "
                                     f"{', '.join(required_missing)}; no request made")
                 continue
-            evidence = {col: json_safe(row.get(col)) for col in action.evidence}
+            evidence = trim_evidence({col: json_safe(row.get(col)) for col in action.evidence})
             try:
                 req = make_request(rule=rule.slug, action=action.action, mode=modes[i], target=target,
                                    evidence=evidence, detected_at=detected_at,
@@ -112,6 +167,18 @@ def requests_from_rows(rule: Rule, rows: Sequence[Mapping[str, Any]], *, modes: 
             seen.add(req["id"])
             out.requests.append(req)
     total = len(out.requests)
-    for index, req in enumerate(out.requests):
+    for index, req in zip(action_indices(out.requests), out.requests, strict=True):
         req["run"] = {"id": run_id, "index": index, "total": total}
+    return out
+
+
+def action_indices(requests: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Each request's position among the requests of the same action, in order: the cap counts targets
+    per action (50 junk moves and 50 notifications are not 100 targets of one kind)."""
+    seen: dict[str, int] = {}
+    out = []
+    for req in requests:
+        action = str(req.get("action"))
+        out.append(seen.get(action, 0))
+        seen[action] = out[-1] + 1
     return out

@@ -23,7 +23,7 @@ class Outcome:
     error: str | None = None
     link: str | None = None          # Action center or portal link, when known
     attempts: int = 0
-    hold_reason: str | None = None   # "approval" | "cap" when state == "held"
+    hold_reason: str | None = None   # "approval" | "cap" | "unverifiable" when state == "held"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

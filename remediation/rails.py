@@ -8,9 +8,20 @@ Order matters and is deliberate:
 1. an unknown rule or an out-of-scope target is a ``skip`` whatever the mode: scope is about *what*
    may be touched, so no approval and no mode can widen it;
 2. a human approval lifts the mode and the cap (that is what approving means), nothing else;
-3. the request's mode, made stricter (never looser) by the rule file, the tenant config and, for
-   connectors, the connector opt-in;
-4. the cap on targets per rule per run;
+3. the mode (``effective_mode``): the request's own mode is never loosened here; the rule file's
+   action mode applies unless the tenant config sets ``rules.<slug>.mode``, which *replaces* it and so
+   may loosen it (``approval`` -> ``auto``): the tenant config is the operator's explicit, reviewed
+   choice for their tenant. The one exception: connector actions stay in approval unless
+   RESPONDER_CONNECTOR_AUTO is true, whatever the rule or tenant config says (the Exchange admin
+   endpoint is undocumented, see remediation/exchange.py);
+   then, email actions only: when a sender allowlist is configured and the request names no sender
+   (neither evidence nor target), the allowlist cannot be checked, so it is held (``unverifiable``);
+4. the cap on targets per rule per run, counted per action (``run.index``, detections/findings.py);
+   ``notify`` is not capped: it changes nothing. A request with no ``run`` block has no known place
+   in a run, so the cap cannot be checked: it is held (``cap``). Every producer in this project
+   numbers its requests (scans, the function app's runs, ``remediate --queue-file`` for hand-written
+   input, undo), so only a message written to the queue by something else lands there, and a person
+   approving it lifts the hold;
 5. the global dry-run switch last, turning every would-be execution or hold into ``dry_run`` so that
    a dry run still shows what each rail would have done.
 """
@@ -29,10 +40,16 @@ from responder.config import Settings, TenantConfig
 KINDS = ("execute", "dry_run", "hold", "skip")
 _STRICTNESS = {"auto": 0, "approval": 1, "dry_run": 2}
 CONNECTOR_ACTIONS = ("disable_connector",)
+# Actions the per-run cap does not count: a notification changes nothing in the tenant, and capping it
+# would only hide findings from on-call.
+UNCAPPED_ACTIONS = ("notify",)
 
 # Evidence columns that name the sender (P1 header From and P2 envelope MailFrom) or its domain.
 SENDER_COLUMNS = ("SenderFromAddress", "SenderMailFromAddress")
 SENDER_DOMAIN_COLUMNS = ("SenderFromDomain", "SenderMailFromDomain")
+# Target fields a rule may map the sender to (target accepts extra string fields): checked as well, so
+# a rule whose evidence leaves the sender out still meets the allowlist.
+SENDER_TARGET_FIELDS = ("sender", "sender_from_address", "sender_mail_from_address")
 # Evidence columns that name the account an account action targets (UPN or object id).
 ACCOUNT_COLUMNS = ("AccountUpn", "AccountObjectId", "UserPrincipalName", "AccountId")
 
@@ -41,7 +58,7 @@ ACCOUNT_COLUMNS = ("AccountUpn", "AccountObjectId", "UserPrincipalName", "Accoun
 class Decision:
     kind: str                       # execute | dry_run | hold | skip
     reason: str
-    hold_reason: str | None = None  # "approval" | "cap" when kind == "hold"
+    hold_reason: str | None = None  # "approval" | "cap" | "unverifiable" when kind == "hold"
     notify: bool = False            # on-call should hear of it (cap reached, scope surprise, approval)
 
 
@@ -71,11 +88,21 @@ def _decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantCon
     mode = effective_mode(request, rule, settings, tenant)
     if mode == "dry_run":
         return Decision("dry_run", "mode dry_run: nothing executed")
-    limit = max_targets(rule, tenant)
-    index = (request.get("run") or {}).get("index", 0)
-    if index >= limit:
-        return Decision("hold", f"past the cap of {limit} targets for this rule in one run "
-                        f"(target #{index + 1})", hold_reason="cap", notify=True)
+    if not restore and request["action"] in EMAIL_ACTIONS and not _sender_checkable(request, tenant):
+        return Decision("hold", "the sender allowlist cannot be checked: the request names no sender "
+                        "(no sender column in its evidence, no sender field in its target)",
+                        hold_reason="unverifiable",
+                        notify=True)
+    if request["action"] not in UNCAPPED_ACTIONS:
+        limit = max_targets(rule, tenant)
+        run = request.get("run")
+        if not isinstance(run, Mapping) or not isinstance(run.get("index"), int):
+            return Decision("hold", "no run block: the request's place in a run is unknown, so the cap "
+                            f"of {limit} targets per run cannot be checked", hold_reason="cap", notify=True)
+        index = run["index"]
+        if index >= limit:
+            return Decision("hold", f"past the cap of {limit} targets for this rule in one run "
+                            f"(target #{index + 1})", hold_reason="cap", notify=True)
     if mode == "approval":
         why = ("connector actions wait for approval unless RESPONDER_CONNECTOR_AUTO is true"
                if request["action"] in CONNECTOR_ACTIONS and not settings.connector_auto
@@ -85,7 +112,9 @@ def _decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantCon
 
 
 def effective_mode(request: Mapping[str, Any], rule: Rule, settings: Settings, tenant: TenantConfig) -> str:
-    """The strictest of the request's mode, the rule's (or the tenant override's) and the connector rule."""
+    """The strictest of: the request's own mode; the tenant config's ``rules.<slug>.mode`` when set,
+    else the rule file's mode for this action (the tenant override replaces the rule's mode, so it may
+    loosen it: module doc, item 3); and ``approval`` for connector actions without the opt-in."""
     modes = [request["mode"]]
     override = tenant.for_rule(rule.slug).mode
     if override:
@@ -136,7 +165,7 @@ def _email_violation(target: Mapping[str, Any], evidence: Mapping[str, Any], rul
         return f"mailbox {recipient} is allowlisted"
     # Both P1 and P2 senders are checked: an allowlist entry means "never touch", so a spoofed
     # header From that matches it also stops the action (and is reported for a human to judge).
-    senders = _lower(evidence.get(c) for c in SENDER_COLUMNS)
+    senders = _senders(target, evidence)
     hit = senders & tenant.allow_senders
     if hit:
         return f"sender {sorted(hit)[0]} is allowlisted"
@@ -146,6 +175,23 @@ def _email_violation(target: Mapping[str, Any], evidence: Mapping[str, Any], rul
             if domain == allowed or domain.endswith("." + allowed):  # subdomains of an allowed domain too
                 return f"sender domain {domain} is allowlisted ({allowed})"
     return None
+
+
+def _senders(target: Mapping[str, Any], evidence: Mapping[str, Any]) -> set[str]:
+    """Every sender address the request names (evidence columns and target fields), lower-cased."""
+    return _lower([*(evidence.get(c) for c in SENDER_COLUMNS),
+                   *(target.get(f) for f in SENDER_TARGET_FIELDS)])
+
+
+def _sender_checkable(request: Mapping[str, Any], tenant: TenantConfig) -> bool:
+    """Whether the configured sender allowlists can be checked against what the request carries. A
+    request that names no sender would pass them unchecked: that is fail-open, so the caller holds it."""
+    evidence = request.get("evidence") or {}
+    senders = _senders(request["target"], evidence)
+    domains = _lower(evidence.get(c) for c in SENDER_DOMAIN_COLUMNS)
+    if tenant.allow_senders and not senders:
+        return False
+    return not (tenant.allow_sender_domains and not senders and not domains)
 
 
 def _lower(values: Iterable[Any]) -> set[str]:

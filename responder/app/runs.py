@@ -3,9 +3,9 @@
 **Dedup against the ledger.** Runs overlap (a 1-hour window scanned every 5 minutes), so most of a
 run's findings were seen before. For each request of a run:
 
-* no ledger row: new. It is renumbered into this run (``run.index``/``run.total`` count only the new
-  requests, so the per-run cap and the run card speak about this run's work), recorded
-  ``received``, and queued;
+* no ledger row: new. It is renumbered into this run (``run.index``, per action as in
+  ``detections.findings``, and ``run.total`` count only the new requests, so the per-run cap and the
+  run card speak about this run's work), recorded ``received``, and queued;
 * a row past ``received`` (held, submitted, confirmed, skipped, failed, ...): settled, not queued;
   except a row settled only by a dry run (``skipped`` with ``dry_run``) when this run's request is
   live: it is reopened (``Ledger.reopen``), renumbered into this run like a new one, and queued;
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from detections.findings import action_indices
 from detections.scan import RuleRun
 from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.rails import CONNECTOR_ACTIONS
@@ -98,7 +99,7 @@ def register_run(ledger: Ledger, run: RuleRun, now: datetime) -> Queued:
             out.requeued.append(rec.request)
         else:
             out.in_flight += 1
-    for index, (req, old) in enumerate(fresh):
+    for index, (req, old) in zip(action_indices([r for r, _ in fresh]), fresh, strict=True):
         numbered = {**req, "run": {**req.get("run", {}), "id": run.run_id, "index": index,
                                    "total": len(fresh), "rows": len(run.rows)}}
         if old is None:
@@ -122,7 +123,7 @@ def register_run(ledger: Ledger, run: RuleRun, now: datetime) -> Queued:
 
 
 def _renumber(ledger: Ledger, requests: list[dict[str, Any]]) -> None:
-    for index, req in enumerate(requests):
+    for index, req in zip(action_indices(requests), requests, strict=True):
         req["run"] = {**req["run"], "index": index, "total": len(requests)}
         rec = ledger.read(req["rule"], req["id"])
         if rec is not None and rec.state == "received":

@@ -159,8 +159,38 @@ def read_bodies(source: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+def number_batch(bodies: list[str], run_id: str) -> list[str]:
+    """Give requests without a ``run`` block (hand-written input) a place in one run per invocation,
+    numbered per rule and action, so the per-run cap applies to them as to a scan's requests (the
+    rails hold a request with no run: remediation/rails.py). Invalid bodies (recorded as written),
+    and requests that carry a run already (``scan --json`` output), are passed on unchanged."""
+    from remediation.request import RequestInvalid, validate_request
+
+    parsed: list[dict[str, Any] | None] = []
+    for body in bodies:
+        try:
+            obj = validate_request(json.loads(body))
+        except (ValueError, RequestInvalid):
+            obj = None
+        parsed.append(obj if obj is not None and "run" not in obj else None)
+    todo = [obj for obj in parsed if obj is not None]
+    counters: dict[tuple[str, str], int] = {}
+    out: list[str] = []
+    for body, obj in zip(bodies, parsed, strict=True):
+        if obj is None:
+            out.append(body)
+            continue
+        key = (str(obj.get("rule")), str(obj.get("action")))
+        index = counters.get(key, 0)
+        counters[key] = index + 1
+        obj["run"] = {"id": run_id, "index": index, "total": len(todo)}
+        out.append(json.dumps(obj, ensure_ascii=False))
+    return out
+
+
 async def _remediate(args: argparse.Namespace, worker: Any, bodies: list[str]) -> int:
-    outcomes = await worker.process_bodies(bodies)
+    run_id = "cli-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(3).hex()
+    outcomes = await worker.process_bodies(number_batch(bodies, run_id))
     print_outcomes(outcomes, as_json=args.json)
     bad = [o for o in outcomes if o.state == "failed" or o.extra.get("transient")]
     return 1 if bad else 0

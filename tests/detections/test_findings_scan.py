@@ -12,9 +12,9 @@ import pytest
 
 from detections.backends.local import LocalBackend
 from detections.catalog import Rule, load_rule
-from detections.findings import json_safe, requests_from_rows
+from detections.findings import json_safe, requests_from_rows, trim_evidence
 from detections.scan import scan
-from remediation.request import request_id, validate_request
+from remediation.request import validate_request
 from responder.config import TenantConfig
 from tests.detections.helpers import write_rule
 
@@ -117,15 +117,21 @@ def test_when_targets_evidence_dedup_and_problems(tmp_path: Path) -> None:
     ]
     assert reqs[0]["mode"] == "approval" and reqs[1]["mode"] == "auto"
     assert reqs[1]["evidence"] == {"Timestamp": "2026-11-20T11:40:00Z", "Subject": "link", "Stage": "link"}
+    # run.index counts per action (the cap's unit); run.total counts the whole run.
     assert [r["run"] for r in reqs] == [
         {"id": "run-1", "index": 0, "total": 2},
-        {"id": "run-1", "index": 1, "total": 2},
+        {"id": "run-1", "index": 0, "total": 2},
     ]
     for r in reqs:
         validate_request(json.loads(json.dumps(r)))
         assert r["severity"] == "Medium" and r["rule_name"] == run.rule.name
         assert r["detected_at"] == "2026-11-20T12:00:00Z"
-        assert r["id"] == request_id("staged", r["action"], r["target"])
+    # Pinned by hand from the documented recipe (remediation/request.py): the first 32 hex digits of
+    # sha256 of the compact JSON [rule, action, {identifying target fields, case-folded}], sorted keys;
+    # internet_message_id is not an identifying field. A change of the dedup key must fail here.
+    #   ["staged","soft_delete",{"network_message_id":"m1","recipient":"a@contoso.com"}]
+    #   ["staged","move_to_junk",{"network_message_id":"m2","recipient":"b@contoso.com"}]
+    assert [r["id"] for r in reqs] == ["2a0f066039cd79582397f069557498a2", "22bca6dd094be5995e67b9624f33b967"]
     assert run.problems == [
         "staged: row 4: move_to_junk: empty recipient (column RecipientEmailAddress); no request made"
     ]
@@ -294,3 +300,57 @@ def test_notify_targets_are_their_identity_and_empty_ones_are_reported(tmp_path:
     assert run.problems == [
         "tell: row 4: notify: empty every target field (RecipientEmailAddress); no request made"
     ]
+
+
+def test_run_index_counts_per_action_so_notify_rows_do_not_use_up_the_cap(tmp_path: Path) -> None:
+    def edit(data: dict) -> None:
+        data["query"] = "EmailEvents | project NetworkMessageId, RecipientEmailAddress, Subject"
+        data["responder"]["remediation"] = [
+            {"action": "notify", "mode": "auto", "target": {"network_message_id": "NetworkMessageId"},
+             "evidence": ["Subject"]},
+            {"action": "move_to_junk", "mode": "auto",
+             "target": {"network_message_id": "NetworkMessageId", "recipient": "RecipientEmailAddress"},
+             "evidence": ["Subject"]},
+        ]
+
+    rule = load_rule(write_rule(tmp_path, "both", edit, with_tests=False))
+    rows = [{"NetworkMessageId": f"m{i}", "RecipientEmailAddress": "a@contoso.com", "Subject": "s"}
+            for i in range(3)]
+    found = requests_from_rows(rule, rows, modes={0: "auto", 1: "auto"}, detected_at=NOW, run_id="r")
+    assert [(r["action"], r["run"]["index"], r["run"]["total"]) for r in found.requests] == [
+        ("notify", 0, 6), ("move_to_junk", 0, 6),
+        ("notify", 1, 6), ("move_to_junk", 1, 6),
+        ("notify", 2, 6), ("move_to_junk", 2, 6),
+    ]
+
+
+def test_huge_evidence_is_trimmed_with_markers_and_the_request_fits_a_queue_message(tmp_path: Path) -> None:
+    def edit(data: dict) -> None:
+        data["query"] = "EmailEvents | project NetworkMessageId, RecipientEmailAddress, Subject, Ids, Body"
+        data["responder"]["remediation"] = [
+            {"action": "move_to_junk", "mode": "auto",
+             "target": {"network_message_id": "NetworkMessageId", "recipient": "RecipientEmailAddress"},
+             "evidence": ["Subject", "Ids", "Body"]},
+        ]
+
+    rule = load_rule(write_rule(tmp_path, "huge", edit, with_tests=False))
+    ids = [f"{i:08d}-aaaa-bbbb-cccc-{i:012d}" for i in range(5000)]   # a make_set column: ~190 KB
+    row = {"NetworkMessageId": "m1", "RecipientEmailAddress": "a@contoso.com", "Subject": "short",
+           "Ids": ids, "Body": "x" * 100_000}
+    [req] = requests_from_rows(rule, [row], modes={0: "auto"}, detected_at=NOW, run_id="r").requests
+    body = json.dumps(req, ensure_ascii=False).encode("utf-8")
+    assert len(body) < 48 * 1024
+    validate_request(json.loads(body))
+    ev = req["evidence"]
+    assert ev["Subject"] == "short"                       # short values are kept as they are
+    assert ev["Ids"][:3] == ids[:3]
+    kept = len(ev["Ids"]) - 1
+    assert ev["Ids"][-1] == f"\u2026(+{5000 - kept} more)"
+    cut = ev["Body"].index("\u2026")
+    assert ev["Body"] == "x" * cut + f"\u2026(+{100_000 - cut} more)"
+
+
+def test_small_evidence_is_not_touched(tmp_path: Path) -> None:
+    row = {"NetworkMessageId": "m1", "RecipientEmailAddress": "a@contoso.com", "Subject": "s" * 3000,
+           "Ids": [str(i) for i in range(300)]}
+    assert trim_evidence(row) == row

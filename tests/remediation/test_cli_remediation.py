@@ -180,3 +180,40 @@ def test_a_missing_config_from_the_app_setting_is_refused(env: Ledger, tmp_path:
     assert main(["remediate", "--queue-file", str(queue)]) == 2
     assert "tennant.yaml" in capsys.readouterr().err
     assert env.list() == []
+
+
+def test_hand_written_requests_without_a_run_are_numbered_per_rule_and_action() -> None:
+    from responder.commands.remediate import number_batch
+
+    def bare(nmid: str, action: str = "move_to_junk") -> str:
+        req = make_request(rule=RULE, action=action, mode="auto",
+                           target={"network_message_id": nmid, "recipient": "support@contoso.com"},
+                           evidence={}, detected_at=T0)
+        return json.dumps(req)
+
+    scanned = json.dumps(junk("s"))           # carries its own run: left as it is
+    bodies = [bare("a"), bare("b", "soft_delete"), "not json", bare("c"), scanned, bare("d", "soft_delete")]
+    out = number_batch(bodies, "cli-1")
+    assert out[2] == "not json" and out[4] == scanned
+    runs = [json.loads(out[i])["run"] for i in (0, 1, 3, 5)]
+    assert runs == [{"id": "cli-1", "index": i, "total": 4} for i in (0, 0, 1, 1)]
+
+
+def test_the_cap_applies_to_hand_written_requests(env: Ledger, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "capped.yaml"
+    config.write_text("params:\n  protected_recipients: [support@contoso.com]\n"
+                      f"rules:\n  {RULE}:\n    max_targets: 1\n", encoding="utf-8")
+    bare = []
+    for nmid in ("a", "b", "c"):
+        req = junk(nmid)
+        del req["run"]
+        bare.append(json.dumps(req))
+    queue = tmp_path / "queue.jsonl"
+    queue.write_text("\n".join(bare) + "\n")
+    monkeypatch.setenv("RESPONDER_DRY_RUN", "true")    # shows what each rail would do, touches nothing
+    assert main(["remediate", "--queue-file", str(queue), "--config", str(config), "--json"]) == 0
+    details = [o["detail"] for o in json.loads(capsys.readouterr().out)]
+    assert details[0].endswith("would execute")
+    assert all("past the cap of 1" in d for d in details[1:]), details

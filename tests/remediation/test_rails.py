@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from detections.catalog import Rule
 from remediation.rails import decide, effective_mode
 from remediation.request import make_request
@@ -80,7 +82,7 @@ def test_request_mode_dry_run_and_approval() -> None:
     assert (d.kind, d.hold_reason, d.notify) == ("hold", "approval", True)
 
 
-def test_the_rule_file_and_tenant_can_only_make_the_mode_stricter() -> None:
+def test_the_rule_file_and_tenant_make_the_mode_stricter_and_the_request_is_never_loosened() -> None:
     strict_rule = make_rule(actions=(("move_to_junk", "approval"),))
     assert kind(email(), catalog={RULE.slug: strict_rule}) == "hold"
     tenant = TenantConfig.from_mapping({"params": {"protected_recipients": PROTECTED},
@@ -89,6 +91,32 @@ def test_the_rule_file_and_tenant_can_only_make_the_mode_stricter() -> None:
     loose = TenantConfig.from_mapping({"params": {"protected_recipients": PROTECTED},
                                        "rules": {RULE.slug: {"mode": "auto"}}}, source="t")
     assert kind(email(mode="approval"), tenant=loose) == "hold"
+
+
+def tenant_mode(slug: str, mode: str) -> TenantConfig:
+    return TenantConfig.from_mapping({"params": {"protected_recipients": PROTECTED},
+                                      "rules": {slug: {"mode": mode}}}, source="t")
+
+
+def test_the_tenant_config_may_loosen_a_rules_mode() -> None:
+    # The operator's reviewed tenant config replaces the rule file's mode: a rule shipped as approval
+    # runs automatically in a tenant that says so (the scan then makes its requests auto).
+    approval_rule = make_rule(actions=(("move_to_junk", "approval"),))
+    catalog = {RULE.slug: approval_rule}
+    assert kind(email(), catalog=catalog) == "hold"
+    loose = tenant_mode(RULE.slug, "auto")
+    assert kind(email(), tenant=loose, catalog=catalog) == "execute"
+    assert effective_mode(email(), approval_rule, settings(), loose) == "auto"
+
+
+def test_the_tenant_config_cannot_loosen_connector_actions_without_the_opt_in() -> None:
+    approval_rule = make_rule("connectors", (("disable_connector", "approval"),), recipients_param=None)
+    catalog = {"connectors": approval_rule}
+    loose = tenant_mode("connectors", "auto")
+    d = decide(connector(), settings=settings(), tenant=loose, catalog=catalog)
+    assert (d.kind, d.hold_reason) == ("hold", "approval") and "RESPONDER_CONNECTOR_AUTO" in d.reason
+    assert kind(connector(), tenant=loose, catalog=catalog,
+                st=settings(RESPONDER_CONNECTOR_AUTO="true")) == "execute"
 
 
 def test_connector_actions_wait_for_approval_unless_opted_in() -> None:
@@ -195,3 +223,61 @@ def test_an_undo_is_not_stopped_by_the_allowlists_but_stays_in_scope() -> None:
     outside = decide(email("ceo@contoso.com"), settings=settings(), tenant=tenant, catalog=CATALOG,
                      approved=True, restore=True)
     assert outside.kind == "skip"
+
+
+def test_notify_is_not_capped_and_does_not_use_up_the_cap() -> None:
+    rule = make_rule(actions=(("notify", "auto"), ("move_to_junk", "auto")), max_targets=2)
+    notes = [make_request(rule=RULE.slug, action="notify", mode="auto", target={"sender": f"s{i}@gmail.com"},
+                          evidence={}, detected_at=T0, run={"id": "run-1", "index": i, "total": 9})
+             for i in range(5)]
+    assert [kind(n, catalog={RULE.slug: rule}) for n in notes] == ["execute"] * 5
+    # The move_to_junk requests of the same run are numbered among themselves (detections/findings.py).
+    junk = [kind(email(index=i), catalog={RULE.slug: rule}) for i in range(3)]
+    assert junk == ["execute", "execute", "hold"]
+
+
+def test_a_request_without_a_run_block_is_held_not_uncapped() -> None:
+    req = email()
+    del req["run"]
+    d = decide(req, settings=settings(), tenant=TENANT, catalog=CATALOG)
+    assert (d.kind, d.hold_reason) == ("hold", "cap") and "no run block" in d.reason
+    assert kind(req, approved=True) == "execute"
+
+
+# --- senders that cannot be checked ---------------------------------------------------------------------
+
+def bare_email(**target: str) -> dict[str, Any]:
+    """An email request whose evidence names no sender (a rule that left the column out)."""
+    return make_request(rule=RULE.slug, action="move_to_junk", mode="auto",
+                        target={"network_message_id": "nm-0", "recipient": "support@contoso.com", **target},
+                        evidence={"Subject": "hello"}, detected_at=T0,
+                        run={"id": "run-1", "index": 0, "total": 1})
+
+
+def test_the_sender_allowlist_also_reads_target_fields() -> None:
+    tenant = with_allow(senders=["partner@gmail.com"])
+    d = decide(bare_email(sender="Partner@gmail.com"), settings=settings(), tenant=tenant, catalog=CATALOG)
+    assert d.kind == "skip" and "partner@gmail.com is allowlisted" in d.reason
+    domains = with_allow(sender_domains=["partner.example"])
+    assert kind(bare_email(sender="x@mail.partner.example"), tenant=domains) == "skip"
+    assert kind(bare_email(sender="bad@gmail.com"), tenant=tenant) == "execute"
+
+
+@pytest.mark.parametrize("allow", [{"senders": ["partner@gmail.com"]},
+                                   {"sender_domains": ["partner.example"]}])
+def test_no_sender_at_all_with_an_allowlist_configured_is_held(allow: dict[str, list[str]]) -> None:
+    tenant = with_allow(**allow)
+    d = decide(bare_email(), settings=settings(), tenant=tenant, catalog=CATALOG)
+    assert (d.kind, d.hold_reason, d.notify) == ("hold", "unverifiable", True)
+    # Without any sender allowlist there is nothing to check, and a person's approval decides.
+    assert kind(bare_email()) == "execute"
+    assert kind(bare_email(), tenant=tenant, approved=True) == "execute"
+
+
+def test_a_sender_domain_column_is_enough_for_a_domain_allowlist() -> None:
+    req = make_request(rule=RULE.slug, action="move_to_junk", mode="auto",
+                       target={"network_message_id": "nm-0", "recipient": "support@contoso.com"},
+                       evidence={"SenderMailFromDomain": "gmail.com"}, detected_at=T0,
+                       run={"id": "run-1", "index": 0, "total": 1})
+    assert kind(req, tenant=with_allow(sender_domains=["partner.example"])) == "execute"
+    assert kind(req, tenant=with_allow(senders=["partner@gmail.com"])) == "hold"
