@@ -31,7 +31,7 @@ Public API::
 
         # faults and limits
         fake.inject(method, path_regex, status, *, times=1, retry_after=None, code=None, message=None,
-                    latency=0.0, applied=False) -> Fault
+                    latency=0.0, applied=False, body_contains=None) -> Fault
         fake.add_latency(seconds, method="*", path_regex=".*", times=None) -> Fault
         fake.outlook_limits(concurrent=4, per_window=10_000, window=600.0, retry_after=1.0)
         fake.peak_concurrency(user) -> int     (most mailbox requests in flight at once, per mailbox)
@@ -41,7 +41,9 @@ Public API::
 in Graph's JSON error shape (``{"error": {"code", "message", "innerError"}}``) before the request is
 processed, unless ``applied=True``: then the request is carried out first and the error is answered
 anyway (a 503 or timeout after the service did the work: what makes retries of POSTs interesting).
-``times=None`` means forever. Faults are tried in the order they were added.
+``times=None`` means forever. ``body_contains``: the fault only answers requests whose raw body holds
+that text (e.g. one networkMessageId: "the service refuses the call that carries this email"). Faults
+are tried in the order they were added.
 
 Endpoints (Graph paths relative to ``/v1.0``):
 
@@ -140,10 +142,13 @@ class Fault:
     message: str | None = None
     latency: float = 0.0
     applied: bool = False
+    body_contains: str | None = None   # only requests whose raw body holds this text
     hits: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         if self.times is not None and self.hits >= self.times:
+            return False
+        if self.body_contains is not None and self.body_contains.encode("utf-8") not in body:
             return False
         return self.method in ("*", method) and self.pattern.search(path) is not None
 
@@ -435,13 +440,13 @@ class FakeGraph:
 
     def inject(self, method: str, path_regex: str, status: int, *, times: int | None = 1,
                retry_after: float | None = None, code: str | None = None, message: str | None = None,
-               latency: float = 0.0, applied: bool = False) -> Fault:
+               latency: float = 0.0, applied: bool = False, body_contains: str | None = None) -> Fault:
         if not 400 <= status <= 599:
             raise ValueError(f"inject: status must be an HTTP error (400-599), not {status}")
         if times is not None and times < 1:
             raise ValueError("inject: times must be at least 1 (or None for forever)")
         fault = Fault(method.upper(), re.compile(path_regex), status, times, retry_after, code, message,
-                      latency, applied)
+                      latency, applied, body_contains)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -495,7 +500,7 @@ class FakeGraph:
                 if limited is not None:
                     call.status = limited.status
                     return limited
-            fault, latency = self._pick_fault(method, path)
+            fault, latency = self._pick_fault(method, path, body)
             if latency:
                 time.sleep(latency)
             if fault is not None and not fault.applied:
@@ -513,15 +518,15 @@ class FakeGraph:
                 with self._lock:
                     self._inflight[mailbox] -= 1
 
-    def _pick_fault(self, method: str, path: str) -> tuple[Fault | None, float]:
+    def _pick_fault(self, method: str, path: str, body: bytes = b"") -> tuple[Fault | None, float]:
         latency = 0.0
         with self._lock:
             for f in self._faults:
-                if f.status is None and f.matches(method, path):
+                if f.status is None and f.matches(method, path, body):
                     f.hits += 1
                     latency += f.latency
             for f in self._faults:
-                if f.status is not None and f.matches(method, path):
+                if f.status is not None and f.matches(method, path, body):
                     f.hits += 1
                     return f, latency + f.latency
         return None, latency

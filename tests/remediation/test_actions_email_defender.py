@@ -101,9 +101,11 @@ def test_bad_target_fails_alone_without_a_call() -> None:
 def test_fault_mapping(status: int, transient: bool, retry_after: float | None) -> None:
     reqs = [email_request("nm-1"), email_request("nm-2", index=1)]
     with FakeGraph() as fake:
-        fake.inject("POST", r"remediate$", status, retry_after=retry_after, message=f"boom {status}")
+        fake.inject("POST", r"remediate$", status, times=None, retry_after=retry_after,
+                    message=f"boom {status}")
         results = asyncio.run(execute(fake, "move_to_junk", reqs))
-        assert len(fake.calls) == 1
+        # A 400 for two emails is bisected (each email alone, refused too); nothing else is.
+        assert len(fake.calls) == (3 if status == 400 else 1)
     assert fake.remediations == []
     for r in results:
         assert (r.state, r.transient, r.retry_after) == ("failed", transient, retry_after)
@@ -133,3 +135,30 @@ def test_sdk_gives_up_after_max_retries_and_the_result_is_transient() -> None:
         assert [c.status for c in fake.calls] == [429, 429]
     assert (results[0].state, results[0].transient, results[0].retry_after) == ("failed", True, 1.0)
     assert fake.remediations == []
+
+
+def test_a_400_is_bisected_so_only_the_refused_email_fails() -> None:
+    nmids = ["nm-1", "nm-2", "nm-bad", "nm-4", "nm-5"]
+    reqs = [email_request(n, index=i) for i, n in enumerate(nmids)]
+    with FakeGraph() as fake:
+        # The service refuses every call that carries nm-bad, and only those.
+        fake.inject("POST", r"remediate$", 400, times=None, body_contains='"nm-bad"',
+                    code="BadRequest", message="Invalid analyzed email")
+        results = asyncio.run(execute(fake, "move_to_junk", reqs))
+        submitted = sorted(e["networkMessageId"] for r in fake.remediations for e in r.emails)
+        statuses = [c.status for c in fake.calls]
+    assert [(r.state, r.transient) for r in results] == [("submitted", False)] * 2 + [("failed", False)] + \
+        [("submitted", False)] * 2
+    assert "Invalid analyzed email" in (results[2].error or "")
+    assert submitted == ["nm-1", "nm-2", "nm-4", "nm-5"]
+    # [5] -> [2 ok] [3] -> [1 bad] [2 ok]: a few calls, not one per email.
+    assert statuses == [400, 202, 400, 400, 202]
+
+
+def test_a_403_is_not_bisected() -> None:
+    reqs = [email_request(n, index=i) for i, n in enumerate(["nm-1", "nm-2", "nm-3"])]
+    with FakeGraph() as fake:
+        fake.inject("POST", r"remediate$", 403, times=None, message="no licence")
+        results = asyncio.run(execute(fake, "move_to_junk", reqs))
+        assert len(fake.calls) == 1
+    assert all(r.state == "failed" for r in results)
