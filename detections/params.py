@@ -42,9 +42,12 @@ _ISO_SPAN = re.compile(r"^P(?:(\d{1,9})D)?"
 
 
 def parse_timespan(value: Any) -> timedelta:
-    """A positive timespan, KQL style (``30m``, ``1h``, ``7d``, ``10s``, ``500ms``) or ISO 8601 (``PT2H``).
+    """A positive timespan, KQL style (``30m``, ``1h``, ``7d``, ``10s``) or ISO 8601 (``PT2H``).
 
-    Millisecond precision at most, so that every accepted value has an exact KQL literal.
+    Whole seconds only: a rule's ``window`` is sent to the backends as the query timespan, and Graph's
+    ``Timespan`` (detections/backends/defender.py ``iso_duration``) takes whole seconds; refusing
+    ``1500ms`` here turns it into a clear parameter error (CLI exit 2) instead of a failed run. Every
+    accepted value also has an exact KQL literal.
     """
     if isinstance(value, timedelta):
         span = value
@@ -64,8 +67,8 @@ def parse_timespan(value: Any) -> timedelta:
         raise ValueError(f"expected a timespan like 30m, 1h, 7d, 10s or PT2H, got {value!r}")
     if span <= timedelta(0):
         raise ValueError(f"a timespan must be positive, got {value!r}")
-    if span.microseconds % 1000:
-        raise ValueError(f"a timespan has at most millisecond precision, got {value!r}")
+    if span.microseconds:
+        raise ValueError(f"a timespan must be a whole number of seconds, got {value!r}")
     return span
 
 

@@ -17,7 +17,7 @@ import responder.commands.demo
 import responder.commands.remediate
 import responder.commands.rules
 import responder.commands.scan
-from responder.commands import BAD_INPUT_ERRORS, OneLineParser
+from responder.commands import BAD_INPUT_ERRORS, CredentialFailure, OneLineParser
 
 
 def _command_modules() -> list[ModuleType]:
@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BAD_INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CredentialFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from detections.backends.base import TableError
 from detections.catalog import RuleError
@@ -29,3 +30,42 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {self.prog}: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+class CredentialFailure(Exception):
+    """No token could be had for a real service. The CLI prints it as one line and exits 1: azure-identity's
+    own message lists every credential it tried over many lines, which buries the reason."""
+
+
+def running_in_azure() -> bool:
+    """App Service / Functions (and Container Apps) set IDENTITY_ENDPOINT for the managed identity."""
+    return bool(os.environ.get("IDENTITY_ENDPOINT"))
+
+
+def cli_credential(client_id: str | None, *, aio: bool = True) -> Any:
+    """The credential the CLI uses for real services.
+
+    In Azure with AZURE_CLIENT_ID set: that user-assigned managed identity and nothing else. Elsewhere:
+    DefaultAzureCredential *without* EnvironmentCredential, so a client secret lying in the environment
+    (AZURE_CLIENT_SECRET) is never used: this app authenticates as a managed identity or as the person
+    at the keyboard (az login), never with a shared secret.
+    """
+    if aio:
+        from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+    else:
+        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential  # type: ignore[assignment]
+    if client_id and running_in_azure():
+        return ManagedIdentityCredential(client_id=client_id)
+    return DefaultAzureCredential(exclude_environment_credential=True,
+                                  managed_identity_client_id=client_id or None)
+
+
+async def check_token(credential: Any, scope: str) -> None:
+    """Get one token now, so a sign-in problem is one clear line before any work starts (the credential
+    caches it for the calls that follow)."""
+    try:
+        await credential.get_token(scope)
+    except Exception as exc:   # ClientAuthenticationError, CredentialUnavailableError, transport errors
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CredentialFailure(f"cannot get a token for {scope}: {first} (sign in with `az login`, or "
+                                "run where the managed identity is available)") from None

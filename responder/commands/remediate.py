@@ -26,7 +26,7 @@ from typing import Any
 from detections.catalog import load_catalog
 from remediation.ledger import Ledger, Record
 from remediation.outcome import STATES, Outcome
-from responder.commands import UsageError
+from responder.commands import UsageError, cli_credential
 from responder.config import Settings, load_tenant_config
 
 STORAGE_ENV = "RESPONDER_STORAGE_CONNECTION"
@@ -85,9 +85,8 @@ def open_ledger(args: argparse.Namespace, settings: Settings) -> Ledger:
     if not account:
         raise UsageError(f"no storage: pass --storage, or set {STORAGE_ENV} (a connection string) or "
                          "AzureWebJobsStorage__accountName (identity-based)")
-    from azure.identity import DefaultAzureCredential
-
-    credential = DefaultAzureCredential(managed_identity_client_id=settings.client_id or None)
+    # No client secret from the environment, ever (responder.commands.cli_credential).
+    credential = cli_credential(settings.client_id, aio=False)
     return Ledger.from_account_url(f"https://{account}.table.core.windows.net", table, credential)
 
 
@@ -102,9 +101,7 @@ async def open_worker(args: argparse.Namespace, settings: Settings, ledger: Ledg
                                 settings.params_json)
     credential = None
     if not is_loopback(settings.graph_base_url):
-        from azure.identity.aio import DefaultAzureCredential
-
-        credential = DefaultAzureCredential(managed_identity_client_id=settings.client_id or None)
+        credential = cli_credential(settings.client_id)
     exchange = None
     try:
         graph = make_graph_client(base_url=settings.graph_base_url, credential=credential)

@@ -9,12 +9,15 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from detections.catalog import Catalog, Rule, load_catalog
 from detections.params import check_param_names
 from detections.scan import RuleRun, resolve_all, scan
-from responder.commands import UsageError
+from responder.commands import UsageError, check_token, cli_credential
 from responder.config import Settings, TenantConfig, load_tenant_config
+
+LOGS_SCOPE = "https://api.loganalytics.io/.default"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,6 +74,10 @@ def load_tenant(args: argparse.Namespace, settings: Settings) -> TenantConfig:
 
 def select_rules(catalog: Catalog, slugs: list[str], tenant: TenantConfig) -> list[Rule]:
     """Named rules always run; without names, rules the tenant config disables are left out."""
+    known = [r.slug for r in catalog.select([])]
+    for slug in slugs:
+        if slug not in known:
+            raise UsageError(f"unknown rule {slug!r} (known: {', '.join(sorted(known)) or 'none'})")
     rules = catalog.select(slugs)
     if slugs:
         return rules
@@ -99,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         for problem in r.problems:
             print(f"warning: {problem}", file=sys.stderr)
         if r.error:
-            print(f"error: {r.error}", file=sys.stderr)
+            # One line per failed rule: some SDK errors (azure-identity's above all) span many lines.
+            print(f"error: {' '.join(r.error.split())}", file=sys.stderr)
             failed = True
         elif r.partial:
             print(f"error: {r.rule.slug}: partial results ({r.partial_reason or 'no reason given'}); "
@@ -116,11 +124,22 @@ async def _scan(args: argparse.Namespace, settings: Settings, rules: list[Rule],
         backend = make_backend(tables_dir=args.tables, now=now)
         return await scan(rules, backend, tenant=tenant, overrides=overrides, now=now,
                           dry_run=settings.dry_run)
-    # The real services: credentials and SDK clients are built inside the running event loop.
-    from azure.identity.aio import DefaultAzureCredential
+    from responder.graph import is_loopback  # imports msgraph: only when a service is queried
 
-    credential = DefaultAzureCredential(managed_identity_client_id=settings.client_id or None)
+    if settings.backend == "defender" and is_loopback(settings.graph_base_url):
+        # The fake Graph (or another local stand-in): no token is sent, so no credential is built.
+        backend = make_backend(settings, credential=None)
+        try:
+            return await scan(rules, backend, tenant=tenant, overrides=overrides, now=now,
+                              dry_run=settings.dry_run)
+        finally:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                await close()
+    # The real services: credentials and SDK clients are built inside the running event loop.
+    credential = cli_credential(settings.client_id)
     try:
+        await check_token(credential, token_scope(settings))
         backend = make_backend(settings, credential=credential)
         try:
             return await scan(rules, backend, tenant=tenant, overrides=overrides, now=now,
@@ -131,6 +150,13 @@ async def _scan(args: argparse.Namespace, settings: Settings, rules: list[Rule],
                 await close()
     finally:
         await credential.close()
+
+
+def token_scope(settings: Settings) -> str:
+    """The scope the configured backend asks tokens for."""
+    if settings.backend == "sentinel":
+        return LOGS_SCOPE
+    return f"https://{urlsplit(settings.graph_base_url).hostname or 'graph.microsoft.com'}/.default"
 
 
 def print_table(runs: list[RuleRun]) -> None:

@@ -105,7 +105,12 @@ def test_tenant_config_file_supplies_parameters(tables: Path, tmp_path: Path, ca
         (["--param", "threshold=many"], "parameter threshold: expected a whole number"),
         (["--param", "window=soon"], "parameter window: expected a timespan"),
         (["--param", "threshold"], "--param 'threshold': expected NAME=VALUE"),
-        (["--rule", "no-such-rule"], "no-such-rule.yaml: slug: no such rule"),
+        (["--rule", "no-such-rule"],
+         "unknown rule 'no-such-rule' (known: admin-logon-failures-then-success, "),
+        (["--rule", "nope"], "unknown rule 'nope' (known: "),
+        # The backends send whole seconds (Graph's Timespan): refused before anything runs.
+        (["--param", "window=1500ms"], "parameter window: a timespan must be a whole number of seconds"),
+        (["--param", "window=PT0.5S"], "parameter window: a timespan must be a whole number of seconds"),
         (["--config", "/nonexistent/tenant.yaml"], "no such file"),
     ],
 )
@@ -268,3 +273,85 @@ def test_disabled_rules_run_only_when_named(tables: Path, tmp_path: Path, capsys
     assert {r["rule"] for r in json.loads(capsys.readouterr().out)} == {"kept"}
     assert main([*base, "--rule", "dropped"]) == 0
     assert {r["rule"] for r in json.loads(capsys.readouterr().out)} == {"dropped"}
+
+
+def test_scan_against_a_loopback_fake_graph_needs_no_credential(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys) -> None:
+    from responder.testing.fakegraph import FakeGraph
+
+    # Nothing to sign in with: a credential would fail to get a token, so none may be built.
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "IDENTITY_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    row = {"Timestamp": "2026-11-20T11:50:00Z", "NetworkMessageId": "m1",
+           "SenderMailFromAddress": "eve@gmail.com",
+           "SenderFromAddress": "eve@gmail.com", "RecipientEmailAddress": "support@contoso.com",
+           "Subject": "10:30", "TotalEmailCount": 3, "LatestDeliveryLocation": "Inbox/folder",
+           "LatestDeliveryAction": "Delivered", "InternetMessageId": "<1@x>", "ReportId": "r1"}
+    schema = [{"name": k, "type": "String"} for k in row]
+
+    with FakeGraph(hunting=lambda query, timespan: (schema, [row])) as fake:
+        monkeypatch.setenv("RESPONDER_GRAPH_BASE_URL", fake.base_url)
+        code = main(["scan", "--rule", MODEL, "--param", PROTECTED, "--json"])
+        hunting_calls = len(fake.calls_to("POST", "runHuntingQuery$"))
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert hunting_calls == 1
+    [req] = json.loads(out.out)
+    assert req["target"]["network_message_id"] == "m1"
+
+
+class FailingCredential:
+    """What DefaultAzureCredential does when nothing can sign in: a many-line error."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def get_token(self, *scopes: str, **_: object) -> object:
+        from azure.core.exceptions import ClientAuthenticationError
+
+        raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token from the included "
+                                        "credentials.\nAttempted credentials:\n\tManagedIdentityCredential: "
+                                        "no endpoint\n\tAzureCliCredential: Please run 'az login'")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_a_token_failure_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    cred = FailingCredential()
+    monkeypatch.setattr("responder.commands.scan.cli_credential", lambda client_id: cred)
+    monkeypatch.setenv("RESPONDER_GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0")
+    assert main(["scan", "--rule", MODEL, "--param", PROTECTED, "--json"]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.count("\n") == 1 and out.err.startswith("error: cannot get a token for "
+                                                            "https://graph.microsoft.com/.default: ")
+    assert "DefaultAzureCredential failed to retrieve a token" in out.err
+    assert cred.closed
+
+
+def test_the_cli_credential_never_uses_a_client_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from azure.identity import EnvironmentCredential
+    from azure.identity.aio import EnvironmentCredential as AioEnvironmentCredential
+    from azure.identity.aio import ManagedIdentityCredential
+
+    from responder.commands import cli_credential
+
+    monkeypatch.setenv("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000001")
+    monkeypatch.setenv("AZURE_CLIENT_ID", "11111111-1111-1111-1111-111111111111")
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "not-a-real-secret")
+    monkeypatch.delenv("IDENTITY_ENDPOINT", raising=False)
+    cred = cli_credential("11111111-1111-1111-1111-111111111111")
+    assert cred.credentials and not any(isinstance(c, AioEnvironmentCredential) for c in cred.credentials)
+    asyncio.run(cred.close())
+    sync = cli_credential("11111111-1111-1111-1111-111111111111", aio=False)
+    assert sync.credentials and not any(isinstance(c, EnvironmentCredential) for c in sync.credentials)
+    sync.close()
+    # In Azure (the host sets IDENTITY_ENDPOINT) with a client id: the managed identity alone.
+    monkeypatch.setenv("IDENTITY_ENDPOINT", "http://127.0.0.1:41741/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", "x")
+    mi = cli_credential("11111111-1111-1111-1111-111111111111")
+    assert isinstance(mi, ManagedIdentityCredential)
+    asyncio.run(mi.close())

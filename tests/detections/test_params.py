@@ -41,10 +41,10 @@ def rule():
         ("1h", timedelta(hours=1)),
         ("7d", timedelta(days=7)),
         ("10s", timedelta(seconds=10)),
-        ("250ms", timedelta(milliseconds=250)),
+        ("2000ms", timedelta(seconds=2)),
         ("PT2H", timedelta(hours=2)),
         ("P1DT30M", timedelta(days=1, minutes=30)),
-        ("PT1.5S", timedelta(seconds=1.5)),
+        ("PT1.000S", timedelta(seconds=1)),
         ("pt15m", timedelta(minutes=15)),
     ],
 )
@@ -52,8 +52,10 @@ def test_timespans_in_kql_and_iso_style(text: str, expected: timedelta) -> None:
     assert parse_timespan(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "1", "h", "1w", "-1h", "0m", "PT", "P", "1.5h", "PT1H30", "1h;", "P1Y"])
+@pytest.mark.parametrize("text", ["", "1", "h", "1w", "-1h", "0m", "PT", "P", "1.5h", "PT1H30", "1h;", "P1Y",
+                                  "1500ms", "250ms", "PT1.5S", "PT0.001S"])
 def test_bad_timespans_are_refused(text: str) -> None:
+    # Sub-second spans too: the backends send whole seconds (Graph's Timespan), so they are refused here.
     with pytest.raises(ValueError, match="timespan"):
         parse_timespan(text)
 
@@ -72,6 +74,8 @@ def test_bad_timespans_are_refused(text: str) -> None:
 def test_timespan_literals(span: timedelta, literal: str, iso: str) -> None:
     assert kql_timespan(span) == literal
     assert iso_timespan(span) == iso
+    if span % timedelta(seconds=1):
+        return   # rendered exactly, but never accepted as a parameter (whole seconds only)
     assert parse_timespan(literal) == span
     assert parse_timespan(iso) == span
 
