@@ -153,5 +153,5 @@ def test_verify_schedule_default_override_off_and_bad(tenant_file: Path) -> None
 def test_a_tenant_config_setting_naming_a_missing_file_stops_start_up(tmp_path: Path) -> None:
     # Running without the file would silently drop the allowlists and break-glass accounts.
     missing = tmp_path / "tennant.yaml"
-    with pytest.raises(ConfigError, match="tennant.yaml does not exist"):
+    with pytest.raises(ConfigError, match=r"tennant\.yaml does not exist"):
         bootstrap.load(env_with(missing))
