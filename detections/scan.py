@@ -102,6 +102,8 @@ async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantCo
         run.columns = result.columns
         run.partial = result.partial
         run.partial_reason = result.partial_reason
+        # e.g. a local table without a file: "ok, 0 rows" would otherwise look like "nothing found".
+        run.problems.extend(f"{rule.slug}: {note}" for note in result.notes)
         run.triggered = triggered(rule, len(result.rows))
         if not run.triggered:
             continue  # as in Sentinel: below the trigger, the rows are kept but nothing is raised
@@ -111,5 +113,5 @@ async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantCo
         found = requests_from_rows(rule, result.rows, modes=modes, detected_at=now.astimezone(UTC),
                                    run_id=run_id)
         run.requests = found.requests
-        run.problems = found.problems
+        run.problems += found.problems
     return runs

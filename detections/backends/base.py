@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
@@ -13,6 +13,9 @@ class QueryResult:
     rows: list[dict[str, Any]]
     partial: bool = False
     partial_reason: str | None = None
+    # What the caller should know about a complete result, e.g. the local engine read a table that had
+    # no file (so "0 rows" means "no data", not "nothing found"). Shown to people, never fatal.
+    notes: list[str] = field(default_factory=list)
 
 
 class TableError(ValueError):

@@ -152,6 +152,10 @@ class LocalBackend:
         self.now = now.astimezone(UTC)
         self.schemas = {t: with_time_generated(c) for t, c in
                         (dict(schemas) if schemas is not None else load_schemas()).items()}
+        # Tables given as files when loaded from a folder (None: tables come from rows, e.g. rule test
+        # cases, where an absent table is deliberately empty).
+        self.tables_dir: Path | None = None
+        self.files: set[str] | None = None
         self.con = duckdb_kql.connect()
         for table, cols in self.schemas.items():
             col_sql = ", ".join(f'"{c}" {_SQL_TYPES[t]}' for c, t in cols)
@@ -182,6 +186,7 @@ class LocalBackend:
         if not folder.is_dir():
             raise TableError(f"{folder}: tables folder does not exist")
         seen: dict[str, Path] = {}
+        self.tables_dir, self.files = folder, set()
         for path in sorted(folder.iterdir()):
             if path.name.startswith(".") or path.suffix.lower() not in (".jsonl", ".csv", ".json", ".ndjson"):
                 continue  # notes such as a README are not tables
@@ -195,6 +200,7 @@ class LocalBackend:
             seen[path.stem] = path
             rows = self._read_jsonl(path) if path.suffix.lower() == ".jsonl" else self._read_csv(path)
             self._insert(path.stem, rows)
+            self.files.add(path.stem)
 
     def _read_jsonl(self, path: Path) -> list[tuple[Any, ...]]:
         rows = []
@@ -268,7 +274,35 @@ class LocalBackend:
         except Exception as exc:
             raise BackendError(explain_engine_error(exc)) from exc
         rows = [{n: _json_value(v, t) for n, t, v in zip(names, types, r, strict=True)} for r in raw]
-        return QueryResult(columns=list(zip(names, types, strict=True)), rows=rows)
+        return QueryResult(columns=list(zip(names, types, strict=True)), rows=rows,
+                           notes=self._missing_notes(query))
+
+    def missing_tables(self, query: str) -> list[str]:
+        """Tables the query reads that had no file in the folder (they ran as empty tables)."""
+        if self.files is None:
+            return []
+        return sorted(t for t in referenced_tables(query, self.schemas) if t not in self.files)
+
+    def _missing_notes(self, query: str) -> list[str]:
+        missing = self.missing_tables(query)
+        if not missing:
+            return []
+        noun = "table" if len(missing) == 1 else "tables"
+        files = " / ".join(f"{t}.jsonl" for t in missing)
+        return [f"no file for {noun} {', '.join(missing)} in {self.tables_dir} (expected {files} or .csv): "
+                "read as empty, so this rule's result says nothing about that data"]
+
+
+_STRING_OR_COMMENT = re.compile(r"""//[^\n]*|@?"(?:[^"\\\n]|\\.)*"|@?'(?:[^'\\\n]|\\.)*'""")
+
+
+def referenced_tables(query: str, tables: Iterable[str]) -> set[str]:
+    """Known table names that appear in the query as names (string literals and comments removed).
+
+    A textual check, not a parse: good enough to tell a person that a table had no file, and it can only
+    err towards naming a table a query mentions as a bare identifier without reading it."""
+    code = _STRING_OR_COMMENT.sub(" ", query)
+    return {t for t in tables if re.search(rf"(?<![\w.]){re.escape(t)}(?!\w)", code)}
 
 
 def explain_engine_error(exc: BaseException) -> str:
