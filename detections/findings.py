@@ -105,7 +105,7 @@ def trim_evidence(evidence: Mapping[str, Any], budget: int = EVIDENCE_BUDGET) ->
 def effective_mode(rule: Rule, action: ActionSpec, *, tenant_mode: str | None, dry_run: bool) -> str:
     """Rule action's mode < tenant config ``rules.<slug>.mode`` < global dry run. The tenant config
     replaces the rule's mode, so it may loosen it (the operator's reviewed choice); connector actions
-    still wait for approval without RESPONDER_CONNECTOR_AUTO, which the worker's rails enforce."""
+    still wait for a person unless RESPONDER_CONNECTOR_ACTIONS is auto, which the worker's rails enforce."""
     if dry_run:
         return "dry_run"
     return tenant_mode or action.mode

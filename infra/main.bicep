@@ -60,7 +60,7 @@ param enableDisableUser bool = false
 @description('confirm_compromised: grants IdentityRiskyUser.ReadWrite.All (needs Entra ID P2).')
 param enableConfirmCompromised bool = false
 
-@description('Exchange connector actions. manual: nothing granted, on-call runs the command the card shows. approval: Exchange.ManageAsApp granted, an approval in the app runs it. auto: as approval, and connector rules in auto mode run without waiting (RESPONDER_CONNECTOR_AUTO).')
+@description('Exchange connector actions. manual: nothing granted, on-call runs the command the card shows. approval: Exchange.ManageAsApp granted, an approval in the app runs it. auto: as approval, and connector rules in auto mode run without waiting. The app gets the same value as RESPONDER_CONNECTOR_ACTIONS.')
 @allowed([
   'manual'
   'approval'
@@ -250,7 +250,7 @@ module functionApp 'app/function.bicep' = {
     requestsQueueName: requestsQueueName
     ledgerTableName: ledgerTableName
     emailStrategy: emailStrategy
-    connectorAuto: connectorActions == 'auto'
+    connectorActions: connectorActions
     dryRun: dryRun
     scanRatePerHour: scanRatePerHour
     verifySchedule: verifySchedule

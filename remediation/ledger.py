@@ -138,7 +138,10 @@ _OPTIONAL = frozenset({"run_id", "hold_reason", "error", "link", "claim_token", 
 # dry_run: the row's ``skipped`` is a dry run (re-actionable once the decision is no longer dry run);
 # dry_run_at/_detail/_run_id: the dry run's history, kept after the request is reopened and acted on.
 _EXTRA = ("approved_by", "rejected_by", "undone_by", "undo_of", "network_message_id", "dequeue_count",
-          "executed_by", "dry_run", "dry_run_at", "dry_run_detail", "dry_run_run_id", "reopened_at")
+          "executed_by", "dry_run", "dry_run_at", "dry_run_detail", "dry_run_run_id", "reopened_at",
+          # claimed_by: a name the caller gave but nobody verified (HTTP body behind a shared function key);
+          # run_by_hand: a person ran the command themselves (connector actions in manual mode).
+          "claimed_by", "run_by_hand")
 
 
 def _to_entity(rec: Record) -> dict[str, Any]:

@@ -12,8 +12,9 @@ Order matters and is deliberate:
    action mode applies unless the tenant config sets ``rules.<slug>.mode``, which *replaces* it and so
    may loosen it (``approval`` -> ``auto``): the tenant config is the operator's explicit, reviewed
    choice for their tenant. The one exception: connector actions stay in approval unless
-   RESPONDER_CONNECTOR_AUTO is true, whatever the rule or tenant config says (the Exchange admin
-   endpoint is undocumented, see remediation/exchange.py);
+   RESPONDER_CONNECTOR_ACTIONS is ``auto``, whatever the rule or tenant config says (the Exchange admin
+   endpoint is undocumented, see remediation/exchange.py); under ``manual`` the hold is for a person to
+   run the command by hand (Worker.approve refuses to run it and records ``done``);
    then, email actions only: when a sender allowlist is configured and the request names no sender
    (neither evidence nor target), the allowlist cannot be checked, so it is held (``unverifiable``);
 4. the cap on targets per rule per run, counted per action (``run.index``, detections/findings.py);
@@ -104,9 +105,12 @@ def _decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantCon
             return Decision("hold", f"past the cap of {limit} targets for this rule in one run "
                             f"(target #{index + 1})", hold_reason="cap", notify=True)
     if mode == "approval":
-        why = ("connector actions wait for approval unless RESPONDER_CONNECTOR_AUTO is true"
-               if request["action"] in CONNECTOR_ACTIONS and not settings.connector_auto
-               else "mode approval")
+        why = "mode approval"
+        if request["action"] in CONNECTOR_ACTIONS and settings.connector_actions == "manual":
+            why = ("connector actions are manual (RESPONDER_CONNECTOR_ACTIONS=manual): run the command by "
+                   "hand, then mark the request done (approve --done)")
+        elif request["action"] in CONNECTOR_ACTIONS and settings.connector_actions != "auto":
+            why = "connector actions wait for approval unless RESPONDER_CONNECTOR_ACTIONS is auto"
         return Decision("hold", why, hold_reason="approval", notify=True)
     return Decision("execute", "auto")
 
@@ -121,7 +125,7 @@ def effective_mode(request: Mapping[str, Any], rule: Rule, settings: Settings, t
         modes.append(override)
     else:
         modes += [a.mode for a in rule.actions if a.action == request["action"]][:1]
-    if request["action"] in CONNECTOR_ACTIONS and not settings.connector_auto:
+    if request["action"] in CONNECTOR_ACTIONS and settings.connector_actions != "auto":
         modes.append("approval")
     return max(modes, key=lambda m: _STRICTNESS[m])
 

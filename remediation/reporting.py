@@ -18,16 +18,18 @@ from responder.notify.reports import FailureReport
 log = logging.getLogger(__name__)
 
 
-def card_for(report: Any, *, tenant_id: str | None = None, api_base: str | None = None) -> dict[str, Any]:
+def card_for(report: Any, *, tenant_id: str | None = None, api_base: str | None = None,
+             connector_actions: str = "manual") -> dict[str, Any]:
     """The Adaptive Card for one worker Report (remediation.worker.Report)."""
     first = report.outcomes[0] if report.outcomes else None
     request = report.requests[0] if report.requests else None
     if report.kind == "held" and report.requests:
-        from remediation.worker import manual_command
+        from remediation.worker import manual_command, run_by_hand
 
         commands = {r["id"]: c for r in report.requests if (c := manual_command(r))}
+        by_hand = {r["id"] for r in report.requests if run_by_hand(r, connector_actions)}
         return approval_card(report.requests, outcomes=report.outcomes, commands=commands, api_base=api_base,
-                             tenant_id=tenant_id)
+                             tenant_id=tenant_id, by_hand=by_hand)
     kind = {"poison": "poison", "failed": "action", "skipped": "config"}.get(report.kind, "action")
     return failure_card(FailureReport(
         kind=kind, summary=report.summary,
@@ -51,7 +53,8 @@ def in_a_run(report: Any) -> bool:
 
 
 def cards_hook(notifier: Any, *, tenant_id: str | None = None, api_base: str | None = None,
-               held_cards: bool = True) -> Callable[[Any], Awaitable[None]]:
+               held_cards: bool = True,
+               connector_actions: str = "manual") -> Callable[[Any], Awaitable[None]]:
     """``held_cards=False``: held requests of a scan run get no approval card here, because the
     caller (the function app) sends the run's outcome card with the approval instructions instead."""
     async def hook(report: Any) -> None:
@@ -59,7 +62,8 @@ def cards_hook(notifier: Any, *, tenant_id: str | None = None, api_base: str | N
             log.info("held requests of run %s: told on the run's outcome card",
                      (report.requests[0].get("run") or {}).get("id"))
             return
-        sent = await notifier.send(card_for(report, tenant_id=tenant_id, api_base=api_base))
+        sent = await notifier.send(card_for(report, tenant_id=tenant_id, api_base=api_base,
+                                            connector_actions=connector_actions))
         if not sent:
             log.warning("the %s card was not delivered", report.kind)
     return hook

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from detections.catalog import Rule
 from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
-from remediation.rails import Decision, decide
+from remediation.rails import CONNECTOR_ACTIONS, Decision, decide
 from remediation.request import EMAIL_ACTIONS, RequestInvalid, make_request, parse_message, validate_request
 from remediation.verify import MAX_IDS_PER_QUERY, classify, locations, verification_query
 from responder.config import Settings, TenantConfig
@@ -127,7 +127,8 @@ class Worker:
         self.notifier = notifier
         if report_hook is None and notifier is not None:
             from remediation.reporting import cards_hook  # the Teams cards, only when a notifier is given
-            report_hook = cards_hook(notifier, tenant_id=settings.tenant_id or None)
+            report_hook = cards_hook(notifier, tenant_id=settings.tenant_id or None,
+                                     connector_actions=settings.connector_actions)
         self.report_hook = report_hook
         self._reported = 0
         self.max_attempts, self.backoff, self.max_delay = max(1, max_attempts), backoff, max_delay
@@ -453,9 +454,17 @@ class Worker:
             raise NotFound(f"no request {request_id} in the ledger")
         return rec
 
-    async def approve(self, request_id: str, by: str) -> Outcome:
-        """Approve a held request and run it, exactly once."""
+    async def approve(self, request_id: str, by: str, *, claimed_by: str | None = None,
+                      done: bool = False) -> Outcome:
+        """Approve a held request and run it, exactly once.
+
+        ``claimed_by`` is a name the caller gave but nobody verified (an HTTP body behind a shared function
+        key): recorded beside ``by``, never as it. ``done`` is for connector requests when
+        RESPONDER_CONNECTOR_ACTIONS is ``manual``: the app has no Exchange permission, so approving cannot
+        run anything; the person runs the shown command and ``done`` records that they did."""
         rec = self._find(request_id)
+        if run_by_hand({"action": rec.action}, self.settings.connector_actions) or done:
+            return self._record_done(rec, by, claimed_by=claimed_by, done=done)
         if rec.state == "approved":
             if rec.claimed(self.ledger.clock()):
                 raise WorkerError(f"request {request_id} is already approved and being executed")
@@ -470,19 +479,47 @@ class Worker:
         req = validate_request(rec.request)
         if rec.state == "held":
             try:
-                rec = self.ledger.transition(rec, "approved", approved_by=by)
+                rec = self.ledger.transition(rec, "approved", approved_by=by, **_claimed(claimed_by))
             except LedgerConflict:
                 raise WorkerError(f"request {request_id} changed while approving (approved or rejected "
                                   "by someone else); nothing done") from None
         return await self._run_decided(rec, req, decide(req, settings=self.settings, tenant=self.tenant,
                                                         catalog=self.catalog, approved=True))
 
-    async def reject(self, request_id: str, by: str) -> Outcome:
+    def _record_done(self, rec: Record, by: str, *, claimed_by: str | None, done: bool) -> Outcome:
+        """A connector request under RESPONDER_CONNECTOR_ACTIONS=manual: refuse to approve (nothing could
+        run: no Exchange permission) and say what to do; with ``done``, record that a person ran the
+        command (held -> approved -> confirmed). Nothing here calls Exchange."""
+        rid = rec.request_id
+        if not run_by_hand({"action": rec.action}, self.settings.connector_actions):
+            raise WorkerError(f"request {rid}: done is only for connector requests while "
+                              "RESPONDER_CONNECTOR_ACTIONS is manual; approve it without done to run it")
+        if rec.state != "held":
+            raise WorkerError(f"request {rid} is {rec.state}; only a held request can be marked done")
+        command = (manual_command(rec.request or {})
+                   or "the Set-InboundConnector/Set-OutboundConnector command")
+        if not done:
+            raise WorkerError(
+                f"connector actions are manual here (RESPONDER_CONNECTOR_ACTIONS=manual): the app has no "
+                f"Exchange permission and runs nothing. Run this in Exchange Online PowerShell: {command} "
+                f"-- then mark it done: python -m responder approve {rid} --done (or POST "
+                f"/api/requests/{rid}/approve with {{\"done\": true}})")
+        try:
+            rec = self.ledger.transition(rec, "approved", approved_by=by, **_claimed(claimed_by))
+            rec = self.ledger.transition(rec, "confirmed", detail=f"run by hand by {by}: {command}",
+                                         executed_by="person", run_by_hand=True)
+        except (LedgerConflict, IllegalTransition):
+            raise WorkerError(f"request {rid} changed while marking it done (approved or rejected by "
+                              "someone else); nothing recorded") from None
+        return rec.outcome()
+
+    async def reject(self, request_id: str, by: str, *, claimed_by: str | None = None) -> Outcome:
         rec = self._find(request_id)
         if rec.state != "held":
             raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be rejected")
         try:
-            rec = self.ledger.transition(rec, "rejected", rejected_by=by, detail=f"rejected by {by}")
+            rec = self.ledger.transition(rec, "rejected", rejected_by=by, detail=f"rejected by {by}",
+                                         **_claimed(claimed_by))
         except LedgerConflict:
             raise WorkerError(f"request {request_id} changed while rejecting; nothing done") from None
         return rec.outcome()
@@ -638,6 +675,17 @@ def manual_command(request: Mapping[str, Any]) -> str | None:
         return " or ".join(render_command(k, name) for k in kinds)
     except ValueError:
         return None
+
+
+def run_by_hand(request: Mapping[str, Any], connector_actions: str) -> bool:
+    """Whether a person must run this request's command themselves: a connector action while
+    RESPONDER_CONNECTOR_ACTIONS is ``manual`` (the deployment granted no Exchange permission)."""
+    return request.get("action") in CONNECTOR_ACTIONS and connector_actions == "manual"
+
+
+def _claimed(claimed_by: str | None) -> dict[str, str]:
+    """The ledger field for a name the caller gave but nobody verified (kept apart from ``*_by``)."""
+    return {"claimed_by": claimed_by} if claimed_by else {}
 
 
 def _transient(request_id: str, error: str) -> ActionResult:

@@ -60,8 +60,11 @@ APP_SETTINGS: tuple[AppSetting, ...] = (
     AppSetting("RESPONDER_EXCHANGE_BASE_URL", "Exchange Online admin API base URL, without trailing "
                "slash (InvokeCommand is posted to `<base>/<tenant id>/InvokeCommand`).",
                default="https://outlook.office365.com/adminapi/beta"),
-    AppSetting("RESPONDER_CONNECTOR_AUTO", "`true` lets connector actions run automatically through the "
-               "Exchange admin endpoint; otherwise they wait for approval.", default="false"),
+    AppSetting("RESPONDER_CONNECTOR_ACTIONS", "Exchange connector actions: `manual` (the app has no "
+               "Exchange permission: on-call runs the command the card shows, then marks the request done), "
+               "`approval` (an approval runs it through the Exchange admin endpoint) or `auto` (connector "
+               "rules in `auto` mode run without waiting). Same value as the Bicep parameter "
+               "`connectorActions`.", default="manual"),
     AppSetting("RESPONDER_TENANT_CONFIG", "Path of the tenant config YAML (parameters, allowlists, "
                "break-glass accounts) relative to the app root; optional.", default="tenant.yaml",
                source="operator"),
@@ -83,6 +86,10 @@ APP_SETTINGS: tuple[AppSetting, ...] = (
 )
 
 APP_SETTING_NAMES = frozenset(s.name for s in APP_SETTINGS)
+# RESPONDER_CONNECTOR_ACTIONS, mirroring what the deployment granted (infra/main.bicep connectorActions):
+# manual: no Exchange permission, so the app must never call Exchange; approval: an approval calls it;
+# auto: connector rules in auto mode call it without waiting.
+CONNECTOR_MODES = ("manual", "approval", "auto")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -108,7 +115,7 @@ class Settings:
     teams_webhook_url: str = field(repr=False)  # a secret: never in repr, logs or errors
     dry_run: bool
     email_strategy: str
-    connector_auto: bool
+    connector_actions: str          # manual | approval | auto (CONNECTOR_MODES)
     tenant_config_path: str
     params_json: str
     scan_rate_per_hour: int
@@ -141,6 +148,10 @@ class Settings:
         if strategy not in ("defender", "mailbox"):
             raise ConfigError(f"app setting RESPONDER_EMAIL_STRATEGY: expected defender or mailbox, "
                               f"got {strategy!r}")
+        connectors = values["RESPONDER_CONNECTOR_ACTIONS"].strip().lower()
+        if connectors not in CONNECTOR_MODES:
+            raise ConfigError(f"app setting RESPONDER_CONNECTOR_ACTIONS: expected one of "
+                              f"{', '.join(CONNECTOR_MODES)}, got {values['RESPONDER_CONNECTOR_ACTIONS']!r}")
         try:
             rate = int(values["RESPONDER_SCAN_RATE_PER_HOUR"])
         except ValueError:
@@ -158,7 +169,7 @@ class Settings:
             teams_webhook_url=values["RESPONDER_TEAMS_WEBHOOK_URL"],
             dry_run=_bool("RESPONDER_DRY_RUN", values["RESPONDER_DRY_RUN"]),
             email_strategy=strategy,
-            connector_auto=_bool("RESPONDER_CONNECTOR_AUTO", values["RESPONDER_CONNECTOR_AUTO"]),
+            connector_actions=connectors,
             tenant_config_path=values["RESPONDER_TENANT_CONFIG"],
             params_json=values["RESPONDER_PARAMS"],
             scan_rate_per_hour=rate,

@@ -20,7 +20,8 @@ param sentinelWorkspaceId string = ''
 param requestsQueueName string
 param ledgerTableName string
 param emailStrategy string
-param connectorAuto bool
+@description('Exchange connector actions: manual | approval | auto (main.bicep connectorActions); the app reads it as RESPONDER_CONNECTOR_ACTIONS.')
+param connectorActions string
 param dryRun bool
 param scanRatePerHour int
 param alwaysReady array = []
@@ -133,7 +134,7 @@ var settings = {
   RESPONDER_DRY_RUN: dryRun ? 'true' : 'false'
   RESPONDER_EMAIL_STRATEGY: emailStrategy
   RESPONDER_EXCHANGE_BASE_URL: exchangeBaseUrl
-  RESPONDER_CONNECTOR_AUTO: connectorAuto ? 'true' : 'false'
+  RESPONDER_CONNECTOR_ACTIONS: connectorActions
   RESPONDER_SCAN_RATE_PER_HOUR: string(scanRatePerHour)
   RESPONDER_VERIFY_SCHEDULE: verifySchedule
 }

@@ -1,8 +1,10 @@
 """``disable_connector``: Set-InboundConnector / Set-OutboundConnector ``-Enabled:$false`` via the Exchange
 admin API (remediation/exchange.py).
 
-The rails keep this in approval mode unless the tenant opted in (RESPONDER_CONNECTOR_AUTO); this module
-only runs what was allowed. The target names the connector and, when the rule knows it,
+The rails keep this in approval mode unless RESPONDER_CONNECTOR_ACTIONS is ``auto``; this module only
+runs what was allowed, and never under ``manual``: a manual deployment grants no Exchange permission, so a
+call could only fail with 401/403 (on-call runs the command by hand and records it with
+``approve --done``, Worker.approve). The target names the connector and, when the rule knows it,
 ``connector_type`` (inbound/outbound); otherwise both kinds are looked up. A connector that is already
 disabled is ``skipped``; one that does not exist is a permanent failure.
 """
@@ -33,6 +35,11 @@ class DisableConnector:
         kind = target.get("connector_type")
         if kind not in (None, "", "inbound", "outbound"):
             return failed(req, f"connector_type must be inbound or outbound, not {kind!r}")
+        if ctx.settings.connector_actions == "manual":
+            # Second line of defence (Worker.approve refuses first): no call that cannot succeed.
+            return failed(req, "RESPONDER_CONNECTOR_ACTIONS is manual: the app has no Exchange permission; "
+                               "run the command by hand, then mark the request done",
+                          detail=f"not run: {_command(kind or 'inbound', name)}")
         if ctx.exchange is None:
             return failed(req, "no Exchange admin client is configured (RESPONDER_TENANT_ID and a credential "
                                "are needed); run the command by hand",

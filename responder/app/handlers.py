@@ -49,7 +49,7 @@ async def on_timer(rt: Runtime, slug: str, timer: func.TimerRequest, msgs: func.
     msgs.set(queued.messages)
     card = await runs.run_card(rt.ledger(), rt.notifier, run, queued, now=now, backend=backend.name,
                                tenant_id=_tenant_id(rt), dry_run=rt.settings.dry_run,
-                               connector_auto=rt.settings.connector_auto)
+                               connector_actions=rt.settings.connector_actions)
     summary = _summary(run, queued)
     log.info("rule %s run %s: %d row(s), %d new, %d requeued, %d settled, %d in flight%s%s", slug, run.run_id,
              summary["rows"], len(queued.new), len(queued.requeued), queued.settled, queued.in_flight,
@@ -123,7 +123,7 @@ async def on_message(rt: Runtime, msg: func.QueueMessage) -> list[dict[str, Any]
             raise
     await runs.outcome_card(rt.ledger(), rt.notifier, body, backend=rt.settings.backend,
                             tenant_id=_tenant_id(rt), rule_names=_rule_names(rt),
-                            api_base=rt.config.api_base)
+                            api_base=rt.config.api_base, connector_actions=rt.settings.connector_actions)
     return [o.to_dict() for o in outcomes]
 
 
@@ -135,7 +135,7 @@ async def on_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
     log.error("poison message %s recorded as %s (request %s)", msg.id, outcome.state, outcome.request_id)
     await runs.outcome_card(rt.ledger(), rt.notifier, body, backend=rt.settings.backend,
                             tenant_id=_tenant_id(rt), rule_names=_rule_names(rt),
-                            api_base=rt.config.api_base)
+                            api_base=rt.config.api_base, connector_actions=rt.settings.connector_actions)
     return outcome.to_dict()
 
 
@@ -178,7 +178,7 @@ async def http_scan(rt: Runtime, req: func.HttpRequest, msgs: func.Out[Any]) -> 
             messages += queued.messages
             await runs.run_card(rt.ledger(), rt.notifier, run, queued, now=now, backend=backend.name,
                                 tenant_id=_tenant_id(rt), dry_run=rt.settings.dry_run,
-                                connector_auto=rt.settings.connector_auto)
+                                connector_actions=rt.settings.connector_actions)
             summary = _summary(run, queued)
         summaries.append(summary)
     msgs.set(messages)
@@ -198,13 +198,18 @@ async def http_health(rt: Runtime, req: func.HttpRequest) -> func.HttpResponse:
         log.error("health: storage unreachable: %s", type(exc).__name__)
         storage = "unreachable"
     ok = storage == "reachable"
+    # notifications: a yes/no only (never the webhook URL, which is a secret); false means on-call
+    # hears nothing from this app, which an anonymous health probe is the cheapest way to notice.
     body = {"status": "ok" if ok else "unhealthy", "config": "loaded",
             "rules": {"valid": True, "count": len(rt.config.catalog), "scheduled": len(rt.config.timers)},
-            "storage": storage}
+            "storage": storage, "notifications": rt.notifications}
     return json_response(200 if ok else 503, body)
 
 
-_DECIDE_KEYS = frozenset({"by"})
+_DECIDE_KEYS = frozenset({"by", "done"})
+# Who decided when App Service authentication is off: the caller proved only that it holds the function
+# key, which on-call shares, so that is all the audit trail can say.
+FUNCTION_KEY_PRINCIPAL = "function-key"
 
 
 async def http_decide(rt: Runtime, req: func.HttpRequest, verb: str) -> func.HttpResponse:
@@ -217,21 +222,34 @@ async def http_decide(rt: Runtime, req: func.HttpRequest, verb: str) -> func.Htt
         body = parse_body(req.get_body())
         unknown = sorted(set(body) - _DECIDE_KEYS)
         if unknown:
-            raise BadRequest(unknown[0], "unknown key (allowed: by)")
+            raise BadRequest(unknown[0], "unknown key (allowed: by, done)")
         by_body = body.get("by")
         if by_body is not None and (not isinstance(by_body, str) or not 0 < len(by_body.strip()) <= 200):
             raise BadRequest("by", "a name of 1 to 200 characters")
+        done = body.get("done", False)
+        if not isinstance(done, bool):
+            raise BadRequest("done", "true or false")
+        if done and verb != "approve":
+            raise BadRequest("done", "only approve takes done (it records that you ran the command by hand)")
     except BadRequest as err:
         return bad_request(err)
-    # The signed-in user when App Service authentication is on; else who the caller says they are.
-    by = req.headers.get(PRINCIPAL_HEADER) or (by_body or "").strip() or "http (function key)"
+    # `by` is only ever who authenticated: the signed-in user when App Service authentication is on
+    # (Easy Auth strips a client-sent header), else the function key. A name in the body is what the
+    # caller claims, unverifiable behind a shared key, so it is recorded apart (`claimed_by`).
+    principal = (req.headers.get(PRINCIPAL_HEADER) or "").strip()
+    by = principal or FUNCTION_KEY_PRINCIPAL
+    claimed = by_body.strip() if isinstance(by_body, str) else None
     async with rt.worker() as worker:
         try:
-            outcome = await (worker.approve if verb == "approve" else worker.reject)(request_id, by)
+            if verb == "approve":
+                outcome = await worker.approve(request_id, by, claimed_by=claimed, done=done)
+            else:
+                outcome = await worker.reject(request_id, by, claimed_by=claimed)
         except NotFound as exc:
             return json_response(404, {"error": "not found", "message": str(exc)})
         except WorkerError as exc:
             return json_response(409, {"error": "conflict", "message": str(exc)})
-    log.info("request %s: %s by %s; now %s", request_id, verb, by, outcome.state)
+    log.info("request %s: %s by %s%s; now %s", request_id, verb, by,
+             f" (claims to be {claimed})" if claimed else "", outcome.state)
     return json_response(200, {"request_id": request_id, "state": outcome.state,
                                "outcome": outcome.to_dict()})

@@ -44,7 +44,7 @@ from detections.scan import RuleRun
 from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.rails import CONNECTOR_ACTIONS
 from remediation.request import RequestInvalid, parse_message
-from remediation.worker import manual_command
+from remediation.worker import manual_command, run_by_hand
 from responder.notify.cards import approval_card, failure_card, scan_card
 from responder.notify.reports import FailureReport, RunReport
 
@@ -149,12 +149,12 @@ def _hour_key(prefix: str, slug: str, now: datetime) -> str:
 
 async def run_card(ledger: Ledger, notifier: Any, run: RuleRun, queued: Queued, *, now: datetime,
                    backend: str, tenant_id: str | None, dry_run: bool = False,
-                   connector_auto: bool = False) -> str | None:
+                   connector_actions: str = "manual") -> str | None:
     """Send this run's first card if it has something to say; returns which card was sent."""
     trouble = run.error or run.partial
     if not queued.new and not trouble:
         return None
-    if queued.new and not trouble and all(waits_for_person(r, connector_auto) for r in queued.new):
+    if queued.new and not trouble and all(waits_for_person(r, connector_actions) for r in queued.new):
         # Nothing in this run happens without a person, so there is nothing to report "in progress":
         # the run's outcome card, seconds later, is the approval card with every id (one message).
         return None
@@ -178,15 +178,17 @@ async def run_card(ledger: Ledger, notifier: Any, run: RuleRun, queued: Queued, 
     return "scan"
 
 
-def waits_for_person(request: dict[str, Any], connector_auto: bool) -> bool:
-    """The worker's rails will hold this request for approval (its mode; connectors unless opted in)."""
+def waits_for_person(request: dict[str, Any], connector_actions: str) -> bool:
+    """The worker's rails will hold this request for a person (its mode; connectors unless
+    RESPONDER_CONNECTOR_ACTIONS is auto)."""
     return request.get("mode") == "approval" or (request.get("action") in CONNECTOR_ACTIONS
-                                                  and not connector_auto and request.get("mode") != "dry_run")
+                                                  and connector_actions != "auto"
+                                                  and request.get("mode") != "dry_run")
 
 
 async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, backend: str | None,
                        tenant_id: str | None, rule_names: dict[str, tuple[str, str]],
-                       api_base: str | None = None) -> bool:
+                       api_base: str | None = None, connector_actions: str = "manual") -> bool:
     """After a message is handled: if its run is now settled, send the run's outcome card (once)."""
     try:
         request = parse_message(body)
@@ -217,10 +219,11 @@ async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, back
                                                       request.get("severity") or "Medium"))
     requests = [r.request for r in rows if r.request]
     commands = {r["id"]: c for r in requests if (c := manual_command(r))}
+    by_hand = {r["id"] for r in requests if run_by_hand(r, connector_actions)}
     report = RunReport(rule=request["rule"], rule_name=name, severity=severity,
                        rows=int(run.get("rows") or total), requests=requests,
                        outcomes=outcomes, run_id=run_id, backend=backend,
-                       tenant_id=tenant_id, api_base=api_base, commands=commands)
+                       tenant_id=tenant_id, api_base=api_base, commands=commands, by_hand=by_hand)
     # One message per run (docs/function-app.md): when every request waits for a person, the outcome
     # card is the approval card (evidence, exact command, approve/reject for each id); otherwise the
     # scan card, whose held section carries the same approve commands. The worker sends no approval
@@ -228,7 +231,7 @@ async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, back
     if outcomes and all(o.state == "held" for o in outcomes):
         def build() -> dict[str, Any]:
             return approval_card(requests, outcomes=outcomes, commands=commands, api_base=api_base,
-                                 tenant_id=tenant_id)
+                                 tenant_id=tenant_id, by_hand=by_hand)
     else:
         def build() -> dict[str, Any]:
             return scan_card(report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +27,9 @@ from remediation.ledger import Ledger
 from responder.app.bootstrap import AppConfig
 from responder.app.ratelimit import ScanQuota
 from responder.config import Settings
-from responder.notify.teams import Notifier, notifier_from_settings
+from responder.notify.teams import Notifier, NullNotifier, notifier_from_settings
+
+log = logging.getLogger(__name__)
 
 BackendFactory = Callable[["Runtime", Any, Any], QueryBackend]   # (runtime, graph client, credential)
 
@@ -59,17 +62,31 @@ class Runtime:
             weakref.WeakKeyDictionary())
         if self.notifier is None:
             self.notifier = notifier_from_settings(self.config.settings)
+            if isinstance(self.notifier, NullNotifier):
+                # NullNotifier reports every card as delivered (off is not a failure), so without this
+                # line nothing would ever say that held requests and failures reach nobody. The setting
+                # is empty here, so naming it reveals nothing.
+                log.warning("Teams notifications are off: RESPONDER_TEAMS_WEBHOOK_URL is empty. Remediation "
+                            "still runs, but nobody is told about held requests, failures or runs; see "
+                            "docs/deploy.md, Teams notifications")
 
     @property
     def settings(self) -> Settings:
         return self.config.settings
 
+    @property
+    def notifications(self) -> bool:
+        """Whether cards go anywhere (False: no webhook configured, the NullNotifier swallows them)."""
+        return not isinstance(self.notifier, NullNotifier)
+
     # --- storage (synchronous SDKs, shared) ------------------------------------------------------
 
     def _sync_credential(self) -> Any:
-        from azure.identity import DefaultAzureCredential
+        # The managed identity and nothing else (see _loop_services): no chain that could pick up a
+        # client secret from the environment.
+        from azure.identity import ManagedIdentityCredential
 
-        return DefaultAzureCredential(managed_identity_client_id=self.config.storage.client_id or None)
+        return ManagedIdentityCredential(client_id=self.config.storage.client_id or None)
 
     def table_client(self, table: str, **options: Any) -> TableClient:
         """``options`` go to the SDK pipeline (e.g. ``retry_total=0`` for a quick probe)."""
@@ -113,10 +130,7 @@ class Runtime:
 
             credential = None
             if not is_loopback(self.settings.graph_base_url):
-                from azure.identity.aio import DefaultAzureCredential
-
-                credential = DefaultAzureCredential(
-                    managed_identity_client_id=self.settings.client_id or None)
+                credential = app_credential(self.settings)
             graph = make_graph_client(base_url=self.settings.graph_base_url, credential=credential,
                                       max_retries=self.graph_retries)
             found = _LoopServices(credential, graph, _exchange_client(self.settings, credential))
@@ -142,10 +156,23 @@ class Runtime:
         # here: the run's outcome card (responder/app/runs.py) carries their approval instructions, so
         # on-call gets one message per run, not an approval card and an outcome card for the same ids.
         hook = cards_hook(self.notifier, tenant_id=self.settings.tenant_id or None,
-                          api_base=self.config.api_base, held_cards=False)
+                          api_base=self.config.api_base, held_cards=False,
+                          connector_actions=self.settings.connector_actions)
         options = {"report_hook": hook, **self.worker_options}
         yield Worker(self.settings, self.config.tenant, self.config.catalog, self.ledger(), svc.graph,
                      svc.exchange, self.notifier, **options)
+
+
+def app_credential(settings: Settings) -> Any:
+    """The function app's only credential: its user-assigned managed identity (AZURE_CLIENT_ID).
+
+    Not DefaultAzureCredential: its chain tries EnvironmentCredential first, so an AZURE_CLIENT_SECRET
+    app setting (added by hand, or left over) would silently make the app run on a client secret.
+    ManagedIdentityCredential can only ever use the identity.
+    """
+    from azure.identity.aio import ManagedIdentityCredential
+
+    return ManagedIdentityCredential(client_id=settings.client_id or None)
 
 
 def quota_table(ledger_table: str) -> str:

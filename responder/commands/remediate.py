@@ -64,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p = subparsers.add_parser(name, help=helptext)
         p.add_argument("id", metavar="ID", help="request id (see `ledger`)")
         p.add_argument("--by", default=None, help="who decides (default: the login name)")
+        if name == "approve":
+            p.add_argument("--done", action="store_true",
+                           help="connector actions in manual mode (RESPONDER_CONNECTOR_ACTIONS=manual): "
+                                "record that you ran the shown command yourself; nothing is run")
         common(p)
         p.set_defaults(func=lambda a, n=name: _run(a, _person(n)))
 
@@ -199,7 +203,7 @@ def _person(verb: str) -> Callable[..., Any]:
 
         try:
             if verb == "approve":
-                outcome = await worker.approve(args.id, _who(args))
+                outcome = await worker.approve(args.id, _who(args), done=args.done)
             elif verb == "reject":
                 outcome = await worker.reject(args.id, _who(args))
             else:

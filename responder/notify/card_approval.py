@@ -117,9 +117,15 @@ def _approval(requests: list[dict[str, Any]], reasons: Mapping[str, str | None],
     top = next((s for s in ("High", "Medium", "Low", "Informational") if s in severities), None)
     body: list[Element] = [header("approval", "XDR responder · approval needed",
                                    f"{count} {noun} for a person", top, "warning")]
-    body.append(text("Nothing below has been done yet. Each action runs only after someone approves it. "
-                     "The HTTP endpoints need the function key (header x-functions-key).",
-                     spacing="Small"))
+    if any(r["id"] in by_hand for r in requests):
+        body.append(text("Nothing below has been done yet. Connector actions are manual in this deployment "
+                         "(RESPONDER_CONNECTOR_ACTIONS=manual): the app has no Exchange permission, so run "
+                         "each command yourself, then mark it done. The HTTP endpoints need the function key "
+                         "(header x-functions-key).", spacing="Small"))
+    else:
+        body.append(text("Nothing below has been done yet. Each action runs only after someone approves it. "
+                         "The HTTP endpoints need the function key (header x-functions-key).",
+                         spacing="Small"))
     if api_base:
         body.append(labelled("Function app", api_base.rstrip("/"), mono=True, spacing="Small"))
     shown = max(n, 1)  # an approval card always shows at least one request in full

@@ -11,6 +11,8 @@ from responder.notify.common import (
     approve_cli,
     approve_http,
     buttons,
+    done_cli,
+    done_http,
     header,
     outcome_links,
 )
@@ -98,6 +100,14 @@ def _held_section(report: RunReport, n: int, w: int) -> list[Element]:
         items.append(plain(run(f"{action_label(r['action'])}: ", weight="Bolder"),
                            run(clip(describe_target(r), w)), spacing="Small"))
         command = report.commands.get(r["id"])
+        if r["id"] in report.by_hand:
+            # Approving runs nothing here (connector actions are manual): run it, then record it.
+            items.append(plain(run("Run this command, then mark it done: ", isSubtle=True),
+                               run(command or "(see the ledger)", fontType="Monospace"), spacing="None"))
+            items.append(plain(run("Done: ", isSubtle=True), run(done_cli(r["id"]), fontType="Monospace"),
+                               run(" or ", isSubtle=True), run(done_http(r["id"]), fontType="Monospace"),
+                               spacing="None"))
+            continue
         if command:   # the exact command on-call may run instead (connectors: Exchange PowerShell)
             items.append(plain(run("Or run: ", isSubtle=True), run(command, fontType="Monospace"),
                                spacing="None"))

@@ -32,6 +32,15 @@ def approve_http(request_id: str, api_base: str | None = None, verb: str = "appr
     return f"POST {base}/api/requests/{request_id}/{verb}"
 
 
+def done_cli(request_id: str) -> str:
+    """Records that a person ran the shown command (RESPONDER_CONNECTOR_ACTIONS=manual); runs nothing."""
+    return f"python -m responder approve {request_id} --done"
+
+
+def done_http(request_id: str, api_base: str | None = None) -> str:
+    return approve_http(request_id, api_base) + ' with body {"done": true}'
+
+
 def header(kind: str, kicker: str, title: str, severity: str | None, style: str) -> Element:
     items: list[Element] = [
         text(kicker, size="Small", isSubtle=True, spacing="None"),

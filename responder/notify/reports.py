@@ -93,6 +93,9 @@ class RunReport:
     # command on-call may run instead (connectors). The app's outcome card is the approval message.
     api_base: str | None = None
     commands: dict[str, str] = field(default_factory=dict)
+    # Ids the app cannot run (connectors under RESPONDER_CONNECTOR_ACTIONS=manual): run by hand, then
+    # marked done; the card shows that instead of approve commands.
+    by_hand: set[str] = field(default_factory=set)
 
     @classmethod
     def from_rule_run(cls, run: RuleRunLike, *, outcomes: Iterable[Outcome] = (),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,7 +77,8 @@ def test_approve_runs_a_held_request_once(make_env: Any, fake: FakeGraph) -> Non
     status, doc = decide(env, "approve", rid, {"by": "oncall@contoso.com"})
     assert (status, doc["state"]) == (200, "submitted"), doc
     assert [e["networkMessageId"] for r in fake.remediations for e in r.emails] == ["held-1"]
-    assert env.rt.ledger().read(RULE, rid).extra["approved_by"] == "oncall@contoso.com"
+    row = env.rt.ledger().read(RULE, rid)
+    assert (row.extra["approved_by"], row.extra["claimed_by"]) == ("function-key", "oncall@contoso.com")
     status, doc = decide(env, "approve", rid)
     assert status == 409 and "only a held request" in doc["message"]
     assert len(fake.remediations) == 1
@@ -96,13 +98,95 @@ def test_signed_in_principal_is_recorded_over_the_body(make_env: Any, fake: Fake
     assert fake.remediations == []
 
 
+def test_a_name_in_the_body_is_only_a_claim_never_who_approved(make_env: Any, fake: FakeGraph) -> None:
+    # Anyone holding the (shared) function key could otherwise write any name into the audit trail.
+    env = make_env(graph_base_url=fake.base_url)
+    rid = held_request(env, "spoof-1")
+    status, _ = decide(env, "reject", rid, {"by": "ciso@contoso.com"})
+    assert status == 200
+    row = env.rt.ledger().read(RULE, rid)
+    assert (row.extra["rejected_by"], row.extra["claimed_by"]) == ("function-key", "ciso@contoso.com")
+    assert row.detail == "rejected by function-key"
+    # With App Service authentication the signed-in principal is who decided; the body stays a claim.
+    rid = held_request(env, "spoof-2")
+    status, _ = decide(env, "approve", rid, {"by": "ciso@contoso.com"},
+                       headers={"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com"})
+    assert status == 200
+    row = env.rt.ledger().read(RULE, rid)
+    assert (row.extra["approved_by"], row.extra["claimed_by"]) == ("alice@contoso.com", "ciso@contoso.com")
+    # No body, no claim.
+    rid = held_request(env, "spoof-3")
+    assert decide(env, "reject", rid)[0] == 200
+    assert "claimed_by" not in env.rt.ledger().read(RULE, rid).extra
+
+
+CONNECTOR_RULE = "connector-sender-mismatch"
+
+
+def held_connector(env: Env, name: str = "Partner relay") -> str:
+    req = make_request(rule=CONNECTOR_RULE, action="disable_connector", mode="approval",
+                       target={"connector": name}, evidence={"Connector": name}, detected_at=NOW,
+                       run={"id": "run-conn", "index": 0, "total": 1}, severity="High", rule_name="c")
+    env.call("worker", QueueMessage(id="q", body=json.dumps(req).encode(), dequeue_count=1))
+    assert env.rt.ledger().read(CONNECTOR_RULE, req["id"]).state == "held"
+    return req["id"]
+
+
+def test_manual_connector_actions_are_run_by_hand_then_marked_done(make_env: Any, fake: FakeGraph) -> None:
+    # The default deployment (connectorActions=manual) grants no Exchange permission.
+    env = make_env(graph_base_url=fake.base_url, api_base="https://func-xdr.azurewebsites.net")
+    assert env.rt.settings.connector_actions == "manual"
+    fake.connectors.add("Partner relay", "inbound")
+    rid = held_connector(env)
+    (card,) = env.notifier.cards
+    text = json.dumps(card)
+    assert "Set-InboundConnector -Identity 'Partner relay' -Enabled:$false" in text
+    assert "then mark it done" in text and f"python -m responder approve {rid} --done" in text
+    assert "To approve" not in text and f"python -m responder approve {rid}\"" not in text
+    # A plain approve runs nothing and says what to do instead.
+    status, doc = decide(env, "approve", rid)
+    assert status == 409 and f"approve {rid} --done" in doc["message"] and '{"done": true}' in doc["message"]
+    assert fake.calls == []
+    status, doc = decide(env, "reject", rid, {"done": True})
+    assert (status, doc.get("field")) == (400, "done")
+    status, doc = decide(env, "approve", rid, {"done": True},
+                         headers={"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com"})
+    assert (status, doc["state"]) == (200, "confirmed"), doc
+    assert doc["outcome"]["detail"].startswith("run by hand by alice@contoso.com")
+    assert fake.calls == [] and fake.connectors.get("Partner relay")["Enabled"] is True
+
+
 def test_health_reports_counts_and_reachability_only(env: Env) -> None:
     resp = env.call("health", http("GET", "http://localhost/api/health"))
     doc = json.loads(resp.get_body())
     assert resp.status_code == 200
-    assert doc == {"status": "ok", "config": "loaded", "storage": "reachable",
+    assert doc == {"status": "ok", "config": "loaded", "storage": "reachable", "notifications": True,
                    "rules": {"valid": True, "count": len(env.rt.config.catalog),
                              "scheduled": len(env.rt.config.timers)}}
+
+
+WEBHOOK = "https://prod-01.westeurope.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?sig=SECRETSIG"
+
+
+def test_notifications_off_is_warned_at_start_and_shown_by_health(make_env: Any,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="responder.app.runtime"):
+        env = make_env(notifier="from-settings", teams_webhook_url="")
+    assert any("notifications are off" in r.getMessage() and "RESPONDER_TEAMS_WEBHOOK_URL" in r.getMessage()
+               for r in caplog.records)
+    resp = env.call("health", http("GET", "http://localhost/api/health"))
+    assert resp.status_code == 200 and json.loads(resp.get_body())["notifications"] is False
+
+
+def test_notifications_on_says_so_without_the_url(make_env: Any, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        env = make_env(notifier="from-settings", teams_webhook_url=WEBHOOK)
+    assert not any("notifications are off" in r.getMessage() for r in caplog.records)
+    assert "SECRETSIG" not in caplog.text
+    resp = env.call("health", http("GET", "http://localhost/api/health"))
+    body = resp.get_body().decode()
+    assert json.loads(body)["notifications"] is True
+    assert "SECRETSIG" not in body and "logic.azure.com" not in body
 
 
 def test_health_says_unhealthy_without_leaking_the_connection(env: Env,

@@ -417,6 +417,7 @@ class Env:
             "last": lambda v: v[-1] if v else UNKNOWN,
             "first": lambda v: v[0] if v else UNKNOWN,
             "contains": lambda c, x: x in c,
+            "take": lambda v, n: v[:n],
         }
         if fn in simple:
             return simple[fn](*args)

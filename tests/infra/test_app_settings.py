@@ -3,6 +3,9 @@ documented for the operator, under the same name, with the code's default in a d
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from responder.config import APP_SETTINGS, AppSetting
@@ -167,10 +170,61 @@ def test_settings_follow_the_feature_parameters() -> None:
     assert values["RESPONDER_BACKEND"] == "sentinel"
     assert values["RESPONDER_SENTINEL_WORKSPACE_ID"] is bm.UNKNOWN  # the workspace's GUID, at deploy time
     assert values["RESPONDER_EMAIL_STRATEGY"] == "mailbox"
-    assert values["RESPONDER_CONNECTOR_AUTO"] == "true"
+    assert values["RESPONDER_CONNECTOR_ACTIONS"] == "auto"
     assert values["RESPONDER_DRY_RUN"] == "true"
     assert values["RESPONDER_SCAN_RATE_PER_HOUR"] == "3"
-    assert _default_values(connectorActions="approval")["RESPONDER_CONNECTOR_AUTO"] == "false"
+
+
+@pytest.mark.parametrize("mode", ["manual", "approval", "auto"])
+def test_the_app_is_told_the_connector_mode_the_deployment_granted(mode: str) -> None:
+    # All three values reach the app: with a boolean only, a manual deployment (nothing granted)
+    # looked like approval to the code, and approving called Exchange without permission.
+    assert _default_values(connectorActions=mode)["RESPONDER_CONNECTOR_ACTIONS"] == mode
+    from responder.config import CONNECTOR_MODES
+
+    main = bm.load("infra/main.bicep")
+    allowed = main.params["connectorActions"].decorator("allowed")
+    assert allowed is not None and set(CONNECTOR_MODES) == set(main.evaluate(allowed.args[0]))
+
+
+# Parameters whose azd variable feeds an app setting under another name on purpose: the flag says
+# where the webhook secret is, the setting is a Key Vault reference built from it.
+AZD_NAMED_APART = {"teamsWebhookInKeyVault"}
+
+
+def test_an_azd_variable_that_sets_an_app_setting_has_the_setting_s_name() -> None:
+    # `azd env set RESPONDER_BACKEND sentinel` must do what the app setting's name says: an azd variable
+    # spelled differently from the setting it sets (RESPONDER_QUERY_BACKEND) is a trap.
+    main = bm.load("infra/main.bicep")
+    raw = json.loads((bm.INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    azd_vars = {name: m.group(1) for name, v in raw.items()
+                if (m := re.match(r"^\$\{([A-Z0-9_]+)", str(v.get("value", ""))))}
+    base = _default_values()
+    defaults = bm.coerce_to_param_types(main, bm.azd_parameter_values())
+    names = {s.name for s in APP_SETTINGS}
+    checked = 0
+    for param, var in sorted(azd_vars.items()):
+        decl = main.params[param]
+        allowed = decl.decorator("allowed")
+        if param not in defaults:   # no default: asked by azd (environment name, location)
+            continue
+        default = defaults[param]
+        if allowed is not None:
+            others = [v for v in main.evaluate(allowed.args[0]) if v != default]
+        elif isinstance(default, bool):
+            others = [not default]
+        else:
+            continue
+        extra = {"sentinelWorkspaceResourceId": "/subscriptions/s/resourceGroups/g/providers/"
+                 "Microsoft.OperationalInsights/workspaces/w"} if param == "queryBackend" else {}
+        for other in others:
+            values = _default_values(**{param: other}, **extra)
+            changed = {k for k in names if values.get(k) != base.get(k) and values.get(k) is not bm.UNKNOWN}
+            if changed and param not in AZD_NAMED_APART:
+                checked += 1
+                assert var in changed, (f"azd variable {var} (parameter {param}) sets app setting(s) "
+                                        f"{sorted(changed)}: name it after the setting")
+    assert checked >= 3   # queryBackend, emailStrategy, connectorActions, dryRun at least
 
 
 def check_secret_settings_are_key_vault_references(file: bm.BicepFile) -> None:

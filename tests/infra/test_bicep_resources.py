@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from responder.app.runtime import quota_table
 from responder.config import APP_SETTINGS
 from tests.infra import bicepmodel as bm
 
@@ -90,13 +91,35 @@ def _queue_and_table_names(file: bm.BicepFile, env: bm.Env) -> tuple[set[str], s
     return queues, tables
 
 
-def test_queues_and_ledger_table_match_the_code_defaults() -> None:
+def check_storage_names(file: bm.BicepFile, env: bm.Env, queue: str, ledger: str) -> None:
+    """Every queue and table the code uses exists in the Bicep, named as the code names it."""
+    queues, tables = _queue_and_table_names(file, env)
+    assert queues == {queue, f"{queue}-poison"}, queues
+    # The ledger, and the re-scan quota table the app derives from it (responder/app/runtime.py).
+    assert tables == {ledger, quota_table(ledger)}, tables
+
+
+def test_queues_and_tables_match_the_code_defaults() -> None:
     defaults = {s.name: s.default for s in APP_SETTINGS}
     file, env = _module("storage")
-    queues, tables = _queue_and_table_names(file, env)
-    queue = defaults["RESPONDER_REQUESTS_QUEUE"]
-    assert queues == {queue, f"{queue}-poison"}
-    assert tables == {defaults["RESPONDER_LEDGER_TABLE"]}
+    check_storage_names(file, env, str(defaults["RESPONDER_REQUESTS_QUEUE"]),
+                        str(defaults["RESPONDER_LEDGER_TABLE"]))
+
+
+def test_quota_table_name_is_derived_like_the_code_for_any_ledger_name() -> None:
+    file, env = _module("storage")
+    for ledger in ("xdrledger", "L" * 60):   # 60 + "quota" is past the 63-character limit: both cut
+        params = {**env.param_values, "ledgerTableName": ledger}
+        check_storage_names(file, file.environment(params), "remediation-requests", ledger)
+
+
+def test_storage_names_check_fails_without_the_quota_table() -> None:
+    file, env = _module("storage")
+    quota = next(t for t in file.resources("Microsoft.Storage/storageAccounts/tableServices/tables")
+                 if "quota" in bm.text(t.prop("name")))
+    mutated = bm.BicepFile(file.path, bm.without_property(file, quota, "name"))
+    with pytest.raises(AssertionError):
+        check_storage_names(mutated, mutated.environment(env.param_values), "remediation-requests", "ledger")
 
 
 def test_queue_check_fails_without_the_poison_queue() -> None:

@@ -44,7 +44,8 @@ def needed_by_default_rules() -> tuple[set[str], set[str]]:
     """(Graph roles, Exchange roles) the rules in the catalog need with the code's default settings."""
     defaults = _defaults()
     strategy = defaults["RESPONDER_EMAIL_STRATEGY"]
-    connector_auto = defaults["RESPONDER_CONNECTOR_AUTO"].lower() == "true"
+    # approval and auto both call Exchange (an approval runs it); manual never does.
+    app_runs_connectors = defaults["RESPONDER_CONNECTOR_ACTIONS"] != "manual"
     graph, exchange = {HUNTING}, set()
     for rule in load_catalog().values():
         for spec in rule.actions:
@@ -54,8 +55,8 @@ def needed_by_default_rules() -> tuple[set[str], set[str]]:
                 graph |= EMAIL_ROLES[strategy]
             elif spec.action in ACCOUNT_ACTIONS:  # auto, or approval (an approval runs it)
                 graph |= ACCOUNT_ROLES[spec.action]
-            elif spec.action == "disable_connector" and connector_auto:
-                # Undocumented Exchange endpoint: opt-in only. Without it on-call runs the command.
+            elif spec.action == "disable_connector" and app_runs_connectors:
+                # Undocumented Exchange endpoint: opt-in only. In manual mode on-call runs the command.
                 exchange |= CONNECTOR_ROLES
     return graph, exchange
 

@@ -11,15 +11,20 @@ from responder.graph import make_graph_client
 from responder.testing.fakegraph import FakeGraph
 
 
-def settings_for(fake: FakeGraph, strategy: str = "defender") -> Settings:
+def settings_for(fake: FakeGraph, strategy: str = "defender",
+                 connector_actions: str = "approval") -> Settings:
+    # Connector actions default to "approval" here: an action only ever runs once the rails allowed it,
+    # which a manual deployment never does (its own test passes "manual").
     return Settings.from_env({"RESPONDER_GRAPH_BASE_URL": fake.base_url, "RESPONDER_EMAIL_STRATEGY": strategy,
                               "RESPONDER_TENANT_ID": fake.tenant_id,
-                              "RESPONDER_EXCHANGE_BASE_URL": fake.exchange_base_url}, require=False)
+                              "RESPONDER_EXCHANGE_BASE_URL": fake.exchange_base_url,
+                              "RESPONDER_CONNECTOR_ACTIONS": connector_actions}, require=False)
 
 
 async def execute(fake: FakeGraph, action: str, requests: list[dict[str, Any]], *, strategy: str = "defender",
-                  max_retries: int = 0, exchange: ExchangeClient | None = None) -> list[ActionResult]:
+                  max_retries: int = 0, exchange: ExchangeClient | None = None,
+                  connector_actions: str = "approval") -> list[ActionResult]:
     graph = make_graph_client(base_url=fake.base_url, max_retries=max_retries)
-    ctx = ActionContext(settings=settings_for(fake, strategy), tenant=TenantConfig(), graph=graph,
-                        exchange=exchange)
+    ctx = ActionContext(settings=settings_for(fake, strategy, connector_actions), tenant=TenantConfig(),
+                        graph=graph, exchange=exchange)
     return await get_action(action, strategy).execute(requests, ctx)

@@ -38,6 +38,23 @@ def run(fake: FakeGraph, reqs: list[dict], credential: Any = None) -> list[Any]:
     return asyncio.run(go())
 
 
+def test_manual_mode_never_calls_exchange() -> None:
+    # A manual deployment holds no Exchange permission: a call could only end in 401/403.
+    async def go(fake: FakeGraph) -> list[Any]:
+        client = ExchangeClient(fake.tenant_id, base_url=fake.exchange_base_url, credential=FakeCredential())
+        try:
+            return await execute(fake, "disable_connector", [connector_request("Partner relay")],
+                                 exchange=client, connector_actions="manual")
+        finally:
+            await client.aclose()
+    with FakeGraph() as fake:
+        fake.connectors.add("Partner relay", "inbound")
+        [res] = asyncio.run(go(fake))
+        assert fake.calls == [] and fake.connectors.get("Partner relay")["Enabled"] is True  # type: ignore[index]
+    assert res.state == "failed" and "RESPONDER_CONNECTOR_ACTIONS is manual" in (res.error or "")
+    assert "Set-InboundConnector -Identity 'Partner relay' -Enabled:$false" in res.detail
+
+
 def test_disables_an_inbound_connector_with_the_exact_commands_and_a_token() -> None:
     cred = FakeCredential()
     with FakeGraph() as fake:

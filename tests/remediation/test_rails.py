@@ -113,17 +113,28 @@ def test_the_tenant_config_cannot_loosen_connector_actions_without_the_opt_in() 
     approval_rule = make_rule("connectors", (("disable_connector", "approval"),), recipients_param=None)
     catalog = {"connectors": approval_rule}
     loose = tenant_mode("connectors", "auto")
-    d = decide(connector(), settings=settings(), tenant=loose, catalog=catalog)
-    assert (d.kind, d.hold_reason) == ("hold", "approval") and "RESPONDER_CONNECTOR_AUTO" in d.reason
+    for mode in ("manual", "approval"):
+        d = decide(connector(), settings=settings(RESPONDER_CONNECTOR_ACTIONS=mode), tenant=loose,
+                   catalog=catalog)
+        assert (d.kind, d.hold_reason) == ("hold", "approval") and "RESPONDER_CONNECTOR_ACTIONS" in d.reason
     assert kind(connector(), tenant=loose, catalog=catalog,
-                st=settings(RESPONDER_CONNECTOR_AUTO="true")) == "execute"
+                st=settings(RESPONDER_CONNECTOR_ACTIONS="auto")) == "execute"
 
 
-def test_connector_actions_wait_for_approval_unless_opted_in() -> None:
-    d = decide(connector(), settings=settings(), tenant=TENANT, catalog=CATALOG)
-    assert (d.kind, d.hold_reason) == ("hold", "approval") and "RESPONDER_CONNECTOR_AUTO" in d.reason
-    assert kind(connector(), st=settings(RESPONDER_CONNECTOR_AUTO="true")) == "execute"
+def test_connector_actions_wait_for_a_person_unless_auto() -> None:
+    d = decide(connector(), settings=settings(RESPONDER_CONNECTOR_ACTIONS="approval"), tenant=TENANT,
+               catalog=CATALOG)
+    assert (d.kind, d.hold_reason) == ("hold", "approval")
+    assert "unless RESPONDER_CONNECTOR_ACTIONS is auto" in d.reason
+    assert kind(connector(), st=settings(RESPONDER_CONNECTOR_ACTIONS="auto")) == "execute"
     assert effective_mode(connector(), CONNECTOR_RULE, settings(), TENANT) == "approval"
+
+
+def test_manual_connector_actions_are_held_for_a_person_to_run_by_hand() -> None:
+    # The default: the deployment granted no Exchange permission, so the hold says what to do instead.
+    d = decide(connector(), settings=settings(), tenant=TENANT, catalog=CATALOG)
+    assert (d.kind, d.hold_reason) == ("hold", "approval")
+    assert "RESPONDER_CONNECTOR_ACTIONS=manual" in d.reason and "--done" in d.reason
 
 
 # --- scope ----------------------------------------------------------------------------------------------

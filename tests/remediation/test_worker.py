@@ -355,11 +355,12 @@ def test_approving_a_capped_request_runs_it(h: Harness) -> None:
 def test_connector_waits_for_approval_with_the_exact_command_then_runs_once(h: Harness) -> None:
     h.fake.connectors.add("Partner relay", "inbound")
     req = connector_request("Partner relay")
-    [held] = h.run(lambda w: w.process_message(body(req), 1))
+    approval = {"RESPONDER_CONNECTOR_ACTIONS": "approval"}
+    [held] = h.run(lambda w: w.process_message(body(req), 1), **approval)
     assert held.hold_reason == "approval"
     assert "Set-InboundConnector -Identity 'Partner relay' -Enabled:$false" in held.detail
     assert h.fake.calls == [] and h.fake.connectors.get("Partner relay")["Enabled"] is True
-    out = h.run(lambda w: w.approve(req["id"], "alice"))
+    out = h.run(lambda w: w.approve(req["id"], "alice"), **approval)
     assert out.state == "confirmed" and h.fake.connectors.get("Partner relay")["Enabled"] is False
     cmdlets = [(c.json or {}).get("CmdletInput", {}).get("CmdletName") for c in h.fake.calls]
     assert cmdlets.count("Set-InboundConnector") == 1
@@ -367,8 +368,44 @@ def test_connector_waits_for_approval_with_the_exact_command_then_runs_once(h: H
 
 def test_connector_runs_at_once_when_the_tenant_opted_in(h: Harness) -> None:
     h.fake.connectors.add("Partner relay", "inbound")
-    [out] = h.run(lambda w: w.process([connector_request("Partner relay")]), RESPONDER_CONNECTOR_AUTO="true")
+    [out] = h.run(lambda w: w.process([connector_request("Partner relay")]),
+                  RESPONDER_CONNECTOR_ACTIONS="auto")
     assert out.state == "confirmed" and h.fake.connectors.get("Partner relay")["Enabled"] is False
+
+
+def test_manual_connector_approve_calls_nothing_and_done_records_who_ran_it(h: Harness) -> None:
+    # The default deployment (connectorActions=manual) grants no Exchange permission: approving must not
+    # call Exchange (it would answer 401/403 and the request would end failed).
+    h.fake.connectors.add("Partner relay", "inbound")
+    req = connector_request("Partner relay")
+    [held] = h.run(lambda w: w.process_message(body(req), 1))
+    assert held.state == "held" and "RESPONDER_CONNECTOR_ACTIONS=manual" in held.detail
+    with pytest.raises(WorkerError) as refused:
+        h.run(lambda w: w.approve(req["id"], "alice"))
+    message = str(refused.value)
+    assert "Set-InboundConnector -Identity 'Partner relay' -Enabled:$false" in message
+    assert f"python -m responder approve {req['id']} --done" in message and '{"done": true}' in message
+    assert h.row(req).state == "held"
+    out = h.run(lambda w: w.approve(req["id"], "alice", claimed_by="Alice A.", done=True))
+    assert (out.state, out.detail.split(":")[0]) == ("confirmed", "run by hand by alice")
+    row = h.row(req)
+    assert row.extra["approved_by"] == "alice" and row.extra["claimed_by"] == "Alice A."
+    assert h.fake.calls == [] and h.fake.connectors.get("Partner relay")["Enabled"] is True
+    with pytest.raises(WorkerError, match="confirmed"):
+        h.run(lambda w: w.approve(req["id"], "bob", done=True))
+
+
+def test_done_is_refused_where_approving_runs_the_action(h: Harness) -> None:
+    email = email_request("nm-done", mode="approval")
+    h.run(lambda w: w.process([email]))
+    with pytest.raises(WorkerError, match="only for connector requests"):
+        h.run(lambda w: w.approve(email["id"], "alice", done=True))
+    h.fake.connectors.add("Partner relay", "inbound")
+    req = connector_request("Partner relay")
+    h.run(lambda w: w.process([req]), RESPONDER_CONNECTOR_ACTIONS="approval")
+    with pytest.raises(WorkerError, match="only for connector requests"):
+        h.run(lambda w: w.approve(req["id"], "alice", done=True), RESPONDER_CONNECTOR_ACTIONS="approval")
+    assert h.row(email).state == h.row(req).state == "held" and h.fake.calls == []
 
 
 # --- undo -----------------------------------------------------------------------------------------------
