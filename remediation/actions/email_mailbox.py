@@ -8,8 +8,9 @@ exactly there rather than in the Inbox.
 
 Outlook allows an app at most 4 concurrent requests per mailbox: every request to one mailbox takes
 that mailbox's semaphore (``MAILBOX_CONCURRENCY``) for as long as it is in flight, while different
-mailboxes proceed in parallel. The limit is per app across all instances, so a 429 can still come
-back when several workers hit one mailbox: it is reported transient with the service's Retry-After.
+mailboxes proceed in parallel, up to ``MAX_IN_FLIGHT`` requests in all (what the HTTP pool keeps open).
+Outlook's limit is per app across all instances, so a 429 can still come back when several workers hit one
+mailbox: it is reported transient with the service's Retry-After.
 
 SDK retries: the RetryHandler replays a move that got 503/504. If the service had processed it, the
 message already has a new id and the replay answers 404; the action then re-reads the mailbox and,
@@ -17,12 +18,20 @@ finding the message in the destination, reports ``confirmed`` rather than a fals
 
 Folder ids are opaque: the destination's id is fetched once per mailbox (``GET mailFolders/junkemail``)
 and compared with the message's ``parentFolderId``; a folder name is never compared with an id.
+
+Speed: requests are built with the SDK's request builders and sent through its request adapter (auth,
+RetryHandler, error mapping all as usual), but the answers are read as JSON for the two or three fields
+needed (``remediation.actions.graph_json``) instead of being deserialized into SDK ``Message`` models,
+which cost about 20 ms of CPU each and made this strategy CPU-bound. The lookup selects
+``internetMessageId`` too, so a message is only acted on when the service's answer names the id we
+asked for: a filter the service did not apply can never turn into moving a whole mailbox.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kiota_abstractions.api_error import APIError
@@ -35,8 +44,14 @@ from msgraph.generated.users.item.messages.messages_request_builder import Messa
 
 from remediation.actions.base import ActionContext, ActionResult, failed
 from remediation.actions.errors import describe
+from remediation.actions.graph_json import GraphResponseError, send_json, string_field
 
 MAILBOX_CONCURRENCY = 4
+# At most this many requests in flight per execute, across all mailboxes. httpx's default pool keeps
+# 20 connections alive; with more requests in flight httpcore closes every connection that goes idle
+# (a new TCP/TLS connection per request) and its queue bookkeeping grows with queued x open
+# connections: 100 mailboxes x 4 made the client spend most of its CPU there, not on Graph's answers.
+MAX_IN_FLIGHT = 20
 DESTINATION = {"move_to_junk": "junkemail", "move_to_inbox": "inbox", "soft_delete": "deleteditems"}
 FOLDER_LABEL = {"junkemail": "Junk Email", "inbox": "Inbox", "deleteditems": "Deleted Items"}
 
@@ -45,6 +60,14 @@ T = TypeVar("T")
 
 class _NotFound(Exception):
     """The target cannot be acted on; permanent, the message says why."""
+
+
+@dataclass(frozen=True)
+class FoundMessage:
+    """The fields of a message this strategy reads: its id and the id of the folder it is in."""
+
+    id: str
+    parent_folder_id: str | None
 
 
 def odata_string(value: str) -> str:
@@ -133,20 +156,39 @@ class _Run:
 
     def __init__(self, ctx: ActionContext):
         self.graph = ctx.graph
+        self.adapter = ctx.graph.request_adapter
         self.sems: dict[str, asyncio.Semaphore] = {}
+        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.folders: dict[tuple[str, str], asyncio.Task[str]] = {}
 
     async def _limited(self, mailbox: str, call: Callable[[], Awaitable[T]]) -> T:
         sem = self.sems.setdefault(mailbox.lower(), asyncio.Semaphore(MAILBOX_CONCURRENCY))
-        async with sem:
+        # Always the mailbox's slot first, then the overall one: one order, so no deadlock.
+        async with sem, self.in_flight:
             return await call()
 
-    async def find(self, mailbox: str, imid: str) -> list[Any]:
+    async def find(self, mailbox: str, imid: str) -> list[FoundMessage]:
         q = MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters(
-            filter=f"internetMessageId eq {odata_string(imid)}", select=["id", "parentFolderId"])
-        page = await self._limited(mailbox, lambda: self.graph.users.by_user_id(mailbox).messages.get(
-            RequestConfiguration(query_parameters=q)))
-        return list(page.value or []) if page is not None else []
+            filter=f"internetMessageId eq {odata_string(imid)}",
+            select=["id", "parentFolderId", "internetMessageId"])
+        info = self.graph.users.by_user_id(mailbox).messages.to_get_request_information(
+            RequestConfiguration(query_parameters=q))
+        page = await self._limited(mailbox, lambda: send_json(self.adapter, info))
+        if page is None or not isinstance(page.get("value"), list):
+            # Graph always answers a collection; anything else is not evidence that the message is gone.
+            raise GraphResponseError(f"the message lookup in {mailbox} answered no `value` list")
+        found = []
+        for item in page["value"]:
+            msg_id = string_field(item, "id") if isinstance(item, dict) else None
+            if msg_id is None:
+                raise GraphResponseError(f"the message lookup in {mailbox} answered an item without an id")
+            # Only messages the answer says carry the requested id: if the filter were ever not applied
+            # (a proxy, an API change), acting on every message returned would empty the mailbox.
+            # Exchange's string filters ignore case, so this check does too (no false "not found").
+            got = string_field(item, "internetMessageId")
+            if got is not None and got.casefold() == imid.casefold():
+                found.append(FoundMessage(msg_id, string_field(item, "parentFolderId")))
+        return found
 
     async def folder_id(self, mailbox: str, ref: str) -> str:
         key = (mailbox.lower(), ref.lower())
@@ -156,14 +198,19 @@ class _Run:
 
     async def _fetch_folder(self, mailbox: str, ref: str) -> str:
         q = MailFolderItemRequestBuilder.MailFolderItemRequestBuilderGetQueryParameters(select=["id"])
-        folder = await self._limited(mailbox, lambda: self.graph.users.by_user_id(mailbox).mail_folders
-                                     .by_mail_folder_id(ref).get(RequestConfiguration(query_parameters=q)))
-        if folder is None or not folder.id:
+        info = (self.graph.users.by_user_id(mailbox).mail_folders.by_mail_folder_id(ref)
+                .to_get_request_information(RequestConfiguration(query_parameters=q)))
+        folder = await self._limited(mailbox, lambda: send_json(self.adapter, info))
+        folder_id = string_field(folder, "id") if folder is not None else None
+        if folder_id is None:
             raise _NotFound(f"folder {ref} has no id in mailbox {mailbox}")
-        return str(folder.id)
+        return folder_id
 
     async def move(self, mailbox: str, message_id: str, destination: str) -> str:
+        """Move one message; the moved copy's new id ("" if the answer has none: the move still happened)."""
         body = MovePostRequestBody(destination_id=destination)
-        moved = await self._limited(mailbox, lambda: self.graph.users.by_user_id(mailbox).messages
-                                    .by_message_id(message_id).move.post(body))
-        return str(moved.id) if moved is not None and moved.id else ""
+        # The SDK's builder serializes the body (as ``DestinationId``) exactly as ``.post(body)`` would.
+        info = (self.graph.users.by_user_id(mailbox).messages.by_message_id(message_id).move
+                .to_post_request_information(body))
+        moved = await self._limited(mailbox, lambda: send_json(self.adapter, info))
+        return (string_field(moved, "id") or "") if moved is not None else ""

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
+from remediation.actions import ActionContext, ActionResult, get_action
+from remediation.actions.email_mailbox import MAX_IN_FLIGHT
+from responder.config import TenantConfig
+from responder.graph import make_graph_client
 from responder.testing.fakegraph import FakeGraph, folder_id
-from tests.remediation.actionkit import execute
+from tests.remediation.actionkit import execute, settings_for
 from tests.remediation.factories import email_request
 
 BOX = "support@contoso.com"
@@ -31,7 +38,7 @@ def test_finds_checks_and_moves_with_the_exact_requests() -> None:
         [msg] = fake.mailboxes.messages(BOX)
     assert calls == [
         ("GET", f"/v1.0/users/{BOX}/messages?$filter=internetMessageId eq '<a1@evil.example>'"
-                "&$select=id,parentFolderId", None),
+                "&$select=id,parentFolderId,internetMessageId", None),
         ("GET", f"/v1.0/users/{BOX}/mailFolders/junkemail?$select=id", None),
         ("POST", f"/v1.0/users/{BOX}/messages/{old_id}/move", {"DestinationId": "junkemail"}),
     ]
@@ -197,3 +204,90 @@ def test_sdk_replay_of_a_processed_move_is_still_confirmed() -> None:
         assert fake.mailboxes.folder_of(BOX, "<a@x>") == "junkemail"
     assert moves == [503, 404]
     assert res.state == "confirmed" and "applied an attempt" in res.detail
+
+
+# --- Requests sent through the SDK's request adapter, answers read as JSON -------------------------------
+
+Send = Callable[[Any, str, Any], Awaitable[Any]]
+
+
+def run_wrapped(fake: FakeGraph, reqs: list[dict], wrap: Callable[[Send], Send]) -> list[ActionResult]:
+    """Run ``move_to_junk`` with the real client whose adapter's send is wrapped (still the real send)."""
+    graph = make_graph_client(base_url=fake.base_url, max_retries=0)
+    adapter = graph.request_adapter
+    adapter.send_primitive_async = wrap(adapter.send_primitive_async)  # type: ignore[method-assign]
+    ctx = ActionContext(settings=settings_for(fake, "mailbox"), tenant=TenantConfig(), graph=graph)
+    return asyncio.run(get_action("move_to_junk", "mailbox").execute(reqs, ctx))
+
+
+def test_overall_requests_in_flight_are_capped_at_the_pool_size() -> None:
+    """30 mailboxes at once: never more than MAX_IN_FLIGHT requests in flight (more would make httpx close
+    and reopen connections), and the cap is used in full, each one through the adapter as bytes."""
+    boxes = [f"box{i:02d}@contoso.com" for i in range(30)]
+    state = {"now": 0, "peak": 0}
+    kinds: set[str] = set()
+
+    def wrap(send: Send) -> Send:
+        async def counted(info: Any, response_type: str, errors: Any) -> Any:
+            kinds.add(response_type)
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+            try:
+                return await send(info, response_type, errors)
+            finally:
+                state["now"] -= 1
+        return counted
+
+    with FakeGraph() as fake:
+        fake.add_latency(0.05, path_regex=r"/users/")
+        for b in boxes:
+            fake.mailboxes.add(b, "<a@x>")
+        results = run_wrapped(fake, [junk("<a@x>", b, index=i) for i, b in enumerate(boxes)], wrap)
+        folders = {fake.mailboxes.folder_of(b, "<a@x>") for b in boxes}
+    assert [r.state for r in results] == ["confirmed"] * 30
+    assert folders == {"junkemail"}
+    assert state["peak"] == MAX_IN_FLIGHT
+    assert kinds == {"bytes"}
+
+
+def test_only_messages_the_answer_names_with_the_requested_id_are_moved() -> None:
+    """If the service ever ignored the filter and answered the whole mailbox, only the message whose
+    internetMessageId is the requested one (compared as Exchange does, ignoring case) is moved."""
+    def wrap(send: Send) -> Send:
+        async def unfiltered(info: Any, response_type: str, errors: Any) -> Any:
+            if info.http_method.value == "GET" and info.url.split("?")[0].endswith("/messages"):
+                everything = [{"id": m.id, "internetMessageId": m.internet_message_id,
+                               "parentFolderId": folder_id(user.id, m.folder)}
+                              for m in fake.mailboxes.messages(BOX)]
+                await send(info, response_type, errors)   # the real request still goes out
+                return json.dumps({"value": everything}).encode()
+            return await send(info, response_type, errors)
+        return unfiltered
+
+    with FakeGraph() as fake:
+        fake.mailboxes.add(BOX, "<A@X>")
+        fake.mailboxes.add(BOX, "<b@x>")
+        fake.mailboxes.add(BOX, "<a@x.other>")
+        user = fake.users.get(BOX)
+        assert user is not None
+        [res] = run_wrapped(fake, [junk("<a@x>")], wrap)
+        folders = {m.internet_message_id: m.folder for m in fake.mailboxes.messages(BOX)}
+    assert folders == {"<A@X>": "junkemail", "<b@x>": "inbox", "<a@x.other>": "inbox"}
+    assert (res.state, res.detail) == ("confirmed", f"moved 1 message(s) to Junk Email in {BOX}")
+
+
+@pytest.mark.parametrize("answer", [b"<html>gateway</html>", b"[]", b'{"value": "nope"}', b'{"value": [{}]}'])
+def test_a_malformed_lookup_answer_is_transient_and_moves_nothing(answer: bytes) -> None:
+    def wrap(send: Send) -> Send:
+        async def garbled(info: Any, response_type: str, errors: Any) -> Any:
+            got = await send(info, response_type, errors)
+            return answer if info.url.split("?")[0].endswith("/messages") else got
+        return garbled
+
+    with FakeGraph() as fake:
+        fake.mailboxes.add(BOX, "<a@x>")
+        [res] = run_wrapped(fake, [junk("<a@x>")], wrap)
+        assert fake.calls_to("POST", "move$") == []
+        assert fake.mailboxes.folder_of(BOX, "<a@x>") == "inbox"
+    assert (res.state, res.transient) == ("failed", True)
+    assert res.detail.startswith(f"find message in {BOX}: GraphResponseError: ")
