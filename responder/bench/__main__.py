@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--only", action="append", choices=NAMES, help="run only these (repeatable)")
     p.add_argument("--trials", type=int, default=30, help="time-to-remediate trials (default 30)")
-    p.add_argument("--moves", type=int, default=2_000, help="throughput moves, spread over 100 mailboxes")
+    p.add_argument("--moves", type=int, default=10_000, help="throughput moves, spread over 100 mailboxes")
     p.add_argument("--engine-sizes", default="10000,100000,1000000", help="EmailEvents rows, comma-separated")
     args = p.parse_args(argv)
     argv_used = sys.argv[1:] if argv is None else argv
