@@ -155,7 +155,8 @@ def _throughput(r: dict[str, Any]) -> list[str]:
         "built with the SDK's request builders and sent through its request adapter, answers read as JSON "
         "(the SDK's model deserialization cost about 20 ms of CPU per message). Requests in flight are "
         "capped at the HTTP pool's size (20) on top of 4 per mailbox, so connections are reused; with 100 "
-        "mailboxes and 20 slots a mailbox seldom has more than one or two requests in flight, hence the low peak. "
+        "mailboxes and 20 slots a mailbox seldom has more than one or two requests in flight, hence the "
+        "low peak. "
         f"At this rate 10,000 moves take {_f(10_000 / r['moves_per_s'] / 60, 1)} minutes on this machine."
         + (
             " (This run used fewer than 10,000 moves; "
