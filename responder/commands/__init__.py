@@ -5,13 +5,25 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from detections.backends.base import TableError
 from detections.catalog import RuleError
 from detections.params import ParamError
 from remediation.request import RequestInvalid
 from responder.config import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A rich console; when not writing to a terminal (CI logs, pipes) it is 140 columns wide
+    instead of rich's 80, so tables of rule slugs are not cut to ellipses."""
+    from rich.console import Console  # lazily: the function app imports this package's errors
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 140)
 
 
 class UsageError(ValueError):

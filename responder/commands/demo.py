@@ -38,8 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from responder.commands import console as rich_console
     from responder.demo import DemoOptions, run_demo
     from responder.demo_summary import print_summary, summarize
 
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         render=not args.no_render,
         use_azurite=not args.no_azurite,
     )
-    err = Console(stderr=True)
+    err = rich_console(stderr=True)
     with err.status("starting", spinner="dots") as status:
 
         def step(text: str) -> None:
@@ -67,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        print_summary(summary, Console())
-        Console().print(f"Everything is in {output}")
+        print_summary(summary, rich_console())
+        rich_console().print(f"Everything is in {output}")
     ok = summary["truth"]["missed"] == 0 and summary["truth"]["false_positives"] == 0
     # The fake Graph's server objects sit in reference cycles that still hold the local engine's DuckDB
     # connection; collected here, DuckDB's bindings do not print leak reports at interpreter exit.

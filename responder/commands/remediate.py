@@ -271,11 +271,12 @@ def _target(target: dict[str, Any]) -> str:
 
 
 def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]], *, empty: str) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from responder.commands import console as rich_console
+
+    console = rich_console()
     if not rows:
         console.print(empty)
         return

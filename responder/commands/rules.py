@@ -24,9 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from responder.commands import console as rich_console
 
     catalog = load_catalog()
     table = Table(title=f"{len(catalog)} detection rules", title_justify="left")
@@ -36,7 +37,7 @@ def run_list(args: argparse.Namespace) -> int:
         actions = ", ".join(f"{a.action}/{a.mode}" for a in rule.actions)
         table.add_row(rule.slug, escape(rule.name), rule.severity, kql_timespan(rule.query_frequency),
                       kql_timespan(rule.query_period), actions)
-    Console().print(table)
+    rich_console().print(table)
     return 0
 
 

@@ -160,11 +160,12 @@ def token_scope(settings: Settings) -> str:
 
 
 def print_table(runs: list[RuleRun]) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from responder.commands import console as rich_console
+
+    console = rich_console()
     summary = Table(title="Rules run", title_justify="left")
     for col in ("rule", "rows", "requests", "status"):
         summary.add_column(col)
