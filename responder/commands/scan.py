@@ -128,28 +128,27 @@ async def _scan(args: argparse.Namespace, settings: Settings, rules: list[Rule],
 
     if settings.backend == "defender" and is_loopback(settings.graph_base_url):
         # The fake Graph (or another local stand-in): no token is sent, so no credential is built.
-        backend = make_backend(settings, credential=None)
-        try:
-            return await scan(rules, backend, tenant=tenant, overrides=overrides, now=now,
-                              dry_run=settings.dry_run)
-        finally:
-            close = getattr(backend, "close", None)
-            if close is not None:
-                await close()
+        return await _scan_and_close(make_backend(settings, credential=None), rules, tenant, overrides,
+                                     now, settings)
     # The real services: credentials and SDK clients are built inside the running event loop.
     credential = cli_credential(settings.client_id)
     try:
         await check_token(credential, token_scope(settings))
-        backend = make_backend(settings, credential=credential)
-        try:
-            return await scan(rules, backend, tenant=tenant, overrides=overrides, now=now,
-                              dry_run=settings.dry_run)
-        finally:
-            close = getattr(backend, "close", None)
-            if close is not None:
-                await close()
+        return await _scan_and_close(make_backend(settings, credential=credential), rules, tenant,
+                                     overrides, now, settings)
     finally:
         await credential.close()
+
+
+async def _scan_and_close(backend: Any, rules: list[Rule], tenant: TenantConfig,
+                          overrides: dict[str, Any], now: datetime, settings: Settings) -> list[RuleRun]:
+    try:
+        return await scan(rules, backend, tenant=tenant, overrides=overrides, now=now,
+                          dry_run=settings.dry_run)
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            await close()
 
 
 def token_scope(settings: Settings) -> str:
