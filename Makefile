@@ -16,10 +16,13 @@ $(STAMP): requirements.txt requirements-dev.txt package.json package-lock.json
 install: $(STAMP)
 
 # Headless Chromium renders the Teams cards (tests and demo). Debian's package; needs root or sudo.
+# `env` carries DEBIAN_FRONTEND through sudo and still works when SUDO is empty (as root): a bare
+# `VAR=value` after an empty expansion would be taken as the command name.
 browser:
 	@command -v chromium >/dev/null || { \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 demo: install
 	$(PY) -m responder demo
