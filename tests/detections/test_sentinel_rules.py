@@ -406,3 +406,24 @@ def test_cli_export_usage_errors_and_help(capsys) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert "Exit 0 printed, 2 bad input" in out and "--format {kql,sentinel-yaml}" in out
 
+
+
+def _documented_exports() -> list[list[str]]:
+    root = Path(__file__).resolve().parents[2]
+    commands = []
+    for doc in (root / "README.md", root / "docs" / "rules.md"):
+        text = doc.read_text(encoding="utf-8").replace("\\\n", " ")
+        for line in text.splitlines():
+            if line.startswith("python -m responder rules export "):
+                words = line.split("#")[0].split(">")[0].split()
+                commands.append(words[3:])
+    return commands
+
+
+def test_the_documented_export_commands_run(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    commands = _documented_exports()
+    assert len(commands) == 4
+    for argv in commands:
+        assert main(argv) == 0, argv
+        assert "let protected_recipients = dynamic([" in capsys.readouterr().out
