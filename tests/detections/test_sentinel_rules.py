@@ -120,6 +120,20 @@ def test_microsoft_rules_export_as_sentinel_files_without_our_block(microsoft_ru
         assert out["query"] == "let window = 14d;\n" + original["query"]
 
 
+def test_a_microsoft_rule_with_carried_keys_loads_and_exports_them(tmp_path: Path) -> None:
+    name = "Power Apps - Multiple apps deleted.yaml"
+    text = (FIXTURES / name).read_text(encoding="utf-8")
+    ext = extension({"user": "ActorName"}, ["AppCount", "EnvCount"], window="7d")
+    rule = load_rule(with_extension(text, tmp_path, "power-apps-deleted", ext))
+    original = yaml.safe_load(text)
+    for key in ("status", "eventGroupingSettings", "alertDetailsOverride", "customDetails"):
+        assert rule.raw[key] == original[key]
+    out = yaml.safe_load(sentinel_yaml(rule, resolve_params(rule, TenantConfig(), {})))
+    assert {k: v for k, v in out.items() if k != "query"} == {k: v for k, v in original.items()
+                                                               if k != "query"}
+    assert list(out) == [k for k in SENTINEL_KEY_ORDER if k in original]
+
+
 # --- every key of Sentinel's analytics-rule YAML --------------------------------------------------
 
 SENTINEL_EXTRAS: dict[str, Any] = {
