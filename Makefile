@@ -43,5 +43,10 @@ lint: install
 bench: install
 	$(PY) -m responder.bench --write BENCHMARKS.md
 
+# The deployment zip (docs/deploy.md): the app and nothing else (.funcignore). Needs no venv.
+PACKAGE ?= out/app.zip
+package:
+	python3 infra/scripts/package_app.py $(PACKAGE)
+
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache demo-output out
