@@ -219,6 +219,11 @@ module sentinel 'app/sentinel.bicep' = if (sentinelEnabled) {
   }
 }
 
+// A brand-new identity's service principal takes a while to replicate through Entra ID; granting app
+// roles to it at once fails with "Not a valid reference update"
+// (https://github.com/microsoftgraph/msgraph-bicep-types/issues/193). So the grants wait for the
+// resources that take minutes (Key Vault, the role assignments, the function app); docs/deploy.md
+// says to run `azd provision` again should it still happen.
 module graphPermissions 'app/graph-permissions.bicep' = {
   name: 'graph-permissions'
   scope: rg
@@ -227,6 +232,11 @@ module graphPermissions 'app/graph-permissions.bicep' = {
     graphAppRoles: graphAppRoles
     exchangeAppRoles: exchangeAppRoles
   }
+  dependsOn: [
+    keyVault
+    rbac
+    functionApp
+  ]
 }
 
 module functionApp 'app/function.bicep' = {
