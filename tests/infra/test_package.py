@@ -168,3 +168,21 @@ def test_extracted_zip_imports_and_indexes_every_function_without_the_dev_tools(
     assert got["dev"] == []                       # not shipped, and the app did not need them
     assert got["functions"] == index(clone)["functions"]
     assert {"worker", "poison", "health", "scan", "verify", "digest"} <= set(got["functions"])  # type: ignore[arg-type]
+
+
+def test_zip_is_what_funcignore_leaves_by_git_s_own_reading_of_it(built: tuple[Path, Path],
+                                                                   tmp_path: Path) -> None:
+    # azd deploy zips the project minus .funcignore (gitignore syntax; cli/azd/pkg/project in
+    # Azure/azure-dev). git reads that syntax independently of our packaging code: whatever it does not
+    # ignore in the cluttered clone must be exactly the zip, so both deployment paths ship the same.
+    clone, app = built
+    files = sorted(p.relative_to(clone).as_posix() for p in clone.rglob("*")
+                   if p.is_file() and not p.relative_to(clone).as_posix().startswith(("out/", ".git/")))
+    files = [f for f in files if f != ".funcignore"]          # azd leaves the ignore file itself out
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    proc = subprocess.run(["git", "-c", f"core.excludesFile={clone / '.funcignore'}", "check-ignore",
+                           "--no-index", "--stdin"], cwd=tmp_path, input="\n".join(files),
+                          capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    ignored = set(proc.stdout.split())
+    assert {f for f in files if f not in ignored} == names(app)
