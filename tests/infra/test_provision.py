@@ -166,3 +166,25 @@ def test_the_reserved_lists_match_the_issue_the_docs_and_function_bicep() -> Non
     assert sorted(RESERVED["setByDeployment"]) == sorted(written)
     # the deployment itself must not write what the plan rejects
     assert not {k.upper() for k in written} & {n.upper() for n in flex}
+
+
+# The same rule inside the template, for `az deployment` (Bicep fail(): Azure/bicep#15958, in every
+# Bicep since 0.33; the pinned floor is 0.39.26).
+
+def function_app_settings(operator: dict[str, str]) -> object:
+    main = bm.load("infra/main.bicep")
+    values = {**bm.coerce_to_param_types(main, bm.azd_parameter_values()), "operatorAppSettings": operator}
+    return bm.module_params(main, "functionApp", main.environment(values))["extraAppSettings"]
+
+
+@pytest.mark.parametrize("name", ["FUNCTIONS_WORKER_RUNTIME", "website_run_from_package", "RESPONDER_BACKEND",
+                                  "AzureWebJobsStorage"])
+def test_the_template_fails_on_a_refused_operator_setting(name: str) -> None:
+    with pytest.raises(bm.BicepFail, match=rf"operatorAppSettings: {name}: not allowed"):
+        function_app_settings({"RESPONDER_PARAMS": "{}", name: "x"})
+
+
+def test_the_template_passes_allowed_operator_settings_unchanged() -> None:
+    ok = {"RESPONDER_PARAMS": "{}", "RESPONDER_SCHEDULE_CONNECTOR_MAIL_VOLUME": "0 */2 * * * *"}
+    assert function_app_settings(ok) == ok
+    assert function_app_settings({}) == {}
