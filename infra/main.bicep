@@ -118,8 +118,7 @@ param logRetentionDays int = 30
 // anything is deployed; this fail() is the same rule for `az deployment`, where ARM stops the
 // deployment when it evaluates it (Bicep fail(), Azure/bicep#15958).
 var reservedAppSettings = loadJsonContent('app-settings-reserved.json')
-var reservedAppSettingNames = map(concat(reservedAppSettings.flexConsumptionUnsupported.names,
-  reservedAppSettings.setByDeployment), n => toUpper(n))
+var reservedAppSettingNames = map(concat(reservedAppSettings.flexConsumptionUnsupported.names, reservedAppSettings.setByDeployment), n => toUpper(n))
 var refusedOperatorSettings = filter(objectKeys(operatorAppSettings), name => contains(reservedAppSettingNames, toUpper(name)) || startsWith(toUpper(name), toUpper(reservedAppSettings.storagePrefix)))
 var checkedOperatorAppSettings = empty(refusedOperatorSettings) ? operatorAppSettings : fail('operatorAppSettings: ${join(refusedOperatorSettings, ', ')}: not allowed (unsupported by the Flex Consumption plan, or set by the deployment itself); see docs/deploy.md, App settings')
 
