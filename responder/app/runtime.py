@@ -62,7 +62,7 @@ class Runtime:
             weakref.WeakKeyDictionary())
         if self.notifier is None:
             self.notifier = notifier_from_settings(self.config.settings)
-            if isinstance(self.notifier, NullNotifier):
+            if isinstance(self.notifier, NullNotifier) and not self.settings.unresolved_references:
                 # NullNotifier reports every card as delivered (off is not a failure), so without this
                 # line nothing would ever say that held requests and failures reach nobody. The setting
                 # is empty here, so naming it reveals nothing.
