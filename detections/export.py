@@ -17,7 +17,7 @@ import yaml
 
 from detections.catalog import Rule
 from detections.params import bind_query, kql_timespan
-from detections.platforms import PLATFORMS, prelude, query_names
+from detections.platforms import PLATFORMS, for_platform
 
 # Key order of Microsoft's analytics-rule files; every key the rule schema allows except `responder`.
 SENTINEL_KEY_ORDER = (
@@ -33,8 +33,8 @@ def bound_query(rule: Rule, values: Mapping[str, Any], platform: str) -> str:
     """The platform's prelude, one ``let`` per parameter, then the rule's query: a self-contained query."""
     if platform not in PLATFORMS:
         raise ValueError(f"unknown platform {platform!r} (known: {', '.join(PLATFORMS)})")
-    names = query_names(rule.query)
-    return prelude(platform, names, names) + bind_query(rule, values) + "\n"
+    # The same prelude the backend sends (detections/platforms.py): one meaning on every path.
+    return for_platform(bind_query(rule, values), platform, rule.platform) + "\n"
 
 
 class _Dumper(yaml.SafeDumper):

@@ -89,7 +89,7 @@ async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantCo
                       run_id=run_id)
         runs.append(run)
         try:
-            result = await backend.run(query, timespan=params["window"])
+            result = await backend.run(query, timespan=params["window"], shape=rule.platform)
         except BackendError as exc:
             run.error = f"{rule.slug}: {backend.name} backend: {exc}"
             run.transient = exc.transient

@@ -47,7 +47,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -59,7 +58,14 @@ from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflic
 from remediation.outcome import Outcome
 from remediation.rails import CONNECTOR_ACTIONS, Decision, decide
 from remediation.request import EMAIL_ACTIONS, RequestInvalid, make_request, parse_message, validate_request
-from remediation.verify import MAX_IDS_PER_QUERY, classify, locations, verification_query
+from remediation.verify import (
+    MAX_IDS_PER_QUERY,
+    classify,
+    locations,
+    mail_time,
+    verification_query,
+    verification_timespan,
+)
 from responder.config import Settings, TenantConfig
 
 if TYPE_CHECKING:
@@ -581,11 +587,11 @@ class Worker:
 
     async def _verify_chunk(self, backend: Any, chunk: list[Record]) -> list[Outcome]:
         now = self.ledger.clock()
-        oldest = min(_parse(r.state_times.get("submitted") or r.created_at) for r in chunk)
-        # The hunting API looks back at most 30 days; a day of margin covers late ingestion. Whole
-        # seconds: an ISO 8601 duration with a fraction is refused by the Defender backend.
-        span = min(now - oldest + timedelta(days=1), timedelta(days=30))
-        span = timedelta(seconds=math.ceil(span.total_seconds()))
+        # The EmailEvents row carries the mail's own time, which may be days before the submission (an
+        # undo, a late approval): the timespan reaches back to the oldest mail (remediation/verify.py).
+        mailed = {r.request_id: mail_time(r.request, _parse(r.state_times.get("submitted") or r.created_at))
+                  for r in chunk}
+        span = verification_timespan(mailed.values(), now)
         result = await backend.run(verification_query(r.target["network_message_id"] for r in chunk),
                                    timespan=span)
         where = locations(result.rows)
@@ -598,7 +604,7 @@ class Worker:
                 continue
             submitted_at = _parse(rec.state_times.get("submitted") or rec.created_at)
             state, detail = classify(rec.action, location, submitted_at=submitted_at, now=now,
-                                     grace=self.verify_grace)
+                                     grace=self.verify_grace, mailed_at=mailed[rec.request_id])
             if state is None:
                 out.append(replace(rec.outcome(), detail=detail))
                 continue

@@ -29,6 +29,7 @@ from duckdb_kql.types import kusto_type
 from detections.backends.base import BackendError, QueryResult, TableError
 from detections.catalog import SCHEMAS_DIR
 from detections.params import parse_timespan
+from detections.platforms import PLATFORMS, for_platform, sentinel_columns
 
 _SQL_TYPES = {"String": "VARCHAR", "DateTime": "TIMESTAMPTZ", "Int": "INTEGER", "Long": "BIGINT",
               "Real": "DOUBLE", "Bool": "BOOLEAN", "Dynamic": "JSON", "Guid": "UUID"}
@@ -146,12 +147,19 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, tables_dir: Path | None, now: datetime, *,
-                 schemas: Mapping[str, list[tuple[str, str]]] | None = None):
+                 schemas: Mapping[str, list[tuple[str, str]]] | None = None, platform: str = "defender"):
+        """``platform="sentinel"`` gives the tables Sentinel's shape (EmailEvents without the Latest*
+        columns) and puts Sentinel's prelude in front of queries, as the Sentinel backend does
+        (detections/platforms.py); the default keeps advanced hunting's shape."""
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware (UTC)")
+        if platform not in PLATFORMS:
+            raise ValueError(f"unknown platform {platform!r} (expected one of {', '.join(PLATFORMS)})")
         self.now = now.astimezone(UTC)
-        self.schemas = {t: with_time_generated(c) for t, c in
-                        (dict(schemas) if schemas is not None else load_schemas()).items()}
+        self.platform = platform
+        base = dict(schemas) if schemas is not None else load_schemas()
+        self.schemas = {t: sentinel_columns(t, c) if platform == "sentinel" else with_time_generated(c)
+                        for t, c in base.items()}
         # Tables given as files when loaded from a folder (None: tables come from rows, e.g. rule test
         # cases, where an absent table is deliberately empty).
         self.tables_dir: Path | None = None
@@ -165,9 +173,10 @@ class LocalBackend:
 
     @classmethod
     def from_rows(cls, tables: Mapping[str, Iterable[Mapping[str, Any]]], now: datetime, *,
-                  source: str, schemas: Mapping[str, list[tuple[str, str]]] | None = None) -> LocalBackend:
+                  source: str, schemas: Mapping[str, list[tuple[str, str]]] | None = None,
+                  platform: str = "defender") -> LocalBackend:
         """Tables given as rows (rule test cases); errors name ``source`` + ``.<Table>[<n>].<Column>``."""
-        backend = cls(None, now, schemas=schemas)
+        backend = cls(None, now, schemas=schemas, platform=platform)
         for table, rows in tables.items():
             if table not in backend.schemas:
                 raise TableError(f"{source}.{table}: unknown table (known: {', '.join(backend.schemas)})")
@@ -263,9 +272,10 @@ class LocalBackend:
 
     # --- running ------------------------------------------------------------------------------------
 
-    async def run(self, query: str, *, timespan: timedelta) -> QueryResult:
+    async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> QueryResult:
         # Fast enough (well under a second for a million rows) to run on the event loop's thread,
         # and DuckDB connections are not meant to be shared across threads.
+        query = for_platform(query, self.platform, shape)
         try:
             rel = duckdb_kql.kql(self.con, query, query_now=self.now)
             names = list(rel.columns)

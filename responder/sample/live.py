@@ -46,7 +46,7 @@ class LiveTables:
         # The fake Graph serves each request on its own thread; one DuckDB connection, one at a time.
         self._lock = threading.Lock()
 
-    async def run(self, query: str, *, timespan: timedelta) -> QueryResult:
+    async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> QueryResult:
         with self._lock:
             self.queries += 1
             return await self.backend.run(query, timespan=timespan)

@@ -99,6 +99,10 @@ Hunting = Callable[[str, "str | None"], "tuple[list[Any], list[dict[str, Any]]] 
 OnRemediate = Callable[[str, list[dict[str, str]]], None]
 
 
+# Most rows one advanced hunting result holds (see _hunt).
+HUNTING_MAX_ROWS = 100_000
+
+
 class GraphFault(Exception):
     """Raised by a pluggable handler (``hunting``) to answer an error in Graph's shape."""
 
@@ -588,6 +592,9 @@ class FakeGraph:
         if isinstance(answer, dict):   # a whole response body, as given (malformed-response tests)
             return _Reply(200, answer)
         schema, rows = answer
+        # "Results can return up to 100,000 rows" (https://learn.microsoft.com/defender-xdr/api-advanced-hunting,
+        # quotas): the service cuts longer results without saying so, and so does this fake.
+        rows = list(rows)[:HUNTING_MAX_ROWS]
         cols = [c if isinstance(c, dict) else {"name": c[0], "type": c[1]} for c in schema]
         return _Reply(200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#"
                                               "microsoft.graph.security.huntingQueryResults",

@@ -19,7 +19,7 @@ from detections.catalog import RULES_DIR, Rule, RuleError, load_catalog, load_ru
 from detections.export import SENTINEL_KEY_ORDER, bound_query, sentinel_yaml
 from detections.kqlcheck import check_queries, sample_values, table_schemas
 from detections.params import bind_query, resolve_params
-from detections.platforms import prelude, query_names
+from detections.platforms import SENTINEL_EMAILEVENTS_VIEW, for_platform, reads_emailevents
 from detections.scan import triggered
 from responder.cli import main
 from responder.config import TenantConfig
@@ -296,25 +296,27 @@ def test_the_defender_export_is_exactly_what_the_app_runs() -> None:
         assert bound_query(rule, values, "defender") == bind_query(rule, values) + "\n"
 
 
-def test_sentinel_gets_the_latest_row_view_only_where_latest_columns_are_read() -> None:
+def test_sentinel_gets_the_latest_row_view_only_where_emailevents_is_read() -> None:
     rules = {r.slug: r for r in shipped_rules()}
     mail = rules[MODEL]
     assert "LatestDeliveryLocation" in mail.query
     text = bound_query(mail, sample_values(mail), "sentinel")
-    assert text.startswith("let EmailEvents = EmailEvents\n")
-    assert "arg_max(TimeGenerated, *) by NetworkMessageId, RecipientEmailAddress" in text
+    assert text.startswith(SENTINEL_EMAILEVENTS_VIEW + "\n")
+    assert "arg_max(TimeGenerated, *)" in text and "by NetworkMessageId, RecipientEmailAddress" in text
     # Without the view Sentinel's EmailEvents has no Latest* columns: the parser refuses the plain form.
     plain = check_queries([bind_query(mail, sample_values(mail))], tables=sentinel_schema())[0]
     assert any("LatestDeliveryLocation" in d.message for d in plain.errors)
     for rule in rules.values():
-        if not {"LatestDeliveryLocation", "LatestDeliveryAction"} & query_names(rule.query):
+        if not reads_emailevents(rule.query):
             assert not bound_query(rule, sample_values(rule), "sentinel").startswith("let EmailEvents")
 
 
-def test_a_latest_column_named_only_in_a_comment_or_string_needs_no_view() -> None:
-    names = query_names('EmailEvents // LatestDeliveryLocation\n| where Subject == "LatestDeliveryAction"')
-    assert prelude("sentinel", names, names) == ""
-    assert prelude("defender", {"EmailEvents"}, {"LatestDeliveryLocation"}) == ""
+def test_a_query_written_for_sentinels_own_table_gets_no_view() -> None:
+    # Microsoft's analytics rules read Sentinel's row-per-change EmailEvents as it is.
+    q = "EmailEvents | where TimeGenerated > ago(1h) | count"
+    assert for_platform(q, "sentinel", "sentinel") == q
+    assert for_platform(q, "sentinel", "defender").startswith(SENTINEL_EMAILEVENTS_VIEW)
+    assert not reads_emailevents('CloudAppEvents // EmailEvents\n| where ActionType == "EmailEvents"')
 
 
 @pytest.fixture
