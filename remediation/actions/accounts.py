@@ -9,6 +9,7 @@ module: the safety rails (remediation/rails.py) stop them first.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -90,48 +91,55 @@ class DisableUser(_PerUser):
 
 
 class ConfirmCompromised:
-    """``POST /identityProtection/riskyUsers/confirmCompromised``: needs object ids, so UPNs are resolved
-    first (``GET /users/{upn}?$select=id``; a 404 there fails only that target), then the batch is sent
-    in as few calls as possible."""
+    """``POST /identityProtection/riskyUsers/confirmCompromised`` with the targets' object ids, in as few
+    calls as possible.
+
+    The API takes object ids (``userIds``), and the rules map them (AccountObjectId, SenderObjectId), so
+    nothing is looked up: resolving a UPN (``GET /users/{upn}``) would need User.Read.All, which the
+    confirmCompromised feature does not grant (IdentityRiskyUser.ReadWrite.All only, infra/permissions.json;
+    https://learn.microsoft.com/graph/api/riskyuser-confirmcompromised#permissions). A target that is not
+    an object id fails alone, saying so. The service answers for the call as a whole, so a 400 on a call
+    with several ids (one id it refuses) is bisected down to the id it refuses."""
 
     name = "confirm_compromised"
 
     async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]:
         results: dict[str, ActionResult] = {}
-        ids: dict[str, str] = {}
-
-        async def resolve(req: dict[str, Any]) -> None:
+        ready: list[dict[str, Any]] = []
+        for req in requests:
             bad = _wrong(req, self.name)
+            user = _user(req) or ""
+            if bad is None and not is_object_id(user):
+                bad = failed(req, f"confirmCompromised takes user object ids, and {user!r} is not one: "
+                                  "map the rule's AccountObjectId (resolving a UPN would need User.Read.All, "
+                                  "which this feature does not grant)")
             if bad is not None:
                 results[req["id"]] = bad
-                return
-            user = _user(req) or ""
-            try:
-                q = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=["id"])
-                found = await ctx.graph.users.by_user_id(user).get(RequestConfiguration(query_parameters=q))
-            except Exception as exc:
-                results[req["id"]] = describe(exc).result(req["id"], f"look up {user}")
-                return
-            if found is None or not found.id:
-                results[req["id"]] = failed(req, f"user {user} has no object id")
-                return
-            ids[req["id"]] = found.id
-
-        await asyncio.gather(*(resolve(r) for r in requests))
-        ready = [r for r in requests if r["id"] in ids]
+            else:
+                ready.append(req)
         for start in range(0, len(ready), MAX_USERS_PER_CALL):
-            chunk = ready[start:start + MAX_USERS_PER_CALL]
-            object_ids = list(dict.fromkeys(ids[r["id"]] for r in chunk))
-            try:
-                await ctx.graph.identity_protection.risky_users.confirm_compromised.post(
-                    ConfirmCompromisedPostRequestBody(user_ids=object_ids))
-            except Exception as exc:
-                failure = describe(exc)
-                for r in chunk:
-                    results[r["id"]] = failure.result(r["id"], "confirm compromised")
-                continue
-            for r in chunk:
-                results[r["id"]] = ActionResult(
-                    r["id"], "confirmed", detail=f"{_user(r)} ({ids[r['id']]}) confirmed compromised: "
-                                                 "user risk set to high")
+            results.update(await self._submit(ready[start:start + MAX_USERS_PER_CALL], ctx))
         return [results[r["id"]] for r in requests]
+
+    async def _submit(self, chunk: list[dict[str, Any]], ctx: ActionContext) -> dict[str, ActionResult]:
+        object_ids = list(dict.fromkeys((_user(r) or "").lower() for r in chunk))
+        try:
+            await ctx.graph.identity_protection.risky_users.confirm_compromised.post(
+                ConfirmCompromisedPostRequestBody(user_ids=object_ids))
+        except Exception as exc:
+            failure = describe(exc)
+            if failure.status == 400 and len(object_ids) > 1:
+                mid = len(chunk) // 2
+                return {**await self._submit(chunk[:mid], ctx), **await self._submit(chunk[mid:], ctx)}
+            return {r["id"]: failure.result(r["id"], "confirm compromised") for r in chunk}
+        return {r["id"]: ActionResult(r["id"], "confirmed",
+                                      detail=f"{_user(r)} confirmed compromised: user risk set to high")
+                for r in chunk}
+
+
+_OBJECT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def is_object_id(value: str) -> bool:
+    """An Entra object id (a GUID), as opposed to a UPN."""
+    return _OBJECT_ID.fullmatch(value.strip()) is not None
