@@ -411,6 +411,8 @@ class Worker:
                                   "attempts": rec.attempts + attempt - 1, "executed_by": rec.claim_token}
         if res.undo is not None:
             fields["undo"] = res.undo
+        if res.blocked:
+            fields["blocked"] = res.blocked
         try:
             rec = self.ledger.transition(rec, state, **fields)
         except (LedgerConflict, IllegalTransition) as exc:

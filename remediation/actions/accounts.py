@@ -12,6 +12,7 @@ import asyncio
 import re
 from typing import Any
 
+from kiota_abstractions.api_error import APIError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.identity_protection.risky_users.confirm_compromised.confirm_compromised_post_request_body import (  # noqa: E501
     ConfirmCompromisedPostRequestBody,
@@ -21,6 +22,16 @@ from msgraph.generated.users.item.user_item_request_builder import UserItemReque
 
 from remediation.actions.base import ActionContext, ActionResult, failed
 from remediation.actions.errors import describe
+
+# Revoking sessions of, or disabling, a user who holds an Entra admin role is a "sensitive action": an
+# app-only caller needs an Entra role that covers the target's role, and Privileged Authentication
+# Administrator covers every admin (Global Administrators included). Without it Graph answers
+# 403 Authorization_RequestDenied "Insufficient privileges to complete the operation."
+# https://learn.microsoft.com/graph/api/user-update#permissions ("Who can perform sensitive actions"),
+# https://learn.microsoft.com/graph/api/user-revokesigninsessions#permissions
+PRIVILEGED_ROLE = "Privileged Authentication Administrator"
+_VERB = {"revoke_sessions": "revoke the sessions of", "disable_user": "disable"}
+_PERMISSION = {"revoke_sessions": "User.RevokeSessions.All", "disable_user": "User.EnableDisableAccount.All"}
 
 # confirmCompromised takes a list of object ids; 60 per call stays inside what Identity Protection's
 # bulk risky-user actions accept, and one call per batch keeps the audit log readable.
@@ -53,11 +64,28 @@ class _PerUser:
         user = _user(req) or ""
         try:
             return await self.one(req, user, ctx)
+        except APIError as exc:
+            if exc.response_status_code == 403 and _code(exc) == "Authorization_RequestDenied":
+                return privileged(req, user, self.name)
+            return describe(exc).result(req["id"], f"{self.name} for {user}")
         except Exception as exc:
             return describe(exc).result(req["id"], f"{self.name} for {user}")
 
     async def one(self, req: dict[str, Any], user: str, ctx: ActionContext) -> ActionResult:
         raise NotImplementedError
+
+
+def _code(exc: APIError) -> str | None:
+    return getattr(getattr(exc, "error", None), "code", None)
+
+
+def privileged(req: dict[str, Any], user: str, action: str) -> ActionResult:
+    """The explicit outcome for a 403 on a sensitive action: permanent (a retry cannot help) until an
+    admin grants the identity the role (docs/deploy.md, "Privileged targets")."""
+    reason = (f"target is privileged: the identity needs role {PRIVILEGED_ROLE} to {_VERB[action]} {user} "
+              f"(Graph answered 403 Authorization_RequestDenied; if this happens for every account, the "
+              f"{_PERMISSION[action]} grant is missing instead)")
+    return ActionResult(req["id"], "failed", detail=reason, error=reason, blocked="privileged_target")
 
 
 class RevokeSessions(_PerUser):

@@ -84,13 +84,35 @@ def test_one_user_failing_does_not_stop_the_others() -> None:
     with FakeGraph() as fake:
         fake.users.add(ADMIN)
         fake.users.add("ops@contoso.com")
-        fake.inject("POST", r"/users/ops@contoso\.com/revokeSignInSessions$", 403,
-                    code="Authorization_RequestDenied",
-                    message="Insufficient privileges to complete the operation.")
+        fake.inject("POST", r"/users/ops@contoso\.com/revokeSignInSessions$", 404,
+                    code="Request_ResourceNotFound", message="Resource 'ops@contoso.com' does not exist.")
         results = run(fake, "revoke_sessions", [user_request("ops@contoso.com"), user_request(ADMIN)])
     assert [r.state for r in results] == ["failed", "confirmed"]
-    assert results[0].error == ("HTTP 403 Authorization_RequestDenied: Insufficient privileges to complete "
-                                "the operation.")
+    assert results[0].error == "HTTP 404 Request_ResourceNotFound: Resource 'ops@contoso.com' does not exist."
+
+
+@pytest.mark.parametrize("action", ["revoke_sessions", "disable_user"])
+def test_privileged_target_is_an_explicit_permanent_outcome(action: str) -> None:
+    with FakeGraph() as fake:
+        admin = fake.users.add("ga@contoso.com", privileged_role="Global Administrator")
+        [res] = run(fake, action, [user_request(admin.id, action)])
+        assert admin.account_enabled is True and fake.revoked == []
+        # Once the identity holds the role, the same request goes through.
+        fake.app_roles.add("Privileged Authentication Administrator")
+        [again] = run(fake, action, [user_request(admin.id, action)])
+    assert (res.state, res.transient, res.blocked) == ("failed", False, "privileged_target")
+    assert (res.error or "").startswith(
+        "target is privileged: the identity needs role Privileged Authentication Administrator to ")
+    assert again.state == "confirmed"
+
+
+def test_user_administrator_is_enough_for_a_helpdesk_admin_but_not_for_a_global_admin() -> None:
+    with FakeGraph() as fake:
+        fake.app_roles.add("User Administrator")
+        helpdesk = fake.users.add("hd@contoso.com", privileged_role="Helpdesk Administrator")
+        ga = fake.users.add("ga@contoso.com", privileged_role="Global Administrator")
+        results = run(fake, "revoke_sessions", [user_request(helpdesk.id), user_request(ga.id)])
+    assert [(r.state, r.blocked) for r in results] == [("confirmed", None), ("failed", "privileged_target")]
 
 
 @pytest.mark.parametrize(("action", "method", "path", "status", "transient", "retry_after"), [
