@@ -12,10 +12,12 @@ import jsonschema
 
 SCHEMA_VERSION = "remediation-request/1"
 ACTIONS = (
-    "move_to_junk", "move_to_inbox", "soft_delete", "disable_connector",
+    "move_to_junk", "move_to_inbox", "soft_delete", "move_to_deleted_items", "disable_connector",
     "revoke_sessions", "disable_user", "confirm_compromised", "notify",
 )
-EMAIL_ACTIONS = ("move_to_junk", "move_to_inbox", "soft_delete")
+# soft_delete has Defender's meaning (the message goes to Recoverable Items, out of the user's sight);
+# move_to_deleted_items puts it in Deleted Items, where the user still sees it.
+EMAIL_ACTIONS = ("move_to_junk", "move_to_inbox", "soft_delete", "move_to_deleted_items")
 ACCOUNT_ACTIONS = ("revoke_sessions", "disable_user", "confirm_compromised")
 MODES = ("auto", "approval", "dry_run")
 

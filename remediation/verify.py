@@ -19,6 +19,7 @@ from detections.params import kql_string
 EXPECTED_LOCATION = {
     "move_to_junk": ("junk folder",),
     "soft_delete": ("deleted items",),
+    "move_to_deleted_items": ("deleted items",),
     "move_to_inbox": ("inbox/folder", "inbox"),
 }
 # Ids per query: keeps the query text small enough for the hunting API (about 40 bytes per id).

@@ -52,8 +52,17 @@ MAILBOX_CONCURRENCY = 4
 # (a new TCP/TLS connection per request) and its queue bookkeeping grows with queued x open
 # connections: 100 mailboxes x 4 made the client spend most of its CPU there, not on Graph's answers.
 MAX_IN_FLIGHT = 20
-DESTINATION = {"move_to_junk": "junkemail", "move_to_inbox": "inbox", "soft_delete": "deleteditems"}
-FOLDER_LABEL = {"junkemail": "Junk Email", "inbox": "Inbox", "deleteditems": "Deleted Items"}
+# soft_delete as Defender means it: "Soft delete" puts the message in Recoverable Items\Deletions, out of
+# the user's folders
+# (https://learn.microsoft.com/defender-office-365/remediate-malicious-email-delivered-office-365),
+# which Graph names by the well-known folder name ``recoverableitemsdeletions``
+# (https://learn.microsoft.com/graph/api/resources/mailfolder#well-known-folder-names). A move, not
+# DELETE /messages/{id}: the move answers the message's new id and folder, so it is confirmed and undone
+# like the other moves. move_to_deleted_items is Defender's moveToDeletedItems (Deleted Items).
+DESTINATION = {"move_to_junk": "junkemail", "move_to_inbox": "inbox",
+               "soft_delete": "recoverableitemsdeletions", "move_to_deleted_items": "deleteditems"}
+FOLDER_LABEL = {"junkemail": "Junk Email", "inbox": "Inbox", "deleteditems": "Deleted Items",
+                "recoverableitemsdeletions": "Recoverable Items (Deletions)"}
 
 T = TypeVar("T")
 
@@ -83,7 +92,8 @@ def restore_folder(request: dict[str, Any]) -> str | None:
 
 
 class MailboxEmailAction:
-    """``move_to_junk`` / ``move_to_inbox`` / ``soft_delete`` by moving the message in the mailbox."""
+    """``move_to_junk`` / ``move_to_inbox`` / ``soft_delete`` / ``move_to_deleted_items`` by moving the
+    message in the mailbox."""
 
     def __init__(self, action: str):
         if action not in DESTINATION:

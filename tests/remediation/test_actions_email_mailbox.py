@@ -166,8 +166,11 @@ def test_the_fake_throttles_a_fifth_concurrent_request() -> None:
     assert len(throttled) == 1
 
 
-@pytest.mark.parametrize(("action", "folder", "start"), [("move_to_inbox", "inbox", "junkemail"),
-                                                         ("soft_delete", "deleteditems", "inbox")])
+@pytest.mark.parametrize(("action", "folder", "start"), [
+    ("move_to_inbox", "inbox", "junkemail"),
+    # Defender's meaning of soft delete: Recoverable Items\Deletions, not the user's Deleted Items.
+    ("soft_delete", "recoverableitemsdeletions", "inbox"),
+    ("move_to_deleted_items", "deleteditems", "inbox")])
 def test_other_actions_move_to_their_folder(action: str, folder: str, start: str) -> None:
     with FakeGraph() as fake:
         fake.mailboxes.add(BOX, "<a@x>", folder=start)
