@@ -30,6 +30,7 @@ TARGET_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 _nonempty = {"type": "string", "minLength": 1}
+OBJECT_ID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 REQUEST_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://xdr-responder/schemas/remediation-request-1.json",
@@ -46,6 +47,9 @@ REQUEST_SCHEMA: dict[str, Any] = {
             "properties": {
                 "network_message_id": _nonempty,
                 "recipient": _nonempty,
+                # The recipient mailbox's Entra object id (EmailEvents.RecipientObjectId): how the mailbox
+                # strategy addresses the mailbox (/users/{id}); additive, ``recipient`` stays the address.
+                "recipient_object_id": {"type": "string", "pattern": OBJECT_ID_PATTERN},
                 "internet_message_id": _nonempty,
                 "connector": _nonempty,
                 "connector_type": {"enum": ["inbound", "outbound"]},

@@ -1,6 +1,7 @@
 """Email remediation in the recipient's mailbox (Graph ``Mail.ReadWrite``, scoped with RBAC for Applications).
 
-Per target: find the message by ``internetMessageId`` in the recipient's mailbox, compare its folder
+Per target: find the message by ``internetMessageId`` in the recipient's mailbox (addressed by the
+recipient's object id when the rule maps RecipientObjectId, else by its address), compare its folder
 with the destination, and move it only when it is elsewhere. Synchronous, so the result is
 ``confirmed`` at once (or ``skipped`` when it was already there: re-running a request, or a message
 the user moved, is not a failure). ``undo`` records the folder it came from, so an undo puts it back
@@ -108,10 +109,15 @@ class MailboxEmailAction:
         if req.get("action") != self.name:
             return failed(req, f"{req.get('action')!r} request given to {self.name}")
         target = req.get("target") or {}
-        mailbox = str(target.get("recipient") or "").strip()
+        address = str(target.get("recipient") or "").strip()
         imid = str(target.get("internet_message_id") or "").strip()
-        if "@" not in mailbox:
+        if "@" not in address:
             return failed(req, "target needs the recipient's mailbox address")
+        # Graph addresses a user as /users/{id | userPrincipalName}
+        # (https://learn.microsoft.com/graph/api/user-list-messages#http-request): the recipient address in
+        # EmailEvents is the SMTP address, which for a shared mailbox or a renamed user is often not the
+        # UPN (404). The object id always works; the address is the fallback when the rule has no id.
+        mailbox = str(target.get("recipient_object_id") or "").strip() or address
         if not imid:
             return failed(req, "the mailbox strategy needs the message's internet_message_id (the rule "
                                "must map InternetMessageId), and this target has none")
@@ -119,7 +125,7 @@ class MailboxEmailAction:
         try:
             found = await run.find(mailbox, imid)
             if not found:
-                raise _NotFound(f"message {imid} not found in mailbox {mailbox} (deleted, or never delivered "
+                raise _NotFound(f"message {imid} not found in mailbox {address} (deleted, or never delivered "
                                 "there)")
             step = "resolve destination folder"
             dest_ref, note = restore_folder(req) or DESTINATION[self.name], ""
@@ -134,7 +140,7 @@ class MailboxEmailAction:
             label = FOLDER_LABEL.get(dest_ref, "its original folder")
             to_move = [m for m in found if m.parent_folder_id != dest_id]
             if not to_move:
-                return ActionResult(req["id"], "skipped", detail=f"already in {label} in {mailbox}")
+                return ActionResult(req["id"], "skipped", detail=f"already in {label} in {address}")
             step = "move"
             destination = dest_ref if dest_ref in FOLDER_LABEL else dest_id
             moved_ids: list[str] = []
@@ -154,11 +160,11 @@ class MailboxEmailAction:
         except _NotFound as exc:
             return ActionResult(req["id"], "failed", detail=str(exc), error=str(exc))
         except Exception as exc:
-            return describe(exc).result(req["id"], f"{step} in {mailbox}")
-        undo = {"strategy": "mailbox", "mailbox": mailbox, "internet_message_id": imid,
+            return describe(exc).result(req["id"], f"{step} in {address}")
+        undo = {"strategy": "mailbox", "mailbox": address, "internet_message_id": imid,
                 "original_folder": to_move[0].parent_folder_id, "moved_message_id": moved_ids[0]}
         return ActionResult(req["id"], "confirmed", undo=undo,
-                            detail=f"moved {len(to_move)} message(s) to {label} in {mailbox}{note}")
+                            detail=f"moved {len(to_move)} message(s) to {label} in {address}{note}")
 
 
 class _Run:
