@@ -48,6 +48,9 @@ class ActionContext:
     tenant: TenantConfig
     graph: GraphServiceClient
     exchange: ExchangeClient | None = None
+    # remediation.mailbox_slots.MailboxSlots: Outlook's per-mailbox limit across instances (mailbox
+    # strategy); None keeps only the in-process limit (tests, CLI, a single instance).
+    mailbox_slots: Any = None
 
 
 class Action(Protocol):

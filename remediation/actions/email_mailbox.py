@@ -10,8 +10,9 @@ exactly there rather than in the Inbox.
 Outlook allows an app at most 4 concurrent requests per mailbox: every request to one mailbox takes
 that mailbox's semaphore (``MAILBOX_CONCURRENCY``) for as long as it is in flight, while different
 mailboxes proceed in parallel, up to ``MAX_IN_FLIGHT`` requests in all (what the HTTP pool keeps open).
-Outlook's limit is per app across all instances, so a 429 can still come back when several workers hit one
-mailbox: it is reported transient with the service's Retry-After.
+Outlook's limit is per app across all instances, so with ``ctx.mailbox_slots`` set (the function app)
+each request also holds one of the mailbox's 4 leases in Table storage (remediation/mailbox_slots.py),
+shared by every instance; a 429 that still comes back is reported transient with its Retry-After.
 
 SDK retries: the RetryHandler replays a move that got 503/504. If the service had processed it, the
 message already has a new id and the replay answers 404; the action then re-reads the mailbox and,
@@ -31,6 +32,7 @@ asked for: a filter the service did not apply can never turn into moving a whole
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -173,14 +175,17 @@ class _Run:
     def __init__(self, ctx: ActionContext):
         self.graph = ctx.graph
         self.adapter = ctx.graph.request_adapter
+        self.slots = ctx.mailbox_slots
         self.sems: dict[str, asyncio.Semaphore] = {}
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.folders: dict[tuple[str, str], asyncio.Task[str]] = {}
 
     async def _limited(self, mailbox: str, call: Callable[[], Awaitable[T]]) -> T:
         sem = self.sems.setdefault(mailbox.lower(), asyncio.Semaphore(MAILBOX_CONCURRENCY))
-        # Always the mailbox's slot first, then the overall one: one order, so no deadlock.
-        async with sem, self.in_flight:
+        # Always this process's mailbox slot, then the mailbox's lease shared by all instances, then the
+        # overall one: one order, so no deadlock.
+        shared = self.slots.hold(mailbox) if self.slots is not None else contextlib.nullcontext()
+        async with sem, shared, self.in_flight:
             return await call()
 
     async def find(self, mailbox: str, imid: str) -> list[FoundMessage]:

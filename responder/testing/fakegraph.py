@@ -850,6 +850,14 @@ class _Server(ThreadingHTTPServer):
     # mailbox strategy across 100 mailboxes) has SYNs dropped and retried after 1 s, 3 s, ...
     request_queue_size = 256
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        # A client that closes its keep-alive connection (an event loop that ended) is not an error.
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
