@@ -66,6 +66,9 @@ DESTINATION = {"move_to_junk": "junkemail", "move_to_inbox": "inbox",
                "soft_delete": "recoverableitemsdeletions", "move_to_deleted_items": "deleteditems"}
 FOLDER_LABEL = {"junkemail": "Junk Email", "inbox": "Inbox", "deleteditems": "Deleted Items",
                 "recoverableitemsdeletions": "Recoverable Items (Deletions)"}
+# Folders GET /users/{id}/messages does not list ("including the Deleted Items and Clutter folders",
+# https://learn.microsoft.com/graph/api/user-list-messages): a message there is looked up in the folder.
+HIDDEN_FOLDERS = ("recoverableitemsdeletions",)
 
 T = TypeVar("T")
 
@@ -124,8 +127,12 @@ class MailboxEmailAction:
             return failed(req, "the mailbox strategy needs the message's internet_message_id (the rule "
                                "must map InternetMessageId), and this target has none")
         step = "find message"
+        hidden = DESTINATION[self.name] if DESTINATION[self.name] in HIDDEN_FOLDERS else None
         try:
             found = await run.find(mailbox, imid)
+            if not found and hidden:
+                # Already soft-deleted (a re-run, a redelivery): /messages does not list Recoverable Items.
+                found = await run.find(mailbox, imid, folder=hidden)
             if not found:
                 raise _NotFound(f"message {imid} not found in mailbox {address} (deleted, or never delivered "
                                 "there)")
@@ -154,7 +161,8 @@ class MailboxEmailAction:
                     # processed): the first attempt moved the message and gave it a new id. Re-read.
                     if exc.response_status_code != 404:
                         raise
-                    again = [x for x in await run.find(mailbox, imid) if x.parent_folder_id == dest_id]
+                    again = [x for x in await run.find(mailbox, imid, folder=hidden)
+                             if x.parent_folder_id == dest_id]
                     if not again:
                         raise
                     moved_ids.append(str(again[0].id))
@@ -188,12 +196,14 @@ class _Run:
         async with sem, shared, self.in_flight:
             return await call()
 
-    async def find(self, mailbox: str, imid: str) -> list[FoundMessage]:
+    async def find(self, mailbox: str, imid: str, folder: str | None = None) -> list[FoundMessage]:
+        """The copies of ``imid`` in the mailbox's folders, or only in ``folder`` when given."""
         q = MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters(
             filter=f"internetMessageId eq {odata_string(imid)}",
             select=["id", "parentFolderId", "internetMessageId"])
-        info = self.graph.users.by_user_id(mailbox).messages.to_get_request_information(
-            RequestConfiguration(query_parameters=q))
+        user = self.graph.users.by_user_id(mailbox)
+        messages = user.mail_folders.by_mail_folder_id(folder).messages if folder else user.messages
+        info = messages.to_get_request_information(RequestConfiguration(query_parameters=q))
         page = await self._limited(mailbox, lambda: send_json(self.adapter, info))
         if page is None or not isinstance(page.get("value"), list):
             # Graph always answers a collection; anything else is not evidence that the message is gone.

@@ -58,7 +58,9 @@ Endpoints (Graph paths relative to ``/v1.0``):
   the SDK's path): validates the body, records a ``Remediation``, calls ``on_remediate(action, emails)``
   (emails: list of ``{"networkMessageId", "recipientEmailAddress"}``), answers 202 with an Action-center
   ``Location`` header and no body.
-* ``GET /users/{id}/messages?$filter=internetMessageId eq '...'``, ``GET /users/{id}/messages/{msgId}``,
+* ``GET /users/{id}/messages?$filter=internetMessageId eq '...'`` (not Recoverable Items),
+  ``GET /users/{id}/mailFolders/{idOrWellKnownName}/messages?$filter=...``,
+  ``GET /users/{id}/messages/{msgId}``,
   ``POST /users/{id}/messages/{msgId}/move`` (body ``destinationId`` or ``DestinationId``: a well-known
   folder name or a folder id; 201 with the moved message, which has a new id),
   ``GET /users/{id}/mailFolders/{idOrWellKnownName}``.
@@ -104,6 +106,7 @@ DEFAULT_TENANT_ID = "8f4a2c1e-0b7d-4e59-9c36-2d1f0a7b5e43"
 # recoverableitemsdeletions is Recoverable Items\Deletions, where a soft delete puts a message.
 WELL_KNOWN_FOLDERS = ("inbox", "junkemail", "deleteditems", "archive", "drafts", "sentitems",
                       "recoverableitemsdeletions")
+HIDDEN_FOLDERS = ("recoverableitemsdeletions",)   # outside the folders GET /messages lists
 REMEDIATION_ACTIONS = ("moveToJunk", "moveToInbox", "hardDelete", "softDelete", "moveToDeletedItems")
 REMEDIATION_SEVERITIES = ("low", "medium", "high")
 # Default error codes per status, as Graph names them.
@@ -409,6 +412,7 @@ class FakeGraph:
             ("GET", re.compile(_USER + r"/messages/(?P<msg>[^/]+)$"), self._get_message),
             ("POST", re.compile(_USER + r"/messages/(?P<msg>[^/]+)/(microsoft\.graph\.)?move$"), self._move),
             ("GET", re.compile(_USER + r"/mailFolders/(?P<folder>[^/]+)$"), self._get_folder),
+            ("GET", re.compile(_USER + r"/mailFolders/(?P<folder>[^/]+)/messages$"), self._list_messages),
             ("POST", re.compile(_USER + r"/(microsoft\.graph\.)?revokeSignInSessions$"), self._revoke),
             ("GET", re.compile(_USER + r"$"), self._get_user),
             ("PATCH", re.compile(_USER + r"$"), self._patch_user),
@@ -678,6 +682,18 @@ class FakeGraph:
         user = self._user(m)
         flt = q.get("$filter")
         msgs = self.mailboxes.messages(user.id)
+        folder = m.groupdict().get("folder")
+        if folder is None:
+            # /messages lists the user's folders "including the Deleted Items and Clutter folders"
+            # (https://learn.microsoft.com/graph/api/user-list-messages), not Recoverable Items, which is
+            # outside them: a soft-deleted message is only listed through that folder.
+            msgs = [x for x in msgs if x.folder not in HIDDEN_FOLDERS]
+        else:
+            name = self._resolve_folder(user, folder)
+            if name is None:
+                raise _error(404, "The specified folder could not be found in the store.",
+                             "ErrorItemNotFound")
+            msgs = [x for x in msgs if x.folder.lower() == name.lower()]
         if flt is not None:
             fm = re.fullmatch(r"\s*internetMessageId\s+eq\s+'((?:[^']|'')*)'\s*", flt)
             if fm is None:

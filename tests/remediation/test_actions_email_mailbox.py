@@ -334,3 +334,19 @@ def test_a_recipient_object_id_that_is_not_a_guid_is_refused_naming_the_field() 
         make_request(rule="r", action="move_to_junk", mode="auto", evidence={}, detected_at=T0,
                      target={"network_message_id": "m", "recipient": BOX,
                              "recipient_object_id": "../../users/admin@contoso.com"})
+
+
+def test_soft_delete_again_finds_the_message_in_recoverable_items_and_skips() -> None:
+    with FakeGraph() as fake:
+        fake.mailboxes.add(BOX, "<a@x>")
+        [first] = run(fake, "soft_delete", [junk("<a@x>", action="soft_delete")])
+        # The user's folders no longer list it (GET /messages does not cover Recoverable Items) ...
+        assert fake.calls_to("GET", r"/messages$")[0].status == 200
+        [again] = run(fake, "soft_delete", [junk("<a@x>", action="soft_delete")])
+        looked = [c.path for c in fake.calls_to("GET", r"/messages$")][1:]
+        assert fake.mailboxes.folder_of(BOX, "<a@x>") == "recoverableitemsdeletions"
+    assert first.state == "confirmed"
+    # ... so the re-run looks in the folder itself, and the message is already there.
+    assert looked == [f"/v1.0/users/{BOX}/messages",
+                      f"/v1.0/users/{BOX}/mailFolders/recoverableitemsdeletions/messages"]
+    assert (again.state, again.detail) == ("skipped", f"already in Recoverable Items (Deletions) in {BOX}")
