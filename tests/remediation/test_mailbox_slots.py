@@ -99,3 +99,11 @@ def test_a_campaign_across_eight_instances_gets_no_429(storage_conn: str) -> Non
     assert (got["confirmed"], got["failed"]) == (48, 0)
     assert got["throttled_429"] == 0 and got["peak_concurrency"] <= 4
     assert got["slot_waits"] > 0   # the instances did contend: the leases, not luck, kept them apart
+
+
+def test_busy_slots_are_a_transient_failure_that_says_why() -> None:
+    from remediation.actions.errors import describe
+
+    failure = describe(SlotsBusy("all 4 request slots of the mailbox stayed busy for 300s"))
+    assert failure.transient and failure.retry_after == 10.0
+    assert failure.reason == "all 4 request slots of the mailbox stayed busy for 300s"
