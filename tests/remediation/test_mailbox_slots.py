@@ -43,17 +43,19 @@ def test_at_most_four_requests_per_mailbox_across_instances(storage_conn: str, u
         async with slots.hold(f"{mailbox}@contoso.com"):
             in_flight[mailbox] += 1
             peak[mailbox] = max(peak[mailbox], in_flight[mailbox])
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.2)
             in_flight[mailbox] -= 1
 
-    async def main() -> None:
-        async with instances(storage_conn, unique_name, 3) as three:
-            # 18 requests to mailbox a from three instances, 3 to mailbox b: b never waits for a.
-            await asyncio.gather(*(request(three[i % 3], "a") for i in range(18)),
-                                 *(request(three[i], "b") for i in range(3)))
+    async def main() -> tuple[int, int]:
+        async with instances(storage_conn, unique_name, 4) as four:
+            # 18 requests to mailbox a from three instances while a fourth sends 2 to mailbox b.
+            await asyncio.gather(*(request(four[i % 3], "a") for i in range(18)),
+                                 *(request(four[3], "b") for _ in range(2)))
+            return sum(s.waits for s in four[:3]), four[3].waits
 
-    run(main)
-    assert peak == {"a": 4, "b": 3}
+    waits_a, waits_b = run(main)
+    assert peak["a"] == 4 and waits_a > 0      # a was saturated and its instances waited for slots
+    assert waits_b == 0                         # ... which never held up another mailbox
 
 
 def test_a_lease_is_released_and_the_mailbox_key_ignores_case(storage_conn: str, unique_name: str) -> None:
