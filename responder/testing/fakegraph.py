@@ -24,6 +24,7 @@ Public API::
         fake.remediations        # list[Remediation]: every accepted analyzedEmails/remediate call
         fake.compromised         # set of user object ids confirmed compromised
         fake.revoked             # list of user ids whose sessions were revoked (one entry per call)
+        fake.app_roles           # set of Entra role names the app's identity holds (privileged targets)
 
         # what was sent
         fake.calls               # list[Call] (method, path, query, json, body, headers, status)
