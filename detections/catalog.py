@@ -30,13 +30,13 @@ SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 # Target fields an action may map beyond its required ones (see remediation/request.py).
 _OPTIONAL_TARGETS: dict[str, tuple[str, ...]] = {
-    **{a: ("internet_message_id",) for a in EMAIL_ACTIONS},
+    **{a: ("internet_message_id", "recipient_object_id") for a in EMAIL_ACTIONS},
     "disable_connector": ("connector_type",),
 }
 
 
-_ALL_TARGET_FIELDS = ("network_message_id", "recipient", "internet_message_id", "connector", "connector_type",
-                      "user")
+_ALL_TARGET_FIELDS = ("network_message_id", "recipient", "recipient_object_id", "internet_message_id",
+                      "connector", "connector_type", "user")
 
 # Sentinel's ATT&CK tactic names (Azure/Azure-Sentinel .script/tests/detectionTemplateSchemaValidation/Models/
 # AttackTactic.cs, plus PreAttack from the ARM alertRules API). Some Sentinel files write them with spaces

@@ -126,10 +126,11 @@ class Worker:
                  report_hook: ReportHook | None = None, max_attempts: int = 3, backoff: float = 2.0,
                  max_delay: float = 30.0, lease: timedelta = timedelta(minutes=5),
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, group_siblings: bool = True,
-                 verify_grace: timedelta = timedelta(hours=2)) -> None:
+                 verify_grace: timedelta = timedelta(hours=2), mailbox_slots: Any = None) -> None:
         self.settings, self.tenant, self.catalog, self.ledger = settings, tenant, catalog, ledger
         self.graph, self.exchange = graph, exchange
         self._ctx: Any = None
+        self.mailbox_slots = mailbox_slots   # remediation.mailbox_slots.MailboxSlots (mailbox strategy)
         self.notifier = notifier
         if report_hook is None and notifier is not None:
             from remediation.reporting import cards_hook  # the Teams cards, only when a notifier is given
@@ -149,7 +150,7 @@ class Worker:
             from remediation.actions import ActionContext
 
             self._ctx = ActionContext(settings=self.settings, tenant=self.tenant, graph=self.graph,
-                                      exchange=self.exchange)
+                                      exchange=self.exchange, mailbox_slots=self.mailbox_slots)
         return self._ctx
 
     # --- entry points ---------------------------------------------------------------------------------
@@ -417,6 +418,8 @@ class Worker:
                                   "attempts": rec.attempts + attempt - 1, "executed_by": rec.claim_token}
         if res.undo is not None:
             fields["undo"] = res.undo
+        if res.blocked:
+            fields["blocked"] = res.blocked
         try:
             rec = self.ledger.transition(rec, state, **fields)
         except (LedgerConflict, IllegalTransition) as exc:
