@@ -26,7 +26,8 @@ def dump(backend: LocalBackend, table: str) -> list[tuple[Any, ...]]:
 
 
 def test_bulk_load_matches_the_local_backend(tmp_path: Path) -> None:
-    gen = generate(tmp_path, size="small", email_events=700)
+    # Small enough for the row-by-row loader, large enough for the planted and benign shapes (~950 rows).
+    gen = generate(tmp_path, size="small", email_events=1_200)
     slow = LocalBackend(gen.tables_dir, SAMPLE_NOW)
     fast = LocalBackend(None, SAMPLE_NOW)
     counts = bulk_load(fast, gen.tables_dir)

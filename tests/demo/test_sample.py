@@ -103,16 +103,18 @@ def test_consumer_senders_writing_to_one_shared_mailbox_are_common(email: list, 
             boxes[r["SenderMailFromAddress"]].add(r["RecipientEmailAddress"])
     single = [s for s, b in boxes.items() if len(b) == 1]
     assert len(single) >= 20
-    # Only the planted campaign senders reach more than two protected copies.
-    counts = Counter(
+    # Only the planted campaign senders reach more than two distinct protected mailboxes; chatty
+    # customers (responder/sample/benign.py) send more than two copies, but to one mailbox.
+    assert {s for s, b in boxes.items() if len(b) > 2} == {
+        "recruiting.desk.eu@gmail.com",
+        "d.okafor.orders@outlook.com",
+    }
+    copies = Counter(
         r["SenderMailFromAddress"]
         for r in email
         if r["SenderMailFromDomain"] in consumer and r["RecipientEmailAddress"] in protected
     )
-    assert {s for s, n in counts.items() if n > 2} == {
-        "recruiting.desk.eu@gmail.com",
-        "d.okafor.orders@outlook.com",
-    }
+    assert any(n > 2 and len(boxes[s]) == 1 for s, n in copies.items())
 
 
 def test_internal_partner_newsletter_and_spam_mail_present(email: list) -> None:
