@@ -156,6 +156,8 @@ def _background(noise: Noise, rng: random.Random, budget: int) -> Iterable[Mail]
     for mail in noise.mail_stream():
         if left <= 0:
             return
+        if mail.ts > noise.clock.end:
+            continue  # the later part of a thread that has not happened yet
         if len(mail.recipients) > left:
             mail.recipients = mail.recipients[:left]
         left -= len(mail.recipients)
