@@ -88,8 +88,11 @@ def scan_times(window: timedelta, now: datetime, span: timedelta) -> list[dateti
     return [now - k * window for k in range(int(span / window))]
 
 
-def run(size: str = "large", seed: int = DEFAULT_SEED, span: timedelta = SPAN) -> dict[str, Any]:
-    catalog = load_catalog()
+def run(
+    size: str = "large", seed: int = DEFAULT_SEED, span: timedelta = SPAN, rules_dir: Path | None = None
+) -> dict[str, Any]:
+    """``rules_dir``: another rules folder (default the catalog's), e.g. to compare rule versions."""
+    catalog = load_catalog(rules_dir)
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         gen = generate(Path(tmp), size=size, seed=seed)
         backend = LocalBackend(None, gen.now)
@@ -149,6 +152,8 @@ def run(size: str = "large", seed: int = DEFAULT_SEED, span: timedelta = SPAN) -
                 "false_positives": len(fps),
                 "fp_per_100k_rows": (100_000 * len(fps) / background) if background > 0 else None,
                 "fp_by_class": dict(by_class),
+                # A few false positives' targets, to look them up (JSON output only).
+                "fp_samples": [x["target"] for x in fps[:3]],
             }
         )
     return {
