@@ -212,8 +212,9 @@ def _quality(r: dict[str, Any]) -> list[str]:
         f"{r['size']} sample tenant (seed {r['seed']}, now {r['now']}, {_f(r['counts']['EmailEvents'])} "
         "EmailEvents rows). The tenant's benign look-alikes (rows added: "
         f"{benign}) sit among the ordinary background. Each rule is scanned as its schedule would, over the "
-        f"last {r['span_h']:.0f} hours: every `window` back from now (once when the window is longer), each "
-        "scan seeing only rows up to its own time. A false positive is a distinct request that matches "
+        f"last {r['span_h']:.0f} hours: every `window` back from now, or once at now over its whole "
+        "window when that is longer, each scan seeing only rows up to its own time. A false positive is a "
+        "distinct request that matches "
         "nothing truth.json expects of the rule; the rate is per 100,000 background rows of the tables the "
         "rule reads in the scanned span (planted rows excluded); where its target is one of the benign "
         "classes' messages, connector or accounts, the class is named.",
