@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb_kql
 import yaml
 
 from detections.backends.base import BackendError
@@ -43,6 +44,9 @@ class Outcome:
     parser_errors: list[str]
     local_error: str | None
     rows: int | None
+    # Rows under SQL's NULL strings (duckdb-kql run directly, missing strings NULL), as before
+    # detections/backends/kustonulls.py; None when that run failed.
+    rows_sql_nulls: int | None = None
 
     @property
     def construct(self) -> str | None:
@@ -268,10 +272,22 @@ def run() -> list[Outcome]:
             error = None
         except BackendError as exc:
             rows, error = None, str(exc)
-        finally:
-            backend.con.close()
-        out.append(Outcome(entry, [str(d) for d in check.errors], error, rows))
+        before = None if error else sql_null_rows(backend, entry.query)
+        backend.con.close()
+        out.append(Outcome(entry, [str(d) for d in check.errors], error, rows, before))
     return out
+
+
+def sql_null_rows(backend: LocalBackend, query: str) -> int | None:
+    """The query's row count under SQL's NULL semantics: missing strings NULL again (the sample tables
+    hold no deliberate ""), and duckdb-kql run directly, without the outer-join fill."""
+    for table, cols in backend.schemas.items():
+        sets = ", ".join(f'"{c}" = NULLIF("{c}", \'\')' for c, t in cols if t == "String")
+        backend.con.execute(f'UPDATE "{table}" SET {sets}')
+    try:
+        return len(duckdb_kql.kql(backend.con, query, query_now=NOW).fetchall())
+    except Exception:  # only a comparison figure: the real run above reports errors
+        return None
 
 
 def results_markdown(outcomes: list[Outcome]) -> str:
@@ -279,6 +295,7 @@ def results_markdown(outcomes: list[Outcome]) -> str:
     parsed = sum(1 for o in outcomes if not o.parser_errors)
     ran = sum(1 for o in outcomes if o.local_error is None)
     both = sum(1 for o in outcomes if not o.parser_errors and o.local_error is None)
+    changed = sum(1 for o in outcomes if o.local_error is None and o.rows_sql_nulls != o.rows)
     lines = [
         BEGIN,
         "",
@@ -288,6 +305,7 @@ def results_markdown(outcomes: list[Outcome]) -> str:
         f"| Pass Microsoft's parser (no error diagnostics) | {parsed} |",
         f"| Run on the local engine | {ran} |",
         f"| Both | {both} |",
+        f"| Of those run, answer differs under SQL's NULL strings (before the wrap) | {changed} |",
         "",
         "Top constructs the local engine refuses:",
         "",
@@ -301,6 +319,8 @@ def results_markdown(outcomes: list[Outcome]) -> str:
         src = o.entry.source
         parser = "ok" if not o.parser_errors else "error: " + o.parser_errors[0].split(" ", 2)[-1][:70]
         local = f"ok ({o.rows} rows)" if o.local_error is None else f"refused: {o.construct}"
+        if o.local_error is None and o.rows_sql_nulls != o.rows:
+            local += f"; {o.rows_sql_nulls} with NULL strings"
         where = f"{src['repo']}: {src['path']}"
         lines.append(f"| `{o.entry.file}` | {where} | {_cell(parser)} | {_cell(local)} |")
     lines += ["", END]
