@@ -123,7 +123,8 @@ ORIGINAL_LOCATION_QUERY = """EmailEvents
 | where Timestamp > ago(window)
 | where RecipientEmailAddress in~ (protected_recipients)
 | where DeliveryLocation =~ "Inbox/folder"
-| project Timestamp, NetworkMessageId, RecipientEmailAddress, InternetMessageId, LatestDeliveryLocation"""
+| project Timestamp, NetworkMessageId, RecipientEmailAddress, InternetMessageId, LatestDeliveryLocation,
+    RecipientObjectId"""
 CASES = {"now": "2026-11-20T12:00:00Z", "params": {"protected_recipients": ["support@contoso.com"]},
          "cases": [
     {"name": "delivered to the Inbox, since moved to Junk", "kind": "positive", "tables": {"EmailEvents": [

@@ -184,5 +184,5 @@ def test_zip_is_what_funcignore_leaves_by_git_s_own_reading_of_it(built: tuple[P
                            "--no-index", "--stdin"], cwd=tmp_path, input="\n".join(files),
                           capture_output=True, text=True)
     assert proc.returncode in (0, 1), proc.stderr
-    ignored = set(proc.stdout.split())
+    ignored = set(proc.stdout.splitlines())   # one path a line (names may hold spaces)
     assert {f for f in files if f not in ignored} == names(app)
