@@ -92,6 +92,9 @@ class Rule:
     recipients_param: str | None
     path: Path
     raw: dict[str, Any]
+    # Declared `scope: {all_mailboxes: true}`: the rule may act on any mailbox of the tenant. The
+    # rails hold its email actions for approval unless the tenant config allows it (issue 11).
+    all_mailboxes: bool = False
 
     @property
     def tests_path(self) -> Path:
@@ -259,16 +262,20 @@ def load_rule(path: Path) -> Rule:
         if spec is None or spec.type != "string_list":
             raise RuleError(path, "responder.scope.recipients_param",
                             f"must name a string_list parameter of this rule, got {recipients_param!r}")
-    if any(a.action in EMAIL_ACTIONS for a in actions) and recipients_param is None:
+    all_mailboxes = bool(ext.get("scope", {}).get("all_mailboxes", False))
+    if all_mailboxes and recipients_param is not None:
+        raise RuleError(path, "responder.scope", "declare either recipients_param (a protected list) or "
+                        "all_mailboxes: true (every mailbox of the tenant), not both")
+    if any(a.action in EMAIL_ACTIONS for a in actions) and recipients_param is None and not all_mailboxes:
         raise RuleError(path, "responder.scope.recipients_param", "rules with email actions must say which "
-                        "parameter lists the recipients they may touch")
+                        "parameter lists the recipients they may touch (or declare all_mailboxes: true)")
 
     return Rule(
         slug=slug, id=data["id"], name=data["name"], description=data["description"],
         severity=data["severity"], platform=ext["platform"],
         query_frequency=sentinel_duration(data["queryFrequency"]), query_period=period,
         query=data["query"], parameters=params, actions=actions, max_targets=ext["max_targets"],
-        recipients_param=recipients_param, path=path, raw=data,
+        recipients_param=recipients_param, path=path, raw=data, all_mailboxes=all_mailboxes,
     )
 
 
