@@ -114,6 +114,9 @@ class Rule:
     tactics: tuple[str, ...] = ()  # canonical names (``InitialAccess``), whatever spelling the file used
     trigger_operator: str = "gt"
     trigger_threshold: int = 0
+    # Declared `scope: {all_mailboxes: true}`: the rule may act on any mailbox of the tenant. The
+    # rails hold its email actions for approval unless the tenant config allows it (issue 11).
+    all_mailboxes: bool = False
 
     @property
     def tests_path(self) -> Path:
@@ -316,9 +319,13 @@ def load_rule(path: Path) -> Rule:
         if spec is None or spec.type != "string_list":
             raise RuleError(path, "responder.scope.recipients_param",
                             f"must name a string_list parameter of this rule, got {recipients_param!r}")
-    if any(a.action in EMAIL_ACTIONS for a in actions) and recipients_param is None:
+    all_mailboxes = bool(ext.get("scope", {}).get("all_mailboxes", False))
+    if all_mailboxes and recipients_param is not None:
+        raise RuleError(path, "responder.scope", "declare either recipients_param (a protected list) or "
+                        "all_mailboxes: true (every mailbox of the tenant), not both")
+    if any(a.action in EMAIL_ACTIONS for a in actions) and recipients_param is None and not all_mailboxes:
         raise RuleError(path, "responder.scope.recipients_param", "rules with email actions must say which "
-                        "parameter lists the recipients they may touch")
+                        "parameter lists the recipients they may touch (or declare all_mailboxes: true)")
 
     return Rule(
         slug=slug, id=data["id"], name=data["name"], description=data["description"],
@@ -327,6 +334,7 @@ def load_rule(path: Path) -> Rule:
         query=data["query"], parameters=params, actions=actions, max_targets=ext["max_targets"],
         recipients_param=recipients_param, path=path, raw=data, kind=kind, tactics=tactics,
         trigger_operator=data.get("triggerOperator", "gt"), trigger_threshold=data.get("triggerThreshold", 0),
+        all_mailboxes=all_mailboxes,
     )
 
 

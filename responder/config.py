@@ -217,6 +217,8 @@ TENANT_CONFIG_SCHEMA: dict[str, Any] = {
                     "schedule": {"type": "string"},
                     "max_targets": {"type": "integer", "minimum": 0},
                     "params": {"type": "object"},
+                    # Lets a rule declaring scope all_mailboxes act in auto mode (else held for approval).
+                    "allow_all_mailboxes": {"type": "boolean"},
                 },
             },
         },
@@ -242,6 +244,7 @@ class RuleOverrides:
     schedule: str | None = None
     max_targets: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    allow_all_mailboxes: bool = False
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,7 @@ class TenantConfig:
                 schedule=o.schedule or base.schedule,
                 max_targets=o.max_targets if o.max_targets is not None else base.max_targets,
                 params={**base.params, **o.params},
+                allow_all_mailboxes=o.allow_all_mailboxes or base.allow_all_mailboxes,
             )
         return TenantConfig(
             params={**self.params, **other.params},
