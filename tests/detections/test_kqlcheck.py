@@ -68,7 +68,7 @@ def rule_problems(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, l
         data["responder"]["remediation"][0]["when"] = {"column": "Stage", "equals": "x"}
 
     def typo(data: dict) -> None:
-        data["query"] = data["query"].replace("SenderMailFromDomain in~", "SenderMailFromDomian in~")
+        data["query"] = data["query"].replace("RecipientEmailAddress in~", "RecipientEmailAdress in~", 1)
 
     rules = {
         slug: load_rule(write_rule(folder, slug, edit, with_tests=False))
@@ -90,7 +90,10 @@ def test_rule_reading_a_column_its_result_lacks_is_a_problem(rule_problems) -> N
 def test_rule_with_a_bad_query_is_a_problem_at_its_own_line(rule_problems) -> None:
     problems, rules = rule_problems
     path = rules["typo"].path
-    # Line 4 of the rule's query text (not of the bound query with its let statements).
-    assert f"{path}: query: line 4, column 9: KS142 The name 'SenderMailFromDomian'" in "\n".join(
+    # The typo's line and column in the rule's query text (not in the bound query with its let statements).
+    lines = rules["typo"].query.splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if "RecipientEmailAdress" in text)
+    column = lines[line - 1].index("RecipientEmailAdress") + 1
+    assert f"{path}: query: line {line}, column {column}: KS142 The name 'RecipientEmailAdress'" in "\n".join(
         problems["typo"]
     )

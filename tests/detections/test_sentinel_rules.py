@@ -223,7 +223,7 @@ def test_nrt_rules_run_every_five_minutes_over_their_window_and_any_row_triggers
     rule = load_rule(write_rule(tmp_path, "near-real-time", nrt))
     assert rule.kind == "NRT"
     assert rule.query_frequency == timedelta(minutes=5)
-    assert rule.query_period == timedelta(hours=1)  # the window parameter's default
+    assert rule.query_period == timedelta(hours=2)  # the window parameter's default
     assert "triggerOperator" not in rule.raw
     assert triggered(rule, 1) and not triggered(rule, 0)
     exported = yaml.safe_load(sentinel_yaml(rule, sample_values(rule)))
@@ -254,7 +254,7 @@ def _nrt_with(key: str, value: Any):
         (lambda d: d.update(kind="Fusion"), "kind", "is not one of"),
         (lambda d: d.update(queryFrequency="PT5"), "queryFrequency", "does not match"),
         (lambda d: d.update(queryFrequency="1m"), "queryFrequency", "Sentinel takes 5m to 14d, got 1m"),
-        (lambda d: d.update(queryFrequency="2h"), "queryPeriod", "must be at least queryFrequency (2h)"),
+        (lambda d: d.update(queryFrequency="3h"), "queryPeriod", "must be at least queryFrequency (3h)"),
         (lambda d: d.update(customDetails={"Sender": "not a column"}), "customDetails.Sender",
          "does not match"),
         (lambda d: d.update(eventGroupingSettings={"aggregationKind": "OneAlert"}),
@@ -333,7 +333,7 @@ def test_cli_export_binds_defaults_then_config_then_param(tenant_file: Path, cap
     assert main(["rules", "export", MODEL, "--config", str(tenant_file)]) == 0
     out = capsys.readouterr().out
     assert "let threshold = 5;\n" in out  # from the config, over the default 2
-    assert "let window = 1h;\n" in out  # the default
+    assert "let window = 2h;\n" in out  # the default
     assert 'let protected_recipients = dynamic(["support@contoso.com", "quote\\"d@contoso.com"]);' in out
     assert not out.startswith("let EmailEvents")  # defender, the rule's own platform
     assert main(["rules", "export", MODEL, "--config", str(tenant_file), "--param", "threshold=7"]) == 0
@@ -386,10 +386,10 @@ def _tenant(path: Path) -> TenantConfig:
 def test_sentinel_yaml_follows_a_longer_window_from_the_config(tmp_path: Path, capsys) -> None:
     config = tmp_path / "t.yaml"
     config.write_text(yaml.safe_dump({"params": {"protected_recipients": ["a@contoso.com"]},
-                                      "rules": {MODEL: {"params": {"window": "2h"}}}}), encoding="utf-8")
+                                      "rules": {MODEL: {"params": {"window": "3h"}}}}), encoding="utf-8")
     assert main(["rules", "export", MODEL, "--format", "sentinel-yaml", "--config", str(config)]) == 0
     data = yaml.safe_load(capsys.readouterr().out)
-    assert data["queryPeriod"] == "2h" and "let window = 2h;\n" in data["query"]
+    assert data["queryPeriod"] == "3h" and "let window = 3h;\n" in data["query"]
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,7 @@ def test_timer_to_queue_to_worker_to_graph_to_ledger_to_card(make_env: Any, stor
         out = Out()
         env.call(function_name(RULE), TimerRequest(past_due=False), out)
         (hunt,) = fake.calls_to("POST", "runHuntingQuery")
-        assert hunt.json["Timespan"] == "PT1H" and "let window = 1h;" in hunt.json["Query"]
+        assert hunt.json["Timespan"] == "PT2H" and "let window = 2h;" in hunt.json["Query"]
         assert len(out.value) == 3
         host_write(queue, out.value)
         assert host_deliver(env, queue) == 3

@@ -55,7 +55,7 @@ def test_timer_records_queues_and_sends_one_scan_card(make_env: Any, fake: FakeG
     messages = run_timer(env, past_due=True)
     assert len(messages) == 3
     (query, span), = env.backend.queries
-    assert span == timedelta(hours=1) and "let window = 1h;" in query   # the rule's window: its queryPeriod
+    assert span == timedelta(hours=2) and "let window = 2h;" in query   # the rule's window: its queryPeriod
     reqs = [json.loads(m) for m in messages]
     assert {r["run"]["total"] for r in reqs} == {3} and sorted(r["run"]["index"] for r in reqs) == [0, 1, 2]
     ledger = env.rt.ledger()
