@@ -27,6 +27,7 @@ CASES = [
     ("outbound-external-burst", "a compromised mailbox at the default threshold"),
     ("connector-mail-volume", "relay spam at the default threshold"),
     ("connector-sender-mismatch", "P1 = P2 relay abuse: a connector created an hour ago"),
+    ("exchange-connector-created-or-modified", "a new inbound connector is found"),
 ]
 
 
