@@ -30,13 +30,31 @@ SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 # Target fields an action may map beyond its required ones (see remediation/request.py).
 _OPTIONAL_TARGETS: dict[str, tuple[str, ...]] = {
-    **{a: ("internet_message_id",) for a in EMAIL_ACTIONS},
+    **{a: ("internet_message_id", "recipient_object_id") for a in EMAIL_ACTIONS},
     "disable_connector": ("connector_type",),
 }
 
 
-_ALL_TARGET_FIELDS = ("network_message_id", "recipient", "internet_message_id", "connector", "connector_type",
-                      "user")
+_ALL_TARGET_FIELDS = ("network_message_id", "recipient", "recipient_object_id", "internet_message_id",
+                      "connector", "connector_type", "user")
+
+# Sentinel's ATT&CK tactic names (Azure/Azure-Sentinel .script/tests/detectionTemplateSchemaValidation/Models/
+# AttackTactic.cs, plus PreAttack from the ARM alertRules API). Some Sentinel files write them with spaces
+# ("Initial Access", "Command and Control"): compared without spaces or case, stored in this form.
+TACTICS = ("Reconnaissance", "ResourceDevelopment", "InitialAccess", "Execution", "Persistence",
+           "PrivilegeEscalation", "DefenseEvasion", "CredentialAccess", "Discovery", "LateralMovement",
+           "Collection", "Exfiltration", "CommandAndControl", "Impact", "ImpairProcessControl",
+           "InhibitResponseFunction", "PreAttack")
+_TACTIC_KEYS = {t.lower(): t for t in TACTICS}
+# Sentinel's limits for a scheduled rule (ScheduledTemplateInternalModel.cs: RangeTimeSpanIsoFormat
+# "00:05:00".."14.00:00:00", PeriodGreaterThanOrEqualFrequency): a rule outside them cannot move to Sentinel.
+SENTINEL_MIN_SPAN = timedelta(minutes=5)
+SENTINEL_MAX_SPAN = timedelta(days=14)
+# An NRT rule has no queryFrequency: Sentinel runs it every minute over the events since the last run.
+# Here it runs at the shortest schedule Sentinel allows a scheduled rule (and the shipped rules use), over
+# its `window` parameter; any result row triggers it (Sentinel NRT rules have no trigger threshold).
+NRT_FREQUENCY = SENTINEL_MIN_SPAN
+_NRT_ABSENT = ("queryFrequency", "queryPeriod", "triggerOperator", "triggerThreshold")
 
 
 class RuleError(ValueError):
@@ -91,7 +109,14 @@ class Rule:
     max_targets: int
     recipients_param: str | None
     path: Path
-    raw: dict[str, Any]
+    raw: dict[str, Any]  # the file as written (Sentinel keys this app does not use are carried here)
+    kind: str = "Scheduled"
+    tactics: tuple[str, ...] = ()  # canonical names (``InitialAccess``), whatever spelling the file used
+    trigger_operator: str = "gt"
+    trigger_threshold: int = 0
+    # Declared `scope: {all_mailboxes: true}`: the rule may act on any mailbox of the tenant. The
+    # rails hold its email actions for approval unless the tenant config allows it (issue 11).
+    all_mailboxes: bool = False
 
     @property
     def tests_path(self) -> Path:
@@ -184,8 +209,28 @@ def rule_validator() -> jsonschema.Draft202012Validator:
 
 # --- building a Rule --------------------------------------------------------------------------------
 
-def sentinel_duration(text: str) -> timedelta:
-    return parse_timespan(text)
+def sentinel_duration(path: Path, field: str, text: str) -> timedelta:
+    """A Sentinel duration (``5m``, ``1h``, ``1d``, ISO 8601 ``PT1H``, ``P1D``; the schema checks the form),
+    within the range Sentinel accepts for a scheduled rule."""
+    try:
+        span = parse_timespan(text)
+    except ValueError as exc:
+        raise RuleError(path, field, str(exc)) from None
+    if not SENTINEL_MIN_SPAN <= span <= SENTINEL_MAX_SPAN:
+        raise RuleError(path, field, f"Sentinel takes {kql_timespan(SENTINEL_MIN_SPAN)} to "
+                        f"{kql_timespan(SENTINEL_MAX_SPAN)}, got {text}")
+    return span
+
+
+def canonical_tactics(path: Path, tactics: list[str]) -> tuple[str, ...]:
+    out = []
+    for i, name in enumerate(tactics):
+        canonical = _TACTIC_KEYS.get(name.replace(" ", "").lower())
+        if canonical is None:
+            raise RuleError(path, f"tactics.{i}", f"unknown tactic {name!r} (Sentinel's tactics: "
+                            f"{', '.join(TACTICS)})")
+        out.append(canonical)
+    return tuple(dict.fromkeys(out))
 
 
 def load_rule(path: Path) -> Rule:
@@ -201,6 +246,14 @@ def load_rule(path: Path) -> Rule:
     if err:
         raise err
     ext = data["responder"]
+    kind = data["kind"]
+    if kind == "NRT":
+        for key in _NRT_ABSENT:
+            if key in data:
+                raise RuleError(path, key, f"an NRT rule has no {key} (it runs every "
+                                f"{kql_timespan(NRT_FREQUENCY)} over its window parameter; use kind: "
+                                "Scheduled to set a schedule)")
+    tactics = canonical_tactics(path, data.get("tactics", []))
 
     params: dict[str, ParamSpec] = {}
     for name, body in ext["parameters"].items():
@@ -225,10 +278,17 @@ def load_rule(path: Path) -> Rule:
         raise RuleError(path, "responder.parameters.window.type", "the window parameter must be a timespan")
     if window.default is None:
         raise RuleError(path, "responder.parameters.window.default", "the window parameter needs a default")
-    period = sentinel_duration(data["queryPeriod"])
-    if period != window.default:
-        raise RuleError(path, "queryPeriod", f"must equal the window parameter's default "
-                        f"({kql_timespan(window.default)}), got {data['queryPeriod']}")
+    if kind == "NRT":
+        frequency, period = NRT_FREQUENCY, window.default
+    else:
+        frequency = sentinel_duration(path, "queryFrequency", data["queryFrequency"])
+        period = sentinel_duration(path, "queryPeriod", data["queryPeriod"])
+        if period != window.default:
+            raise RuleError(path, "queryPeriod", f"must equal the window parameter's default "
+                            f"({kql_timespan(window.default)}), got {data['queryPeriod']}")
+        if period < frequency:
+            raise RuleError(path, "queryPeriod", f"must be at least queryFrequency "
+                            f"({data['queryFrequency']}), got {data['queryPeriod']}: runs would leave gaps")
 
     actions: list[ActionSpec] = []
     for i, body in enumerate(ext["remediation"]):
@@ -259,16 +319,22 @@ def load_rule(path: Path) -> Rule:
         if spec is None or spec.type != "string_list":
             raise RuleError(path, "responder.scope.recipients_param",
                             f"must name a string_list parameter of this rule, got {recipients_param!r}")
-    if any(a.action in EMAIL_ACTIONS for a in actions) and recipients_param is None:
+    all_mailboxes = bool(ext.get("scope", {}).get("all_mailboxes", False))
+    if all_mailboxes and recipients_param is not None:
+        raise RuleError(path, "responder.scope", "declare either recipients_param (a protected list) or "
+                        "all_mailboxes: true (every mailbox of the tenant), not both")
+    if any(a.action in EMAIL_ACTIONS for a in actions) and recipients_param is None and not all_mailboxes:
         raise RuleError(path, "responder.scope.recipients_param", "rules with email actions must say which "
-                        "parameter lists the recipients they may touch")
+                        "parameter lists the recipients they may touch (or declare all_mailboxes: true)")
 
     return Rule(
         slug=slug, id=data["id"], name=data["name"], description=data["description"],
         severity=data["severity"], platform=ext["platform"],
-        query_frequency=sentinel_duration(data["queryFrequency"]), query_period=period,
+        query_frequency=frequency, query_period=period,
         query=data["query"], parameters=params, actions=actions, max_targets=ext["max_targets"],
-        recipients_param=recipients_param, path=path, raw=data,
+        recipients_param=recipients_param, path=path, raw=data, kind=kind, tactics=tactics,
+        trigger_operator=data.get("triggerOperator", "gt"), trigger_threshold=data.get("triggerThreshold", 0),
+        all_mailboxes=all_mailboxes,
     )
 
 
@@ -283,11 +349,11 @@ def load_catalog(rules_dir: Path | None = None) -> Catalog:
         if path.name.endswith(".tests.yaml"):
             continue
         rule = load_rule(path)
-        if rule.id in ids:
-            raise RuleError(path, "id", f"duplicate rule id {rule.id} (also in {ids[rule.id].name})")
+        if rule.id.lower() in ids:
+            raise RuleError(path, "id", f"duplicate rule id {rule.id} (also in {ids[rule.id.lower()].name})")
         if rule.slug in rules:
             raise RuleError(path, "slug", f"duplicate slug {rule.slug}")
-        ids[rule.id] = path
+        ids[rule.id.lower()] = path
         rules[rule.slug] = rule
     for path in sorted(rules_dir.glob("*.yml")):
         raise RuleError(path, "(file name)", "rule files end in .yaml (this one would be ignored)")
@@ -301,6 +367,7 @@ def load_catalog(rules_dir: Path | None = None) -> Catalog:
 __all__ = [
     "RULES_DIR",
     "SCHEMAS_DIR",
+    "TACTICS",
     "ActionSpec",
     "Catalog",
     "ParamError",

@@ -2,7 +2,9 @@
 
 The local engine proves a rule's logic; this proves the same text is valid KQL for the real service:
 it parses, every table and column exists in ``detections/schemas``, and the result has the columns
-the rule's remediation reads. Sentinel rules also see ``TimeGenerated``, which only Sentinel adds.
+the rule's remediation reads. Each rule is bound for every platform it must run on
+(detections.platforms): on Sentinel, tables also have ``TimeGenerated``, EmailEvents lacks the Latest*
+columns, and the query goes in behind Sentinel's prelude, exactly as the Sentinel backend sends it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from detections.catalog import DETECTIONS_DIR, SCHEMAS_DIR, Rule
 from detections.params import bind_query
+from detections.platforms import PLATFORMS, for_platform, platforms_for, sentinel_columns
 
 SCRIPT = DETECTIONS_DIR / "kqlcheck.js"
 ROOT = DETECTIONS_DIR.parent
@@ -57,17 +60,21 @@ class KqlCheck:
 
 
 def table_schemas(platform: str = "defender", schemas_dir: Path = SCHEMAS_DIR) -> dict[str, list[list[str]]]:
+    """Table -> [[column, KQL type]] as ``platform`` has them (the Sentinel flavour: TimeGenerated added,
+    no Latest* columns in EmailEvents; see detections.platforms)."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"unknown platform {platform!r} (expected one of {', '.join(PLATFORMS)})")
     tables: dict[str, list[list[str]]] = {}
     for path in sorted(Path(schemas_dir).glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
-        cols = []
+        cols: list[tuple[str, str]] = []
         for prop in data["Properties"]:
             if not _IDENT.match(prop["Name"]) or prop["Type"] not in _KQL_TYPES:
                 raise ValueError(f"{path}: Properties: bad column {prop!r}")
-            cols.append([prop["Name"], _KQL_TYPES[prop["Type"]]])
-        if platform == "sentinel" and "TimeGenerated" not in {c for c, _ in cols}:
-            cols.append(["TimeGenerated", "datetime"])
-        tables[data["Name"]] = cols
+            cols.append((prop["Name"], _KQL_TYPES[prop["Type"]]))
+        if platform == "sentinel":
+            cols = sentinel_columns(data["Name"], cols)
+        tables[data["Name"]] = [[c, t] for c, t in cols]
     return tables
 
 
@@ -102,13 +109,20 @@ def sample_values(rule: Rule) -> dict[str, Any]:
     return {n: s.default if s.default is not None else _SAMPLES[s.type] for n, s in rule.parameters.items()}
 
 
-def rule_problems(rule: Rule, check: KqlCheck) -> list[str]:
-    """What is wrong with a rule's bound query, as seen by the parser and binder."""
-    # Positions are in the bound query; one `let` line per parameter precedes the rule's own text.
-    offset = len(rule.parameters)
+def rule_problems(rule: Rule, check: KqlCheck, *, prelude_lines: int = 0) -> list[str]:
+    """What is wrong with a rule's bound query, as seen by the parser and binder.
+
+    ``prelude_lines``: lines of platform prelude (detections.platforms) in front of the bound query."""
+    # Positions are in the sent query: the prelude, then one `let` line per parameter, then the rule's text.
+    offset = prelude_lines + len(rule.parameters)
     problems = []
     for d in check.errors:
-        where = f"line {d.line - offset}" if d.line > offset else f"parameter let statement {d.line}"
+        if d.line > offset:
+            where = f"line {d.line - offset}"
+        elif d.line > prelude_lines:
+            where = f"parameter let statement {d.line - prelude_lines}"
+        else:
+            where = f"platform prelude line {d.line}"
         problems.append(f"{rule.path}: query: {where}, column {d.column}: {d.code} {d.message}")
     if check.columns is None:
         problems.append(f"{rule.path}: query: the result is not a table")
@@ -128,11 +142,27 @@ def rule_problems(rule: Rule, check: KqlCheck) -> list[str]:
 
 
 def check_rules(rules: Sequence[Rule]) -> dict[str, list[str]]:
-    """Rule slug -> problems (empty when the bound query passes), batching per platform."""
+    """Rule slug -> problems (empty when the bound query passes on every platform it must run on),
+    batching per platform. A problem seen on only some of a rule's platforms names them."""
+    found: dict[str, dict[str, list[str]]] = {r.slug: {} for r in rules}
+    for platform in PLATFORMS:
+        group = [r for r in rules if platform in platforms_for(r.platform)]
+        if not group:
+            continue
+        bound = [bind_query(r, sample_values(r)) for r in group]
+        sent = [for_platform(q, platform, r.platform) for q, r in zip(bound, group, strict=True)]
+        checks = check_queries(sent, platform=platform)
+        for rule, q, full, check in zip(group, bound, sent, checks, strict=True):
+            lines = full.count("\n") - q.count("\n")
+            found[rule.slug][platform] = rule_problems(rule, check, prelude_lines=lines)
     out: dict[str, list[str]] = {}
-    for platform in sorted({r.platform for r in rules}):
-        group = [r for r in rules if r.platform == platform]
-        checks = check_queries([bind_query(r, sample_values(r)) for r in group], platform=platform)
-        for rule, check in zip(group, checks, strict=True):
-            out[rule.slug] = rule_problems(rule, check)
+    for slug, per in found.items():
+        problems: list[str] = []
+        for platform, items in per.items():
+            for item in items:
+                everywhere = all(item in other for other in per.values())
+                shown = item if everywhere or len(per) == 1 else f"on {platform}: {item}"
+                if shown not in problems:
+                    problems.append(shown)
+        out[slug] = problems
     return out

@@ -1,4 +1,5 @@
-"""A rule's own test cases (``<slug>.tests.yaml`` beside the rule), run on the local engine.
+"""A rule's own test cases (``<slug>.tests.yaml`` beside the rule), run on the local engine, once per
+platform the rule must work on (Defender's table shapes, and Sentinel's through its prelude).
 
 Each case gives input table rows and the exact set of requests the rule must produce, compared on
 action plus the target's identifying fields (and any other target field or mode the case lists).
@@ -18,6 +19,7 @@ import jsonschema
 
 from detections.catalog import DETECTIONS_DIR, Rule, RuleError, load_yaml, schema_error
 from detections.params import ParamError
+from detections.platforms import platforms_for, sentinel_rows
 from remediation.request import ACTIONS, TARGET_FIELDS
 
 TESTS_SCHEMA_PATH = DETECTIONS_DIR / "rule-tests.schema.json"
@@ -163,7 +165,39 @@ def load_tests(rule: Rule) -> RuleTests:
 
 
 async def run_case(tests: RuleTests, case: Case) -> CaseResult:
-    """Run one case on a fresh local engine and compare what the rule asks for with what the case expects."""
+    """Run one case on a fresh local engine for every platform the rule must work on, and compare what
+    the rule asks for with what the case expects.
+
+    A Defender-shaped rule runs twice: on the case's rows as given (advanced hunting), and on the same
+    rows as Sentinel streams them (detections.platforms.sentinel_rows) with Sentinel's prelude; both must
+    give the expected requests. A difference seen on only one platform is prefixed with its name.
+    """
+    result = CaseResult(rule=tests.rule.slug, case=case.name, kind=case.kind, passed=False)
+    parts = {p: await _run_on(tests, case, p) for p in platforms_for(tests.rule.platform)}
+
+    def merged(attr: str) -> list[str]:
+        out: list[str] = []
+        lists = {p: getattr(r, attr) for p, r in parts.items()}
+        for platform, items in lists.items():
+            for item in items:
+                everywhere = all(item in other for other in lists.values())
+                shown = item if everywhere or len(parts) == 1 else f"{platform}: {item}"
+                if shown not in out:
+                    out.append(shown)
+        return out
+
+    result.missing, result.unexpected, result.mismatched = (
+        merged("missing"), merged("unexpected"), merged("mismatched"))
+    errors = {p: r.error for p, r in parts.items() if r.error}
+    if errors:
+        same = len(set(errors.values())) == 1 and len(errors) == len(parts)
+        result.error = (next(iter(errors.values())) if same or len(parts) == 1
+                        else "; ".join(f"{p}: {e}" for p, e in errors.items()))
+    result.passed = not (result.error or result.missing or result.unexpected or result.mismatched)
+    return result
+
+
+async def _run_on(tests: RuleTests, case: Case, platform: str) -> CaseResult:
     # Imported here: the local engine (duckdb) is a development dependency, not needed to load rules.
     from detections.backends.local import LocalBackend, TableError
     from detections.scan import scan
@@ -171,8 +205,9 @@ async def run_case(tests: RuleTests, case: Case) -> CaseResult:
 
     rule = tests.rule
     result = CaseResult(rule=rule.slug, case=case.name, kind=case.kind, passed=False)
+    tables = sentinel_rows(case.tables, case.now) if platform == "sentinel" else case.tables
     try:
-        backend = LocalBackend.from_rows(case.tables, case.now,
+        backend = LocalBackend.from_rows(tables, case.now, platform=platform,
                                          source=f"{tests.path}: cases.{case.index}.tables")
     except TableError as exc:
         result.error = str(exc)

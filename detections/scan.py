@@ -40,7 +40,7 @@ _TRIGGERS = {"gt": lambda n, t: n > t, "lt": lambda n, t: n < t, "eq": lambda n,
 
 def triggered(rule: Rule, row_count: int) -> bool:
     """Sentinel's alert condition: the number of result rows compared with the rule's threshold."""
-    return _TRIGGERS[rule.raw["triggerOperator"]](row_count, rule.raw["triggerThreshold"])
+    return _TRIGGERS[rule.trigger_operator](row_count, rule.trigger_threshold)
 
 
 def with_lookback(overrides: Mapping[str, Any], lookback: timedelta | None) -> dict[str, Any]:
@@ -89,7 +89,7 @@ async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantCo
                       run_id=run_id)
         runs.append(run)
         try:
-            result = await backend.run(query, timespan=params["window"])
+            result = await backend.run(query, timespan=params["window"], shape=rule.platform)
         except BackendError as exc:
             run.error = f"{rule.slug}: {backend.name} backend: {exc}"
             run.transient = exc.transient

@@ -112,6 +112,16 @@ param operatorAppSettings object = {}
 @minValue(30)
 param logRetentionDays int = 30
 
+// operatorAppSettings may not name a setting the Flex Consumption plan does not support
+// (FUNCTIONS_WORKER_RUNTIME, WEBSITE_RUN_FROM_PACKAGE, ...) or one infra/app/function.bicep sets (it would
+// silently win). azd's preprovision hook (infra/scripts/check_parameters.py) refuses these before
+// anything is deployed; this fail() is the same rule for `az deployment`, where ARM stops the
+// deployment when it evaluates it (Bicep fail(), Azure/bicep#15958).
+var reservedAppSettings = loadJsonContent('app-settings-reserved.json')
+var reservedAppSettingNames = map(concat(reservedAppSettings.flexConsumptionUnsupported.names, reservedAppSettings.setByDeployment), n => toUpper(n))
+var refusedOperatorSettings = filter(objectKeys(operatorAppSettings), name => contains(reservedAppSettingNames, toUpper(name)) || startsWith(toUpper(name), toUpper(reservedAppSettings.storagePrefix)))
+var checkedOperatorAppSettings = empty(refusedOperatorSettings) ? operatorAppSettings : fail('operatorAppSettings: ${join(refusedOperatorSettings, ', ')}: not allowed (unsupported by the Flex Consumption plan, or set by the deployment itself); see docs/deploy.md, App settings')
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -219,6 +229,11 @@ module sentinel 'app/sentinel.bicep' = if (sentinelEnabled) {
   }
 }
 
+// A brand-new identity's service principal takes a while to replicate through Entra ID; granting app
+// roles to it at once fails with "Not a valid reference update"
+// (https://github.com/microsoftgraph/msgraph-bicep-types/issues/193). So the grants wait for the
+// resources that take minutes (Key Vault, the role assignments, the function app); docs/deploy.md
+// says to run `azd provision` again should it still happen.
 module graphPermissions 'app/graph-permissions.bicep' = {
   name: 'graph-permissions'
   scope: rg
@@ -227,6 +242,11 @@ module graphPermissions 'app/graph-permissions.bicep' = {
     graphAppRoles: graphAppRoles
     exchangeAppRoles: exchangeAppRoles
   }
+  dependsOn: [
+    keyVault
+    rbac
+    functionApp
+  ]
 }
 
 module functionApp 'app/function.bicep' = {
@@ -255,7 +275,7 @@ module functionApp 'app/function.bicep' = {
     scanRatePerHour: scanRatePerHour
     verifySchedule: verifySchedule
     alwaysReady: alwaysReady
-    extraAppSettings: operatorAppSettings
+    extraAppSettings: checkedOperatorAppSettings
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
   }

@@ -7,10 +7,23 @@ admin role). It is undocumented, which is why connector actions default to appro
 The base URL is a setting (RESPONDER_EXCHANGE_BASE_URL) so the loopback fake can stand in.
 
 Tokens are fetched per call from the azure-identity credential (which caches them) and never logged.
+
+What the public clients of this endpoint do, and so do we (it has no documentation):
+
+* ``X-AnchorMailbox``: routes the request to the tenant's arbitration mailbox
+  ``SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}``. CIPP writes it ``APP:...@<tenant id>``
+  (KelvinTegelaar/CIPP-API, Modules/CIPPCore/Public/GraphHelper/New-ExoRequest.ps1), ScubaGear
+  ``UPN:...@<tenant>.onmicrosoft.com``. We use the ``APP:`` form: it needs only the tenant id, which
+  the app has, while the initial domain would be one more setting to get wrong.
+* Errors: ``error.message`` is often a generic envelope ("Error executing cmdlet"); the cmdlet's own
+  message and exception type are in ``error.details[].message`` (sometimes JSON text holding
+  ``Message`` and ``TypeName``) and ``error.innererror.internalexception`` (New-ExoRequest.ps1 reads
+  them in that order; Get-CippExoErrorText.ps1 the same). "Object not found" is read from all of them.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -21,15 +34,24 @@ from responder.graph import is_loopback
 EXCHANGE_BASE_URL = "https://outlook.office365.com/adminapi/beta"
 EXCHANGE_SCOPE = "https://outlook.office365.com/.default"
 CMDLET_NOUN = {"inbound": "InboundConnector", "outbound": "OutboundConnector"}
+ARBITRATION_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
+NOT_FOUND_TYPE = "ManagementObjectNotFoundException"
+
+
+def anchor_mailbox(tenant_id: str) -> str:
+    """The ``X-AnchorMailbox`` value for app-only calls (module doc)."""
+    return f"APP:{ARBITRATION_MAILBOX}@{tenant_id}"
 
 
 class ExchangeError(Exception):
     """The Exchange admin API refused or failed a command. ``status`` None means no HTTP answer."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 not_found: bool = False):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.not_found = not_found   # the cmdlet said the object does not exist
 
 
 # Every character PowerShell accepts as a single quote: ' and the curly quotes U+2018..U+201B. Any of
@@ -86,7 +108,7 @@ class ExchangeClient:
     async def invoke(self, cmdlet: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run one cmdlet; returns the objects it output (``value``)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   "X-ResponseFormat": "json"}
+                   "X-ResponseFormat": "json", "X-AnchorMailbox": anchor_mailbox(self.tenant_id)}
         if self._credential is not None:
             token = await self._credential.get_token(EXCHANGE_SCOPE)
             headers["Authorization"] = f"Bearer {token.token}"
@@ -99,8 +121,9 @@ class ExchangeClient:
         except httpx.TransportError as exc:
             raise ExchangeError(f"{cmdlet}: connection failed: {type(exc).__name__}") from None
         if resp.status_code >= 400:
-            raise ExchangeError(f"{cmdlet}: HTTP {resp.status_code}: {_message(resp)}",
-                                status=resp.status_code, retry_after=_retry_after(resp))
+            message, not_found = _error_of(resp)
+            raise ExchangeError(f"{cmdlet}: HTTP {resp.status_code}: {message}", status=resp.status_code,
+                                retry_after=_retry_after(resp), not_found=not_found)
         try:
             data = resp.json()
         except ValueError:
@@ -113,7 +136,7 @@ class ExchangeClient:
         try:
             found = await self.invoke(f"Get-{CMDLET_NOUN[direction]}", {"Identity": name})
         except ExchangeError as exc:
-            if exc.status == 404 or "ManagementObjectNotFound" in str(exc):
+            if exc.status == 404 or exc.not_found:
                 return None
             raise
         return found[0] if found else None
@@ -122,15 +145,45 @@ class ExchangeClient:
         await self.invoke(f"Set-{CMDLET_NOUN[direction]}", {"Identity": name, "Enabled": enabled})
 
 
-def _message(resp: httpx.Response) -> str:
+def _error_of(resp: httpx.Response) -> tuple[str, bool]:
+    """The most specific message in an error answer, and whether it says "object not found"."""
     try:
         data = resp.json()
     except ValueError:
-        return resp.text[:300] or resp.reason_phrase
+        return (resp.text[:300] or resp.reason_phrase), False
     err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        return " ".join(str(err.get(k)) for k in ("code", "message") if err.get(k))
-    return str(data)[:300]
+    if not isinstance(err, dict):
+        return str(data)[:300], False
+    texts: list[str] = []          # most specific first: details, inner exception, then the envelope
+    for d in err.get("details") if isinstance(err.get("details"), list) else []:
+        if isinstance(d, dict) and isinstance(d.get("message"), str):
+            texts.extend(_detail_texts(d["message"]))
+    inner = _ci(err, "innererror")
+    while isinstance(inner, dict):
+        texts.extend(str(inner[k]) for k in ("message", "type") if isinstance(inner.get(k), str))
+        inner = _ci(inner, "internalexception")
+    envelope = " ".join(str(err[k]) for k in ("code", "message") if err.get(k))
+    not_found = any(NOT_FOUND_TYPE in t for t in [*texts, envelope])
+    # The first sentence (a type name has no spaces) that says more than the envelope.
+    specific = next((t for t in texts if " " in t.strip() and t != err.get("message")), None)
+    message = f"{envelope}: {specific}" if specific and envelope else (specific or envelope)
+    return (message or resp.reason_phrase)[:500], not_found
+
+
+def _detail_texts(message: str) -> list[str]:
+    """A detail's message is plain text or JSON text with ``Message`` and ``TypeName``."""
+    try:
+        inner = json.loads(message)
+    except ValueError:
+        return [message]
+    if isinstance(inner, dict):
+        return [str(inner[k]) for k in ("Message", "TypeName") if isinstance(inner.get(k), str)]
+    return [message]
+
+
+def _ci(obj: dict[str, Any], name: str) -> Any:
+    """``obj[name]`` ignoring case (clients see both ``internalException`` and ``internalexception``)."""
+    return next((v for k, v in obj.items() if k.lower() == name), None)
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

@@ -141,7 +141,9 @@ _EXTRA = ("approved_by", "rejected_by", "undone_by", "undo_of", "network_message
           "executed_by", "dry_run", "dry_run_at", "dry_run_detail", "dry_run_run_id", "reopened_at",
           # claimed_by: a name the caller gave but nobody verified (HTTP body behind a shared function key);
           # run_by_hand: a person ran the command themselves (connector actions in manual mode).
-          "claimed_by", "run_by_hand")
+          "claimed_by", "run_by_hand",
+          # blocked: why an action was refused when on-call fixes it differently ("privileged_target").
+          "blocked")
 
 
 def _to_entity(rec: Record) -> dict[str, Any]:

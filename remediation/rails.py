@@ -106,6 +106,9 @@ def _decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantCon
                             f"(target #{index + 1})", hold_reason="cap", notify=True)
     if mode == "approval":
         why = "mode approval"
+        if _org_wide_held(request, rule, tenant):
+            why = (f"rule {rule.slug} covers every mailbox (scope all_mailboxes): its email actions wait for "
+                   f"approval unless the tenant config sets rules.{rule.slug}.allow_all_mailboxes: true")
         if request["action"] in CONNECTOR_ACTIONS and settings.connector_actions == "manual":
             why = ("connector actions are manual (RESPONDER_CONNECTOR_ACTIONS=manual): run the command by "
                    "hand, then mark the request done (approve --done)")
@@ -127,7 +130,15 @@ def effective_mode(request: Mapping[str, Any], rule: Rule, settings: Settings, t
         modes += [a.mode for a in rule.actions if a.action == request["action"]][:1]
     if request["action"] in CONNECTOR_ACTIONS and settings.connector_actions != "auto":
         modes.append("approval")
+    if _org_wide_held(request, rule, tenant):
+        modes.append("approval")
     return max(modes, key=lambda m: _STRICTNESS[m])
+
+
+def _org_wide_held(request: Mapping[str, Any], rule: Rule, tenant: TenantConfig) -> bool:
+    """An org-wide rule (no protected list) may move anyone's mail: never in auto mode unless allowed."""
+    return (rule.all_mailboxes and request["action"] in EMAIL_ACTIONS
+            and not tenant.for_rule(rule.slug).allow_all_mailboxes)
 
 
 def max_targets(rule: Rule, tenant: TenantConfig) -> int:

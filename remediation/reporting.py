@@ -38,10 +38,23 @@ def card_for(report: Any, *, tenant_id: str | None = None, api_base: str | None 
         rule_name=(request or {}).get("rule_name"),
         request_id=first.request_id if first else None, request=request,
         attempts=first.attempts if first else None,
-        next_step=("Nothing was done: the target is outside what this rule may touch. Check the rule's "
-                   "scope and the tenant allowlists." if report.kind == "skipped" else None),
+        next_step=_next_step(report, first),
         tenant_id=tenant_id,
     ))
+
+
+def _next_step(report: Any, first: Any) -> str | None:
+    if report.kind == "skipped":
+        return ("Nothing was done: the target is outside what this rule may touch. Check the rule's scope "
+                "and the tenant allowlists.")
+    if first is not None and (first.extra or {}).get("blocked") == "privileged_target":
+        from remediation.actions.accounts import PRIVILEGED_ROLE
+
+        return (f"Nothing was changed: the account holds an Entra admin role, and only an identity with the "
+                f"{PRIVILEGED_ROLE} role may act on it. Act on it yourself in the Entra admin center now; "
+                "to let the app do it, assign that role to its managed identity (docs/deploy.md, "
+                "\"Privileged targets\": it lets the app reset any admin's sign-in). Not retried.")
+    return None
 
 
 def in_a_run(report: Any) -> bool:

@@ -12,10 +12,12 @@ import jsonschema
 
 SCHEMA_VERSION = "remediation-request/1"
 ACTIONS = (
-    "move_to_junk", "move_to_inbox", "soft_delete", "disable_connector",
+    "move_to_junk", "move_to_inbox", "soft_delete", "move_to_deleted_items", "disable_connector",
     "revoke_sessions", "disable_user", "confirm_compromised", "notify",
 )
-EMAIL_ACTIONS = ("move_to_junk", "move_to_inbox", "soft_delete")
+# soft_delete has Defender's meaning (the message goes to Recoverable Items, out of the user's sight);
+# move_to_deleted_items puts it in Deleted Items, where the user still sees it.
+EMAIL_ACTIONS = ("move_to_junk", "move_to_inbox", "soft_delete", "move_to_deleted_items")
 ACCOUNT_ACTIONS = ("revoke_sessions", "disable_user", "confirm_compromised")
 MODES = ("auto", "approval", "dry_run")
 
@@ -28,6 +30,7 @@ TARGET_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 _nonempty = {"type": "string", "minLength": 1}
+OBJECT_ID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 REQUEST_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://xdr-responder/schemas/remediation-request-1.json",
@@ -44,6 +47,9 @@ REQUEST_SCHEMA: dict[str, Any] = {
             "properties": {
                 "network_message_id": _nonempty,
                 "recipient": _nonempty,
+                # The recipient mailbox's Entra object id (EmailEvents.RecipientObjectId): how the mailbox
+                # strategy addresses the mailbox (/users/{id}); additive, ``recipient`` stays the address.
+                "recipient_object_id": {"type": "string", "pattern": OBJECT_ID_PATTERN},
                 "internet_message_id": _nonempty,
                 "connector": _nonempty,
                 "connector_type": {"enum": ["inbound", "outbound"]},

@@ -4,25 +4,50 @@
 confirmed by looking at where the message is now: one hunting query over EmailEvents for all the
 submitted NetworkMessageIds, reading ``LatestDeliveryLocation`` per recipient. The ids come from
 mail (attacker-influenced), so they reach the query only as KQL string literals (detections.params).
+On Sentinel the backend puts its EmailEvents prelude in front (detections/platforms.py), so the same
+query reads the latest of the streamed rows there.
+
+The query's timespan reaches back to the *mail's* own time: an EmailEvents row carries the delivery
+time, and an undo or a late approval of a week-old message must still find it. Advanced hunting keeps
+30 days (https://learn.microsoft.com/defender-xdr/api-advanced-hunting, quotas), so no timespan is
+longer, and a message older than that cannot be confirmed at all: it is reported so at once.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from detections.params import kql_string
 
-# Where each action leaves a message (LatestDeliveryLocation values, compared case-insensitively;
-# "Inbox/folder" is how Defender names the inbox or a user folder).
-EXPECTED_LOCATION = {
-    "move_to_junk": ("junk folder",),
-    "soft_delete": ("deleted items",),
-    "move_to_inbox": ("inbox/folder", "inbox"),
+log = logging.getLogger(__name__)
+
+# Location values are compared case-insensitively: the docs spell them "Inbox/Folder", "Junk",
+# "Deleted items" (https://learn.microsoft.com/defender-xdr/advanced-hunting-emailevents-table,
+# DeliveryLocation), the service returns "Inbox/folder", "Junk folder".
+EXPECTED_LOCATION: dict[str, frozenset[str]] = {
+    "move_to_junk": frozenset({"junk folder", "junk"}),
+    "soft_delete": frozenset({"deleted items"}),
+    "move_to_deleted_items": frozenset({"deleted items"}),
+    "move_to_inbox": frozenset({"inbox/folder", "inbox"}),
 }
+# Every location value documented or seen from the service (lower case). Anything else is a value this
+# code does not understand: it is logged once and the request is settled with that reason, instead of
+# being waited on, silently, until the grace period ends.
+KNOWN_LOCATIONS = frozenset({
+    "inbox/folder", "inbox", "junk folder", "junk", "deleted items", "quarantine",
+    "on-premises/external", "failed", "dropped",
+})
 # Ids per query: keeps the query text small enough for the hunting API (about 40 bytes per id).
 MAX_IDS_PER_QUERY = 500
+# How far back advanced hunting (and so verification) can see.
+HUNTING_RETENTION = timedelta(days=30)
+# Margin in front of the mail's time: clocks and the evidence's own Timestamp are not exact.
+SPAN_MARGIN = timedelta(days=1)
+
+_unseen: set[str] = set()
 
 
 def verification_query(network_message_ids: Iterable[str]) -> str:
@@ -39,6 +64,38 @@ def verification_query(network_message_ids: Iterable[str]) -> str:
     )
 
 
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else None
+
+
+def mail_time(request: Mapping[str, Any] | None, fallback: datetime) -> datetime:
+    """When the mail arrived, as well as the request tells: its evidence ``Timestamp`` (the EmailEvents
+    row's time), else its ``detected_at``, else ``fallback``. The request is a queue message (hostile
+    input): a value that is not an aware ISO 8601 datetime is ignored, and no time later than
+    ``fallback`` is believed."""
+    evidence = request.get("evidence") if isinstance(request, Mapping) else None
+    for value in ((evidence or {}).get("Timestamp") if isinstance(evidence, Mapping) else None,
+                  request.get("detected_at") if isinstance(request, Mapping) else None):
+        moment = _moment(value)
+        if moment is not None:
+            return min(moment, fallback)
+    return fallback
+
+
+def verification_timespan(mail_times: Iterable[datetime], now: datetime) -> timedelta:
+    """From a day before the oldest mail to now, at most the 30 days hunting keeps, whole seconds (an
+    ISO 8601 duration with a fraction is refused by the Defender backend)."""
+    oldest = min(mail_times)
+    span = min(max(now - oldest, timedelta(0)) + SPAN_MARGIN, HUNTING_RETENTION)
+    return timedelta(seconds=-(-span // timedelta(seconds=1)))
+
+
 def locations(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
     """(NetworkMessageId, recipient), both lower-case -> LatestDeliveryLocation."""
     out: dict[tuple[str, str], str] = {}
@@ -49,22 +106,45 @@ def locations(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
     return out
 
 
+def _unknown(location: str) -> bool:
+    """``location`` is not a value this code knows; the first time a process sees a value, it says so."""
+    key = location.strip().lower()
+    if key in KNOWN_LOCATIONS:
+        return False
+    if key not in _unseen:
+        _unseen.add(key)
+        log.warning("EmailEvents reports delivery location %r, which verification does not know (known: %s); "
+                    "requests in that location are settled as not applied for a person to check",
+                    location, ", ".join(sorted(KNOWN_LOCATIONS)))
+    return True
+
+
 def classify(action: str, location: str | None, *, submitted_at: datetime, now: datetime,
-             grace: timedelta) -> tuple[str | None, str]:
+             grace: timedelta, mailed_at: datetime | None = None) -> tuple[str | None, str]:
     """(new state or None to keep waiting, detail) for one submitted request.
 
-    A location that matches the action confirms it. Anything else is only ``not_applied`` once
-    ``grace`` has passed since submission: Defender applies remediations minutes later, and
-    EmailEvents shows the change later still.
+    A location that matches the action confirms it. A known location that does not match is only
+    ``not_applied`` once ``grace`` has passed since submission: Defender applies remediations minutes
+    later, and EmailEvents shows the change later still. A location this code does not know is
+    ``not_applied`` at once, with the value in the detail (logged once per value): waiting cannot make
+    it understood. So is a missing row for mail older than hunting's 30 days (``mailed_at``).
     """
-    expected = EXPECTED_LOCATION.get(action, ())
-    if location and location.strip().lower() in expected:
-        return "confirmed", f"EmailEvents shows the message in {location}"
+    expected = EXPECTED_LOCATION.get(action, frozenset())
+    seen = (location or "").strip()
+    if seen.lower() in expected:
+        return "confirmed", f"EmailEvents shows the message in {seen}"
+    if seen and _unknown(seen):
+        return "not_applied", (f"EmailEvents shows the message in {seen!r}, a location this app does not "
+                               f"know, so it cannot tell whether {action} took effect: check the message "
+                               "in Defender's Explorer")
     late = now - submitted_at >= grace
-    if location is None:
+    if not seen:
+        if mailed_at is not None and now - mailed_at > HUNTING_RETENTION:
+            return "not_applied", ("the message is older than the 30 days advanced hunting keeps, so "
+                                   "EmailEvents cannot confirm it: check the message in Defender's Explorer")
         if late:
             return "not_applied", f"no EmailEvents row for the message {grace} after submission"
         return None, "not yet visible in EmailEvents"
     if late:
-        return "not_applied", f"EmailEvents still shows the message in {location} {grace} after submission"
-    return None, f"still in {location}; waiting for Defender to apply the remediation"
+        return "not_applied", f"EmailEvents still shows the message in {seen} {grace} after submission"
+    return None, f"still in {seen}; waiting for Defender to apply the remediation"

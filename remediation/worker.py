@@ -47,7 +47,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -59,7 +58,14 @@ from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflic
 from remediation.outcome import Outcome
 from remediation.rails import CONNECTOR_ACTIONS, Decision, decide
 from remediation.request import EMAIL_ACTIONS, RequestInvalid, make_request, parse_message, validate_request
-from remediation.verify import MAX_IDS_PER_QUERY, classify, locations, verification_query
+from remediation.verify import (
+    MAX_IDS_PER_QUERY,
+    classify,
+    locations,
+    mail_time,
+    verification_query,
+    verification_timespan,
+)
 from responder.config import Settings, TenantConfig
 
 if TYPE_CHECKING:
@@ -120,10 +126,11 @@ class Worker:
                  report_hook: ReportHook | None = None, max_attempts: int = 3, backoff: float = 2.0,
                  max_delay: float = 30.0, lease: timedelta = timedelta(minutes=5),
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, group_siblings: bool = True,
-                 verify_grace: timedelta = timedelta(hours=2)) -> None:
+                 verify_grace: timedelta = timedelta(hours=2), mailbox_slots: Any = None) -> None:
         self.settings, self.tenant, self.catalog, self.ledger = settings, tenant, catalog, ledger
         self.graph, self.exchange = graph, exchange
         self._ctx: Any = None
+        self.mailbox_slots = mailbox_slots   # remediation.mailbox_slots.MailboxSlots (mailbox strategy)
         self.notifier = notifier
         if report_hook is None and notifier is not None:
             from remediation.reporting import cards_hook  # the Teams cards, only when a notifier is given
@@ -143,7 +150,7 @@ class Worker:
             from remediation.actions import ActionContext
 
             self._ctx = ActionContext(settings=self.settings, tenant=self.tenant, graph=self.graph,
-                                      exchange=self.exchange)
+                                      exchange=self.exchange, mailbox_slots=self.mailbox_slots)
         return self._ctx
 
     # --- entry points ---------------------------------------------------------------------------------
@@ -411,6 +418,8 @@ class Worker:
                                   "attempts": rec.attempts + attempt - 1, "executed_by": rec.claim_token}
         if res.undo is not None:
             fields["undo"] = res.undo
+        if res.blocked:
+            fields["blocked"] = res.blocked
         try:
             rec = self.ledger.transition(rec, state, **fields)
         except (LedgerConflict, IllegalTransition) as exc:
@@ -581,11 +590,11 @@ class Worker:
 
     async def _verify_chunk(self, backend: Any, chunk: list[Record]) -> list[Outcome]:
         now = self.ledger.clock()
-        oldest = min(_parse(r.state_times.get("submitted") or r.created_at) for r in chunk)
-        # The hunting API looks back at most 30 days; a day of margin covers late ingestion. Whole
-        # seconds: an ISO 8601 duration with a fraction is refused by the Defender backend.
-        span = min(now - oldest + timedelta(days=1), timedelta(days=30))
-        span = timedelta(seconds=math.ceil(span.total_seconds()))
+        # The EmailEvents row carries the mail's own time, which may be days before the submission (an
+        # undo, a late approval): the timespan reaches back to the oldest mail (remediation/verify.py).
+        mailed = {r.request_id: mail_time(r.request, _parse(r.state_times.get("submitted") or r.created_at))
+                  for r in chunk}
+        span = verification_timespan(mailed.values(), now)
         result = await backend.run(verification_query(r.target["network_message_id"] for r in chunk),
                                    timespan=span)
         where = locations(result.rows)
@@ -598,7 +607,7 @@ class Worker:
                 continue
             submitted_at = _parse(rec.state_times.get("submitted") or rec.created_at)
             state, detail = classify(rec.action, location, submitted_at=submitted_at, now=now,
-                                     grace=self.verify_grace)
+                                     grace=self.verify_grace, mailed_at=mailed[rec.request_id])
             if state is None:
                 out.append(replace(rec.outcome(), detail=detail))
                 continue

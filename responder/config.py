@@ -90,6 +90,10 @@ APP_SETTING_NAMES = frozenset(s.name for s in APP_SETTINGS)
 # manual: no Exchange permission, so the app must never call Exchange; approval: an approval calls it;
 # auto: connector rules in auto mode call it without waiting.
 CONNECTOR_MODES = ("manual", "approval", "auto")
+# App Service leaves a Key Vault reference it cannot resolve in the setting as written ("If a reference
+# isn't resolved properly, the reference string is used instead"):
+# https://learn.microsoft.com/azure/app-service/app-service-key-vault-references#troubleshoot-key-vault-references
+KEY_VAULT_REFERENCE_PREFIX = "@microsoft.keyvault("
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -120,6 +124,9 @@ class Settings:
     params_json: str
     scan_rate_per_hour: int
     exchange_base_url: str = "https://outlook.office365.com/adminapi/beta"
+    # Optional secret settings whose Key Vault reference did not resolve: treated as unset (feature off),
+    # named in the start-up log and in /api/health, so the rest of the app keeps running.
+    unresolved_references: tuple[str, ...] = ()
 
     @property
     def poison_queue(self) -> str:
@@ -130,8 +137,16 @@ class Settings:
         """Read and validate app settings. With ``require``, a missing required setting is an error."""
         env = os.environ if env is None else env
         values: dict[str, str] = {}
+        unresolved: list[str] = []
         for s in APP_SETTINGS:
             raw = env.get(s.name)
+            if raw is not None and is_key_vault_reference(raw):
+                if not s.secret or s.required:
+                    raise ConfigError(f"app setting {s.name}: unresolved Key Vault reference (the platform "
+                                      "could not read the secret: check the vault and secret names and the "
+                                      "identity's Key Vault Secrets User role; see docs/deploy.md)")
+                unresolved.append(s.name)
+                raw = ""
             if raw is None or (raw == "" and s.required):
                 if s.required and require:
                     raise ConfigError(f"required app setting {s.name} is not set ({s.description})")
@@ -174,7 +189,13 @@ class Settings:
             params_json=values["RESPONDER_PARAMS"],
             scan_rate_per_hour=rate,
             exchange_base_url=values["RESPONDER_EXCHANGE_BASE_URL"].rstrip("/"),
+            unresolved_references=tuple(unresolved),
         )
+
+
+def is_key_vault_reference(value: str) -> bool:
+    """The setting still holds ``@Microsoft.KeyVault(...)``: App Service could not resolve it."""
+    return value.strip().lower().startswith(KEY_VAULT_REFERENCE_PREFIX)
 
 
 # --- tenant configuration (a YAML file and/or the RESPONDER_PARAMS app setting) ---------------------
@@ -196,6 +217,8 @@ TENANT_CONFIG_SCHEMA: dict[str, Any] = {
                     "schedule": {"type": "string"},
                     "max_targets": {"type": "integer", "minimum": 0},
                     "params": {"type": "object"},
+                    # Lets a rule declaring scope all_mailboxes act in auto mode (else held for approval).
+                    "allow_all_mailboxes": {"type": "boolean"},
                 },
             },
         },
@@ -221,6 +244,7 @@ class RuleOverrides:
     schedule: str | None = None
     max_targets: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    allow_all_mailboxes: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,6 +297,7 @@ class TenantConfig:
                 schedule=o.schedule or base.schedule,
                 max_targets=o.max_targets if o.max_targets is not None else base.max_targets,
                 params={**base.params, **o.params},
+                allow_all_mailboxes=o.allow_all_mailboxes or base.allow_all_mailboxes,
             )
         return TenantConfig(
             params={**self.params, **other.params},

@@ -1,4 +1,8 @@
-"""The query-backend interface: one KQL query in, the service's rows out, exactly as it sent them."""
+"""The query-backend interface: one KQL query in, the service's rows out.
+
+Rows are as the service sent them, except that datetime and dynamic cells get one shape whichever
+service sent them (detections/backends/values.py), and a Sentinel backend sends EmailEvents queries
+behind its prelude (detections/platforms.py)."""
 
 from __future__ import annotations
 
@@ -39,4 +43,4 @@ class BackendError(Exception):
 class QueryBackend(Protocol):
     name: str
 
-    async def run(self, query: str, *, timespan: timedelta) -> QueryResult: ...
+    async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> QueryResult: ...

@@ -1,9 +1,17 @@
-"""Defender XDR advanced hunting through Graph ``runHuntingQuery``, rows exactly as the service sent them.
+"""Defender XDR advanced hunting through Graph ``runHuntingQuery``, rows as the service sent them.
 
 The request goes through msgraph-sdk's request adapter (its auth, RetryHandler and base URL), but the
 response is read as bytes and parsed here with ``json``: the SDK's own model parses result rows as open
 types and turns strings that look like dates, GUIDs or times into Python objects (a Subject "10:30"
 would become a ``time``), and rules must see what the service sent.
+
+Values: only cells of datetime and dynamic columns are reshaped (detections.backends.values: the same
+values the sentinel and local backends give); every other cell, strings above all, stays as sent.
+
+Row cap: advanced hunting returns at most 100,000 rows per query ("Results can return up to 100,000
+rows", https://learn.microsoft.com/defender-xdr/api-advanced-hunting, quotas; the same limit for the
+Graph API, https://learn.microsoft.com/defender-endpoint/api/run-advanced-query-api, limitations), and
+says nothing when it cut. A result of that many rows is therefore marked partial, with the reason.
 
 Errors: a 429 (the ~45 calls/minute quota or the 15-minute CPU budget; the message says which) and
 5xx/timeouts raise ``BackendError(transient=True, retry_after=...)`` carrying the service's message;
@@ -26,10 +34,13 @@ from kiota_abstractions.request_information import RequestInformation
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
 from detections.backends.base import BackendError, QueryResult
+from detections.backends.values import normalise_rows
 
 # The documented path (the SDK's own builder posts to .../microsoft.graph.security.runHuntingQuery;
 # Graph accepts both).
 URL_TEMPLATE = "{+baseurl}/security/runHuntingQuery"
+# Most rows one hunting result holds (module docstring); a result this long may have been cut.
+MAX_ROWS = 100_000
 
 
 def iso_duration(span: timedelta) -> str:
@@ -62,7 +73,9 @@ def _retry_after(headers: Any) -> float | None:
 
 
 def parse_response(body: bytes) -> QueryResult:
-    """``{"schema": [{name,type}|{Name,Type}], "results": [{...}]}`` -> QueryResult, values untouched."""
+    """``{"schema": [{name,type}|{Name,Type}], "results": [{...}]}`` -> QueryResult.
+
+    Only datetime and dynamic cells are reshaped (detections.backends.values)."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -82,7 +95,13 @@ def parse_response(body: bytes) -> QueryResult:
         columns.append((name, ctype))
     if not all(isinstance(r, dict) for r in rows):
         raise BackendError("defender: a result row is not a JSON object")
-    return QueryResult(columns=columns, rows=rows)
+    result = QueryResult(columns=columns, rows=normalise_rows(columns, rows))
+    if len(rows) >= MAX_ROWS:
+        result.partial = True
+        result.partial_reason = (f"{len(rows):,} rows: advanced hunting returns at most {MAX_ROWS:,} rows "
+                                 "per query, so rows beyond that were probably left out; narrow the query "
+                                 "or shorten its window")
+    return result
 
 
 class DefenderBackend:
@@ -100,7 +119,7 @@ class DefenderBackend:
         info.set_stream_content(json.dumps(body).encode("utf-8"), "application/json")
         return info
 
-    async def run(self, query: str, *, timespan: timedelta) -> QueryResult:
+    async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> QueryResult:
         info = self.request(query, timespan)
         try:
             body = await self._adapter.send_primitive_async(info, "bytes", {"XXX": ODataError})

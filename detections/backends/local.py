@@ -26,9 +26,11 @@ import duckdb
 import duckdb_kql
 from duckdb_kql.types import kusto_type
 
+from detections.backends import kustonulls
 from detections.backends.base import BackendError, QueryResult, TableError
 from detections.catalog import SCHEMAS_DIR
 from detections.params import parse_timespan
+from detections.platforms import PLATFORMS, for_platform, sentinel_columns
 
 _SQL_TYPES = {"String": "VARCHAR", "DateTime": "TIMESTAMPTZ", "Int": "INTEGER", "Long": "BIGINT",
               "Real": "DOUBLE", "Bool": "BOOLEAN", "Dynamic": "JSON", "Guid": "UUID"}
@@ -146,12 +148,19 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, tables_dir: Path | None, now: datetime, *,
-                 schemas: Mapping[str, list[tuple[str, str]]] | None = None):
+                 schemas: Mapping[str, list[tuple[str, str]]] | None = None, platform: str = "defender"):
+        """``platform="sentinel"`` gives the tables Sentinel's shape (EmailEvents without the Latest*
+        columns) and puts Sentinel's prelude in front of queries, as the Sentinel backend does
+        (detections/platforms.py); the default keeps advanced hunting's shape."""
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware (UTC)")
+        if platform not in PLATFORMS:
+            raise ValueError(f"unknown platform {platform!r} (expected one of {', '.join(PLATFORMS)})")
         self.now = now.astimezone(UTC)
-        self.schemas = {t: with_time_generated(c) for t, c in
-                        (dict(schemas) if schemas is not None else load_schemas()).items()}
+        self.platform = platform
+        base = dict(schemas) if schemas is not None else load_schemas()
+        self.schemas = {t: sentinel_columns(t, c) if platform == "sentinel" else with_time_generated(c)
+                        for t, c in base.items()}
         # Tables given as files when loaded from a folder (None: tables come from rows, e.g. rule test
         # cases, where an absent table is deliberately empty).
         self.tables_dir: Path | None = None
@@ -165,9 +174,10 @@ class LocalBackend:
 
     @classmethod
     def from_rows(cls, tables: Mapping[str, Iterable[Mapping[str, Any]]], now: datetime, *,
-                  source: str, schemas: Mapping[str, list[tuple[str, str]]] | None = None) -> LocalBackend:
+                  source: str, schemas: Mapping[str, list[tuple[str, str]]] | None = None,
+                  platform: str = "defender") -> LocalBackend:
         """Tables given as rows (rule test cases); errors name ``source`` + ``.<Table>[<n>].<Column>``."""
-        backend = cls(None, now, schemas=schemas)
+        backend = cls(None, now, schemas=schemas, platform=platform)
         for table, rows in tables.items():
             if table not in backend.schemas:
                 raise TableError(f"{source}.{table}: unknown table (known: {', '.join(backend.schemas)})")
@@ -254,7 +264,7 @@ class LocalBackend:
                 raise TableError(f"{where}: column {col}: {exc}") from None
         if typed.get("TimeGenerated") is None:
             typed["TimeGenerated"] = typed.get("Timestamp")
-        return tuple(typed[c] for c, _ in cols)
+        return kustonulls.fill_missing_strings([t for _, t in cols], [typed[c] for c, _ in cols])
 
     def _insert(self, table: str, rows: list[tuple[Any, ...]]) -> None:
         if rows:
@@ -263,19 +273,44 @@ class LocalBackend:
 
     # --- running ------------------------------------------------------------------------------------
 
-    async def run(self, query: str, *, timespan: timedelta) -> QueryResult:
+    async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> QueryResult:
         # Fast enough (well under a second for a million rows) to run on the event loop's thread,
         # and DuckDB connections are not meant to be shared across threads.
+        query = for_platform(query, self.platform, shape)
         try:
-            rel = duckdb_kql.kql(self.con, query, query_now=self.now)
+            rel = self._kusto_relation(query)
             names = list(rel.columns)
             types = [kusto_type(t) for t in rel.types]
             raw = rel.fetchall()
         except Exception as exc:
             raise BackendError(explain_engine_error(exc)) from exc
-        rows = [{n: _json_value(v, t) for n, t, v in zip(names, types, r, strict=True)} for r in raw]
+        rows = [{n: kustonulls.result_cell(_json_value(v, t), t)
+                 for n, t, v in zip(names, types, r, strict=True)} for r in raw]
         return QueryResult(columns=list(zip(names, types, strict=True)), rows=rows,
                            notes=self._missing_notes(query))
+
+    # --- Kusto semantics (detections/backends/kustonulls.py) -----------------------------------------
+
+    def _kusto_relation(self, query: str) -> duckdb.DuckDBPyRelation:
+        """What ``duckdb_kql.kql`` does, with the translated SQL rewritten so outer joins and outer
+        unions give ``""`` rather than null in string columns, as Kusto does."""
+        self.con.execute("SET TimeZone='UTC'")  # the translated SQL assumes it (duckdb_kql.to_sql docs)
+        schema = {t: [c for c, _ in cols] for t, cols in self.schemas.items()}
+        translated = duckdb_kql.to_sql(query, schema=schema, query_now=self.now)
+        if translated.unbound:
+            raise duckdb_kql.KqlSchemaError(", ".join(translated.unbound),
+                                            hint="declared query parameter with no value and no default")
+        params = dict(translated.parameters)
+        sql = kustonulls.fill_outer_steps(str(translated), lambda probe: self._describe(probe, params))
+        return self._sql(sql, params)
+
+    def _sql(self, sql: str, params: Mapping[str, Any]) -> duckdb.DuckDBPyRelation:
+        used = {k: v for k, v in params.items() if re.search(rf"\${re.escape(k)}\b", sql)}
+        return self.con.sql(sql, params=used) if used else self.con.sql(sql)
+
+    def _describe(self, sql: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        rel = self._sql(sql, params)
+        return [(c, str(t)) for c, t in zip(rel.columns, rel.types, strict=True)]
 
     def missing_tables(self, query: str) -> list[str]:
         """Tables the query reads that had no file in the folder (they ran as empty tables)."""

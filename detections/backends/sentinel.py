@@ -5,9 +5,14 @@ service ran out of time or memory part-way, a ``LogsQueryPartialResult``: that i
 ``partial=True`` with the service's reason, never passed off as complete. Only the first table
 (``PrimaryResult``) is used: a rule's query yields one result set.
 
-Values: azure-monitor-query turns ``datetime`` cells into ``datetime`` objects (and leaves strings
-alone, unlike msgraph); they are written back as ISO 8601 UTC text (``...Z``), as the service sent them
-and as the defender and local backends deliver them, so rules see the same shapes from every backend.
+Values: azure-monitor-query turns ``datetime`` cells into ``datetime`` objects (6 fractional digits)
+and leaves ``dynamic`` cells as the JSON text Log Analytics sends; detections.backends.values gives both
+the shape the defender and local backends deliver (ISO 8601 UTC text; lists and dicts), so rules,
+findings and cards see the same values from every backend.
+
+Tables: Sentinel's EmailEvents is streamed (a new row per change of delivery location, no Latest*
+columns). Queries that read it are sent behind the prelude of detections.platforms, which gives the
+table advanced hunting's shape, so one rule text means the same on both services.
 
 Errors: ``HttpResponseError`` 429/5xx and connection failures are transient (with Retry-After when
 given); 400 (a KQL error), 403 (no access to the workspace) and the like are permanent. The client's
@@ -16,21 +21,15 @@ own retry policy (azure-core) has retried transient errors before they reach her
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.monitor.query import LogsQueryPartialResult
 
 from detections.backends.base import BackendError, QueryResult
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, datetime):
-        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-        text = value.strftime("%Y-%m-%dT%H:%M:%S")
-        return text + (f".{value.microsecond:06d}" if value.microsecond else "") + "Z"
-    return value
+from detections.backends.values import normalise_rows
+from detections.platforms import for_platform
 
 
 def _retry_after(err: HttpResponseError) -> float | None:
@@ -47,8 +46,8 @@ def _table(tables: list[Any] | None) -> tuple[list[tuple[str, str]], list[dict[s
         return [], []
     t = tables[0]
     columns = list(zip(t.columns, t.columns_types, strict=True))
-    rows = [{name: _cell(v) for name, v in zip(t.columns, row, strict=True)} for row in t.rows]
-    return columns, rows
+    rows = [dict(zip(t.columns, row, strict=True)) for row in t.rows]
+    return columns, normalise_rows(columns, rows)
 
 
 class SentinelBackend:
@@ -60,13 +59,14 @@ class SentinelBackend:
         self._client = logs_client
         self.workspace_id = workspace_id
 
-    async def run(self, query: str, *, timespan: timedelta) -> QueryResult:
+    async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> QueryResult:
         if not query.strip():
             raise ValueError("the query is empty")
         if timespan <= timedelta(0):
             raise ValueError(f"timespan must be positive, not {timespan!r}")
         try:
-            result = await self._client.query_workspace(self.workspace_id, query, timespan=timespan)
+            sent = for_platform(query, "sentinel", shape)
+            result = await self._client.query_workspace(self.workspace_id, sent, timespan=timespan)
         except HttpResponseError as err:
             status = err.status_code
             transient = status is None or status == 429 or status >= 500

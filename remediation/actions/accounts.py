@@ -9,8 +9,10 @@ module: the safety rails (remediation/rails.py) stop them first.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
+from kiota_abstractions.api_error import APIError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.identity_protection.risky_users.confirm_compromised.confirm_compromised_post_request_body import (  # noqa: E501
     ConfirmCompromisedPostRequestBody,
@@ -20,6 +22,16 @@ from msgraph.generated.users.item.user_item_request_builder import UserItemReque
 
 from remediation.actions.base import ActionContext, ActionResult, failed
 from remediation.actions.errors import describe
+
+# Revoking sessions of, or disabling, a user who holds an Entra admin role is a "sensitive action": an
+# app-only caller needs an Entra role that covers the target's role, and Privileged Authentication
+# Administrator covers every admin (Global Administrators included). Without it Graph answers
+# 403 Authorization_RequestDenied "Insufficient privileges to complete the operation."
+# https://learn.microsoft.com/graph/api/user-update#permissions ("Who can perform sensitive actions"),
+# https://learn.microsoft.com/graph/api/user-revokesigninsessions#permissions
+PRIVILEGED_ROLE = "Privileged Authentication Administrator"
+_VERB = {"revoke_sessions": "revoke the sessions of", "disable_user": "disable"}
+_PERMISSION = {"revoke_sessions": "User.RevokeSessions.All", "disable_user": "User.EnableDisableAccount.All"}
 
 # confirmCompromised takes a list of object ids; 60 per call stays inside what Identity Protection's
 # bulk risky-user actions accept, and one call per batch keeps the audit log readable.
@@ -52,11 +64,28 @@ class _PerUser:
         user = _user(req) or ""
         try:
             return await self.one(req, user, ctx)
+        except APIError as exc:
+            if exc.response_status_code == 403 and _code(exc) == "Authorization_RequestDenied":
+                return privileged(req, user, self.name)
+            return describe(exc).result(req["id"], f"{self.name} for {user}")
         except Exception as exc:
             return describe(exc).result(req["id"], f"{self.name} for {user}")
 
     async def one(self, req: dict[str, Any], user: str, ctx: ActionContext) -> ActionResult:
         raise NotImplementedError
+
+
+def _code(exc: APIError) -> str | None:
+    return getattr(getattr(exc, "error", None), "code", None)
+
+
+def privileged(req: dict[str, Any], user: str, action: str) -> ActionResult:
+    """The explicit outcome for a 403 on a sensitive action: permanent (a retry cannot help) until an
+    admin grants the identity the role (docs/deploy.md, "Privileged targets")."""
+    reason = (f"target is privileged: the identity needs role {PRIVILEGED_ROLE} to {_VERB[action]} {user} "
+              f"(Graph answered 403 Authorization_RequestDenied; if this happens for every account, the "
+              f"{_PERMISSION[action]} grant is missing instead)")
+    return ActionResult(req["id"], "failed", detail=reason, error=reason, blocked="privileged_target")
 
 
 class RevokeSessions(_PerUser):
@@ -90,48 +119,55 @@ class DisableUser(_PerUser):
 
 
 class ConfirmCompromised:
-    """``POST /identityProtection/riskyUsers/confirmCompromised``: needs object ids, so UPNs are resolved
-    first (``GET /users/{upn}?$select=id``; a 404 there fails only that target), then the batch is sent
-    in as few calls as possible."""
+    """``POST /identityProtection/riskyUsers/confirmCompromised`` with the targets' object ids, in as few
+    calls as possible.
+
+    The API takes object ids (``userIds``), and the rules map them (AccountObjectId, SenderObjectId), so
+    nothing is looked up: resolving a UPN (``GET /users/{upn}``) would need User.Read.All, which the
+    confirmCompromised feature does not grant (IdentityRiskyUser.ReadWrite.All only, infra/permissions.json;
+    https://learn.microsoft.com/graph/api/riskyuser-confirmcompromised#permissions). A target that is not
+    an object id fails alone, saying so. The service answers for the call as a whole, so a 400 on a call
+    with several ids (one id it refuses) is bisected down to the id it refuses."""
 
     name = "confirm_compromised"
 
     async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]:
         results: dict[str, ActionResult] = {}
-        ids: dict[str, str] = {}
-
-        async def resolve(req: dict[str, Any]) -> None:
+        ready: list[dict[str, Any]] = []
+        for req in requests:
             bad = _wrong(req, self.name)
+            user = _user(req) or ""
+            if bad is None and not is_object_id(user):
+                bad = failed(req, f"confirmCompromised takes user object ids, and {user!r} is not one: "
+                                  "map the rule's AccountObjectId (resolving a UPN would need User.Read.All, "
+                                  "which this feature does not grant)")
             if bad is not None:
                 results[req["id"]] = bad
-                return
-            user = _user(req) or ""
-            try:
-                q = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=["id"])
-                found = await ctx.graph.users.by_user_id(user).get(RequestConfiguration(query_parameters=q))
-            except Exception as exc:
-                results[req["id"]] = describe(exc).result(req["id"], f"look up {user}")
-                return
-            if found is None or not found.id:
-                results[req["id"]] = failed(req, f"user {user} has no object id")
-                return
-            ids[req["id"]] = found.id
-
-        await asyncio.gather(*(resolve(r) for r in requests))
-        ready = [r for r in requests if r["id"] in ids]
+            else:
+                ready.append(req)
         for start in range(0, len(ready), MAX_USERS_PER_CALL):
-            chunk = ready[start:start + MAX_USERS_PER_CALL]
-            object_ids = list(dict.fromkeys(ids[r["id"]] for r in chunk))
-            try:
-                await ctx.graph.identity_protection.risky_users.confirm_compromised.post(
-                    ConfirmCompromisedPostRequestBody(user_ids=object_ids))
-            except Exception as exc:
-                failure = describe(exc)
-                for r in chunk:
-                    results[r["id"]] = failure.result(r["id"], "confirm compromised")
-                continue
-            for r in chunk:
-                results[r["id"]] = ActionResult(
-                    r["id"], "confirmed", detail=f"{_user(r)} ({ids[r['id']]}) confirmed compromised: "
-                                                 "user risk set to high")
+            results.update(await self._submit(ready[start:start + MAX_USERS_PER_CALL], ctx))
         return [results[r["id"]] for r in requests]
+
+    async def _submit(self, chunk: list[dict[str, Any]], ctx: ActionContext) -> dict[str, ActionResult]:
+        object_ids = list(dict.fromkeys((_user(r) or "").lower() for r in chunk))
+        try:
+            await ctx.graph.identity_protection.risky_users.confirm_compromised.post(
+                ConfirmCompromisedPostRequestBody(user_ids=object_ids))
+        except Exception as exc:
+            failure = describe(exc)
+            if failure.status == 400 and len(object_ids) > 1:
+                mid = len(chunk) // 2
+                return {**await self._submit(chunk[:mid], ctx), **await self._submit(chunk[mid:], ctx)}
+            return {r["id"]: failure.result(r["id"], "confirm compromised") for r in chunk}
+        return {r["id"]: ActionResult(r["id"], "confirmed",
+                                      detail=f"{_user(r)} confirmed compromised: user risk set to high")
+                for r in chunk}
+
+
+_OBJECT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def is_object_id(value: str) -> bool:
+    """An Entra object id (a GUID), as opposed to a UPN."""
+    return _OBJECT_ID.fullmatch(value.strip()) is not None

@@ -33,6 +33,9 @@ class ActionResult:
     retry_after: float | None = None  # the service's hint, seconds
     link: str | None = None           # Action-center link (Defender strategy)
     undo: dict[str, Any] | None = None  # what an undo needs, e.g. {"original_folder": "inbox"}
+    # Why it was refused, when that is a known case on-call acts on differently from a plain failure:
+    # "privileged_target" (an admin account the identity's Entra role does not cover).
+    blocked: str | None = None
 
     def __post_init__(self) -> None:
         if self.state not in RESULT_STATES:
@@ -45,6 +48,9 @@ class ActionContext:
     tenant: TenantConfig
     graph: GraphServiceClient
     exchange: ExchangeClient | None = None
+    # remediation.mailbox_slots.MailboxSlots: Outlook's per-mailbox limit across instances (mailbox
+    # strategy); None keeps only the in-process limit (tests, CLI, a single instance).
+    mailbox_slots: Any = None
 
 
 class Action(Protocol):

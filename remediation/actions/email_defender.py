@@ -57,6 +57,7 @@ DEFENDER_ACTIONS: dict[str, RemediationAction] = {
     "move_to_junk": RemediationAction.MoveToJunk,
     "move_to_inbox": RemediationAction.MoveToInbox,
     "soft_delete": RemediationAction.SoftDelete,
+    "move_to_deleted_items": RemediationAction.MoveToDeletedItems,
 }
 # Rule severity (Sentinel's names) -> remediation severity (Defender has no "informational").
 SEVERITY: dict[str, RemediationSeverity] = {
@@ -65,7 +66,8 @@ SEVERITY: dict[str, RemediationSeverity] = {
     "medium": RemediationSeverity.Medium,
     "high": RemediationSeverity.High,
 }
-VERB = {"move_to_junk": "Move to Junk", "move_to_inbox": "Move to Inbox", "soft_delete": "Soft delete"}
+VERB = {"move_to_junk": "Move to Junk", "move_to_inbox": "Move to Inbox", "soft_delete": "Soft delete",
+        "move_to_deleted_items": "Move to Deleted Items"}
 
 
 def _pair(request: dict[str, Any]) -> tuple[str, str] | None:

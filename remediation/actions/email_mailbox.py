@@ -1,6 +1,7 @@
 """Email remediation in the recipient's mailbox (Graph ``Mail.ReadWrite``, scoped with RBAC for Applications).
 
-Per target: find the message by ``internetMessageId`` in the recipient's mailbox, compare its folder
+Per target: find the message by ``internetMessageId`` in the recipient's mailbox (addressed by the
+recipient's object id when the rule maps RecipientObjectId, else by its address), compare its folder
 with the destination, and move it only when it is elsewhere. Synchronous, so the result is
 ``confirmed`` at once (or ``skipped`` when it was already there: re-running a request, or a message
 the user moved, is not a failure). ``undo`` records the folder it came from, so an undo puts it back
@@ -9,8 +10,9 @@ exactly there rather than in the Inbox.
 Outlook allows an app at most 4 concurrent requests per mailbox: every request to one mailbox takes
 that mailbox's semaphore (``MAILBOX_CONCURRENCY``) for as long as it is in flight, while different
 mailboxes proceed in parallel, up to ``MAX_IN_FLIGHT`` requests in all (what the HTTP pool keeps open).
-Outlook's limit is per app across all instances, so a 429 can still come back when several workers hit one
-mailbox: it is reported transient with the service's Retry-After.
+Outlook's limit is per app across all instances, so with ``ctx.mailbox_slots`` set (the function app)
+each request also holds one of the mailbox's 4 leases in Table storage (remediation/mailbox_slots.py),
+shared by every instance; a 429 that still comes back is reported transient with its Retry-After.
 
 SDK retries: the RetryHandler replays a move that got 503/504. If the service had processed it, the
 message already has a new id and the replay answers 404; the action then re-reads the mailbox and,
@@ -30,6 +32,7 @@ asked for: a filter the service did not apply can never turn into moving a whole
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -52,8 +55,20 @@ MAILBOX_CONCURRENCY = 4
 # (a new TCP/TLS connection per request) and its queue bookkeeping grows with queued x open
 # connections: 100 mailboxes x 4 made the client spend most of its CPU there, not on Graph's answers.
 MAX_IN_FLIGHT = 20
-DESTINATION = {"move_to_junk": "junkemail", "move_to_inbox": "inbox", "soft_delete": "deleteditems"}
-FOLDER_LABEL = {"junkemail": "Junk Email", "inbox": "Inbox", "deleteditems": "Deleted Items"}
+# soft_delete as Defender means it: "Soft delete" puts the message in Recoverable Items\Deletions, out of
+# the user's folders
+# (https://learn.microsoft.com/defender-office-365/remediate-malicious-email-delivered-office-365),
+# which Graph names by the well-known folder name ``recoverableitemsdeletions``
+# (https://learn.microsoft.com/graph/api/resources/mailfolder#well-known-folder-names). A move, not
+# DELETE /messages/{id}: the move answers the message's new id and folder, so it is confirmed and undone
+# like the other moves. move_to_deleted_items is Defender's moveToDeletedItems (Deleted Items).
+DESTINATION = {"move_to_junk": "junkemail", "move_to_inbox": "inbox",
+               "soft_delete": "recoverableitemsdeletions", "move_to_deleted_items": "deleteditems"}
+FOLDER_LABEL = {"junkemail": "Junk Email", "inbox": "Inbox", "deleteditems": "Deleted Items",
+                "recoverableitemsdeletions": "Recoverable Items (Deletions)"}
+# Folders GET /users/{id}/messages does not list ("including the Deleted Items and Clutter folders",
+# https://learn.microsoft.com/graph/api/user-list-messages): a message there is looked up in the folder.
+HIDDEN_FOLDERS = ("recoverableitemsdeletions",)
 
 T = TypeVar("T")
 
@@ -83,7 +98,8 @@ def restore_folder(request: dict[str, Any]) -> str | None:
 
 
 class MailboxEmailAction:
-    """``move_to_junk`` / ``move_to_inbox`` / ``soft_delete`` by moving the message in the mailbox."""
+    """``move_to_junk`` / ``move_to_inbox`` / ``soft_delete`` / ``move_to_deleted_items`` by moving the
+    message in the mailbox."""
 
     def __init__(self, action: str):
         if action not in DESTINATION:
@@ -98,18 +114,27 @@ class MailboxEmailAction:
         if req.get("action") != self.name:
             return failed(req, f"{req.get('action')!r} request given to {self.name}")
         target = req.get("target") or {}
-        mailbox = str(target.get("recipient") or "").strip()
+        address = str(target.get("recipient") or "").strip()
         imid = str(target.get("internet_message_id") or "").strip()
-        if "@" not in mailbox:
+        if "@" not in address:
             return failed(req, "target needs the recipient's mailbox address")
+        # Graph addresses a user as /users/{id | userPrincipalName}
+        # (https://learn.microsoft.com/graph/api/user-list-messages#http-request): the recipient address in
+        # EmailEvents is the SMTP address, which for a shared mailbox or a renamed user is often not the
+        # UPN (404). The object id always works; the address is the fallback when the rule has no id.
+        mailbox = str(target.get("recipient_object_id") or "").strip() or address
         if not imid:
             return failed(req, "the mailbox strategy needs the message's internet_message_id (the rule "
                                "must map InternetMessageId), and this target has none")
         step = "find message"
+        hidden = DESTINATION[self.name] if DESTINATION[self.name] in HIDDEN_FOLDERS else None
         try:
             found = await run.find(mailbox, imid)
+            if not found and hidden:
+                # Already soft-deleted (a re-run, a redelivery): /messages does not list Recoverable Items.
+                found = await run.find(mailbox, imid, folder=hidden)
             if not found:
-                raise _NotFound(f"message {imid} not found in mailbox {mailbox} (deleted, or never delivered "
+                raise _NotFound(f"message {imid} not found in mailbox {address} (deleted, or never delivered "
                                 "there)")
             step = "resolve destination folder"
             dest_ref, note = restore_folder(req) or DESTINATION[self.name], ""
@@ -124,7 +149,7 @@ class MailboxEmailAction:
             label = FOLDER_LABEL.get(dest_ref, "its original folder")
             to_move = [m for m in found if m.parent_folder_id != dest_id]
             if not to_move:
-                return ActionResult(req["id"], "skipped", detail=f"already in {label} in {mailbox}")
+                return ActionResult(req["id"], "skipped", detail=f"already in {label} in {address}")
             step = "move"
             destination = dest_ref if dest_ref in FOLDER_LABEL else dest_id
             moved_ids: list[str] = []
@@ -136,7 +161,8 @@ class MailboxEmailAction:
                     # processed): the first attempt moved the message and gave it a new id. Re-read.
                     if exc.response_status_code != 404:
                         raise
-                    again = [x for x in await run.find(mailbox, imid) if x.parent_folder_id == dest_id]
+                    again = [x for x in await run.find(mailbox, imid, folder=hidden)
+                             if x.parent_folder_id == dest_id]
                     if not again:
                         raise
                     moved_ids.append(str(again[0].id))
@@ -144,11 +170,11 @@ class MailboxEmailAction:
         except _NotFound as exc:
             return ActionResult(req["id"], "failed", detail=str(exc), error=str(exc))
         except Exception as exc:
-            return describe(exc).result(req["id"], f"{step} in {mailbox}")
-        undo = {"strategy": "mailbox", "mailbox": mailbox, "internet_message_id": imid,
+            return describe(exc).result(req["id"], f"{step} in {address}")
+        undo = {"strategy": "mailbox", "mailbox": address, "internet_message_id": imid,
                 "original_folder": to_move[0].parent_folder_id, "moved_message_id": moved_ids[0]}
         return ActionResult(req["id"], "confirmed", undo=undo,
-                            detail=f"moved {len(to_move)} message(s) to {label} in {mailbox}{note}")
+                            detail=f"moved {len(to_move)} message(s) to {label} in {address}{note}")
 
 
 class _Run:
@@ -157,22 +183,27 @@ class _Run:
     def __init__(self, ctx: ActionContext):
         self.graph = ctx.graph
         self.adapter = ctx.graph.request_adapter
+        self.slots = ctx.mailbox_slots
         self.sems: dict[str, asyncio.Semaphore] = {}
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.folders: dict[tuple[str, str], asyncio.Task[str]] = {}
 
     async def _limited(self, mailbox: str, call: Callable[[], Awaitable[T]]) -> T:
         sem = self.sems.setdefault(mailbox.lower(), asyncio.Semaphore(MAILBOX_CONCURRENCY))
-        # Always the mailbox's slot first, then the overall one: one order, so no deadlock.
-        async with sem, self.in_flight:
+        # Always this process's mailbox slot, then the mailbox's lease shared by all instances, then the
+        # overall one: one order, so no deadlock.
+        shared = self.slots.hold(mailbox) if self.slots is not None else contextlib.nullcontext()
+        async with sem, shared, self.in_flight:
             return await call()
 
-    async def find(self, mailbox: str, imid: str) -> list[FoundMessage]:
+    async def find(self, mailbox: str, imid: str, folder: str | None = None) -> list[FoundMessage]:
+        """The copies of ``imid`` in the mailbox's folders, or only in ``folder`` when given."""
         q = MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters(
             filter=f"internetMessageId eq {odata_string(imid)}",
             select=["id", "parentFolderId", "internetMessageId"])
-        info = self.graph.users.by_user_id(mailbox).messages.to_get_request_information(
-            RequestConfiguration(query_parameters=q))
+        user = self.graph.users.by_user_id(mailbox)
+        messages = user.mail_folders.by_mail_folder_id(folder).messages if folder else user.messages
+        info = messages.to_get_request_information(RequestConfiguration(query_parameters=q))
         page = await self._limited(mailbox, lambda: send_json(self.adapter, info))
         if page is None or not isinstance(page.get("value"), list):
             # Graph always answers a collection; anything else is not evidence that the message is gone.

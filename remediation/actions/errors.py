@@ -17,6 +17,8 @@ from kiota_abstractions.api_error import APIError
 
 from remediation.actions.base import ActionResult
 
+SLOTS_BUSY_RETRY = 10.0   # seconds: how long a worker waits before retrying a mailbox that stayed busy
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -82,6 +84,10 @@ def describe(exc: BaseException) -> Failure:
         return Failure(True, f"timed out: {type(exc).__name__}")
     if isinstance(exc, httpx.TransportError):
         return Failure(True, f"connection failed: {type(exc).__name__}: {exc}")
+    from remediation.mailbox_slots import SlotsBusy
+
+    if isinstance(exc, SlotsBusy):   # other instances hold the mailbox's slots: a later retry gets one
+        return Failure(True, str(exc), retry_after=SLOTS_BUSY_RETRY)
     if isinstance(exc, TimeoutError):
         return Failure(True, "timed out")
     # Anything else is a bug or an unforeseen error: report it as transient so the worker retries a

@@ -55,6 +55,9 @@ class AppConfig:
     api_base: str | None = None          # https://<app host>: approval cards show the HTTP commands
     digest_schedule: str | None = None   # None: no daily digest
     verify_schedule: str | None = None   # None: no verify timer (submitted mail is confirmed elsewhere)
+    # What runs degraded (e.g. Teams notifications off because their Key Vault reference did not
+    # resolve): reported by /api/health. Names and reasons only, never a setting's value.
+    problems: tuple[str, ...] = ()
 
 
 def storage_from_env(env: Mapping[str, str], settings: Settings) -> StorageConfig:
@@ -120,8 +123,18 @@ def load(env: Mapping[str, str] | None = None) -> AppConfig:
             verify = schedules.validate(verify)
         except ScheduleError as exc:
             raise ConfigError(f"app setting {VERIFY_SETTING}: {exc}") from None
+    problems = tuple(f"app setting {name}: unresolved Key Vault reference" for name in
+                     settings.unresolved_references)
+    for name in settings.unresolved_references:
+        what = "Teams notification" if name == "RESPONDER_TEAMS_WEBHOOK_URL" else "what it configures"
+        # An error, not a stop: the worker, poison handler and timers still run; only what needs this
+        # secret is off. The value is never logged (it names the vault and secret).
+        log.error("app setting %s is an unresolved Key Vault reference: %s is OFF until it resolves. "
+                  "Check the vault and secret names, the identity's Key Vault Secrets User role and the "
+                  "vault's network access, then restart the app; see docs/deploy.md, Key Vault references",
+                  name, what)
     log.info("configuration loaded: %d rule(s), %d timer(s), backend %s", len(catalog), len(timers),
              settings.backend)
     return AppConfig(settings=settings, tenant=tenant, catalog=catalog, timers=timers, storage=storage,
                      api_base=f"https://{host}" if host else None, digest_schedule=digest or None,
-                     verify_schedule=verify or None)
+                     verify_schedule=verify or None, problems=problems)

@@ -198,12 +198,18 @@ async def http_health(rt: Runtime, req: func.HttpRequest) -> func.HttpResponse:
         log.error("health: storage unreachable: %s", type(exc).__name__)
         storage = "unreachable"
     ok = storage == "reachable"
+    problems = list(rt.config.problems)
     # notifications: a yes/no only (never the webhook URL, which is a secret); false means on-call
     # hears nothing from this app, which an anonymous health probe is the cheapest way to notice.
-    body = {"status": "ok" if ok else "unhealthy", "config": "loaded",
-            "rules": {"valid": True, "count": len(rt.config.catalog), "scheduled": len(rt.config.timers)},
-            "storage": storage, "notifications": rt.notifications}
-    return json_response(200 if ok else 503, body)
+    # problems (e.g. an unresolved Key Vault reference) answer 503 too, so a probe alerts someone.
+    body: dict[str, Any] = {
+        "status": "unhealthy" if not ok else "degraded" if problems else "ok",
+        "config": "degraded" if problems else "loaded",
+        "rules": {"valid": True, "count": len(rt.config.catalog), "scheduled": len(rt.config.timers)},
+        "storage": storage, "notifications": rt.notifications}
+    if problems:
+        body["problems"] = problems
+    return json_response(200 if ok and not problems else 503, body)
 
 
 _DECIDE_KEYS = frozenset({"by", "done"})

@@ -43,6 +43,7 @@ class _LoopServices:
     credential: Any
     graph: Any
     exchange: Any
+    mailbox_slots: Any = None
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Runtime:
             weakref.WeakKeyDictionary())
         if self.notifier is None:
             self.notifier = notifier_from_settings(self.config.settings)
-            if isinstance(self.notifier, NullNotifier):
+            if isinstance(self.notifier, NullNotifier) and not self.settings.unresolved_references:
                 # NullNotifier reports every card as delivered (off is not a failure), so without this
                 # line nothing would ever say that held requests and failures reach nobody. The setting
                 # is empty here, so naming it reveals nothing.
@@ -133,9 +134,31 @@ class Runtime:
                 credential = app_credential(self.settings)
             graph = make_graph_client(base_url=self.settings.graph_base_url, credential=credential,
                                       max_retries=self.graph_retries)
-            found = _LoopServices(credential, graph, _exchange_client(self.settings, credential))
+            found = _LoopServices(credential, graph, _exchange_client(self.settings, credential),
+                                  await self._mailbox_slots())
             self._loops[loop] = found
         return found
+
+    async def _mailbox_slots(self) -> Any:
+        """The mailbox strategy's per-mailbox leases, shared by every instance (remediation/mailbox_slots.py);
+        None for the Defender strategy, which never calls a mailbox."""
+        if self.settings.email_strategy != "mailbox":
+            return None
+        from azure.data.tables.aio import TableClient as AsyncTableClient
+
+        from remediation.mailbox_slots import MailboxSlots
+
+        st, table = self.config.storage, slots_table(self.settings.ledger_table)
+        if st.connection_string:
+            client = AsyncTableClient.from_connection_string(st.connection_string, table)
+        else:
+            from azure.identity.aio import ManagedIdentityCredential
+
+            client = AsyncTableClient(endpoint=st.table_endpoint, table_name=table,
+                                      credential=ManagedIdentityCredential(client_id=st.client_id or None))
+        slots = MailboxSlots(client)
+        await slots.ensure_table()
+        return slots
 
     async def backend(self) -> QueryBackend:
         svc = await self._loop_services()
@@ -160,7 +183,7 @@ class Runtime:
                           connector_actions=self.settings.connector_actions)
         options = {"report_hook": hook, **self.worker_options}
         yield Worker(self.settings, self.config.tenant, self.config.catalog, self.ledger(), svc.graph,
-                     svc.exchange, self.notifier, **options)
+                     svc.exchange, self.notifier, mailbox_slots=svc.mailbox_slots, **options)
 
 
 def app_credential(settings: Settings) -> Any:
@@ -173,6 +196,11 @@ def app_credential(settings: Settings) -> Any:
     from azure.identity.aio import ManagedIdentityCredential
 
     return ManagedIdentityCredential(client_id=settings.client_id or None)
+
+
+def slots_table(ledger_table: str) -> str:
+    """The per-mailbox lease table's name: the ledger's with a suffix (table names are alphanumeric)."""
+    return (ledger_table + "slots")[:63]
 
 
 def quota_table(ledger_table: str) -> str:

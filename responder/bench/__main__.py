@@ -1,4 +1,6 @@
-"""``python -m responder.bench [--write BENCHMARKS.md] [--only NAME]... [--moves N] [--trials N]``."""
+"""``python -m responder.bench [NAME]... [--write BENCHMARKS.md] [--only NAME]... [--moves N] [--trials N]``.
+
+``python -m responder.bench quality`` runs only the detection-quality section (as ``--only quality``)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 
 from responder.bench import machine, report
 
-NAMES = ("ttr", "pipeline", "throughput", "engine", "coldstart")
+NAMES = ("ttr", "pipeline", "throughput", "engine", "coldstart", "quality")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,14 +26,24 @@ def main(argv: list[str] | None = None) -> int:
         help="add this run's report to the end of FILE instead of replacing it (e.g. a long run "
         "of one benchmark beside the regular ones)",
     )
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"run only these ({', '.join(NAMES)})")
     p.add_argument("--only", action="append", choices=NAMES, help="run only these (repeatable)")
+    p.add_argument(
+        "--quality-size",
+        default="large",
+        choices=("small", "medium", "large"),
+        help="sample tenant the detection-quality section scans (default large)",
+    )
     p.add_argument("--trials", type=int, default=30, help="time-to-remediate trials (default 30)")
     p.add_argument("--moves", type=int, default=10_000, help="throughput moves, spread over 100 mailboxes")
     p.add_argument("--engine-sizes", default="10000,100000,1000000", help="EmailEvents rows, comma-separated")
     args = p.parse_args(argv)
     argv_used = sys.argv[1:] if argv is None else argv
     command = "python -m responder.bench " + " ".join(shlex.quote(a) for a in argv_used)
-    selected = args.only or list(NAMES)
+    unknown = [n for n in args.names if n not in NAMES]
+    if unknown:
+        p.error(f"unknown benchmark {unknown[0]!r} (choose from {', '.join(NAMES)})")
+    selected = list(dict.fromkeys([*args.names, *(args.only or [])])) or list(NAMES)
     results: dict[str, Any] = {}
     start = time.perf_counter()
     for name in selected:
@@ -72,6 +84,10 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         from responder.bench import engine
 
         return engine.run(tuple(int(s) for s in args.engine_sizes.split(",")))
+    if name == "quality":
+        from responder.bench import quality
+
+        return quality.run(args.quality_size)
     from responder.bench import coldstart
 
     return coldstart.run()

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from detections.backends.kustonulls import fill_missing_strings
 from detections.backends.local import LocalBackend
 from detections.catalog import load_catalog
 from detections.params import bind_query, resolve_params
@@ -121,6 +122,7 @@ class World:
         bulk_load(self.backend, background)
         con = self.backend.con
         self.cols = [c for c, _ in self.backend.schemas["EmailEvents"]]
+        types = [t for _, t in self.backend.schemas["EmailEvents"]]
         names = ", ".join(f'"{c}"' for c in self.cols)
         self.names = names
         marks = ", ".join("?" for _ in campaign_senders) or "''"
@@ -134,7 +136,7 @@ class World:
         rows = []
         for m in trace.mails:
             for row in email_rows(m):
-                values = [row.get(c) for c in self.cols]
+                values = list(fill_missing_strings(types, [row.get(c) for c in self.cols]))
                 values[self.cols.index("Timestamp")] = m.ts
                 rows.append([*values, trace.ingest[(m.network_message_id, row["RecipientEmailAddress"])]])
         con.executemany(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from remediation.request import EMAIL_ACTIONS
 from responder.notify import links
 from responder.notify.common import (
     CONNECTOR_ACTIONS,
@@ -179,7 +180,7 @@ def _scan(report: RunReport, n: int, w: int) -> dict[str, Any]:
 
     tid = report.tenant_id
     candidates = outcome_links(report.outcomes, 1)
-    if any(r["action"] in ("move_to_junk", "move_to_inbox", "soft_delete") for r in report.requests):
+    if any(r["action"] in EMAIL_ACTIONS for r in report.requests):
         candidates.append(("Action center", links.action_center(tid)))
     if any(r["action"] in CONNECTOR_ACTIONS for r in report.requests):
         candidates.append(("Connectors", links.exchange_connectors()))

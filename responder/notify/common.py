@@ -56,7 +56,8 @@ def header(kind: str, kicker: str, title: str, severity: str | None, style: str)
 def buttons(candidates: Sequence[tuple[str, str]]) -> list[Element]:
     seen: set[str] = set()
     out: list[Element] = []
-    for title, url in candidates:
+    for title, raw in candidates:
+        url = links.encode_url(raw)   # service-given links (Location headers) may hold quotes and braces
         if url in seen or not links.is_safe_link(url):
             continue
         seen.add(url)

@@ -9,6 +9,7 @@ Markdown; TextBlock/FactSet carry only text this code wrote itself.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,8 +20,23 @@ SEVERITY_COLOURS = {"high": "attention", "medium": "warning", "low": "accent", "
 SEVERITY_STYLES = {"high": "attention", "medium": "warning", "low": "accent", "informational": "emphasis"}
 
 
+def _item(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
 def clip(value: Any, limit: int) -> str:
-    """``value`` as text, cut to ``limit`` characters with an honest note of what was cut."""
+    """``value`` as text, cut to ``limit`` characters with an honest note of what was cut.
+
+    A list (a make_set/make_list evidence column, from any backend) reads as its items, comma-separated;
+    a dict (a dynamic column) and nested values read as JSON, never as Python's repr."""
+    if isinstance(value, list | tuple):
+        value = ", ".join(_item(v) for v in value)
+    elif isinstance(value, dict):
+        value = _item(value)
     text = "" if value is None else str(value)
     text = " ".join(text.split()) if "\n" in text or "\r" in text else text
     if len(text) <= limit:

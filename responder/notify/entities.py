@@ -18,6 +18,7 @@ ACTION_LABELS = {
     "move_to_junk": "Move to Junk",
     "move_to_inbox": "Move back to Inbox",
     "soft_delete": "Soft delete",
+    "move_to_deleted_items": "Move to Deleted Items",
     "disable_connector": "Disable connector",
     "revoke_sessions": "Revoke sign-in sessions",
     "disable_user": "Disable account",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode, urlsplit
+import re
+from urllib.parse import quote, urlencode, urlsplit
 
 DEFENDER = "https://security.microsoft.com"
 EXCHANGE_ADMIN = "https://admin.exchange.microsoft.com"
@@ -38,6 +39,40 @@ def explorer(tenant_id: str | None = None) -> str:
 
 def exchange_connectors() -> str:
     return f"{EXCHANGE_ADMIN}/#/connectors"
+
+
+# What RFC 3986 allows unescaped after the authority: unreserved, sub-delims, ":" "@" "/" "?" (and "#" once,
+# starting the fragment). Anything else (space, '"', "{", "[", non-ASCII) makes the URL invalid for
+# Action.OpenUrl: Teams refuses or mangles the whole card.
+_ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?")
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def _encode_part(text: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] == "%" and _ESCAPE.match(text, i):   # already percent-encoded: keep as is
+            out.append(text[i:i + 3])
+            i += 3
+            continue
+        out.append(text[i] if text[i] in _ALLOWED else quote(text[i], safe=""))
+        i += 1
+    return "".join(out)
+
+
+def encode_url(url: str) -> str:
+    """``url`` with every character a URI may not hold percent-encoded; idempotent.
+
+    The remediate call's Location header is documented as
+    ``https://security.microsoft.com/action-center/history?filters={"bulkId":["{bulkId}"]}&tid={tid}``
+    (https://learn.microsoft.com/graph/api/security-analyzedemail-remediate, Response): quotes,
+    braces and brackets, which an Adaptive Card's Action.OpenUrl (a URI) cannot carry unencoded."""
+    head, sep, fragment = url.partition("#")
+    parts = urlsplit(head)
+    rest = head[len(f"{parts.scheme}://{parts.netloc}"):] if parts.netloc else head
+    prefix = head[:len(head) - len(rest)]
+    return prefix + _encode_part(rest) + (sep + _encode_part(fragment) if sep else "")
 
 
 def is_safe_link(url: str | None) -> bool:

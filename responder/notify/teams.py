@@ -174,6 +174,15 @@ class TeamsWebhookNotifier:
         for attempt in range(attempts):
             retryable, wait, why = await self._attempt(client, body)
             if retryable is None:
+                # A Workflows webhook ("When a Teams webhook request is received") answers 202 Accepted:
+                # the flow is queued and posts the card when it runs, so the card is accepted, not yet
+                # seen in the channel (a flow that later fails shows only in the flow's run history).
+                # https://learn.microsoft.com/connectors/teams/#microsoft-teams-webhook
+                if why == "202":
+                    log.info("Teams card (%s) accepted (HTTP 202): the workflow is queued and posts it "
+                             "when it runs", kind)
+                else:
+                    log.info("Teams card (%s) delivered (HTTP %s)", kind, why)
                 return True
             last = attempt == attempts - 1
             if not retryable or last:
@@ -190,7 +199,7 @@ class TeamsWebhookNotifier:
         return False
 
     async def _attempt(self, client: httpx.AsyncClient, body: bytes) -> tuple[bool | None, float | None, str]:
-        """(None, _, _) on success, else (retryable, Retry-After seconds, reason without the URL)."""
+        """(None, _, status) on success, else (retryable, Retry-After seconds, reason without the URL)."""
         try:
             response = await client.post(self._url, content=body,
                                          headers={"Content-Type": "application/json; charset=utf-8"},
@@ -198,7 +207,7 @@ class TeamsWebhookNotifier:
         except httpx.TransportError as exc:
             return True, None, f"{type(exc).__name__}: {_REDACTOR.scrub(str(exc)) or 'no detail'}"
         if 200 <= response.status_code < 300:
-            return None, None, ""
+            return None, None, str(response.status_code)
         why = f"HTTP {response.status_code}"
         detail = _REDACTOR.scrub(response.text[:200].strip())
         if detail:

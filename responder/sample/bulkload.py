@@ -24,8 +24,12 @@ def bulk_load(backend: LocalBackend, tables_dir: Path) -> dict[str, int]:
         spec = ", ".join(f"'{c}': '{_SQL_TYPES[t]}'" for c, t in cols)
         names = ", ".join(f'"{c}"' for c, _ in cols)
         # Like the local backend: TimeGenerated (Sentinel's ingestion time) defaults to Timestamp.
+        # And, as Kusto stores them, a missing string is "" (detections/backends/kustonulls.py).
         values = ", ".join(
-            'coalesce("TimeGenerated", "Timestamp")' if c == "TimeGenerated" else f'"{c}"' for c, _ in cols
+            'coalesce("TimeGenerated", "Timestamp")'
+            if c == "TimeGenerated"
+            else (f"coalesce(\"{c}\", '')" if t == "String" else f'"{c}"')
+            for c, t in cols
         )
         before = backend.con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
         # The path is ours (a folder the generator wrote), passed as a parameter, never spliced.

@@ -13,12 +13,15 @@ class Clock:
     def __init__(self, rng: random.Random, start: datetime, end: datetime):
         self.rng, self.start, self.end = rng, start, end
         self.days = max(1, (end - start).days)
+        # Calendar days the span touches, the first and the last (partial) one included: the morning
+        # before `now` has background too.
+        self.calendar_days = (end.date() - start.date()).days + 1
 
     def business(self) -> datetime:
         """A moment between ``start`` and ``end``, more likely in office hours."""
         while True:
             day = self.start.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(
-                days=self.rng.randrange(self.days + 1)
+                days=self.rng.randrange(self.calendar_days)
             )
             hour = self.rng.choices(range(24), weights=HOUR_WEIGHTS)[0]
             moment = day + timedelta(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from responder.sample.attacks import all_plants
+from responder.sample.benign import Benign
 from responder.sample.clock import Clock
 from responder.sample.model import SAMPLE_NOW, Tenant, build_tenant
 from responder.sample.noise import Noise
@@ -28,6 +29,7 @@ from responder.sample.rows import (
     attachment_rows,
     email_rows,
     finalize,
+    iso,
     load_columns,
     shape,
     url_rows,
@@ -61,6 +63,13 @@ class Generated:
     tenant_path: Path
     now: datetime
     truth: dict[str, Any]
+    # Rows each benign class of responder.sample.benign added (EmailEvents rows; logon rows for passwords).
+    benign_rows: dict[str, int] = field(default_factory=dict)
+    # What the benign classes' rows are, for attributing a rule's false positives: network message id,
+    # connector name or account object id -> class.
+    benign_keys: dict[str, str] = field(default_factory=dict)
+    # Timestamps (ISO) of the rows the planted scenarios (attacks, the legitimate connector change) added.
+    planted_times: dict[str, list[str]] = field(default_factory=dict)
 
 
 def generate(
@@ -84,7 +93,15 @@ def generate(
     noise = Noise(rng, tenant, clock, now)
     plants = all_plants(attack_rng, tenant, now, Noise(attack_rng, tenant, clock, now))
     planted = [finalize(m, attack_rng) for p in plants for m in p.mails]
-    fixed = planted + [finalize(m, rng) for m in noise.newsletters()]
+    # The busy tenant's benign look-alikes (issue 11) draw from their own stream: the older background
+    # stays as it was, whatever they add.
+    benign_rng = random.Random(seed * 104729 + 7)
+    benign = Benign(benign_rng, tenant, Clock(benign_rng, clock.start, clock.end), now).generate()
+    fixed = (
+        planted
+        + [finalize(m, rng) for m in noise.newsletters()]
+        + [finalize(m, benign_rng) for m in benign.mails]
+    )
     budget = target - sum(len(m.recipients) for m in fixed)
     if budget < 0:
         need = target - budget
@@ -103,7 +120,7 @@ def generate(
         ),
     }
     cae = noise.cloud_app_events(per_user_per_day=3) + [r for p in plants for r in p.cloud_app_events]
-    logons = noise.logons() + [r for p in plants for r in p.logons]
+    logons = noise.logons() + benign.logons + [r for p in plants for r in p.logons]
     counts["CloudAppEvents"] = _write(tables, "CloudAppEvents", columns, _sorted(cae))
     counts["IdentityLogonEvents"] = _write(tables, "IdentityLogonEvents", columns, _sorted(logons))
 
@@ -112,7 +129,25 @@ def generate(
     truth_path.write_text(json.dumps(truth, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     tenant_path = out_dir / "tenant.yaml"
     tenant_path.write_text(_tenant_yaml(tenant), encoding="utf-8")
-    return Generated(out_dir, tables, counts, truth_path, tenant_path, now, truth)
+    planted_times = {
+        "EmailEvents": [iso(m.ts) for m in planted for _ in m.recipients],
+        "EmailUrlInfo": [r["Timestamp"] for m in planted for r in url_rows(m)],
+        "EmailAttachmentInfo": [r["Timestamp"] for m in planted for r in attachment_rows(m)],
+        "CloudAppEvents": [r["Timestamp"] for p in plants for r in p.cloud_app_events],
+        "IdentityLogonEvents": [r["Timestamp"] for p in plants for r in p.logons],
+    }
+    return Generated(
+        out_dir,
+        tables,
+        counts,
+        truth_path,
+        tenant_path,
+        now,
+        truth,
+        benign.rows_by_class,
+        benign.keys(),
+        planted_times,
+    )
 
 
 def _background(noise: Noise, rng: random.Random, budget: int) -> Iterable[Mail]:
@@ -121,6 +156,8 @@ def _background(noise: Noise, rng: random.Random, budget: int) -> Iterable[Mail]
     for mail in noise.mail_stream():
         if left <= 0:
             return
+        if mail.ts > noise.clock.end:
+            continue  # the later part of a thread that has not happened yet
         if len(mail.recipients) > left:
             mail.recipients = mail.recipients[:left]
         left -= len(mail.recipients)

@@ -46,7 +46,7 @@ class LiveTables:
         # The fake Graph serves each request on its own thread; one DuckDB connection, one at a time.
         self._lock = threading.Lock()
 
-    async def run(self, query: str, *, timespan: timedelta) -> QueryResult:
+    async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> QueryResult:
         with self._lock:
             self.queries += 1
             return await self.backend.run(query, timespan=timespan)
@@ -91,7 +91,7 @@ class LiveTables:
                 tuple(r)
                 for r in self.backend.con.execute(  # type: ignore[misc]
                     'SELECT DISTINCT "AccountUpn", "AccountObjectId" FROM "IdentityLogonEvents" '
-                    'WHERE "AccountUpn" IS NOT NULL ORDER BY 1'
+                    'WHERE coalesce("AccountUpn", \'\') <> \'\' ORDER BY 1'
                 ).fetchall()
             ]
 
@@ -99,11 +99,12 @@ class LiveTables:
         """Connector names seen in mail flow or created in the audit log: what Exchange would list."""
         with self._lock:
             mail = self.backend.con.execute(
-                'SELECT DISTINCT "Connectors" FROM "EmailEvents" WHERE "Connectors" IS NOT NULL'
+                # Missing strings are "" (as in Kusto), not NULL: neither is a connector.
+                'SELECT DISTINCT "Connectors" FROM "EmailEvents" WHERE coalesce("Connectors", \'\') <> \'\''
             ).fetchall()
             audit = self.backend.con.execute(
                 'SELECT DISTINCT "ObjectName" FROM "CloudAppEvents" '
-                'WHERE "ActionType" LIKE \'%Connector\' AND "ObjectName" IS NOT NULL'
+                'WHERE "ActionType" LIKE \'%Connector\' AND coalesce("ObjectName", \'\') <> \'\''
             ).fetchall()
         return sorted({r[0] for r in mail + audit})
 

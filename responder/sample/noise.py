@@ -434,7 +434,7 @@ class Noise:
     def logons(self) -> list[dict[str, Any]]:
         rows = []
         people = self.t.users + self.t.admins + [self.t.compromised_admin]
-        for day in range(self.clock.days + 1):
+        for day in range(self.clock.calendar_days):
             base = self.clock.start.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=day)
             for p in people:
                 if self.rng.random() < 0.15:

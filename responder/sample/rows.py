@@ -89,7 +89,11 @@ def finalize(mail: Mail, rng: random.Random) -> Mail:
     if not mail.internet_message_id:
         mail.internet_message_id = f"<{rng.getrandbits(64):016x}@{domain_of(mail.mail_from)}>"
     if not mail.cluster:
-        mail.cluster = int.from_bytes(hashlib.sha256(mail.subject.encode()).digest()[:6], "big")
+        # EmailClusterId groups messages by content. Different people who happen to write the same
+        # subject ("Refund request") send different text, so the sample keys it by sender and subject: a
+        # mass mailing from one sender shares one id, strangers' look-alike subjects do not.
+        content = f"{mail.header_from.lower()}\n{mail.subject}"
+        mail.cluster = int.from_bytes(hashlib.sha256(content.encode()).digest()[:6], "big")
     return mail
 
 

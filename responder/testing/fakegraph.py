@@ -12,7 +12,8 @@ Public API::
         fake.tenant_id
 
         # state you can seed and read
-        fake.users.add(upn, *, id=None, account_enabled=True, display_name="") -> FakeUser
+        fake.users.add(upn, *, id=None, account_enabled=True, display_name="", mail=None,
+                       privileged_role=None) -> FakeUser
         fake.users.get(upn_or_id) -> FakeUser | None
         fake.mailboxes.add(user, internet_message_id, folder="inbox", *, subject="") -> str (message id)
         fake.mailboxes.add_folder(user, name) -> str (folder id)
@@ -23,6 +24,7 @@ Public API::
         fake.remediations        # list[Remediation]: every accepted analyzedEmails/remediate call
         fake.compromised         # set of user object ids confirmed compromised
         fake.revoked             # list of user ids whose sessions were revoked (one entry per call)
+        fake.app_roles           # set of Entra role names the app's identity holds (privileged targets)
 
         # what was sent
         fake.calls               # list[Call] (method, path, query, json, body, headers, status)
@@ -57,7 +59,9 @@ Endpoints (Graph paths relative to ``/v1.0``):
   the SDK's path): validates the body, records a ``Remediation``, calls ``on_remediate(action, emails)``
   (emails: list of ``{"networkMessageId", "recipientEmailAddress"}``), answers 202 with an Action-center
   ``Location`` header and no body.
-* ``GET /users/{id}/messages?$filter=internetMessageId eq '...'``, ``GET /users/{id}/messages/{msgId}``,
+* ``GET /users/{id}/messages?$filter=internetMessageId eq '...'`` (not Recoverable Items),
+  ``GET /users/{id}/mailFolders/{idOrWellKnownName}/messages?$filter=...``,
+  ``GET /users/{id}/messages/{msgId}``,
   ``POST /users/{id}/messages/{msgId}/move`` (body ``destinationId`` or ``DestinationId``: a well-known
   folder name or a folder id; 201 with the moved message, which has a new id),
   ``GET /users/{id}/mailFolders/{idOrWellKnownName}``.
@@ -67,6 +71,18 @@ Endpoints (Graph paths relative to ``/v1.0``):
   Get-/Set-InboundConnector and Get-/Set-OutboundConnector over the connector store.
 
 Unknown users are 404 (``Request_ResourceNotFound``), unknown messages 404 (``ErrorItemNotFound``).
+A user is addressed by object id or userPrincipalName only, as Graph documents the segment
+(``/users/{id | userPrincipalName}``, https://learn.microsoft.com/graph/api/user-get): a mailbox's
+primary SMTP address (``mail=``) that differs from its UPN is 404, as on the service.
+A user added with ``privileged_role`` (an Entra admin role name) stands for an administrator: an
+app-only ``revokeSignInSessions`` or ``PATCH accountEnabled`` on it is 403 ``Authorization_RequestDenied``
+"Insufficient privileges to complete the operation." unless ``fake.app_roles`` holds a role allowed
+to act on it (``PRIVILEGED_ACTORS``), as the user-update docs describe ("Who can perform sensitive
+actions", https://learn.microsoft.com/graph/api/user-update#permissions).
+InvokeCommand requires ``X-AnchorMailbox`` naming the arbitration mailbox (every public client sends
+it: remediation/exchange.py) and answers a cmdlet's "object not found" the way clients read it: a
+generic ``error.message``, the cmdlet's message and exception type in ``error.details[].message`` and
+``error.innererror.internalexception``.
 Users are created on demand by ``mailboxes.add``. Recorded headers include Authorization (tests
 assert that a token was sent); ``Call``'s repr hides it.
 """
@@ -87,7 +103,11 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 DEFAULT_TENANT_ID = "8f4a2c1e-0b7d-4e59-9c36-2d1f0a7b5e43"
-WELL_KNOWN_FOLDERS = ("inbox", "junkemail", "deleteditems", "archive", "drafts", "sentitems")
+# Well-known folder names (https://learn.microsoft.com/graph/api/resources/mailfolder#well-known-folder-names);
+# recoverableitemsdeletions is Recoverable Items\Deletions, where a soft delete puts a message.
+WELL_KNOWN_FOLDERS = ("inbox", "junkemail", "deleteditems", "archive", "drafts", "sentitems",
+                      "recoverableitemsdeletions")
+HIDDEN_FOLDERS = ("recoverableitemsdeletions",)   # outside the folders GET /messages lists
 REMEDIATION_ACTIONS = ("moveToJunk", "moveToInbox", "hardDelete", "softDelete", "moveToDeletedItems")
 REMEDIATION_SEVERITIES = ("low", "medium", "high")
 # Default error codes per status, as Graph names them.
@@ -97,6 +117,10 @@ _CODES = {400: "BadRequest", 401: "InvalidAuthenticationToken", 403: "Forbidden"
 
 Hunting = Callable[[str, "str | None"], "tuple[list[Any], list[dict[str, Any]]] | dict[str, Any]"]
 OnRemediate = Callable[[str, list[dict[str, str]]], None]
+
+
+# Most rows one advanced hunting result holds (see _hunt).
+HUNTING_MAX_ROWS = 100_000
 
 
 class GraphFault(Exception):
@@ -162,16 +186,32 @@ class Remediation:
     location: str
 
 
+# Entra roles whose holders may change the sensitive properties of (and revoke sessions for) an admin
+# in ``privileged_role``; everything else needs Privileged Authentication Administrator (or Global
+# Administrator). https://learn.microsoft.com/graph/api/user-update#permissions ("Who can perform
+# sensitive actions") and https://learn.microsoft.com/entra/identity/role-based-access-control/
+# privileged-roles-permissions#who-can-perform-sensitive-actions
+PRIVILEGED_ACTORS = {
+    "Helpdesk Administrator": {"Helpdesk Administrator", "User Administrator",
+                               "Privileged Authentication Administrator", "Global Administrator"},
+    "User Administrator": {"User Administrator", "Privileged Authentication Administrator",
+                           "Global Administrator"},
+}
+TOP_PRIVILEGED_ACTORS = {"Privileged Authentication Administrator", "Global Administrator"}
+
+
 @dataclass
 class FakeUser:
     id: str
     user_principal_name: str
     account_enabled: bool = True
     display_name: str = ""
+    mail: str | None = None              # primary SMTP address when it is not the UPN
+    privileged_role: str | None = None   # an Entra admin role the user holds
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "userPrincipalName": self.user_principal_name,
-                "mail": self.user_principal_name,
+                "mail": self.mail or self.user_principal_name,
                 "displayName": self.display_name or self.user_principal_name.split("@")[0],
                 "accountEnabled": self.account_enabled}
 
@@ -191,13 +231,13 @@ class UserStore:
         self._by_key: dict[str, FakeUser] = {}
 
     def add(self, upn: str, *, id: str | None = None, account_enabled: bool = True,
-            display_name: str = "") -> FakeUser:
+            display_name: str = "", mail: str | None = None, privileged_role: str | None = None) -> FakeUser:
         with self._lock:
             existing = self.get(upn)
             if existing is not None:
                 return existing
             user = FakeUser(id or str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + upn.lower())), upn,
-                            account_enabled, display_name)
+                            account_enabled, display_name, mail, privileged_role)
             self._by_key[upn.lower()] = user
             self._by_key[user.id.lower()] = user
             return user
@@ -357,6 +397,8 @@ class FakeGraph:
         self.remediations: list[Remediation] = []
         self.compromised: set[str] = set()
         self.revoked: list[str] = []
+        self.app_roles: set[str] = set()   # Entra roles assigned to the app's identity (privileged targets)
+        self._local = threading.local()      # the request being handled, per server thread
         self._calls: list[Call] = []
         self._faults: list[Fault] = []
         self._limits: _OutlookLimits | None = None
@@ -375,6 +417,7 @@ class FakeGraph:
             ("GET", re.compile(_USER + r"/messages/(?P<msg>[^/]+)$"), self._get_message),
             ("POST", re.compile(_USER + r"/messages/(?P<msg>[^/]+)/(microsoft\.graph\.)?move$"), self._move),
             ("GET", re.compile(_USER + r"/mailFolders/(?P<folder>[^/]+)$"), self._get_folder),
+            ("GET", re.compile(_USER + r"/mailFolders/(?P<folder>[^/]+)/messages$"), self._list_messages),
             ("POST", re.compile(_USER + r"/(microsoft\.graph\.)?revokeSignInSessions$"), self._revoke),
             ("GET", re.compile(_USER + r"$"), self._get_user),
             ("PATCH", re.compile(_USER + r"$"), self._patch_user),
@@ -489,6 +532,7 @@ class FakeGraph:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 parsed = None
         call = Call(method, path, query, parsed, body, headers)
+        self._local.headers = headers
         with self._lock:
             self._calls.append(call)
         mailbox = self._mailbox_key(path)
@@ -544,6 +588,9 @@ class FakeGraph:
             now = time.monotonic()
             if limits is not None:
                 if self._inflight.get(key, 0) >= limits.concurrent:
+                    # Outlook: 4 concurrent requests per app per mailbox, then 429 with Retry-After
+                    # (https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits); the body
+                    # is the one clients report (learn.microsoft.com/answers/questions/734143).
                     return _error(429, "Application is over its MailboxConcurrency limit.",
                                   "ApplicationThrottled", limits.retry_after)
                 recent = [t for t in self._window.get(key, []) if now - t < limits.window]
@@ -588,6 +635,9 @@ class FakeGraph:
         if isinstance(answer, dict):   # a whole response body, as given (malformed-response tests)
             return _Reply(200, answer)
         schema, rows = answer
+        # "Results can return up to 100,000 rows" (https://learn.microsoft.com/defender-xdr/api-advanced-hunting,
+        # quotas): the service cuts longer results without saying so, and so does this fake.
+        rows = list(rows)[:HUNTING_MAX_ROWS]
         cols = [c if isinstance(c, dict) else {"name": c[0], "type": c[1]} for c in schema]
         return _Reply(200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#"
                                               "microsoft.graph.security.huntingQueryResults",
@@ -640,6 +690,18 @@ class FakeGraph:
         user = self._user(m)
         flt = q.get("$filter")
         msgs = self.mailboxes.messages(user.id)
+        folder = m.groupdict().get("folder")
+        if folder is None:
+            # /messages lists the user's folders "including the Deleted Items and Clutter folders"
+            # (https://learn.microsoft.com/graph/api/user-list-messages), not Recoverable Items, which is
+            # outside them: a soft-deleted message is only listed through that folder.
+            msgs = [x for x in msgs if x.folder not in HIDDEN_FOLDERS]
+        else:
+            name = self._resolve_folder(user, folder)
+            if name is None:
+                raise _error(404, "The specified folder could not be found in the store.",
+                             "ErrorItemNotFound")
+            msgs = [x for x in msgs if x.folder.lower() == name.lower()]
         if flt is not None:
             fm = re.fullmatch(r"\s*internetMessageId\s+eq\s+'((?:[^']|'')*)'\s*", flt)
             if fm is None:
@@ -688,10 +750,20 @@ class FakeGraph:
     def _get_user(self, m: re.Match[str], _q: dict[str, str], _b: Any) -> _Reply:
         return _Reply(200, self._user(m).to_json())
 
+    def _refuse_privileged(self, user: FakeUser) -> None:
+        """403 for a sensitive action on an admin the app's roles do not cover (module doc)."""
+        if user.privileged_role is None:
+            return
+        allowed = PRIVILEGED_ACTORS.get(user.privileged_role, TOP_PRIVILEGED_ACTORS)
+        if not self.app_roles & allowed:
+            raise _error(403, "Insufficient privileges to complete the operation.",
+                         "Authorization_RequestDenied")
+
     def _patch_user(self, m: re.Match[str], _q: dict[str, str], body: Any) -> _Reply:
         user = self._user(m)
         body = _object(body)
         if "accountEnabled" in body:
+            self._refuse_privileged(user)
             if not isinstance(body["accountEnabled"], bool):
                 raise _error(400, "Invalid value for accountEnabled.", "Request_BadRequest")
             with self._lock:
@@ -700,6 +772,7 @@ class FakeGraph:
 
     def _revoke(self, m: re.Match[str], _q: dict[str, str], _b: Any) -> _Reply:
         user = self._user(m)
+        self._refuse_privileged(user)
         with self._lock:
             self.revoked.append(user.id)
         return _Reply(200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Edm.Boolean",
@@ -721,6 +794,13 @@ class FakeGraph:
     def _invoke_command(self, m: re.Match[str], _q: dict[str, str], body: Any) -> _Reply:
         if m.group("tenant").lower() != self.tenant_id.lower():
             raise _error(404, f"Tenant {m.group('tenant')} not found.", "NotFound")
+        anchor = (getattr(self._local, "headers", None) or {}).get("x-anchormailbox", "")
+        if not _ANCHOR.fullmatch(anchor) or (anchor.upper().startswith("APP:")
+                                             and anchor.split("@", 1)[1].lower() != self.tenant_id.lower()):
+            # Undocumented: every public client anchors on the arbitration mailbox, so the fake refuses a
+            # request that does not (a client the service would route anywhere must not pass the tests).
+            raise _error(400, f"X-AnchorMailbox must name the arbitration mailbox, not {anchor!r}.",
+                         "BadRequest")
         cmd = _object(_object(body).get("CmdletInput"))
         name = cmd.get("CmdletName")
         params = cmd.get("Parameters") or {}
@@ -740,9 +820,7 @@ class FakeGraph:
             raise _error(400, "Parameter Identity is required.", "BadRequest")
         item = self.connectors.get(identity)
         if item is None or item["Direction"] != direction:
-            raise _error(404, f"|Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException|"
-                              f"The operation couldn't be performed because object '{identity}' couldn't be "
-                              "found.", "NotFound")
+            raise _cmdlet_not_found(identity)
         if verb == "get":
             return _Reply(200, {"@odata.context": ctx, "value": [dict(item)]})
         extra = set(params) - {"Identity", "Enabled", "Confirm"}
@@ -755,6 +833,26 @@ class FakeGraph:
             with self._lock:
                 item["Enabled"] = params["Enabled"]
         return _Reply(200, {"@odata.context": ctx, "value": []})
+
+
+_ANCHOR = re.compile(r"(?i)(APP|UPN):SystemMailbox\{bb558c35-97f1-4cb9-8ff7-d53741dc928c\}@[^@\s]+")
+_NOT_FOUND_TYPE = "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException"
+
+
+def _cmdlet_not_found(identity: str) -> _Reply:
+    """A cmdlet's "object not found" as InvokeCommand answers it: a generic envelope; the cmdlet's message
+    and type in ``details[].message`` (JSON text) and ``innererror.internalexception`` (the fields CIPP's
+    New-ExoRequest.ps1 reads, in KelvinTegelaar/CIPP-API)."""
+    text = f"The operation couldn't be performed because object '{identity}' couldn't be found on " \
+           "'AM0PR01A011DC01.EURPR01A011.PROD.OUTLOOK.COM'."
+    detail = json.dumps({"Message": text, "TypeName": _NOT_FOUND_TYPE, "StackTrace": None,
+                         "InnerError": None})
+    return _Reply(400, {"error": {
+        "code": "BadRequest", "message": "Error executing cmdlet",
+        "details": [{"code": "Context", "target": "", "message": detail}],
+        "innererror": {"message": "Error executing cmdlet",
+                       "type": "Microsoft.Exchange.Admin.OData.Core.ODataServiceException",
+                       "internalexception": {"message": text, "type": _NOT_FOUND_TYPE}}}})
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -775,6 +873,14 @@ class _Server(ThreadingHTTPServer):
     # socketserver's default listen backlog is 5: a client opening many connections at once (the
     # mailbox strategy across 100 mailboxes) has SYNs dropped and retried after 1 s, 3 s, ...
     request_queue_size = 256
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        # A client that closes its keep-alive connection (an event loop that ended) is not an error.
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

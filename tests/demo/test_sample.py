@@ -103,16 +103,18 @@ def test_consumer_senders_writing_to_one_shared_mailbox_are_common(email: list, 
             boxes[r["SenderMailFromAddress"]].add(r["RecipientEmailAddress"])
     single = [s for s, b in boxes.items() if len(b) == 1]
     assert len(single) >= 20
-    # Only the planted campaign senders reach more than two protected copies.
-    counts = Counter(
+    # Only the planted campaign senders reach more than two distinct protected mailboxes; chatty
+    # customers (responder/sample/benign.py) send more than two copies, but to one mailbox.
+    assert {s for s, b in boxes.items() if len(b) > 2} == {
+        "recruiting.desk.eu@gmail.com",
+        "d.okafor.orders@outlook.com",
+    }
+    copies = Counter(
         r["SenderMailFromAddress"]
         for r in email
         if r["SenderMailFromDomain"] in consumer and r["RecipientEmailAddress"] in protected
     )
-    assert {s for s, n in counts.items() if n > 2} == {
-        "recruiting.desk.eu@gmail.com",
-        "d.okafor.orders@outlook.com",
-    }
+    assert any(n > 2 and len(boxes[s]) == 1 for s, n in copies.items())
 
 
 def test_internal_partner_newsletter_and_spam_mail_present(email: list) -> None:
@@ -211,3 +213,33 @@ def test_connector_and_account_truth_match_the_audit_and_logons(small: Path, tru
     assert all(
         not r["SenderObjectId"] and r["SenderFromDomain"] != r["SenderMailFromDomain"] for r in relayed
     )
+
+
+def test_background_reaches_the_morning_before_now(email: list) -> None:
+    # 1-hour rules scanned at `now` must see ordinary mail, not only the planted rows.
+    last_hours = [r for r in email if SAMPLE_NOW - ts(r) <= timedelta(hours=3)]
+    assert sum(1 for r in last_hours if r["EmailDirection"] == "Intra-org") >= 20
+
+
+def test_cluster_ids_follow_content_not_a_shared_subject(email: list, truth: dict[str, Any]) -> None:
+    protected = set(truth["protected_mailboxes"])
+    by_subject: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for r in email:
+        if r["RecipientEmailAddress"] in protected and r["SenderObjectId"] is None:
+            by_subject[r["Subject"]][r["SenderFromAddress"]].add(r["EmailClusterId"])
+    shared = {s: senders for s, senders in by_subject.items() if len(senders) > 1}
+    assert shared  # strangers do write the same subject ("Refund request") ...
+    for senders in shared.values():  # ... but each writes their own text: one cluster per sender
+        clusters = [c for ids in senders.values() for c in ids]
+        assert len(clusters) == len(set(clusters))
+    news = {
+        r["EmailClusterId"]
+        for r in email
+        if r["Connectors"] == NEWSLETTER_CONNECTOR
+        and r["Subject"] == email_subject(email, NEWSLETTER_CONNECTOR)
+    }
+    assert len(news) == 1  # one mass mailing, one cluster
+
+
+def email_subject(email: list, connector: str) -> str:
+    return next(r["Subject"] for r in email if r["Connectors"] == connector)

@@ -17,6 +17,7 @@ from azure.monitor.query.aio import LogsQueryClient
 
 from detections.backends.base import BackendError, QueryResult
 from detections.backends.sentinel import SentinelBackend
+from detections.platforms import SENTINEL_EMAILEVENTS_VIEW
 
 WORKSPACE = "5d3c1c0a-2b4e-4f6a-9c8d-7e6f5a4b3c2d"
 TOKEN = "test-token-not-real"
@@ -112,10 +113,10 @@ TABLE = {"name": "PrimaryResult",
 
 def test_query_timespan_token_and_rows_as_sent(la: FakeLogAnalytics) -> None:
     la.answers.append((200, {"tables": [TABLE]}, {}))
-    result = run(la, "EmailEvents | where Subject == '10:30'", timedelta(hours=1))
+    result = run(la, "CloudAppEvents | where ObjectName == '10:30'", timedelta(hours=1))
     [req] = la.requests
     assert req["path"] == f"/v1/workspaces/{WORKSPACE}/query"
-    assert req["json"]["query"] == "EmailEvents | where Subject == '10:30'"
+    assert req["json"]["query"] == "CloudAppEvents | where ObjectName == '10:30'"  # no prelude needed
     assert req["json"]["timespan"] == "PT3600.0S"   # azure-monitor-query's own ISO 8601 rendering
     assert list(SCOPES) == [(f"{la.url}/.default",)]
     assert req["authorization"] == f"Bearer {TOKEN}"
@@ -159,3 +160,14 @@ def test_bad_input_is_refused_before_any_call(la: FakeLogAnalytics) -> None:
     with pytest.raises(ValueError, match="workspace"):
         SentinelBackend(object(), "")
     assert la.requests == []
+
+
+def test_emailevents_queries_are_sent_behind_the_sentinel_prelude(la: FakeLogAnalytics) -> None:
+    # Sentinel's streamed EmailEvents has no Latest* columns and a row per location change: the query
+    # goes out behind the view that gives it advanced hunting's shape (detections/platforms.py).
+    la.answers.append((200, {"tables": [TABLE]}, {}))
+    query = 'EmailEvents | where LatestDeliveryLocation =~ "Inbox/folder"'
+    run(la, query)
+    sent = la.requests[0]["json"]["query"]
+    assert sent == SENTINEL_EMAILEVENTS_VIEW + "\n" + query
+    assert "arg_max(TimeGenerated, *)" in sent and "by NetworkMessageId, RecipientEmailAddress" in sent

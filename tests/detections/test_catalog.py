@@ -56,7 +56,7 @@ def _delete(key_path: str):
         (_delete("severity"), "(top level)", "'severity' is a required property"),
         (_set("severity", "Critical"), "severity", "is not one of"),
         (_set("id", "not-a-guid"), "id", "does not match"),
-        (_set("queryPeriod", "2h"), "queryPeriod", "must equal the window parameter's default (1h)"),
+        (_set("queryPeriod", "3h"), "queryPeriod", "must equal the window parameter's default (2h)"),
         (
             _set("responder.parameters.threshold.default", "two"),
             "responder.parameters.threshold.default",
@@ -235,3 +235,23 @@ def test_bad_tests_file_names_field(tmp_path: Path, text: str, field: str, messa
     err = _tests_error(tmp_path, text)
     assert err.field == field
     assert message in err.message
+
+
+def test_rule_may_declare_that_it_covers_every_mailbox(tmp_path: Path) -> None:
+    # An org-wide rule (issue 11): email actions without a protected list, declared explicitly.
+    def org_wide(data: dict) -> None:
+        data["responder"]["scope"] = {"all_mailboxes": True}
+
+    rule = load_rule(write_rule(tmp_path, "org-wide", org_wide))
+    assert rule.all_mailboxes and rule.recipients_param is None
+    assert not load_catalog()["consumer-sender-to-shared-mailboxes"].all_mailboxes
+
+
+def test_scope_is_a_protected_list_or_every_mailbox_not_both(tmp_path: Path) -> None:
+    err = _load_error(tmp_path, _set("responder.scope.all_mailboxes", True))
+    assert err.field == "responder.scope" and "not both" in str(err)
+
+
+def test_email_rule_without_any_scope_is_refused(tmp_path: Path) -> None:
+    err = _load_error(tmp_path, _set("responder.scope", {}))
+    assert err.field == "responder.scope.recipients_param" and "all_mailboxes" in str(err)

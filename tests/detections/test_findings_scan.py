@@ -185,9 +185,9 @@ def test_window_reaches_the_query_and_the_backend(tmp_path: Path) -> None:
     seen: list[timedelta] = []
     real_run = backend.run
 
-    async def recording_run(query: str, *, timespan: timedelta):
+    async def recording_run(query: str, *, timespan: timedelta, shape: str = "defender"):
         seen.append(timespan)
-        return await real_run(query, timespan=timespan)
+        return await real_run(query, timespan=timespan, shape=shape)
 
     backend.run = recording_run  # type: ignore[method-assign]
     (run,) = asyncio.run(

@@ -186,8 +186,8 @@ def test_bind_query_puts_one_let_per_parameter_before_the_query(rule) -> None:
     values = resolve_params(rule, TenantConfig(), {"protected_recipients": "a@contoso.com"})
     bound = bind_query(rule, values)
     lines = bound.splitlines()
-    assert lines[:2] == ["let window = 1h;", "let threshold = 2;"]
-    assert lines[3] == 'let protected_recipients = dynamic(["a@contoso.com"]);'
+    assert lines[:3] == ["let window = 2h;", "let correlation_window = 1h;", "let threshold = 2;"]
+    assert lines[len(rule.parameters) - 1] == 'let protected_recipients = dynamic(["a@contoso.com"]);'
     assert bound.endswith(rule.query.strip())
 
 
@@ -225,7 +225,8 @@ def test_hostile_values_do_not_change_the_statement_structure(rule) -> None:
     ]
     checks = check_queries([clean, *hostile, *(f"let v = {kql_string(v)};\nprint v" for v in HOSTILE)])
     shape = [(s["kind"], s.get("name"), s.get("value_kind")) for s in checks[0].statements]
-    assert len(shape) == 5 and shape[-1][0] == "ExpressionStatement"
+    assert [name for _, name, _ in shape[: len(rule.parameters)]] == list(rule.parameters)
+    assert shape[-1][0] == "ExpressionStatement"
     for check in checks[1 : 1 + len(HOSTILE)]:
         assert check.errors == []
         assert [(s["kind"], s.get("name"), s.get("value_kind")) for s in check.statements] == shape

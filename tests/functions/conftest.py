@@ -89,7 +89,7 @@ class SpyBackend:
         self.rows, self.error = rows or [], error
         self.queries: list[tuple[str, timedelta]] = []
 
-    async def run(self, query: str, *, timespan: timedelta) -> QueryResult:
+    async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> QueryResult:
         self.queries.append((query, timespan))
         if self.error is not None:
             raise self.error

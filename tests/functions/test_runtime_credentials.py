@@ -22,7 +22,7 @@ CLIENT_ID = "11111111-1111-1111-1111-111111111111"
 class _Backend:
     name = "spy"
 
-    async def run(self, query: str, *, timespan: Any) -> QueryResult:
+    async def run(self, query: str, *, timespan: Any, shape: str = "defender") -> QueryResult:
         return QueryResult(columns=[], rows=[])
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,3 +157,62 @@ def test_a_tenant_config_setting_naming_a_missing_file_stops_start_up(tmp_path: 
     missing = tmp_path / "tennant.yaml"
     with pytest.raises(ConfigError, match=r"tennant\.yaml does not exist"):
         bootstrap.load(env_with(missing))
+
+
+# --- an unresolved Key Vault reference (issue 10, Deployment) -----------------------------------------
+
+# What App Service leaves in the setting when it cannot resolve the reference ("the reference string is
+# used instead"): learn.microsoft.com/azure/app-service/app-service-key-vault-references
+# (Troubleshoot Key Vault references).
+UNRESOLVED = "@Microsoft.KeyVault(SecretUri=https://kv-xdr-secretvaultname.vault.azure.net/secrets/teams-webhook-url/)"
+
+INDEX_AND_PROBE = """
+import asyncio, json, logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+import azure.functions as func
+import function_app
+from responder.app.indexing import by_name
+functions = by_name(function_app.app)
+req = func.HttpRequest("GET", "http://localhost/api/health", body=b"", headers={}, params={}, route_params={})
+resp = asyncio.run(functions["health"].get_user_function()(req))
+print(json.dumps({"functions": sorted(functions), "status": resp.status_code,
+                  "health": json.loads(resp.get_body())}))
+"""
+
+
+def index_in_subprocess(env: dict[str, str]) -> tuple[dict[str, Any], str]:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("RESPONDER_", "AzureWebJobsStorage", "AZURE_CLIENT_ID"))}
+    proc = subprocess.run([sys.executable, "-c", INDEX_AND_PROBE], cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_unresolved_key_vault_reference_turns_notifications_off_and_keeps_every_function(
+        tenant_file: Path, storage_conn: str) -> None:
+    good, _ = index_in_subprocess(base_env(storage_conn, tenant_file))
+    env = {**base_env(storage_conn, tenant_file), "RESPONDER_TEAMS_WEBHOOK_URL": UNRESOLVED}
+    got, log = index_in_subprocess(env)
+    # Same functions as a healthy deployment: the worker, poison handler, timers and HTTP routes.
+    assert got["functions"] == good["functions"]
+    assert {"worker", "poison", "verify", "digest", "health", "scan"} <= set(got["functions"])
+    assert got["status"] == 503
+    assert got["health"]["status"] == "degraded" and got["health"]["config"] == "degraded"
+    assert got["health"]["notifications"] is False and got["health"]["storage"] == "reachable"
+    assert got["health"]["problems"] == ["app setting RESPONDER_TEAMS_WEBHOOK_URL: unresolved Key Vault "
+                                         "reference"]
+    errors = [ln for ln in log.splitlines() if ln.startswith("ERROR responder.app.bootstrap")]
+    assert len(errors) == 1 and "RESPONDER_TEAMS_WEBHOOK_URL" in errors[0] and "OFF" in errors[0]
+    # Neither the log nor health repeats the value (it names the vault and the secret).
+    assert "kv-xdr-secretvaultname" not in log and "kv-xdr-secretvaultname" not in json.dumps(got)
+    assert good["status"] == 200 and "problems" not in good["health"]
+
+
+@pytest.mark.parametrize("setting", ["RESPONDER_PARAMS", "RESPONDER_DRY_RUN"])
+def test_unresolved_key_vault_reference_in_a_non_secret_setting_names_it(tenant_file: Path,
+                                                                         setting: str) -> None:
+    # Only an optional secret can be switched off; anything else would run with a wrong value.
+    with pytest.raises(ConfigError, match=f"app setting {setting}: unresolved Key Vault reference") as err:
+        bootstrap.load(env_with(tenant_file, **{setting: UNRESOLVED}))
+    assert "secretvaultname" not in str(err.value)

@@ -43,6 +43,10 @@ class _Unknown:
 UNKNOWN: Any = _Unknown()
 
 
+class BicepFail(Exception):
+    """``fail('message')`` was evaluated: the deployment would stop with this message."""
+
+
 @cache
 def _parser() -> Parser:
     return Parser(Language(tree_sitter_bicep.language()))
@@ -401,6 +405,15 @@ class Env:
         if fn == "loadJsonContent":
             rel = self.eval(arg_nodes[0])
             return json.loads((self.file.path.parent / rel).read_text(encoding="utf-8"))
+        if fn in ("filter", "map") and len(arg_nodes) == 2 and arg_nodes[1].type == "lambda_expression":
+            items = self.eval(arg_nodes[0])
+            if items is UNKNOWN:
+                return UNKNOWN
+            var, body = _named(arg_nodes[1])[0], _named(arg_nodes[1])[-1]
+            results = [self.with_local(text(var), item).eval(body) for item in items]
+            if any(r is UNKNOWN for r in results):
+                return UNKNOWN
+            return [i for i, keep in zip(items, results, strict=True) if keep] if fn == "filter" else results
         args = [self.eval(a) for a in arg_nodes]
         if any(a is UNKNOWN for a in args):
             return UNKNOWN
@@ -418,10 +431,18 @@ class Env:
             "first": lambda v: v[0] if v else UNKNOWN,
             "contains": lambda c, x: x in c,
             "take": lambda v, n: v[:n],
+            "objectKeys": lambda o: list(o),
+            "startsWith": lambda v, prefix: v.startswith(prefix),
+            "join": lambda v, sep: sep.join(v),
+            "fail": _fail,
         }
         if fn in simple:
             return simple[fn](*args)
         return UNKNOWN
+
+
+def _fail(message: str) -> Any:
+    raise BicepFail(message)
 
 
 def _union(*values: Any) -> Any:

@@ -123,7 +123,9 @@ def test_a_default_deployment_gives_the_code_defaults() -> None:
 
 def test_operator_settings_pass_through_a_parameter_and_never_override() -> None:
     main = bm.load("infra/main.bicep")
-    assert bm.text(main.modules["functionApp"].prop("params", "extraAppSettings")) == "operatorAppSettings"
+    # through the check of refused names (test_provision.py), unchanged when none is refused
+    passed = bm.text(main.modules["functionApp"].prop("params", "extraAppSettings"))
+    assert passed == "checkedOperatorAppSettings"
     assert main.evaluate(main.params["operatorAppSettings"].value) == {}
     file = bm.load(FUNCTION)
     values = file.evaluate(

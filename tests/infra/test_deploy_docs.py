@@ -63,3 +63,18 @@ def test_mailbox_script_brackets_balance() -> None:
     code = re.sub(r"(?m)#.*$", "", code)
     for open_, close in ("{}", "()", "[]"):
         assert code.count(open_) == code.count(close), f"unbalanced {open_}{close} in Set-MailboxScope.ps1"
+
+
+def test_guide_states_the_service_facts_a_deployment_depends_on() -> None:
+    # issue 10: each fact with the Microsoft page it comes from
+    facts = {
+        "Automated Investigation must be on": "remediate-malicious-email-delivered-office-365",
+        "Defender for Cloud Apps' Microsoft 365 app\n  connector":
+            "advanced-hunting-identitylogonevents-table",
+        "up to about 24 hours": "overview-managed-identity",
+        "the reference string is\nused instead": "app-service-key-vault-references",
+    }
+    for fact, source in facts.items():
+        assert fact in DOC, fact
+        assert source in DOC[DOC.index(fact) - 600:DOC.index(fact) + 900], (fact, source)
+    assert "az functionapp restart" in DOC[DOC.index("A newly granted Graph role"):]

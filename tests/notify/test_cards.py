@@ -369,3 +369,34 @@ def test_run_report_from_rule_run() -> None:
     assert (report.rule, report.rule_name, report.severity, report.rows) == ("r1", "Rule one", "Low", 3)
     assert report.partial and report.run_id == "run-1" and report.held() == Run.requests
     assert report.bucket_counts()["queued"] == 1
+
+
+# The remediate call's Location, as documented (security-analyzedemail-remediate, Response).
+DOCUMENTED_LOCATION = ('https://security.microsoft.com/action-center/history?filters={"bulkId":'
+                       '["0f8e7d6c-5b4a-4392-8170-6e5d4c3b2a19"]}&tid=8f4a2c1e-0b7d-4e59-9c36-2d1f0a7b5e43')
+URI_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/?#%]+$")
+
+
+def test_action_center_link_is_percent_encoded_on_the_button() -> None:
+    from urllib.parse import unquote
+
+    report = examples.scan_report(24)
+    report.outcomes[0].link = DOCUMENTED_LOCATION
+    urls = [a["url"] for a in buttons(scan_card(report))]
+    (submission,) = [u for u in urls if "action-center" in u and "bulkId" in unquote(u)]
+    assert URI_CHARS.match(submission), submission
+    assert submission == ("https://security.microsoft.com/action-center/history?filters=%7B%22bulkId%22:"
+                          "%5B%220f8e7d6c-5b4a-4392-8170-6e5d4c3b2a19%22%5D%7D"
+                          "&tid=8f4a2c1e-0b7d-4e59-9c36-2d1f0a7b5e43")
+    assert unquote(submission) == DOCUMENTED_LOCATION
+
+
+def test_encoding_keeps_valid_links_unchanged() -> None:
+    from responder.notify.links import encode_url
+
+    for url in ("https://admin.exchange.microsoft.com/#/connectors",
+                "https://security.microsoft.com/v2/advanced-hunting?tid=abc",
+                "https://security.microsoft.com/x?filters=%7B%22a%22%7D"):
+        assert encode_url(url) == url
+    once = encode_url(DOCUMENTED_LOCATION)
+    assert encode_url(once) == once

@@ -204,3 +204,17 @@ def test_memory_notifier() -> None:
     up, down = MemoryNotifier(), MemoryNotifier(deliver=False)
     assert asyncio.run(up.send(CARD)) is True and up.cards == [CARD]
     assert asyncio.run(down.send(CARD)) is False and down.cards == []
+
+
+def test_202_is_logged_as_accepted_not_delivered(sink: WebhookSink, logs: pytest.LogCaptureFixture) -> None:
+    # A Workflows webhook answers 202 Accepted: the flow is queued, the card is not yet in the channel.
+    assert asyncio.run(notifier(sink.url, Sleeps()).send(CARD)) is True
+    assert sink.deliveries[0].status == 202
+    assert "accepted (HTTP 202)" in logs.text
+    assert "delivered" not in logs.text
+
+
+def test_200_is_logged_as_delivered(sink: WebhookSink, logs: pytest.LogCaptureFixture) -> None:
+    sink.answer(200)
+    assert asyncio.run(notifier(sink.url, Sleeps()).send(CARD)) is True
+    assert "delivered (HTTP 200)" in logs.text and "accepted" not in logs.text

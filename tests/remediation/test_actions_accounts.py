@@ -47,32 +47,72 @@ def test_disable_user_already_disabled_is_skipped() -> None:
     assert (res.state, res.detail) == ("skipped", f"account {ADMIN} is already disabled")
 
 
-def test_confirm_compromised_resolves_object_ids_and_sends_one_call() -> None:
+def test_confirm_compromised_sends_object_ids_without_reading_users() -> None:
     with FakeGraph() as fake:
         a = fake.users.add(ADMIN)
         b = fake.users.add("ops@contoso.com")
-        reqs = [user_request(u, "confirm_compromised")
-                for u in (ADMIN, "nobody@contoso.com", "ops@contoso.com")]
+        # The feature grants IdentityRiskyUser.ReadWrite.All only: reading a user is refused as Graph
+        # refuses a call the app has no permission for.
+        fake.inject("GET", r"^/v1\.0/users/", 403, times=None, code="Authorization_RequestDenied",
+                    message="Insufficient privileges to complete the operation.")
+        reqs = [user_request(u, "confirm_compromised") for u in (a.id, ADMIN, b.id)]
         results = run(fake, "confirm_compromised", reqs)
         posts = fake.calls_to("POST", "confirmCompromised")
+        reads = fake.calls_to("GET", "/users/")
+    assert reads == []
     assert [(c.path, c.json) for c in posts] == [
         ("/v1.0/identityProtection/riskyUsers/confirmCompromised", {"userIds": [a.id, b.id]})]
     assert fake.compromised == {a.id, b.id}
     assert [r.state for r in results] == ["confirmed", "failed", "confirmed"]
-    assert results[1].transient is False and "HTTP 404" in (results[1].error or "")
+    assert results[1].transient is False
+    assert "not one: map the rule's AccountObjectId" in (results[1].error or "")
+
+
+def test_confirm_compromised_isolates_an_id_the_service_refuses() -> None:
+    with FakeGraph() as fake:
+        a = fake.users.add(ADMIN)
+        b = fake.users.add("ops@contoso.com")
+        ghost = "0b7e9c4a-1111-4d2e-9f00-000000000000"
+        reqs = [user_request(u, "confirm_compromised") for u in (a.id, ghost, b.id)]
+        results = run(fake, "confirm_compromised", reqs)
+    assert fake.compromised == {a.id, b.id}
+    assert [r.state for r in results] == ["confirmed", "failed", "confirmed"]
+    assert "HTTP 400" in (results[1].error or "")
 
 
 def test_one_user_failing_does_not_stop_the_others() -> None:
     with FakeGraph() as fake:
         fake.users.add(ADMIN)
         fake.users.add("ops@contoso.com")
-        fake.inject("POST", r"/users/ops@contoso\.com/revokeSignInSessions$", 403,
-                    code="Authorization_RequestDenied",
-                    message="Insufficient privileges to complete the operation.")
+        fake.inject("POST", r"/users/ops@contoso\.com/revokeSignInSessions$", 404,
+                    code="Request_ResourceNotFound", message="Resource 'ops@contoso.com' does not exist.")
         results = run(fake, "revoke_sessions", [user_request("ops@contoso.com"), user_request(ADMIN)])
     assert [r.state for r in results] == ["failed", "confirmed"]
-    assert results[0].error == ("HTTP 403 Authorization_RequestDenied: Insufficient privileges to complete "
-                                "the operation.")
+    assert results[0].error == "HTTP 404 Request_ResourceNotFound: Resource 'ops@contoso.com' does not exist."
+
+
+@pytest.mark.parametrize("action", ["revoke_sessions", "disable_user"])
+def test_privileged_target_is_an_explicit_permanent_outcome(action: str) -> None:
+    with FakeGraph() as fake:
+        admin = fake.users.add("ga@contoso.com", privileged_role="Global Administrator")
+        [res] = run(fake, action, [user_request(admin.id, action)])
+        assert admin.account_enabled is True and fake.revoked == []
+        # Once the identity holds the role, the same request goes through.
+        fake.app_roles.add("Privileged Authentication Administrator")
+        [again] = run(fake, action, [user_request(admin.id, action)])
+    assert (res.state, res.transient, res.blocked) == ("failed", False, "privileged_target")
+    assert (res.error or "").startswith(
+        "target is privileged: the identity needs role Privileged Authentication Administrator to ")
+    assert again.state == "confirmed"
+
+
+def test_user_administrator_is_enough_for_a_helpdesk_admin_but_not_for_a_global_admin() -> None:
+    with FakeGraph() as fake:
+        fake.app_roles.add("User Administrator")
+        helpdesk = fake.users.add("hd@contoso.com", privileged_role="Helpdesk Administrator")
+        ga = fake.users.add("ga@contoso.com", privileged_role="Global Administrator")
+        results = run(fake, "revoke_sessions", [user_request(helpdesk.id), user_request(ga.id)])
+    assert [(r.state, r.blocked) for r in results] == [("confirmed", None), ("failed", "privileged_target")]
 
 
 @pytest.mark.parametrize(("action", "method", "path", "status", "transient", "retry_after"), [
@@ -88,7 +128,8 @@ def test_fault_mapping(action: str, method: str, path: str, status: int, transie
     with FakeGraph() as fake:
         admin = fake.users.add(ADMIN)
         fake.inject(method, path, status, retry_after=retry_after)
-        [res] = run(fake, action, [user_request(ADMIN, action)])
+        target = admin.id if action == "confirm_compromised" else ADMIN
+        [res] = run(fake, action, [user_request(target, action)])
     assert (res.state, res.transient, res.retry_after) == ("failed", transient, retry_after)
     assert f"HTTP {status}" in (res.error or "")
     assert fake.revoked == [] and fake.compromised == set() and admin.account_enabled is True

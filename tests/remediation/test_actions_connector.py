@@ -70,6 +70,9 @@ def test_disables_an_inbound_connector_with_the_exact_commands_and_a_token() -> 
                                        "Parameters": {"Identity": "Partner relay", "Enabled": False}}}),
     ]
     assert all(c.headers["authorization"] == f"Bearer {TOKEN}" for c in calls)
+    # Anchored on the tenant's arbitration mailbox, as CIPP's New-ExoRequest.ps1 does (APP:...@tenant id).
+    assert all(c.headers["x-anchormailbox"] == "APP:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}@"
+               + fake.tenant_id for c in calls)
     assert cred.scopes == [(EXCHANGE_SCOPE,)] * 2
     assert (res.state, res.detail) == ("confirmed", "ran Set-InboundConnector -Identity 'Partner relay' "
                                                     "-Enabled:$false")
@@ -86,7 +89,28 @@ def test_without_a_type_both_kinds_are_looked_up() -> None:
         names = [c.json["CmdletInput"]["CmdletName"] for c in fake.calls]
         assert fake.connectors.get("Relay-Out")["Enabled"] is False  # type: ignore[index]
     assert names == ["Get-InboundConnector", "Get-OutboundConnector", "Set-OutboundConnector"]
+    # The Inbound lookup's "not found" is only in error.details / error.innererror (generic envelope).
+    assert [c.status for c in fake.calls] == [400, 200, 200]
     assert res.state == "confirmed"
+
+
+def test_other_cmdlet_errors_name_the_cmdlets_own_message() -> None:
+    from remediation.exchange import ExchangeClient
+
+    async def go(fake: FakeGraph) -> str:
+        client = ExchangeClient(fake.tenant_id, base_url=fake.exchange_base_url)
+        try:
+            await client.invoke("Set-InboundConnector", {"Identity": "Ghost", "Enabled": False})
+        except Exception as exc:
+            assert getattr(exc, "not_found", None) is True
+            return str(exc)
+        finally:
+            await client.aclose()
+        return ""
+
+    with FakeGraph() as fake:
+        text = asyncio.run(go(fake))
+    assert "Error executing cmdlet" in text and "object 'Ghost' couldn't be found" in text
 
 
 def test_already_disabled_is_skipped() -> None:

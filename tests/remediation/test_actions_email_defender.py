@@ -43,7 +43,8 @@ def test_one_call_for_a_campaign_with_the_exact_body_and_the_action_center_link(
 
 
 @pytest.mark.parametrize(("action", "wire"), [("move_to_inbox", "moveToInbox"),
-                                              ("soft_delete", "softDelete")])
+                                              ("soft_delete", "softDelete"),
+                                              ("move_to_deleted_items", "moveToDeletedItems")])
 def test_other_actions_map_to_the_service_names(action: str, wire: str) -> None:
     with FakeGraph() as fake:
         results = asyncio.run(execute(fake, action, [email_request("nm-1", action=action)]))

@@ -166,8 +166,11 @@ def test_the_fake_throttles_a_fifth_concurrent_request() -> None:
     assert len(throttled) == 1
 
 
-@pytest.mark.parametrize(("action", "folder", "start"), [("move_to_inbox", "inbox", "junkemail"),
-                                                         ("soft_delete", "deleteditems", "inbox")])
+@pytest.mark.parametrize(("action", "folder", "start"), [
+    ("move_to_inbox", "inbox", "junkemail"),
+    # Defender's meaning of soft delete: Recoverable Items\Deletions, not the user's Deleted Items.
+    ("soft_delete", "recoverableitemsdeletions", "inbox"),
+    ("move_to_deleted_items", "deleteditems", "inbox")])
 def test_other_actions_move_to_their_folder(action: str, folder: str, start: str) -> None:
     with FakeGraph() as fake:
         fake.mailboxes.add(BOX, "<a@x>", folder=start)
@@ -291,3 +294,59 @@ def test_a_malformed_lookup_answer_is_transient_and_moves_nothing(answer: bytes)
         assert fake.mailboxes.folder_of(BOX, "<a@x>") == "inbox"
     assert (res.state, res.transient) == ("failed", True)
     assert res.detail.startswith(f"find message in {BOX}: GraphResponseError: ")
+
+
+# --- addressing the mailbox --------------------------------------------------------------------------------
+
+SHARED_ID = "3f2b8c1d-6e4a-4b7f-9d20-5a1c0e7b9f31"
+
+
+def test_mailbox_is_addressed_by_recipient_object_id() -> None:
+    # A shared mailbox whose SMTP address (what EmailEvents records) is not its UPN: Graph's
+    # /users/{id | userPrincipalName} does not resolve the address, the object id always works.
+    with FakeGraph() as fake:
+        fake.users.add("support-shared@contoso.onmicrosoft.com", id=SHARED_ID, mail=BOX)
+        fake.mailboxes.add(SHARED_ID, "<a@x>")
+        req = junk("<a@x>")
+        req["target"]["recipient_object_id"] = SHARED_ID
+        [res] = run(fake, "move_to_junk", [req])
+        paths = {c.path.split("/")[3] for c in fake.calls}
+        assert fake.mailboxes.folder_of(SHARED_ID, "<a@x>") == "junkemail"
+    assert paths == {SHARED_ID}
+    assert res.state == "confirmed" and res.detail == f"moved 1 message(s) to Junk Email in {BOX}"
+
+
+def test_without_an_object_id_the_address_is_used_and_a_non_upn_address_is_not_found() -> None:
+    with FakeGraph() as fake:
+        fake.users.add("support-shared@contoso.onmicrosoft.com", id=SHARED_ID, mail=BOX)
+        fake.mailboxes.add(SHARED_ID, "<a@x>")
+        [res] = run(fake, "move_to_junk", [junk("<a@x>")])
+        [call] = fake.calls
+    assert call.path == f"/v1.0/users/{BOX}/messages" and call.status == 404
+    assert (res.state, res.transient) == ("failed", False)
+
+
+def test_a_recipient_object_id_that_is_not_a_guid_is_refused_naming_the_field() -> None:
+    from remediation.request import RequestInvalid, make_request
+    from tests.remediation.factories import T0
+
+    with pytest.raises(RequestInvalid, match="target/recipient_object_id"):
+        make_request(rule="r", action="move_to_junk", mode="auto", evidence={}, detected_at=T0,
+                     target={"network_message_id": "m", "recipient": BOX,
+                             "recipient_object_id": "../../users/admin@contoso.com"})
+
+
+def test_soft_delete_again_finds_the_message_in_recoverable_items_and_skips() -> None:
+    with FakeGraph() as fake:
+        fake.mailboxes.add(BOX, "<a@x>")
+        [first] = run(fake, "soft_delete", [junk("<a@x>", action="soft_delete")])
+        # The user's folders no longer list it (GET /messages does not cover Recoverable Items) ...
+        assert fake.calls_to("GET", r"/messages$")[0].status == 200
+        [again] = run(fake, "soft_delete", [junk("<a@x>", action="soft_delete")])
+        looked = [c.path for c in fake.calls_to("GET", r"/messages$")][1:]
+        assert fake.mailboxes.folder_of(BOX, "<a@x>") == "recoverableitemsdeletions"
+    assert first.state == "confirmed"
+    # ... so the re-run looks in the folder itself, and the message is already there.
+    assert looked == [f"/v1.0/users/{BOX}/messages",
+                      f"/v1.0/users/{BOX}/mailFolders/recoverableitemsdeletions/messages"]
+    assert (again.state, again.detail) == ("skipped", f"already in Recoverable Items (Deletions) in {BOX}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -142,20 +143,46 @@ def test_outlook_rate_limit_per_mailbox(fake: FakeGraph, http: httpx.Client) -> 
     assert http.get("/v1.0/users/a@contoso.com/messages").status_code == 200
 
 
+ARBITRATION = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
+
+
 def test_exchange_invoke_command(fake: FakeGraph, http: httpx.Client) -> None:
     fake.connectors.add("In1", "inbound")
     fake.connectors.add("Out1", "outbound")
     url = f"/adminapi/beta/{fake.tenant_id}/InvokeCommand"
+    anchor = {"X-AnchorMailbox": f"APP:{ARBITRATION}@{fake.tenant_id}"}
 
     def cmd(name: str, **params: object) -> httpx.Response:
-        return http.post(url, json={"CmdletInput": {"CmdletName": name, "Parameters": params}})
+        return http.post(url, json={"CmdletInput": {"CmdletName": name, "Parameters": params}},
+                         headers=anchor)
 
     assert [c["Name"] for c in cmd("Get-InboundConnector").json()["value"]] == ["In1"]
-    assert cmd("Get-OutboundConnector", Identity="In1").status_code == 404
+    missing = cmd("Get-OutboundConnector", Identity="In1")
+    # Not found as clients see it: a generic envelope, the cmdlet's own error in details and innererror.
+    assert missing.status_code == 400
+    err = missing.json()["error"]
+    assert err["message"] == "Error executing cmdlet"
+    assert "ManagementObjectNotFoundException" in json.loads(err["details"][0]["message"])["TypeName"]
+    assert err["innererror"]["internalexception"]["type"].endswith("ManagementObjectNotFoundException")
     assert cmd("Remove-InboundConnector", Identity="In1").status_code == 400
     assert cmd("Set-InboundConnector", Identity="In1", Enabled="no").status_code == 400
     assert cmd("Set-InboundConnector", Identity="In1", Enabled=False).json()["value"] == []
     assert fake.connectors.get("In1")["Enabled"] is False  # type: ignore[index]
     other = http.post("/adminapi/beta/other-tenant/InvokeCommand",
-                      json={"CmdletInput": {"CmdletName": "Get-InboundConnector"}})
+                      json={"CmdletInput": {"CmdletName": "Get-InboundConnector"}}, headers=anchor)
     assert other.status_code == 404
+
+
+@pytest.mark.parametrize("anchor", [None, "support@contoso.com",
+                                    "APP:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}@another-tenant"])
+def test_exchange_invoke_command_needs_the_arbitration_anchor(fake: FakeGraph, http: httpx.Client,
+                                                              anchor: str | None) -> None:
+    headers = {"X-AnchorMailbox": anchor} if anchor else {}
+    resp = http.post(f"/adminapi/beta/{fake.tenant_id}/InvokeCommand", headers=headers,
+                     json={"CmdletInput": {"CmdletName": "Get-InboundConnector"}})
+    assert resp.status_code == 400 and "X-AnchorMailbox" in resp.json()["error"]["message"]
+    upn = http.post(f"/adminapi/beta/{fake.tenant_id}/InvokeCommand",
+                    headers={"X-AnchorMailbox": "UPN:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
+                                                "@contoso.onmicrosoft.com"},
+                    json={"CmdletInput": {"CmdletName": "Get-InboundConnector"}})
+    assert upn.status_code == 200

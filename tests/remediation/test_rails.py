@@ -292,3 +292,35 @@ def test_a_sender_domain_column_is_enough_for_a_domain_allowlist() -> None:
                        run={"id": "run-1", "index": 0, "total": 1})
     assert kind(req, tenant=with_allow(sender_domains=["partner.example"])) == "execute"
     assert kind(req, tenant=with_allow(senders=["partner@gmail.com"])) == "hold"
+
+
+# --- org-wide rules (scope all_mailboxes) ---------------------------------------------------------------
+
+ORG_RULE = replace(make_rule("org-wide", recipients_param=None), all_mailboxes=True)
+
+
+def org_email(recipient: str = "ceo@contoso.com") -> dict[str, Any]:
+    return make_request(rule=ORG_RULE.slug, action="move_to_junk", mode="auto",
+                        target={"network_message_id": "nm-org", "recipient": recipient},
+                        evidence={"SenderFromAddress": "bad@gmail.com",
+                                  "SenderMailFromAddress": "bad@gmail.com"},
+                        detected_at=T0, run={"id": "run-1", "index": 0, "total": 1})
+
+
+def test_org_wide_rule_is_held_for_approval_in_auto_mode_unless_the_tenant_allows_it() -> None:
+    catalog = {ORG_RULE.slug: ORG_RULE}
+    d = decide(org_email(), settings=settings(), tenant=TENANT, catalog=catalog)
+    assert d.kind == "hold" and d.hold_reason == "approval" and "allow_all_mailboxes" in d.reason
+    # A tenant-config mode override cannot loosen it either.
+    loose = TenantConfig.from_mapping({"rules": {"org-wide": {"mode": "auto"}}}, source="test")
+    assert kind(org_email(), tenant=loose, catalog=catalog) == "hold"
+    allowed = TenantConfig.from_mapping({"rules": {"org-wide": {"allow_all_mailboxes": True}}}, source="test")
+    assert kind(org_email(), tenant=allowed, catalog=catalog) == "execute"   # any mailbox: it is org-wide
+    # Control: the same rule without the declaration is a plain rule without a list.
+    assert kind(org_email(), catalog={ORG_RULE.slug: replace(ORG_RULE, all_mailboxes=False)}) == "execute"
+
+
+def test_org_wide_rule_still_respects_the_allowlists() -> None:
+    allowed = TenantConfig.from_mapping({"rules": {"org-wide": {"allow_all_mailboxes": True}},
+                                         "allowlist": {"mailboxes": ["ceo@contoso.com"]}}, source="test")
+    assert kind(org_email(), tenant=allowed, catalog={ORG_RULE.slug: ORG_RULE}) == "skip"

@@ -141,6 +141,21 @@ def test_account_action_runs_and_break_glass_is_never_called(h: Harness) -> None
     assert [c.path for c in h.fake.calls] == ["/v1.0/users/mallory@contoso.com/revokeSignInSessions"]
 
 
+def test_privileged_target_is_recorded_not_retried_and_explained_on_the_card(h: Harness) -> None:
+    from remediation.reporting import card_for
+
+    admin = h.fake.users.add("ga@contoso.com", privileged_role="Global Administrator")
+    req = user_request(admin.id)
+    [out] = h.run(lambda w: w.process([req]), max_retries=3)
+    assert (out.state, out.extra.get("blocked"), out.attempts) == ("failed", "privileged_target", 1)
+    assert len(h.fake.calls_to("POST", "revokeSignInSessions$")) == 1 and h.sleeps == []
+    assert h.row(req).extra["blocked"] == "privileged_target"
+    [report] = h.reports
+    text = json.dumps(card_for(report))
+    assert "target is privileged: the identity needs role Privileged Authentication Administrator" in text
+    assert "Privileged targets" in text and "Not retried" in text
+
+
 # --- idempotency ----------------------------------------------------------------------------------------
 
 def test_duplicate_delivery_never_acts_twice(h: Harness) -> None:

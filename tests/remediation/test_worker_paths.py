@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from detections.backends.local import LocalBackend
+from detections.backends.local import LocalBackend, parse_datetime
 from remediation.ledger import INVALID, Ledger
 from remediation.worker import Report, TransientFailure, Worker, WorkerError
 from responder.config import Settings, TenantConfig
@@ -205,7 +205,7 @@ def test_verify_confirms_from_latest_delivery_location(ledger: Ledger, clock: Cl
     class Recording:   # the real local engine underneath; only the timespan it is given is kept
         name = "local"
 
-        async def run(self, query: str, *, timespan: timedelta) -> Any:
+        async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> Any:
             spans.append(timespan)
             return await backend.run(query, timespan=timespan)
 
@@ -288,3 +288,70 @@ def test_on_call_hears_of_a_capped_run_once_not_once_per_message(ledger: Ledger)
     assert [(r.kind, len(r.outcomes)) for r in reports] == [("held", 1), ("held", 3)]
     assert "(3 requests)" in reports[-1].summary
     assert all(r.state == "held" for r in ledger.list(state="held")) and len(ledger.list(state="held")) == 7
+
+
+class ServiceTimespan:
+    """The local engine under the hunting service's timespan: a query sees only rows whose Timestamp is
+    within ``timespan`` of now ("If provided, the query will be executed within this timespan",
+    https://learn.microsoft.com/graph/api/security-security-runhuntingquery)."""
+
+    name = "local"
+
+    def __init__(self, rows: list[dict[str, Any]], clock: Clock) -> None:
+        self.rows, self.clock, self.spans = rows, clock, []
+
+    async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> Any:
+        self.spans.append(timespan)
+        since = self.clock.now - timespan
+        seen = [r for r in self.rows if parse_datetime(r["Timestamp"], self.clock.now) >= since]
+        return await LocalBackend.from_rows({"EmailEvents": seen}, self.clock.now, source="t").run(
+            query, timespan=timespan)
+
+
+def test_verify_finds_a_week_old_message_approved_today(ledger: Ledger, clock: Clock) -> None:
+    # Detected (and mailed) at T0, approved and submitted a week later: EmailEvents has the row at the
+    # mail's time, so the query must reach back a week, not a day before the submission.
+    req = email_request("nm-old", Timestamp="2026-11-20T11:58:00Z")
+    clock.now = T0 + timedelta(days=7)
+    rec, _ = ledger.receive(req)
+    ledger.transition(rec, "submitted", link="https://security.microsoft.com/action-center/1")
+    clock.now += timedelta(minutes=20)
+    backend = ServiceTimespan([{"Timestamp": "2026-11-20T11:58:00Z", "NetworkMessageId": "nm-old",
+                                "RecipientEmailAddress": "support@contoso.com",
+                                "LatestDeliveryLocation": "Junk folder"}], clock)
+    [out] = run(make_worker(ledger, []).verify(backend))
+    assert out.state == "confirmed"
+    assert backend.spans == [timedelta(days=8, minutes=22)]   # from a day before the mail's time
+
+
+def test_verify_timespan_is_at_most_the_30_days_hunting_keeps(ledger: Ledger, clock: Clock) -> None:
+    req = email_request("nm-ancient", Timestamp="2026-10-01T00:00:00Z")
+    clock.now = T0 + timedelta(days=20)
+    rec, _ = ledger.receive(req)
+    ledger.transition(rec, "submitted", link="https://security.microsoft.com/action-center/1")
+    backend = ServiceTimespan([], clock)
+    [out] = run(make_worker(ledger, []).verify(backend))
+    assert backend.spans == [timedelta(days=30)]
+    # Mailed 60 days ago: no row can ever show it, so it is not waited on until the grace period ends.
+    assert out.state == "not_applied" and "older than the 30 days" in out.detail
+
+
+def test_locations_compare_case_insensitively_and_an_unknown_one_is_settled_and_logged_once(
+        ledger: Ledger, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    ids = {name: _submitted(ledger, clock, name) for name in ("nm-upper", "nm-docs", "nm-new-1", "nm-new-2")}
+    clock.now = T0 + timedelta(minutes=10)
+    rows = [{"Timestamp": "now-15m", "NetworkMessageId": n, "RecipientEmailAddress": "support@contoso.com",
+             "LatestDeliveryLocation": loc}
+            for n, loc in (("nm-upper", "JUNK FOLDER"), ("nm-docs", "Junk"),
+                           ("nm-new-1", "Recoverable items (new spelling)"),
+                           ("nm-new-2", "recoverable ITEMS (new spelling)"))]
+    backend = ServiceTimespan(rows, clock)
+    with caplog.at_level("WARNING", logger="remediation.verify"):
+        out = {o.request_id: o for o in run(make_worker(ledger, []).verify(backend))}
+        run(make_worker(ledger, []).verify(backend))
+    assert out[ids["nm-upper"]].state == "confirmed" and out[ids["nm-docs"]].state == "confirmed"
+    for name in ("nm-new-1", "nm-new-2"):   # within the grace period, yet settled: waiting cannot help
+        assert out[ids[name]].state == "not_applied"
+        assert "a location this app does not know" in out[ids[name]].detail
+    warnings = [r for r in caplog.records if "verification does not know" in r.getMessage()]
+    assert len(warnings) == 1 and "recoverable items (new spelling)" in warnings[0].getMessage().lower()
