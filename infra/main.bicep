@@ -51,7 +51,7 @@ param emailStrategy string = 'defender'
 ])
 param mailboxAccessScope string = 'exchangeRbac'
 
-@description('revoke_sessions: grants User.RevokeSessions.All. On by default: the default rules admin-logon-failures-then-success and outbound-external-burst propose it in approval mode, and an approval runs it.')
+@description('revoke_sessions: grants User.RevokeSessions.All. On by default: the default rules admin-logon-failures-then-success, password-spray-then-success and outbound-external-burst propose it in approval mode, and an approval runs it.')
 param enableRevokeSessions bool = true
 
 @description('disable_user: grants User.EnableDisableAccount.All and User.Read.All.')

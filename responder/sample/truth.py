@@ -29,6 +29,7 @@ CONNECTOR_VOLUME_RULE = "connector-mail-volume"
 CONNECTOR_MISMATCH_RULE = "connector-sender-mismatch"
 BURST_RULE = "outbound-external-burst"
 LOGON_RULE = "admin-logon-failures-then-success"
+SPRAY_RULE = "password-spray-then-success"
 RULES = (
     CONSUMER_RULE,
     CHAIN_RULE,
@@ -37,6 +38,7 @@ RULES = (
     CONNECTOR_MISMATCH_RULE,
     BURST_RULE,
     LOGON_RULE,
+    SPRAY_RULE,
 )
 
 
@@ -101,27 +103,20 @@ def expectations(plants: list[Plant], tenant: Tenant) -> dict[str, list[dict[str
                 "target": {"connector": MALICIOUS_CONNECTOR},
             }
         )
+    # The burst against the admin, the phish from its mailbox, and the spray against 25 accounts from
+    # the attacker's address that ends in the admin's success there: each rule names the admin.
     for user in admin.users:
-        rules[LOGON_RULE].append(
-            {
-                "action": "revoke_sessions",
-                "mode": "approval",
-                "scenario": admin.name,
-                "benign": False,
-                "target": {"user": user.upn},
-                "aliases": {"user": [user.object_id]},
-            }
-        )
-        rules[BURST_RULE].append(
-            {
-                "action": "revoke_sessions",
-                "mode": "approval",
-                "scenario": admin.name,
-                "benign": False,
-                "target": {"user": user.upn},
-                "aliases": {"user": [user.object_id]},
-            }
-        )
+        for slug in (LOGON_RULE, BURST_RULE, SPRAY_RULE):
+            rules[slug].append(
+                {
+                    "action": "revoke_sessions",
+                    "mode": "approval",
+                    "scenario": admin.name,
+                    "benign": False,
+                    "target": {"user": user.upn},
+                    "aliases": {"user": [user.object_id]},
+                }
+            )
     return rules
 
 

@@ -90,7 +90,8 @@ def test_ledger_holds_exactly_the_planted_targets_in_the_state_their_mode_says(
     for slug, body in truth["rules"].items():
         for item in body["expected"]:
             target = dict(item["target"])
-            if slug in ("outbound-external-burst", "admin-logon-failures-then-success"):
+            if slug in ("outbound-external-burst", "admin-logon-failures-then-success",
+                        "password-spray-then-success"):
                 # accounts may be named by object id; accept the alias truth lists
                 ids = [target["user"], *item.get("aliases", {}).get("user", [])]
                 match = [
