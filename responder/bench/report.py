@@ -55,8 +55,9 @@ def _ttr(r: dict[str, Any]) -> list[str]:
         "shared mailboxes, then three separate messages within 20 minutes) over the small sample tenant's "
         "background mail. Each row becomes queryable after an ingestion delay (this run: median "
         f"{d['p50']:.1f} min, p90 {d['p90']:.1f} min, max {d['max']:.1f} min). The real rule "
-        "(`consumer-sender-to-shared-mailboxes`, 1-hour lookback) runs on the real engine with `now()` "
-        "pinned "
+        "(`consumer-sender-to-shared-mailboxes`: copies within a 1-hour correlation window, read over a "
+        "2-hour lookback that allows for ingestion delay; the seed's variant reads the seed's 1-hour "
+        "lookback) runs on the real engine with `now()` pinned "
         "to each scheduled run (random phase); each copy it returns is moved after the variant's latency, "
         "and the move reaches EmailEvents after another ingestion delay, which is when verification "
         "confirms it. Same arrival traces for every variant.",
