@@ -21,17 +21,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from detections.params import kql_string
+from remediation.actions.registry import default_registry
 
 log = logging.getLogger(__name__)
 
-# Location values are compared case-insensitively: the docs spell them "Inbox/Folder", "Junk",
-# "Deleted items" (https://learn.microsoft.com/defender-xdr/advanced-hunting-emailevents-table,
-# DeliveryLocation), the service returns "Inbox/folder", "Junk folder".
+# Location values are compared case-insensitively; each action declares the ones that confirm it
+# (``ActionDef.confirmed_in``, remediation/actions/email.py, with the documented spellings).
 EXPECTED_LOCATION: dict[str, frozenset[str]] = {
-    "move_to_junk": frozenset({"junk folder", "junk"}),
-    "soft_delete": frozenset({"deleted items"}),
-    "move_to_deleted_items": frozenset({"deleted items"}),
-    "move_to_inbox": frozenset({"inbox/folder", "inbox"}),
+    d.name: d.confirmed_in for d in default_registry() if d.confirmed_in
 }
 # Every location value documented or seen from the service (lower case). Anything else is a value this
 # code does not understand: it is logged once and the request is settled with that reason, instead of
