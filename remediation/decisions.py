@@ -17,7 +17,7 @@ from remediation.actions.registry import Registry, default_registry
 from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 from remediation.rails import Decision, decide
-from remediation.request import make_request, validate_request
+from remediation.request import make_request
 from responder.config import Settings, TenantConfig
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Decisions:
                               "request stays held")
         if not rec.request:
             raise WorkerError(f"request {request_id} has no stored request body")
-        req = validate_request(rec.request)
+        req = self.registry.contract().validate(rec.request)
         if rec.state == "held":
             try:
                 rec = ledger.transition(rec, "approved", approved_by=by, **_claimed(claimed_by))

@@ -20,7 +20,7 @@ from remediation.actions.registry import Registry, default_registry
 from remediation.claims import Claimed, claim
 from remediation.ledger import Ledger
 from remediation.rails import decide
-from remediation.request import RequestInvalid, validate_request
+from remediation.request import RequestInvalid
 from responder.config import Settings, TenantConfig
 
 # Most requests submitted together (Defender takes many per call; one bounded group keeps a single
@@ -34,8 +34,9 @@ def claim_siblings(items: list[Claimed], owner: str, *, ledger: Ledger, settings
     """The run's other executable ``received`` requests for the first item's action, claimed by ``owner``."""
     if settings.email_strategy != "defender":
         return []
+    registry = registry or default_registry()
     first = items[0].record
-    spec = (registry or default_registry()).find(first.action)
+    spec = registry.find(first.action)
     if spec is None or spec.family != "email" or not first.run_id:
         return []
     have = {i.request["id"] for i in items}
@@ -48,12 +49,13 @@ def claim_siblings(items: list[Claimed], owner: str, *, ledger: Ledger, settings
         if sib.request_id in have or sib.claimed(now) or not sib.request:
             continue
         try:
-            req = validate_request(sib.request)
+            req = registry.contract().validate(sib.request)
         except RequestInvalid:
             continue
         if "_truncated" in (req.get("evidence") or {}):
             continue   # the rails need the full evidence; its own message will bring it
-        if decide(req, settings=settings, tenant=tenant, catalog=catalog).kind != "execute":
+        decision = decide(req, settings=settings, tenant=tenant, catalog=catalog, registry=registry)
+        if decision.kind != "execute":
             continue   # held/skipped ones are settled by their own message
         claimed = claim(ledger, sib, owner, lease=lease, take_over=False)
         if claimed is not None:

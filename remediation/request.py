@@ -92,11 +92,40 @@ def request_schema(target_fields: Mapping[str, tuple[str, ...]]) -> dict[str, An
 
 
 REQUEST_SCHEMA: dict[str, Any] = request_schema(TARGET_FIELDS)
-_validator = jsonschema.Draft202012Validator(REQUEST_SCHEMA, format_checker=jsonschema.FormatChecker())
 
 
 class RequestInvalid(ValueError):
     """A message that is not a valid remediation-request/1; the message says which field."""
+
+
+class Contract:
+    """Validation of requests for one table of actions (this module's, or the action registry's)."""
+
+    def __init__(self, target_fields: Mapping[str, tuple[str, ...]]) -> None:
+        self.target_fields = dict(target_fields)
+        self.schema = request_schema(self.target_fields)
+        self._validator = jsonschema.Draft202012Validator(self.schema,
+                                                          format_checker=jsonschema.FormatChecker())
+
+    def validate(self, obj: Any) -> dict[str, Any]:
+        """Return ``obj`` if it is a valid request, else raise RequestInvalid naming the field."""
+        errors = sorted(self._validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+        if errors:
+            e = errors[0]
+            where = "/".join(str(p) for p in e.absolute_path) or "(message)"
+            raise RequestInvalid(f"{where}: {e.message}")
+        if obj["id"] != request_id(obj["rule"], obj["action"], obj["target"], self.target_fields):
+            raise RequestInvalid("id: does not match rule, action and target (tampered or from another "
+                                 "version)")
+        return obj
+
+    def parse(self, body: str | bytes) -> dict[str, Any]:
+        """Decode and validate one queue message body (JSON text)."""
+        try:
+            obj = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestInvalid(f"(message): not JSON: {exc}") from None
+        return self.validate(obj)
 
 
 def request_id(rule: str, action: str, target: Mapping[str, Any],
@@ -135,27 +164,14 @@ def make_request(*, rule: str, action: str, mode: str, target: Mapping[str, Any]
     return req
 
 
-def validate_request(obj: Any, target_fields: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
-    """Return ``obj`` if it is a valid request, else raise RequestInvalid naming the field.
+CONTRACT = Contract(TARGET_FIELDS)
 
-    ``target_fields``: another action table than this contract's (the registry's, remediation/actions)."""
-    fields = TARGET_FIELDS if target_fields is None else target_fields
-    validator = _validator if target_fields is None else jsonschema.Draft202012Validator(
-        request_schema(fields), format_checker=jsonschema.FormatChecker())
-    errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        where = "/".join(str(p) for p in e.absolute_path) or "(message)"
-        raise RequestInvalid(f"{where}: {e.message}")
-    if obj["id"] != request_id(obj["rule"], obj["action"], obj["target"], fields):
-        raise RequestInvalid("id: does not match rule, action and target (tampered or from another version)")
-    return obj
+
+def validate_request(obj: Any) -> dict[str, Any]:
+    """Return ``obj`` if it is a valid request, else raise RequestInvalid naming the field."""
+    return CONTRACT.validate(obj)
 
 
 def parse_message(body: str | bytes) -> dict[str, Any]:
     """Decode and validate one queue message body (JSON text)."""
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestInvalid(f"(message): not JSON: {exc}") from None
-    return validate_request(obj)
+    return CONTRACT.parse(body)

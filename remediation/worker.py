@@ -51,7 +51,7 @@ from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 from remediation.rails import Decision, decide
 from remediation.reporting import HookReporter, OutcomeReporter, Report, ReportQueue
-from remediation.request import RequestInvalid, parse_message, validate_request
+from remediation.request import RequestInvalid
 from remediation.verify import verify_submitted
 from responder.config import Settings, TenantConfig
 
@@ -87,6 +87,7 @@ class Worker:
         self.lease, self.group_siblings = lease, group_siblings
         self.verify_grace = verify_grace
         self.registry = registry or default_registry()
+        self.contract = self.registry.contract()   # the request contract for the registry's actions
         self.decisions = Decisions(self, self.registry)
         self.execution = Execution(ledger, self.registry, self.outbox, email_strategy=settings.email_strategy,
                                    ctx=lambda: self.ctx, max_attempts=max_attempts, backoff=backoff,
@@ -110,7 +111,7 @@ class Worker:
     async def process_message(self, body: str | bytes, dequeue_count: int = 1) -> list[Outcome]:
         """Queue path: one message. Raises TransientFailure to have the host retry it."""
         try:
-            request = parse_message(body)
+            request = self.contract.parse(body)
         except RequestInvalid as exc:
             # Schema-invalid is permanent: recorded, reported, and the message is consumed.
             outcome = await self._invalid(body, str(exc), dequeue_count)
@@ -131,7 +132,7 @@ class Worker:
         valid: list[dict[str, Any]] = []
         for body in bodies:
             try:
-                valid.append(parse_message(body))
+                valid.append(self.contract.parse(body))
             except RequestInvalid as exc:
                 outcomes.append(await self._invalid(body, str(exc), 1))
         outcomes += await self.process(valid)
@@ -147,7 +148,7 @@ class Worker:
         invalid: list[Outcome] = []
         for req in requests:
             try:
-                valid.append(validate_request(req))
+                valid.append(self.contract.validate(req))
             except RequestInvalid as exc:
                 invalid.append(await self._invalid(json.dumps(req, sort_keys=True, default=str), str(exc), 1))
         outcomes, _, _ = await self._pipeline(valid, owner="batch-" + uuid.uuid4().hex[:12], queue=False,
@@ -158,12 +159,12 @@ class Worker:
     def register(self, requests: Iterable[Mapping[str, Any]]) -> int:
         """Record a run's requests as ``received`` before they are enqueued (enables grouping).
         Returns how many were new; existing rows are untouched."""
-        return sum(self.ledger.receive(dict(validate_request(dict(r))))[1] for r in requests)
+        return sum(self.ledger.receive(dict(self.contract.validate(dict(r))))[1] for r in requests)
 
     async def record_poison(self, body: str | bytes, dequeue_count: int) -> Outcome:
         """For the poison-queue function: the message failed every delivery; record it as failed."""
         try:
-            request = parse_message(body)
+            request = self.contract.parse(body)
         except RequestInvalid as exc:
             outcome = await self._invalid(body, str(exc), dequeue_count)
             self.reports[-1] = Report("poison", f"poison message: {exc}", [outcome])
@@ -229,7 +230,8 @@ class Worker:
             to_run.append(Claimed(req, claimed))
         if queue and to_run and self.group_siblings:
             to_run += claim_siblings(to_run, owner, ledger=self.ledger, settings=self.settings,
-                                     tenant=self.tenant, catalog=self.catalog, lease=self.lease)
+                                     tenant=self.tenant, catalog=self.catalog, lease=self.lease,
+                                     registry=self.registry)
         leftover: list[str] = []
         retry_after: float | None = None
         by_action: dict[str, list[Claimed]] = {}

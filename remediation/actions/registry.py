@@ -19,7 +19,7 @@ from functools import cache
 from typing import Any
 
 from remediation.actions.base import Action
-from remediation.request import validate_request
+from remediation.request import CONTRACT, Contract
 
 FAMILIES = ("email", "account", "connector", "notify")
 # Modules of this package that hold shared code, not declarations (skipped by discovery, saving imports).
@@ -56,6 +56,7 @@ class ActionDef:
 class Registry:
     def __init__(self, defs: Iterable[ActionDef] = ()) -> None:
         self._defs: dict[str, ActionDef] = {}
+        self._contract: Contract | None = None
         for d in defs:
             self.register(d)
 
@@ -65,6 +66,7 @@ class Registry:
         if d.inverse is not None and d.inverse == d.name:
             raise ValueError(f"action {d.name!r} cannot undo itself")
         self._defs[d.name] = d
+        self._contract = None
         return d
 
     def get(self, name: str) -> ActionDef:
@@ -96,9 +98,13 @@ class Registry:
     def optional_targets(self) -> dict[str, tuple[str, ...]]:
         return {d.name: d.optional for d in self if d.optional}
 
-    def validate(self, request: Any) -> dict[str, Any]:
-        """The request contract's validation with this registry's actions and target fields."""
-        return validate_request(request, target_fields=self.target_fields())
+    def contract(self) -> Contract:
+        """The request contract's validation with this registry's actions and target fields (the
+        contract's own, ``remediation.request.CONTRACT``, when they are the same)."""
+        if self._contract is None:
+            fields = self.target_fields()
+            self._contract = CONTRACT if fields == CONTRACT.target_fields else Contract(fields)
+        return self._contract
 
     def label(self, name: str) -> str:
         d = self.find(name)
