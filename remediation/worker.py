@@ -57,6 +57,7 @@ from responder.config import Settings, TenantConfig
 
 log = logging.getLogger(__name__)
 
+
 class TransientFailure(Exception):
     """Raised on the queue path so the host returns the message; the ledger already says why."""
 
