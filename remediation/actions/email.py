@@ -7,6 +7,8 @@ imported only when an email action runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from remediation.actions.base import Action
 from remediation.actions.registry import ActionDef
 
@@ -19,7 +21,7 @@ _OPTIONAL = ("internet_message_id", "recipient_object_id")
 _FEATURES = ("defenderEmail", "mailboxTenantWide")
 
 
-def _executor(action: str) -> object:
+def _executor(action: str) -> Callable[[str], Action]:
     def make(email_strategy: str) -> Action:
         if email_strategy == "defender":
             from remediation.actions.email_defender import DefenderEmailAction
@@ -34,7 +36,7 @@ def _executor(action: str) -> object:
 
 
 def _email(name: str, label: str, confirmed_in: set[str], inverse: str | None = None) -> ActionDef:
-    return ActionDef(name=name, family="email", label=label, executor=_executor(name),  # type: ignore[arg-type]
+    return ActionDef(name=name, family="email", label=label, executor=_executor(name),
                      required=("network_message_id", "recipient"), optional=_OPTIONAL, features=_FEATURES,
                      inverse=inverse, confirmed_in=frozenset(confirmed_in))
 
