@@ -20,7 +20,7 @@ import jsonschema
 import yaml
 
 from detections.params import ParamError, coerce, kql_timespan, parse_timespan
-from remediation.request import EMAIL_ACTIONS, TARGET_FIELDS
+from remediation.request import EMAIL_ACTIONS, OPTIONAL_TARGET_FIELDS, TARGET_FIELDS
 
 DETECTIONS_DIR = Path(__file__).resolve().parent
 RULES_DIR = DETECTIONS_DIR / "rules"
@@ -28,11 +28,8 @@ SCHEMAS_DIR = DETECTIONS_DIR / "schemas"
 RULE_SCHEMA_PATH = DETECTIONS_DIR / "rule.schema.json"
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
-# Target fields an action may map beyond its required ones (see remediation/request.py).
-_OPTIONAL_TARGETS: dict[str, tuple[str, ...]] = {
-    **{a: ("internet_message_id", "recipient_object_id") for a in EMAIL_ACTIONS},
-    "disable_connector": ("connector_type",),
-}
+# Target fields an action may map beyond its required ones: the request contract's table.
+_OPTIONAL_TARGETS = OPTIONAL_TARGET_FIELDS
 
 
 _ALL_TARGET_FIELDS = ("network_message_id", "recipient", "recipient_object_id", "internet_message_id",

@@ -35,15 +35,20 @@ from typing import Any
 
 from detections.catalog import Rule
 from detections.params import ParamError, resolve_params
-from remediation.request import ACCOUNT_ACTIONS, EMAIL_ACTIONS
+from remediation.actions.registry import Registry, default_registry
 from responder.config import Settings, TenantConfig
 
 KINDS = ("execute", "dry_run", "hold", "skip")
 _STRICTNESS = {"auto": 0, "approval": 1, "dry_run": 2}
-CONNECTOR_ACTIONS = ("disable_connector",)
-# Actions the per-run cap does not count: a notification changes nothing in the tenant, and capping it
-# would only hide findings from on-call.
-UNCAPPED_ACTIONS = ("notify",)
+# Families and the cap come from the action registry (remediation/actions/): ``decide`` takes a registry
+# so a new action needs no edit here. These names are the default registry's, for callers and tests.
+_REGISTRY = default_registry()
+EMAIL_ACTIONS = _REGISTRY.family("email")
+ACCOUNT_ACTIONS = _REGISTRY.family("account")
+CONNECTOR_ACTIONS = _REGISTRY.family("connector")
+# Actions the per-run cap does not count (``capped=False``: notify changes nothing in the tenant, and
+# capping it would only hide findings from on-call).
+UNCAPPED_ACTIONS = tuple(d.name for d in _REGISTRY if not d.capped)
 
 # Evidence columns that name the sender (P1 header From and P2 envelope MailFrom) or its domain.
 SENDER_COLUMNS = ("SenderFromAddress", "SenderMailFromAddress")
@@ -64,11 +69,13 @@ class Decision:
 
 
 def decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantConfig,
-           catalog: Mapping[str, Rule], approved: bool = False, restore: bool = False) -> Decision:
+           catalog: Mapping[str, Rule], approved: bool = False, restore: bool = False,
+           registry: Registry | None = None) -> Decision:
     """``approved``: a person approved this request. ``restore``: an undo that puts mail back; the
-    allowlists exist to keep mail from being *removed*, so they do not stop an undo."""
+    allowlists exist to keep mail from being *removed*, so they do not stop an undo. ``registry``: the
+    actions' declarations (default: remediation/actions/)."""
     decision = _decide(request, tenant=tenant, catalog=catalog, settings=settings, approved=approved,
-                       restore=restore)
+                       restore=restore, reg=registry or _REGISTRY)
     if settings.dry_run and decision.kind in ("execute", "hold"):
         would = "execute" if decision.kind == "execute" else f"hold ({decision.reason})"
         return Decision("dry_run", f"global dry run (RESPONDER_DRY_RUN): would {would}")
@@ -76,25 +83,26 @@ def decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantConf
 
 
 def _decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantConfig,
-            catalog: Mapping[str, Rule], approved: bool, restore: bool) -> Decision:
+            catalog: Mapping[str, Rule], approved: bool, restore: bool, reg: Registry) -> Decision:
     rule = catalog.get(request["rule"])
     if rule is None:
         return Decision("skip", f"rule {request['rule']!r} is not in the catalog; scope cannot be checked",
                         notify=True)
-    out_of_scope = scope_violation(request, rule, tenant, restore=restore)
+    out_of_scope = scope_violation(request, rule, tenant, restore=restore, registry=reg)
     if out_of_scope:
         return Decision("skip", f"out of scope: {out_of_scope}", notify=True)
     if approved:
         return Decision("execute", "approved")
-    mode = effective_mode(request, rule, settings, tenant)
+    mode = effective_mode(request, rule, settings, tenant, registry=reg)
     if mode == "dry_run":
         return Decision("dry_run", "mode dry_run: nothing executed")
-    if not restore and request["action"] in EMAIL_ACTIONS and not _sender_checkable(request, tenant):
+    family = _family(request["action"], reg)
+    if not restore and family == "email" and not _sender_checkable(request, tenant):
         return Decision("hold", "the sender allowlist cannot be checked: the request names no sender "
                         "(no sender column in its evidence, no sender field in its target)",
                         hold_reason="unverifiable",
                         notify=True)
-    if request["action"] not in UNCAPPED_ACTIONS:
+    if _capped(request["action"], reg):
         limit = max_targets(rule, tenant)
         run = request.get("run")
         if not isinstance(run, Mapping) or not isinstance(run.get("index"), int):
@@ -106,19 +114,20 @@ def _decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantCon
                             f"(target #{index + 1})", hold_reason="cap", notify=True)
     if mode == "approval":
         why = "mode approval"
-        if _org_wide_held(request, rule, tenant):
+        if _org_wide_held(request, rule, tenant, reg):
             why = (f"rule {rule.slug} covers every mailbox (scope all_mailboxes): its email actions wait for "
                    f"approval unless the tenant config sets rules.{rule.slug}.allow_all_mailboxes: true")
-        if request["action"] in CONNECTOR_ACTIONS and settings.connector_actions == "manual":
+        if family == "connector" and settings.connector_actions == "manual":
             why = ("connector actions are manual (RESPONDER_CONNECTOR_ACTIONS=manual): run the command by "
                    "hand, then mark the request done (approve --done)")
-        elif request["action"] in CONNECTOR_ACTIONS and settings.connector_actions != "auto":
+        elif family == "connector" and settings.connector_actions != "auto":
             why = "connector actions wait for approval unless RESPONDER_CONNECTOR_ACTIONS is auto"
         return Decision("hold", why, hold_reason="approval", notify=True)
     return Decision("execute", "auto")
 
 
-def effective_mode(request: Mapping[str, Any], rule: Rule, settings: Settings, tenant: TenantConfig) -> str:
+def effective_mode(request: Mapping[str, Any], rule: Rule, settings: Settings, tenant: TenantConfig, *,
+                   registry: Registry | None = None) -> str:
     """The strictest of: the request's own mode; the tenant config's ``rules.<slug>.mode`` when set,
     else the rule file's mode for this action (the tenant override replaces the rule's mode, so it may
     loosen it: module doc, item 3); and ``approval`` for connector actions without the opt-in."""
@@ -128,16 +137,17 @@ def effective_mode(request: Mapping[str, Any], rule: Rule, settings: Settings, t
         modes.append(override)
     else:
         modes += [a.mode for a in rule.actions if a.action == request["action"]][:1]
-    if request["action"] in CONNECTOR_ACTIONS and settings.connector_actions != "auto":
+    reg = registry or _REGISTRY
+    if _family(request["action"], reg) == "connector" and settings.connector_actions != "auto":
         modes.append("approval")
-    if _org_wide_held(request, rule, tenant):
+    if _org_wide_held(request, rule, tenant, reg):
         modes.append("approval")
     return max(modes, key=lambda m: _STRICTNESS[m])
 
 
-def _org_wide_held(request: Mapping[str, Any], rule: Rule, tenant: TenantConfig) -> bool:
+def _org_wide_held(request: Mapping[str, Any], rule: Rule, tenant: TenantConfig, reg: Registry) -> bool:
     """An org-wide rule (no protected list) may move anyone's mail: never in auto mode unless allowed."""
-    return (rule.all_mailboxes and request["action"] in EMAIL_ACTIONS
+    return (rule.all_mailboxes and _family(request["action"], reg) == "email"
             and not tenant.for_rule(rule.slug).allow_all_mailboxes)
 
 
@@ -147,19 +157,20 @@ def max_targets(rule: Rule, tenant: TenantConfig) -> int:
 
 
 def scope_violation(request: Mapping[str, Any], rule: Rule, tenant: TenantConfig, *,
-                    restore: bool = False) -> str | None:
+                    restore: bool = False, registry: Registry | None = None) -> str | None:
     """Why ``request`` may not touch its target, or None when it may."""
     action, target = request["action"], request["target"]
+    family = _family(action, registry or _REGISTRY)
     evidence = request.get("evidence") or {}
-    if action in EMAIL_ACTIONS:
+    if family == "email":
         return _email_violation(target, evidence, rule, tenant, restore=restore)
-    if action in ACCOUNT_ACTIONS:
+    if family == "account":
         names = _lower([target.get("user"), *(evidence.get(c) for c in ACCOUNT_COLUMNS)])
         hit = names & tenant.break_glass_accounts
         if hit:
             return f"{sorted(hit)[0]} is a break-glass account"
     connector = str(target.get("connector", "")).strip().lower()
-    if action in CONNECTOR_ACTIONS and connector in tenant.allow_connectors:
+    if family == "connector" and connector in tenant.allow_connectors:
         return f"connector {target['connector']!r} is allowlisted"
     return None
 
@@ -207,6 +218,16 @@ def _sender_checkable(request: Mapping[str, Any], tenant: TenantConfig) -> bool:
     if tenant.allow_senders and not senders:
         return False
     return not (tenant.allow_sender_domains and not senders and not domains)
+
+
+def _family(action: str, reg: Registry) -> str | None:
+    d = reg.find(action)
+    return d.family if d else None
+
+
+def _capped(action: str, reg: Registry) -> bool:
+    d = reg.find(action)
+    return d.capped if d else True
 
 
 def _lower(values: Iterable[Any]) -> set[str]:

@@ -1,82 +1,127 @@
-"""Turn the worker's reports into Teams cards (responder/notify) and send them through a notifier.
+"""How remediation tells people what happened, without knowing how they are told.
 
-The worker only produces ``Report`` objects and calls a hook; this module is the default hook when
-a notifier (anything with ``async send(card) -> bool``) is given. One card per report: the worker
-emits one report per failed, held or out-of-scope outcome of a delivery, and scan-level summaries
-are the function app's job (one card per rule run).
+The worker produces ``Report`` objects (failures, holds, scope surprises, poison messages) and hands them
+to an ``OutcomeReporter``: the function app and the command line wire in the Teams cards
+(responder/notify/reporter.py), tests a list. Remediation never imports the notifications side.
+
+``ReportQueue`` is the worker's outbox: it merges the reports of one flush per (kind, rule, run), tells
+on-call of a given (kind, rule, run) once across deliveries (a ``claim_once`` marker in the ledger, since
+a run of 400 capped targets arrives as 400 queue messages), tells failures once per distinct error, and
+never lets a reporter's failure break remediation (logged, marker released).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from responder.notify.cards import approval_card, failure_card
-from responder.notify.reports import FailureReport
+from remediation.outcome import Outcome
 
 log = logging.getLogger(__name__)
 
-
-def card_for(report: Any, *, tenant_id: str | None = None, api_base: str | None = None,
-             connector_actions: str = "manual") -> dict[str, Any]:
-    """The Adaptive Card for one worker Report (remediation.worker.Report)."""
-    first = report.outcomes[0] if report.outcomes else None
-    request = report.requests[0] if report.requests else None
-    if report.kind == "held" and report.requests:
-        from remediation.worker import manual_command, run_by_hand
-
-        commands = {r["id"]: c for r in report.requests if (c := manual_command(r))}
-        by_hand = {r["id"] for r in report.requests if run_by_hand(r, connector_actions)}
-        return approval_card(report.requests, outcomes=report.outcomes, commands=commands, api_base=api_base,
-                             tenant_id=tenant_id, by_hand=by_hand)
-    kind = {"poison": "poison", "failed": "action", "skipped": "config"}.get(report.kind, "action")
-    return failure_card(FailureReport(
-        kind=kind, summary=report.summary,
-        reason=(first.error or first.detail) if first else report.summary,
-        rule=first.rule if first and first.rule != "~invalid" else None,
-        rule_name=(request or {}).get("rule_name"),
-        request_id=first.request_id if first else None, request=request,
-        attempts=first.attempts if first else None,
-        next_step=_next_step(report, first),
-        tenant_id=tenant_id,
-    ))
+REPORT_KINDS = ("failed", "held", "skipped", "poison")
 
 
-def _next_step(report: Any, first: Any) -> str | None:
-    if report.kind == "skipped":
-        return ("Nothing was done: the target is outside what this rule may touch. Check the rule's scope "
-                "and the tenant allowlists.")
-    if first is not None and (first.extra or {}).get("blocked") == "privileged_target":
-        from remediation.actions.accounts import PRIVILEGED_ROLE
+@dataclass
+class Report:
+    """Something on-call should hear about: failures, holds (approval or cap), scope surprises."""
 
-        return (f"Nothing was changed: the account holds an Entra admin role, and only an identity with the "
-                f"{PRIVILEGED_ROLE} role may act on it. Act on it yourself in the Entra admin center now; "
-                "to let the app do it, assign that role to its managed identity (docs/deploy.md, "
-                "\"Privileged targets\": it lets the app reset any admin's sign-in). Not retried.")
-    return None
+    kind: str                   # "failed" | "held" | "skipped" | "poison"
+    summary: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
 
 
-def in_a_run(report: Any) -> bool:
-    """Every request of the report belongs to a scan run (so the run's outcome card will list it)."""
-    def ok(request: dict[str, Any]) -> bool:
-        run = request.get("run") or {}
-        return bool(run.get("id")) and isinstance(run.get("total"), int) and run["total"] >= 1
-    return bool(report.requests) and all(ok(r) for r in report.requests)
+class OutcomeReporter(Protocol):
+    """Where reports go. Each method receives one merged report of its kind."""
+
+    async def approval_needed(self, report: Report) -> None:
+        """Held requests: approval mode, past the cap, or an allowlist that cannot be checked."""
+
+    async def out_of_scope(self, report: Report) -> None:
+        """Requests that were not run because their target is outside what the rule may touch."""
+
+    async def failed(self, report: Report) -> None:
+        """Failed, not applied, or invalid requests."""
+
+    async def poison(self, report: Report) -> None:
+        """A message that failed every delivery and went to the poison queue."""
 
 
-def cards_hook(notifier: Any, *, tenant_id: str | None = None, api_base: str | None = None,
-               held_cards: bool = True,
-               connector_actions: str = "manual") -> Callable[[Any], Awaitable[None]]:
-    """``held_cards=False``: held requests of a scan run get no approval card here, because the
-    caller (the function app) sends the run's outcome card with the approval instructions instead."""
-    async def hook(report: Any) -> None:
-        if not held_cards and report.kind == "held" and in_a_run(report):
-            log.info("held requests of run %s: told on the run's outcome card",
-                     (report.requests[0].get("run") or {}).get("id"))
+async def report_to(reporter: OutcomeReporter, report: Report) -> None:
+    """Call the reporter's method for ``report.kind``."""
+    method = {"held": reporter.approval_needed, "skipped": reporter.out_of_scope, "failed": reporter.failed,
+              "poison": reporter.poison}.get(report.kind)
+    if method is None:
+        raise ValueError(f"unknown report kind {report.kind!r} (expected one of {REPORT_KINDS})")
+    await method(report)
+
+
+class HookReporter:
+    """Every kind to one callable (tests, and callers that only collect reports)."""
+
+    def __init__(self, hook: Callable[[Report], Awaitable[None]]) -> None:
+        self.hook = hook
+
+    async def approval_needed(self, report: Report) -> None:
+        await self.hook(report)
+
+    async def out_of_scope(self, report: Report) -> None:
+        await self.hook(report)
+
+    async def failed(self, report: Report) -> None:
+        await self.hook(report)
+
+    async def poison(self, report: Report) -> None:
+        await self.hook(report)
+
+
+class ReportQueue:
+    def __init__(self, reporter: OutcomeReporter | None, ledger: Any) -> None:
+        self.reporter, self.ledger = reporter, ledger
+        self.all: list[Report] = []   # everything reported, for the CLI and demo summaries
+        self._sent = 0
+
+    def add(self, report: Report) -> None:
+        self.all.append(report)
+
+    async def flush(self) -> None:
+        pending, self._sent = self.all[self._sent:], len(self.all)
+        if self.reporter is None or not pending:
             return
-        sent = await notifier.send(card_for(report, tenant_id=tenant_id, api_base=api_base,
-                                            connector_actions=connector_actions))
-        if not sent:
-            log.warning("the %s card was not delivered", report.kind)
-    return hook
+        merged: dict[tuple[str, ...], Report] = {}
+        for report in pending:
+            key = report_key(report)
+            if key in merged:
+                merged[key].outcomes += report.outcomes
+                merged[key].requests += report.requests
+            else:
+                merged[key] = Report(report.kind, report.summary, list(report.outcomes),
+                                     list(report.requests))
+        for key, report in merged.items():
+            marker = "report:" + ":".join(key) if key[2] else None
+            if marker is not None and not self.ledger.claim_once(marker):
+                continue   # on-call was already told about this run (the run's card lists them all)
+            if len(report.outcomes) > 1:
+                report.summary += f" ({len(report.outcomes)} requests)"
+            try:
+                await report_to(self.reporter, report)
+            except Exception:
+                log.exception("report %s could not be delivered", report.kind)
+                if marker is not None:
+                    self.ledger.forget_once(marker)
+
+
+def report_key(report: Report) -> tuple[str, ...]:
+    first = report.outcomes[0] if report.outcomes else None
+    request = report.requests[0] if report.requests else {}
+    run = str((request.get("run") or {}).get("id") or "")
+    key: tuple[str, ...] = (report.kind, first.rule if first else "", run)
+    if report.kind in ("failed", "poison"):
+        # Different errors are different news; the same error on many targets is one.
+        error = (first.error or first.detail) if first else report.summary
+        key += (hashlib.sha256((error or "").encode("utf-8")).hexdigest()[:12],)
+    return key

@@ -11,6 +11,10 @@ from typing import Any
 import jsonschema
 
 SCHEMA_VERSION = "remediation-request/1"
+# The actions this contract knows. The actions themselves are declared in remediation/actions/ (the
+# registry); this module is below them (detections/ builds requests with it and may not import
+# remediation), so it keeps the contract's own table and tests/remediation/test_registry.py checks that it
+# equals the registry's names, families and target fields.
 ACTIONS = (
     "move_to_junk", "move_to_inbox", "soft_delete", "move_to_deleted_items", "disable_connector",
     "revoke_sessions", "disable_user", "confirm_compromised", "notify",
@@ -28,69 +32,110 @@ TARGET_FIELDS: dict[str, tuple[str, ...]] = {
     **{a: ("user",) for a in ACCOUNT_ACTIONS},
     "notify": (),
 }
+# Target fields a rule may map beyond the required ones (detections/catalog.py refuses any other).
+OPTIONAL_TARGET_FIELDS: dict[str, tuple[str, ...]] = {
+    **{a: ("internet_message_id", "recipient_object_id") for a in EMAIL_ACTIONS},
+    "disable_connector": ("connector_type",),
+}
 
 _nonempty = {"type": "string", "minLength": 1}
 OBJECT_ID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-REQUEST_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "https://xdr-responder/schemas/remediation-request-1.json",
-    "type": "object",
-    "required": ["schema", "id", "rule", "action", "mode", "target", "evidence", "detected_at"],
-    "properties": {
-        "schema": {"const": SCHEMA_VERSION},
-        "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-        "rule": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
-        "action": {"enum": list(ACTIONS)},
-        "mode": {"enum": list(MODES)},
-        "target": {
-            "type": "object",
-            "properties": {
-                "network_message_id": _nonempty,
-                "recipient": _nonempty,
-                # The recipient mailbox's Entra object id (EmailEvents.RecipientObjectId): how the mailbox
-                # strategy addresses the mailbox (/users/{id}); additive, ``recipient`` stays the address.
-                "recipient_object_id": {"type": "string", "pattern": OBJECT_ID_PATTERN},
-                "internet_message_id": _nonempty,
-                "connector": _nonempty,
-                "connector_type": {"enum": ["inbound", "outbound"]},
-                "user": _nonempty,
-            },
-            "additionalProperties": {"type": ["string", "null"]},
-        },
-        "evidence": {"type": "object"},
-        "detected_at": {"type": "string", "format": "date-time",
-                        "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$"},
-        # Added fields (allowed by the contract): which scan run produced it, its place in that run
-        # (the per-run target cap is enforced on it) and the rule's severity and name for cards.
-        "run": {
-            "type": "object",
-            "properties": {"id": {"type": "string"}, "index": {"type": "integer", "minimum": 0},
-                           "total": {"type": "integer", "minimum": 0}},
-        },
-        "severity": {"type": "string"},
-        "rule_name": {"type": "string"},
-    },
-    "allOf": [
-        {"if": {"properties": {"action": {"const": a}}},
-         "then": {"properties": {"target": {"required": list(fields)}}}}
-        for a, fields in TARGET_FIELDS.items() if fields
-    ],
-}
 
-_validator = jsonschema.Draft202012Validator(REQUEST_SCHEMA, format_checker=jsonschema.FormatChecker())
+
+def request_schema(target_fields: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
+    """The JSON schema for requests whose actions (and required target fields) are ``target_fields``."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://xdr-responder/schemas/remediation-request-1.json",
+        "type": "object",
+        "required": ["schema", "id", "rule", "action", "mode", "target", "evidence", "detected_at"],
+        "properties": {
+            "schema": {"const": SCHEMA_VERSION},
+            "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "rule": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
+            "action": {"enum": list(target_fields)},
+            "mode": {"enum": list(MODES)},
+            "target": {
+                "type": "object",
+                "properties": {
+                    "network_message_id": _nonempty,
+                    "recipient": _nonempty,
+                    # The recipient mailbox's Entra object id (EmailEvents.RecipientObjectId): how the mailbox
+                    # strategy addresses the mailbox (/users/{id}); additive, ``recipient`` stays the address.
+                    "recipient_object_id": {"type": "string", "pattern": OBJECT_ID_PATTERN},
+                    "internet_message_id": _nonempty,
+                    "connector": _nonempty,
+                    "connector_type": {"enum": ["inbound", "outbound"]},
+                    "user": _nonempty,
+                },
+                "additionalProperties": {"type": ["string", "null"]},
+            },
+            "evidence": {"type": "object"},
+            "detected_at": {"type": "string", "format": "date-time",
+                            "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$"},
+            # Added fields (allowed by the contract): which scan run produced it, its place in that run
+            # (the per-run target cap is enforced on it) and the rule's severity and name for cards.
+            "run": {
+                "type": "object",
+                "properties": {"id": {"type": "string"}, "index": {"type": "integer", "minimum": 0},
+                               "total": {"type": "integer", "minimum": 0}},
+            },
+            "severity": {"type": "string"},
+            "rule_name": {"type": "string"},
+        },
+        "allOf": [
+            {"if": {"properties": {"action": {"const": a}}},
+             "then": {"properties": {"target": {"required": list(fields)}}}}
+            for a, fields in target_fields.items() if fields
+        ],
+    }
+
+
+REQUEST_SCHEMA: dict[str, Any] = request_schema(TARGET_FIELDS)
 
 
 class RequestInvalid(ValueError):
     """A message that is not a valid remediation-request/1; the message says which field."""
 
 
-def request_id(rule: str, action: str, target: Mapping[str, Any]) -> str:
+class Contract:
+    """Validation of requests for one table of actions (this module's, or the action registry's)."""
+
+    def __init__(self, target_fields: Mapping[str, tuple[str, ...]]) -> None:
+        self.target_fields = dict(target_fields)
+        self.schema = request_schema(self.target_fields)
+        self._validator = jsonschema.Draft202012Validator(self.schema,
+                                                          format_checker=jsonschema.FormatChecker())
+
+    def validate(self, obj: Any) -> dict[str, Any]:
+        """Return ``obj`` if it is a valid request, else raise RequestInvalid naming the field."""
+        errors = sorted(self._validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+        if errors:
+            e = errors[0]
+            where = "/".join(str(p) for p in e.absolute_path) or "(message)"
+            raise RequestInvalid(f"{where}: {e.message}")
+        if obj["id"] != request_id(obj["rule"], obj["action"], obj["target"], self.target_fields):
+            raise RequestInvalid("id: does not match rule, action and target (tampered or from another "
+                                 "version)")
+        return obj
+
+    def parse(self, body: str | bytes) -> dict[str, Any]:
+        """Decode and validate one queue message body (JSON text)."""
+        try:
+            obj = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestInvalid(f"(message): not JSON: {exc}") from None
+        return self.validate(obj)
+
+
+def request_id(rule: str, action: str, target: Mapping[str, Any],
+               target_fields: Mapping[str, tuple[str, ...]] = TARGET_FIELDS) -> str:
     """Deterministic dedup key: the same rule, action and target always give the same id.
 
     Only the identifying target fields count (case-folded), so evidence or extra fields that vary
     between overlapping scans never change the id.
     """
-    keys = TARGET_FIELDS.get(action, ()) or tuple(sorted(target))
+    keys = target_fields.get(action, ()) or tuple(sorted(target))
     ident = {k: str(target.get(k, "")).strip().lower() for k in keys}
     blob = json.dumps([rule, action, ident], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
@@ -119,22 +164,14 @@ def make_request(*, rule: str, action: str, mode: str, target: Mapping[str, Any]
     return req
 
 
+CONTRACT = Contract(TARGET_FIELDS)
+
+
 def validate_request(obj: Any) -> dict[str, Any]:
     """Return ``obj`` if it is a valid request, else raise RequestInvalid naming the field."""
-    errors = sorted(_validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        where = "/".join(str(p) for p in e.absolute_path) or "(message)"
-        raise RequestInvalid(f"{where}: {e.message}")
-    if obj["id"] != request_id(obj["rule"], obj["action"], obj["target"]):
-        raise RequestInvalid("id: does not match rule, action and target (tampered or from another version)")
-    return obj
+    return CONTRACT.validate(obj)
 
 
 def parse_message(body: str | bytes) -> dict[str, Any]:
     """Decode and validate one queue message body (JSON text)."""
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestInvalid(f"(message): not JSON: {exc}") from None
-    return validate_request(obj)
+    return CONTRACT.parse(body)

@@ -17,21 +17,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from detections.params import kql_string
+from remediation.actions.registry import default_registry
+from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
+from remediation.outcome import Outcome
+from remediation.reporting import Report
 
 log = logging.getLogger(__name__)
 
-# Location values are compared case-insensitively: the docs spell them "Inbox/Folder", "Junk",
-# "Deleted items" (https://learn.microsoft.com/defender-xdr/advanced-hunting-emailevents-table,
-# DeliveryLocation), the service returns "Inbox/folder", "Junk folder".
+# Location values are compared case-insensitively; each action declares the ones that confirm it
+# (``ActionDef.confirmed_in``, remediation/actions/email.py, with the documented spellings).
 EXPECTED_LOCATION: dict[str, frozenset[str]] = {
-    "move_to_junk": frozenset({"junk folder", "junk"}),
-    "soft_delete": frozenset({"deleted items"}),
-    "move_to_deleted_items": frozenset({"deleted items"}),
-    "move_to_inbox": frozenset({"inbox/folder", "inbox"}),
+    d.name: d.confirmed_in for d in default_registry() if d.confirmed_in
 }
 # Every location value documented or seen from the service (lower case). Anything else is a value this
 # code does not understand: it is logged once and the request is settled with that reason, instead of
@@ -148,3 +149,60 @@ def classify(action: str, location: str | None, *, submitted_at: datetime, now: 
     if late:
         return "not_applied", f"EmailEvents still shows the message in {seen} {grace} after submission"
     return None, f"still in {seen}; waiting for Defender to apply the remediation"
+
+
+# --- the ledger side: confirm what the worker submitted ----------------------------------------------------
+
+
+async def verify_submitted(ledger: Ledger, backend: Any, *, grace: timedelta,
+                           report: Any) -> list[Outcome]:
+    """Confirm (or settle as not applied) every ``submitted`` email request with a NetworkMessageId, one
+    hunting query per ``MAX_IDS_PER_QUERY``; ``report(Report)`` is told of each one not applied."""
+    email = set(EXPECTED_LOCATION)
+    submitted = [r for r in ledger.list(state="submitted")
+                 if r.action in email and r.target.get("network_message_id")]
+    outcomes: list[Outcome] = []
+    for start in range(0, len(submitted), MAX_IDS_PER_QUERY):
+        chunk = submitted[start:start + MAX_IDS_PER_QUERY]
+        outcomes += await _verify_chunk(ledger, backend, chunk, grace=grace, report=report)
+    return outcomes
+
+
+async def _verify_chunk(ledger: Ledger, backend: Any, chunk: list[Record], *, grace: timedelta,
+                        report: Any) -> list[Outcome]:
+    now = ledger.clock()
+    # The EmailEvents row carries the mail's own time, which may be days before the submission (an undo, a
+    # late approval): the timespan reaches back to the oldest mail (module doc).
+    mailed = {r.request_id: mail_time(r.request, _parse(r.state_times.get("submitted") or r.created_at))
+              for r in chunk}
+    span = verification_timespan(mailed.values(), now)
+    result = await backend.run(verification_query(r.target["network_message_id"] for r in chunk),
+                               timespan=span)
+    where = locations(result.rows)
+    out: list[Outcome] = []
+    for rec in chunk:
+        key = (rec.target["network_message_id"].lower(), str(rec.target.get("recipient", "")).lower())
+        location = where.get(key)
+        if location is None and result.partial:
+            out.append(replace(rec.outcome(), detail="partial hunting result; not judged"))
+            continue
+        submitted_at = _parse(rec.state_times.get("submitted") or rec.created_at)
+        state, detail = classify(rec.action, location, submitted_at=submitted_at, now=now, grace=grace,
+                                 mailed_at=mailed[rec.request_id])
+        if state is None:
+            out.append(replace(rec.outcome(), detail=detail))
+            continue
+        try:
+            rec = ledger.transition(rec, state, detail=detail)
+        except (LedgerConflict, IllegalTransition):
+            rec = ledger.read(rec.rule, rec.request_id) or rec
+        outcome = rec.outcome()
+        if outcome.state == "not_applied":
+            report(Report("failed", f"{rec.action} was submitted but not applied: {detail}", [outcome],
+                          [rec.request or {}]))
+        out.append(outcome)
+    return out
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -100,13 +100,16 @@ async def run_demo(options: DemoOptions, step: Step = lambda _: None) -> DemoRun
         from detections.backends.defender import DefenderBackend
         from remediation.worker import Worker
         from responder.graph import make_graph_client
+        from responder.notify.reporter import CardReporter
         from responder.notify.teams import FileNotifier
 
         settings = _settings(fake.base_url)
         graph = make_graph_client(base_url=fake.base_url, credential=None, max_retries=0)
         backend = DefenderBackend(graph)
         notifier = FileNotifier(out / "cards")
-        worker = Worker(settings, tenant, catalog, ledger, graph, None, notifier, sleep=_no_wait)
+        reporter = CardReporter(notifier, tenant_id=settings.tenant_id or None,
+                                connector_actions=settings.connector_actions)
+        worker = Worker(settings, tenant, catalog, ledger, graph, None, reporter, sleep=_no_wait)
         run.environment.update(
             {
                 "backend": f"defender (runHuntingQuery on the fake Graph at {fake.base_url}, "

@@ -22,6 +22,7 @@ from msgraph.generated.users.item.user_item_request_builder import UserItemReque
 
 from remediation.actions.base import ActionContext, ActionResult, failed
 from remediation.actions.errors import describe
+from remediation.actions.registry import ActionDef
 
 # Revoking sessions of, or disabling, a user who holds an Entra admin role is a "sensitive action": an
 # app-only caller needs an Entra role that covers the target's role, and Privileged Authentication
@@ -171,3 +172,14 @@ _OBJECT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 def is_object_id(value: str) -> bool:
     """An Entra object id (a GUID), as opposed to a UPN."""
     return _OBJECT_ID.fullmatch(value.strip()) is not None
+
+
+DECLARES = (
+    ActionDef(name="revoke_sessions", family="account", label="Revoke sign-in sessions",
+              executor=lambda _strategy: RevokeSessions(), required=("user",), features=("revokeSessions",)),
+    ActionDef(name="disable_user", family="account", label="Disable account",
+              executor=lambda _strategy: DisableUser(), required=("user",), features=("disableUser",)),
+    ActionDef(name="confirm_compromised", family="account", label="Confirm user compromised",
+              executor=lambda _strategy: ConfirmCompromised(), required=("user",),
+              features=("confirmCompromised",)),
+)

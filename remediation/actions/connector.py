@@ -12,10 +12,12 @@ disabled is ``skipped``; one that does not exist is a permanent failure.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from remediation.actions.base import ActionContext, ActionResult, failed
 from remediation.actions.errors import describe
+from remediation.actions.registry import ActionDef
 from remediation.exchange import render_command
 
 
@@ -70,3 +72,27 @@ def _command(direction: str, name: str) -> str:
         return render_command(direction, name)
     except ValueError as exc:
         return f"(no command shown: {exc})"
+
+
+def manual_command(request: Mapping[str, Any]) -> str | None:
+    """The exact Exchange Online PowerShell a person runs for a connector request (None for other actions,
+    or a name that cannot be quoted safely)."""
+    if request.get("action") != DisableConnector.name:
+        return None
+    target = request.get("target") or {}
+    name = str(target.get("connector") or "")
+    kinds = [target["connector_type"]] if target.get("connector_type") else ["inbound", "outbound"]
+    try:
+        return " or ".join(render_command(k, name) for k in kinds)
+    except ValueError:
+        return None
+
+
+# Held for approval unless RESPONDER_CONNECTOR_ACTIONS is auto (remediation/rails.py); under manual a person
+# runs ``manual_command`` and records it with approve --done (remediation/decisions.py).
+DECLARES = (
+    ActionDef(name="disable_connector", family="connector", label="Disable connector",
+              executor=lambda _strategy: DisableConnector(), required=("connector",),
+              optional=("connector_type",), features=("exchangeConnectors",), manual=True,
+              command=manual_command),
+)

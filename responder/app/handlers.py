@@ -13,7 +13,8 @@ import azure.functions as func
 
 from detections.params import ParamError
 from detections.scan import scan
-from remediation.worker import NotFound, TransientFailure, WorkerError
+from remediation.decisions import NotFound, WorkerError
+from remediation.worker import TransientFailure
 from responder.app import runs
 from responder.app.http import bad_request, check_query, json_response
 from responder.app.runtime import Runtime

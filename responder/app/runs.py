@@ -41,10 +41,10 @@ from typing import Any
 
 from detections.findings import action_indices
 from detections.scan import RuleRun
+from remediation.actions.registry import default_registry
 from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.rails import CONNECTOR_ACTIONS
 from remediation.request import RequestInvalid, parse_message
-from remediation.worker import manual_command, run_by_hand
 from responder.notify.cards import approval_card, failure_card, scan_card
 from responder.notify.reports import FailureReport, RunReport
 
@@ -218,8 +218,9 @@ async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, back
     name, severity = rule_names.get(request["rule"], (request.get("rule_name") or request["rule"],
                                                       request.get("severity") or "Medium"))
     requests = [r.request for r in rows if r.request]
-    commands = {r["id"]: c for r in requests if (c := manual_command(r))}
-    by_hand = {r["id"] for r in requests if run_by_hand(r, connector_actions)}
+    registry = default_registry()
+    commands = {r["id"]: c for r in requests if (c := registry.manual_command(r))}
+    by_hand = {r["id"] for r in requests if registry.run_by_hand(r.get("action"), connector_actions)}
     report = RunReport(rule=request["rule"], rule_name=name, severity=severity,
                        rows=int(run.get("rows") or total), requests=requests,
                        outcomes=outcomes, run_id=run_id, backend=backend,

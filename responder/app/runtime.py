@@ -27,6 +27,7 @@ from remediation.ledger import Ledger
 from responder.app.bootstrap import AppConfig
 from responder.app.ratelimit import ScanQuota
 from responder.config import Settings
+from responder.notify.reporter import CardReporter
 from responder.notify.teams import Notifier, NullNotifier, notifier_from_settings
 
 log = logging.getLogger(__name__)
@@ -171,19 +172,17 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def worker(self) -> AsyncIterator[Any]:
         """A Worker for one invocation (cheap: the clients under it are shared)."""
-        from remediation.reporting import cards_hook
         from remediation.worker import Worker
 
         svc = await self._loop_services()
         # The worker's own cards (failures, out of scope). Held requests of a run get no approval card
         # here: the run's outcome card (responder/app/runs.py) carries their approval instructions, so
         # on-call gets one message per run, not an approval card and an outcome card for the same ids.
-        hook = cards_hook(self.notifier, tenant_id=self.settings.tenant_id or None,
-                          api_base=self.config.api_base, held_cards=False,
-                          connector_actions=self.settings.connector_actions)
-        options = {"report_hook": hook, **self.worker_options}
+        reporter = CardReporter(self.notifier, tenant_id=self.settings.tenant_id or None,
+                                api_base=self.config.api_base, held_cards=False,
+                                connector_actions=self.settings.connector_actions)
         yield Worker(self.settings, self.config.tenant, self.config.catalog, self.ledger(), svc.graph,
-                     svc.exchange, self.notifier, mailbox_slots=svc.mailbox_slots, **options)
+                     svc.exchange, reporter, mailbox_slots=svc.mailbox_slots, **self.worker_options)
 
 
 def app_credential(settings: Settings) -> Any:

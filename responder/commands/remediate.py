@@ -199,7 +199,7 @@ async def _remediate(args: argparse.Namespace, worker: Any, bodies: list[str]) -
 
 def _person(verb: str) -> Callable[..., Any]:
     async def act(args: argparse.Namespace, worker: Any) -> int:
-        from remediation.worker import WorkerError
+        from remediation.decisions import WorkerError
 
         try:
             if verb == "approve":

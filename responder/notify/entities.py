@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from remediation.actions.registry import Registry, default_registry
+
 # kind -> (target fields, evidence columns) that name an entity of that kind. Evidence matters for
 # senders (never a target) and for the admin account behind a connector change.
 ENTITY_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -14,21 +16,9 @@ ENTITY_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "Users": (("user",), ("AccountUpn",)),
 }
 
-ACTION_LABELS = {
-    "move_to_junk": "Move to Junk",
-    "move_to_inbox": "Move back to Inbox",
-    "soft_delete": "Soft delete",
-    "move_to_deleted_items": "Move to Deleted Items",
-    "disable_connector": "Disable connector",
-    "revoke_sessions": "Revoke sign-in sessions",
-    "disable_user": "Disable account",
-    "confirm_compromised": "Confirm user compromised",
-    "notify": "Notify only",
-}
-
-
-def action_label(action: str) -> str:
-    return ACTION_LABELS.get(action, action)
+def action_label(action: str, registry: Registry | None = None) -> str:
+    """The card label each action declares (remediation/actions/, ``ActionDef.label``)."""
+    return (registry or default_registry()).label(action)
 
 
 def distinct(values: Iterable[Any]) -> list[str]:

@@ -3,7 +3,7 @@ command and then a `--done`, never "to approve" (approving runs nothing there)."
 
 from __future__ import annotations
 
-from remediation.worker import manual_command
+from remediation.actions.connector import manual_command
 from responder.notify import examples
 from responder.notify.cards import approval_card, scan_card
 from tests.notify.test_cards import all_text

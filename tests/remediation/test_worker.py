@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
+from remediation.decisions import WorkerError
 from remediation.exchange import ExchangeClient
 from remediation.ledger import Ledger
-from remediation.worker import Report, TransientFailure, Worker, WorkerError
+from remediation.reporting import Report
+from remediation.worker import TransientFailure, Worker
 from responder.config import Settings, TenantConfig
 from responder.graph import make_graph_client
 from responder.testing.fakegraph import FakeGraph
@@ -142,7 +144,7 @@ def test_account_action_runs_and_break_glass_is_never_called(h: Harness) -> None
 
 
 def test_privileged_target_is_recorded_not_retried_and_explained_on_the_card(h: Harness) -> None:
-    from remediation.reporting import card_for
+    from responder.notify.reporter import card_for
 
     admin = h.fake.users.add("ga@contoso.com", privileged_role="Global Administrator")
     req = user_request(admin.id)

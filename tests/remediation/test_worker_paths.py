@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 
 from detections.backends.local import LocalBackend, parse_datetime
+from remediation.decisions import WorkerError
 from remediation.ledger import INVALID, Ledger
-from remediation.worker import Report, TransientFailure, Worker, WorkerError
+from remediation.reporting import Report
+from remediation.worker import TransientFailure, Worker
 from responder.config import Settings, TenantConfig
+from responder.notify.reporter import CardReporter
 from tests.remediation.factories import (
     PROTECTED,
     T0,
@@ -248,7 +251,8 @@ def card_kinds(cards: list[dict[str, Any]]) -> list[str]:
 def test_with_a_notifier_holds_and_failures_become_teams_cards(ledger: Ledger) -> None:
     cards = Cards()
     settings = Settings.from_env({}, require=False)
-    worker = Worker(settings, TENANT, CATALOG, ledger, graph=None, exchange=None, notifier=cards)
+    reporter = CardReporter(cards, connector_actions=settings.connector_actions)
+    worker = Worker(settings, TENANT, CATALOG, ledger, graph=None, exchange=None, reporter=reporter)
     req = connector_request("Partner relay")
     run(worker.process([req]))
     run(worker.process_message(b"garbage", 1))
@@ -259,7 +263,7 @@ def test_with_a_notifier_holds_and_failures_become_teams_cards(ledger: Ledger) -
 def test_a_card_that_cannot_be_sent_never_breaks_remediation(ledger: Ledger) -> None:
     cards = Cards(ok=False)
     worker = Worker(Settings.from_env({}, require=False), TENANT, CATALOG, ledger, graph=None, exchange=None,
-                    notifier=cards)
+                    reporter=CardReporter(cards))
     [out] = run(worker.process([email_request("nm-1", mode="approval")]))
     assert out.state == "held" and len(cards.cards) == 1
 

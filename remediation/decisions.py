@@ -1,0 +1,166 @@
+"""People's decisions on requests: approve, reject, undo (and ``done`` for connector commands run by hand).
+
+Each is checked against the ledger row's state and written with an ETag guard, so two people acting on
+one request at once cannot both win: the loser gets a ``WorkerError`` saying what changed. Whatever runs
+afterwards goes back through the rails (``decide(..., approved=True)``) and the worker's pipeline
+(``run_decided``); nothing here calls an action directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from detections.catalog import Rule
+from remediation.actions.registry import Registry, default_registry
+from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict, Record
+from remediation.outcome import Outcome
+from remediation.rails import Decision, decide
+from remediation.request import make_request
+from responder.config import Settings, TenantConfig
+
+log = logging.getLogger(__name__)
+
+
+class WorkerError(Exception):
+    """A person's request (approve, reject, undo) that cannot be done; the message says why."""
+
+
+class NotFound(WorkerError):
+    pass
+
+
+class Runner(Protocol):
+    """What decisions need from the worker: its configuration and the pipeline for one decided request."""
+
+    settings: Settings
+    tenant: TenantConfig
+    catalog: Mapping[str, Rule]
+    ledger: Ledger
+
+    async def run_decided(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome: ...
+
+
+class Decisions:
+    def __init__(self, runner: Runner, registry: Registry | None = None) -> None:
+        self.runner = runner
+        self.registry = registry or default_registry()
+
+    def find(self, request_id: str) -> Record:
+        rec = self.runner.ledger.get(request_id)
+        if rec is None or rec.rule == INVALID:
+            raise NotFound(f"no request {request_id} in the ledger")
+        return rec
+
+    def _decide(self, req: dict[str, Any], **kw: bool) -> Decision:
+        r = self.runner
+        return decide(req, settings=r.settings, tenant=r.tenant, catalog=r.catalog, registry=self.registry,
+                      **kw)
+
+    async def approve(self, request_id: str, by: str, *, claimed_by: str | None = None,
+                      done: bool = False) -> Outcome:
+        """Approve a held request and run it, exactly once.
+
+        ``claimed_by`` is a name the caller gave but nobody verified (an HTTP body behind a shared function
+        key): recorded beside ``by``, never as it. ``done`` is for actions a person runs by hand (connector
+        requests while RESPONDER_CONNECTOR_ACTIONS is ``manual``: the app has no Exchange permission, so
+        approving cannot run anything); the person runs the shown command and ``done`` records that."""
+        rec, ledger, settings = self.find(request_id), self.runner.ledger, self.runner.settings
+        if self.registry.run_by_hand(rec.action, settings.connector_actions) or done:
+            return self._record_done(rec, by, claimed_by=claimed_by, done=done)
+        if rec.state == "approved":
+            if rec.claimed(ledger.clock()):
+                raise WorkerError(f"request {request_id} is already approved and being executed")
+            # Approved earlier but the run did not finish (crash or transient error): resume it.
+        elif rec.state != "held":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be approved")
+        if settings.dry_run:
+            raise WorkerError("the global dry run (RESPONDER_DRY_RUN) is on: nothing would run, so the "
+                              "request stays held")
+        if not rec.request:
+            raise WorkerError(f"request {request_id} has no stored request body")
+        req = self.registry.contract().validate(rec.request)
+        if rec.state == "held":
+            try:
+                rec = ledger.transition(rec, "approved", approved_by=by, **_claimed(claimed_by))
+            except LedgerConflict:
+                raise WorkerError(f"request {request_id} changed while approving (approved or rejected "
+                                  "by someone else); nothing done") from None
+        return await self.runner.run_decided(rec, req, self._decide(req, approved=True))
+
+    def _record_done(self, rec: Record, by: str, *, claimed_by: str | None, done: bool) -> Outcome:
+        """An action a person runs by hand: refuse to approve (nothing could run: no Exchange permission)
+        and say what to do; with ``done``, record that a person ran the command (held -> approved ->
+        confirmed). Nothing here calls Exchange."""
+        rid, ledger = rec.request_id, self.runner.ledger
+        if not self.registry.run_by_hand(rec.action, self.runner.settings.connector_actions):
+            raise WorkerError(f"request {rid}: done is only for connector requests while "
+                              "RESPONDER_CONNECTOR_ACTIONS is manual; approve it without done to run it")
+        if rec.state != "held":
+            raise WorkerError(f"request {rid} is {rec.state}; only a held request can be marked done")
+        command = (self.registry.manual_command(rec.request or {})
+                   or "the Set-InboundConnector/Set-OutboundConnector command")
+        if not done:
+            raise WorkerError(
+                f"connector actions are manual here (RESPONDER_CONNECTOR_ACTIONS=manual): the app has no "
+                f"Exchange permission and runs nothing. Run this in Exchange Online PowerShell: {command} "
+                f"-- then mark it done: python -m responder approve {rid} --done (or POST "
+                f"/api/requests/{rid}/approve with {{\"done\": true}})")
+        try:
+            rec = ledger.transition(rec, "approved", approved_by=by, **_claimed(claimed_by))
+            rec = ledger.transition(rec, "confirmed", detail=f"run by hand by {by}: {command}",
+                                    executed_by="person", run_by_hand=True)
+        except (LedgerConflict, IllegalTransition):
+            raise WorkerError(f"request {rid} changed while marking it done (approved or rejected by "
+                              "someone else); nothing recorded") from None
+        return rec.outcome()
+
+    async def reject(self, request_id: str, by: str, *, claimed_by: str | None = None) -> Outcome:
+        rec = self.find(request_id)
+        if rec.state != "held":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be rejected")
+        try:
+            rec = self.runner.ledger.transition(rec, "rejected", rejected_by=by, detail=f"rejected by {by}",
+                                                **_claimed(claimed_by))
+        except LedgerConflict:
+            raise WorkerError(f"request {request_id} changed while rejecting; nothing done") from None
+        return rec.outcome()
+
+    async def undo(self, request_id: str, by: str = "") -> Outcome:
+        """Reverse a confirmed action with its declared inverse (move_to_junk: back to the Inbox or the
+        recorded original folder), as a new request in the ledger linked both ways to the original."""
+        rec, ledger = self.find(request_id), self.runner.ledger
+        spec = self.registry.find(rec.action)
+        if spec is None or spec.inverse is None:
+            undoable = ", ".join(d.name for d in self.registry if d.inverse) or "nothing"
+            raise WorkerError(f"request {request_id} is {rec.action}; only {undoable} can be undone")
+        if rec.state != "confirmed":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a confirmed move can be undone")
+        if rec.extra.get("undone_by"):
+            raise WorkerError(f"request {request_id} was already undone by {rec.extra['undone_by']}")
+        original = rec.request or {}
+        undo_req = make_request(rule=rec.rule, action=spec.inverse, mode="auto", target=rec.target,
+                                evidence=original.get("evidence", {}), detected_at=ledger.clock(),
+                                run={"id": f"undo-{request_id}", "index": 0, "total": 1},
+                                undo_of={"request_id": request_id, "undo": rec.undo or {}, "by": by},
+                                severity=original.get("severity", ""),
+                                rule_name=original.get("rule_name", ""))
+        new, created = ledger.receive(undo_req, undo_of=request_id)
+        if not created and new.state != "received":
+            raise WorkerError(f"this message was already restored once (request {new.request_id} is "
+                              f"{new.state})")
+        outcome = await self.runner.run_decided(new, undo_req, self._decide(undo_req, approved=True,
+                                                                            restore=True))
+        if outcome.state in ("confirmed", "submitted"):
+            try:
+                current = ledger.read(rec.rule, rec.request_id) or rec
+                ledger.update(current, undone_by=new.request_id)
+            except LedgerConflict:
+                log.warning("request %s: could not link undo %s", request_id, new.request_id)
+        return outcome
+
+
+def _claimed(claimed_by: str | None) -> dict[str, str]:
+    """The ledger field for a name the caller gave but nobody verified (kept apart from ``*_by``)."""
+    return {"claimed_by": claimed_by} if claimed_by else {}

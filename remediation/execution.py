@@ -1,0 +1,147 @@
+"""Turning a rails decision into a ledger outcome: settle what runs nothing, run the rest.
+
+``settle`` records a decision that runs nothing (held, skipped, dry run). ``run`` executes one action
+over claimed requests with bounded retries of transient results (Retry-After honoured, capped at
+``max_delay``: a longer hint ends the delivery instead of sleeping through the function's time), records
+each result, and gives back what stayed transient: the claim is released and the row stays ``received``
+with the error, for the next delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from remediation.actions.base import ActionContext, ActionResult
+from remediation.actions.registry import Registry
+from remediation.claims import Claimed, duplicate
+from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
+from remediation.outcome import Outcome
+from remediation.rails import Decision
+from remediation.reporting import Report, ReportQueue
+
+log = logging.getLogger(__name__)
+
+# States an action may report (anything else is a bug in the action and recorded as failed).
+RESULT_STATES = frozenset({"submitted", "confirmed", "skipped", "failed"})
+
+
+class Execution:
+    def __init__(self, ledger: Ledger, registry: Registry, outbox: ReportQueue, *, email_strategy: str,
+                 ctx: Callable[[], ActionContext], max_attempts: int = 3, backoff: float = 2.0,
+                 max_delay: float = 30.0, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        self.ledger, self.registry, self.outbox = ledger, registry, outbox
+        self.email_strategy, self.ctx = email_strategy, ctx
+        self.max_attempts, self.backoff, self.max_delay = max(1, max_attempts), backoff, max_delay
+        self.sleep = sleep
+
+    def settle(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome:
+        """Record a decision that runs nothing: skipped (scope, dry run) or held."""
+        if decision.kind == "hold":
+            detail = decision.reason
+            command = self.registry.manual_command(req)
+            if command:   # the ledger carries the exact command on-call would run instead
+                detail += f"; command: {command}"
+            state, fields = "held", {"hold_reason": decision.hold_reason, "detail": detail}
+        else:
+            state, fields = "skipped", {"detail": decision.reason}
+            if decision.kind == "dry_run":
+                # Marks the skip as re-actionable: the same id may run later, once it is live.
+                fields["dry_run"] = True
+        try:
+            rec = self.ledger.transition(rec, state, **fields)
+        except (LedgerConflict, IllegalTransition):
+            fresh = self.ledger.read(rec.rule, rec.request_id) or rec
+            return duplicate(fresh)
+        outcome = rec.outcome()
+        if decision.kind == "dry_run":
+            outcome.extra["dry_run"] = True
+        if decision.notify:
+            kind = "held" if state == "held" else "skipped"
+            self.outbox.add(Report(kind, decision.reason, [outcome], [req]))
+        return outcome
+
+    async def run(self, action_name: str, items: list[Claimed]) -> tuple[dict[str, Outcome], list[str],
+                                                                                float | None]:
+        """Run one action over claimed items with bounded retries of transient results."""
+        done: dict[str, Outcome] = {}
+        action = self.registry.executor(action_name, self.email_strategy)
+        pending = items
+        attempt = 0
+        while True:
+            attempt += 1
+            results = await self._call(action, [i.request for i in pending])
+            retry: list[tuple[Claimed, ActionResult]] = []
+            for item in pending:
+                res = results.get(item.request["id"]) or transient(
+                    item.request["id"], "the action returned no result for this request")
+                if res.transient:
+                    retry.append((item, res))
+                else:
+                    done[item.request["id"]] = self._finish(item, res, attempt)
+            if not retry:
+                return done, [], None
+            hint = max((r.retry_after or 0.0 for _, r in retry), default=0.0)
+            delay = hint or self.backoff * (2 ** (attempt - 1))
+            if attempt >= self.max_attempts or delay > self.max_delay:
+                for item, res in retry:
+                    done[item.request["id"]] = self._give_back(item, res, attempt)
+                return done, [i.request["id"] for i, _ in retry], hint or None
+            log.info("transient failure on %s for %d request(s); retrying in %.1fs",
+                     action_name, len(retry), delay)
+            await self.sleep(delay)
+            pending = [i for i, _ in retry]
+
+    async def _call(self, action: Any, requests: list[dict[str, Any]]) -> dict[str, ActionResult]:
+        try:
+            results = await action.execute(requests, self.ctx())
+        except Exception as exc:  # an action bug or an unforeseen transport error: retry, then poison
+            log.exception("action %s raised", type(action).__name__)
+            return {r["id"]: transient(r["id"], f"{type(exc).__name__}: {exc}") for r in requests}
+        return {r.request_id: r for r in results}
+
+    def _finish(self, item: Claimed, res: ActionResult, attempt: int) -> Outcome:
+        state = res.state if res.state in RESULT_STATES else "failed"
+        error = res.error if res.state in RESULT_STATES else f"action reported unknown state {res.state!r}"
+        rec = item.record
+        fields: dict[str, Any] = {"detail": res.detail or "", "error": error, "link": res.link,
+                                  "attempts": rec.attempts + attempt - 1, "executed_by": rec.claim_token}
+        if res.undo is not None:
+            fields["undo"] = res.undo
+        if res.blocked:
+            fields["blocked"] = res.blocked
+        try:
+            rec = self.ledger.transition(rec, state, **fields)
+        except (LedgerConflict, IllegalTransition) as exc:
+            # Our lease expired and another delivery took over: it owns the row now.
+            log.warning("request %s: result %s not recorded: %s", rec.request_id, state, exc)
+            fresh = self.ledger.read(rec.rule, rec.request_id) or rec
+            outcome = fresh.outcome()
+            outcome.extra["lost_result"] = state
+            return outcome
+        outcome = rec.outcome()
+        if state == "failed":
+            self.outbox.add(Report("failed", f"{rec.action} failed: {error or res.detail}", [outcome],
+                                       [item.request]))
+        return outcome
+
+    def _give_back(self, item: Claimed, res: ActionResult, attempt: int) -> Outcome:
+        """Transient failure that persisted: release the claim, keep the row ``received``."""
+        rec = item.record
+        try:
+            rec = self.ledger.release(rec, error=res.error or res.detail or "transient failure",
+                                      attempts=rec.attempts + attempt - 1)
+        except LedgerConflict:
+            rec = self.ledger.read(rec.rule, rec.request_id) or rec
+        outcome = rec.outcome()
+        outcome.extra["transient"] = True
+        if res.retry_after:
+            outcome.extra["retry_after"] = res.retry_after
+        return outcome
+
+
+def transient(request_id: str, error: str) -> ActionResult:
+    return ActionResult(request_id=request_id, state="failed", detail="", error=error, transient=True,
+                        retry_after=None, link=None, undo=None)
