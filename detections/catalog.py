@@ -19,8 +19,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from core.request import EMAIL_ACTIONS, TARGET_FIELDS
 from detections.params import ParamError, coerce, kql_timespan, parse_timespan
-from remediation.request import EMAIL_ACTIONS, TARGET_FIELDS
 
 DETECTIONS_DIR = Path(__file__).resolve().parent
 RULES_DIR = DETECTIONS_DIR / "rules"
@@ -28,7 +28,7 @@ SCHEMAS_DIR = DETECTIONS_DIR / "schemas"
 RULE_SCHEMA_PATH = DETECTIONS_DIR / "rule.schema.json"
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
-# Target fields an action may map beyond its required ones (see remediation/request.py).
+# Target fields an action may map beyond its required ones (see core/request.py).
 _OPTIONAL_TARGETS: dict[str, tuple[str, ...]] = {
     **{a: ("internet_message_id", "recipient_object_id") for a in EMAIL_ACTIONS},
     "disable_connector": ("connector_type",),

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from responder.graph import is_loopback
+from core.graph import is_loopback
 
 EXCHANGE_BASE_URL = "https://outlook.office365.com/adminapi/beta"
 EXCHANGE_SCOPE = "https://outlook.office365.com/.default"

@@ -33,10 +33,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.request import ACCOUNT_ACTIONS, EMAIL_ACTIONS
+from core.settings import Settings
+from core.tenant import TenantConfig
 from detections.catalog import Rule
 from detections.params import ParamError, resolve_params
-from remediation.request import ACCOUNT_ACTIONS, EMAIL_ACTIONS
-from responder.config import Settings, TenantConfig
 
 KINDS = ("execute", "dry_run", "hold", "skip")
 _STRICTNESS = {"auto": 0, "approval": 1, "dry_run": 2}

@@ -1,4 +1,4 @@
-"""Turn the worker's reports into Teams cards (responder/notify) and send them through a notifier.
+"""Turn the worker's reports into Teams cards (notifications) and send them through a notifier.
 
 The worker only produces ``Report`` objects and calls a hook; this module is the default hook when
 a notifier (anything with ``async send(card) -> bool``) is given. One card per report: the worker
@@ -12,8 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from responder.notify.cards import approval_card, failure_card
-from responder.notify.reports import FailureReport
+from notifications.cards import approval_card, failure_card
+from notifications.reports import FailureReport
 
 log = logging.getLogger(__name__)
 

@@ -53,11 +53,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from core.request import EMAIL_ACTIONS, RequestInvalid, make_request, parse_message, validate_request
+from core.settings import Settings
+from core.tenant import TenantConfig
 from detections.catalog import Rule
 from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 from remediation.rails import CONNECTOR_ACTIONS, Decision, decide
-from remediation.request import EMAIL_ACTIONS, RequestInvalid, make_request, parse_message, validate_request
 from remediation.verify import (
     MAX_IDS_PER_QUERY,
     classify,
@@ -66,7 +68,6 @@ from remediation.verify import (
     verification_query,
     verification_timespan,
 )
-from responder.config import Settings, TenantConfig
 
 if TYPE_CHECKING:
     from remediation.actions import ActionResult

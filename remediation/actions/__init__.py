@@ -17,7 +17,7 @@ EMAIL_STRATEGIES = ("defender", "mailbox")
 
 def get_action(action: str, email_strategy: str = "defender") -> Action:
     """The implementation of ``action``; ValueError names what is wrong with an unknown one."""
-    from remediation.request import ACCOUNT_ACTIONS, EMAIL_ACTIONS
+    from core.request import ACCOUNT_ACTIONS, EMAIL_ACTIONS
 
     if action in EMAIL_ACTIONS:
         if email_strategy == "defender":

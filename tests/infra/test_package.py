@@ -34,7 +34,7 @@ CLUTTER = {
     ".ci/run": "make test\n",
 }
 NEVER = (".azure/", "demo-output/", ".ci/", "tests/", "docs/", "infra/", "node_modules/", ".venv/", "out/",
-         "responder/testing/", "responder/sample/", "responder/bench/", "local.settings")
+         "devtools/", "devtools/sample/", "devtools/bench/", "local.settings")
 
 
 def tracked_files() -> list[str]:
@@ -141,7 +141,7 @@ INDEX = """
 import importlib.util, json, sys
 import function_app
 fns = function_app.app.get_functions()
-dev = [m for m in ("responder.testing", "responder.sample", "responder.bench", "responder.demo",
+dev = [m for m in ("devtools", "devtools.sample", "responder.bench", "devtools.demo",
                    "responder.cli") if importlib.util.find_spec(m) is not None]
 print(json.dumps({"functions": sorted(f.get_function_name() for f in fns), "dev": dev,
                   "from": function_app.__file__}))

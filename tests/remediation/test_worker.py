@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
+from core.graph import make_graph_client
+from core.settings import Settings
+from core.tenant import TenantConfig
+from devtools.fakegraph import FakeGraph
 from remediation.exchange import ExchangeClient
 from remediation.ledger import Ledger
 from remediation.worker import Report, TransientFailure, Worker, WorkerError
-from responder.config import Settings, TenantConfig
-from responder.graph import make_graph_client
-from responder.testing.fakegraph import FakeGraph
 from tests.remediation.factories import (
     PROTECTED,
     T0,

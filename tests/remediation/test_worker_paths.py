@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from core.settings import Settings
+from core.tenant import TenantConfig
 from detections.backends.local import LocalBackend, parse_datetime
 from remediation.ledger import INVALID, Ledger
 from remediation.worker import Report, TransientFailure, Worker, WorkerError
-from responder.config import Settings, TenantConfig
 from tests.remediation.factories import (
     PROTECTED,
     T0,

@@ -1,2 +1,0 @@
-"""Tell on-call in Teams: Adaptive Card builders (``cards``), their inputs (``reports``), and senders
-(``teams``: Workflows webhook, file, memory, null). ``render`` draws cards in headless Chromium."""
