@@ -15,14 +15,13 @@ import logging
 import random
 import threading
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import httpx
 
+from core.retry_after import parse_retry_after
 from core.settings import ConfigError, Settings
 from notifications.elements import card_kind
 from notifications.message import MAX_MESSAGE_BYTES, serialize, to_workflows_message
@@ -101,21 +100,7 @@ def _validate_url(url: str) -> None:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("Retry-After")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        return max(float(raw), 0.0)
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
+    return parse_retry_after(response.headers.get("Retry-After"))
 
 
 class TeamsWebhookNotifier:
