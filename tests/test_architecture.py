@@ -132,7 +132,7 @@ def test_the_checker_catches_edges_hidden_anywhere_in_a_module(tmp_path: Path) -
         "core/settings.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                             "    from detections.catalog import Rule\n",
         "detections/__init__.py": "",
-        "detections/scan.py": "def run():\n    import remediation.request\n",
+        "detections/scan.py": "def run():\n    import remediation.worker\n",
         "detections/backends/__init__.py": "from ...responder import cli\n",
         "remediation/__init__.py": "",
         "remediation/reporting.py": "class R:\n    def f(self):\n        try:\n"
@@ -147,7 +147,7 @@ def test_the_checker_catches_edges_hidden_anywhere_in_a_module(tmp_path: Path) -
     assert got == [
         ("core/settings.py:3", "detections.catalog"),                  # under TYPE_CHECKING
         ("detections/backends/__init__.py:1", "responder"),             # relative, two levels up
-        ("detections/scan.py:2", "remediation.request"),                # inside a function
+        ("detections/scan.py:2", "remediation.worker"),                 # inside a function
         ("devtools/__init__.py:1", "responder"),                        # dev tools never use the CLI
         ("function_app.py:2", "notifications"),                         # the entry point wires app only
         ("notifications/__init__.py:2", "app.runtime"),                 # importlib with a literal
