@@ -1,4 +1,4 @@
-"""Azure Functions (Python v2 model) wiring: triggers and bindings only; the work is in responder.app.
+"""Azure Functions (Python v2 model) wiring: triggers and bindings only; the work is in app.
 
 Configuration is read and validated here, at import, once: a missing or wrong setting stops the app
 from starting, with the setting's name in the error. See docs/function-app.md.
@@ -10,10 +10,10 @@ import typing
 
 import azure.functions as func
 
-from responder.app import handlers
-from responder.app.bootstrap import load
-from responder.app.runtime import Runtime
-from responder.app.schedules import TimerSpec
+from app import handlers
+from app.bootstrap import load
+from app.runtime import Runtime
+from app.schedules import TimerSpec
 
 QUEUE = "%RESPONDER_REQUESTS_QUEUE%"
 POISON_QUEUE = "%RESPONDER_REQUESTS_QUEUE%-poison"

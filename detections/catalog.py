@@ -19,8 +19,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from core.request import EMAIL_ACTIONS, OPTIONAL_TARGET_FIELDS, TARGET_FIELDS
 from detections.params import ParamError, coerce, kql_timespan, parse_timespan
-from remediation.request import EMAIL_ACTIONS, OPTIONAL_TARGET_FIELDS, TARGET_FIELDS
 
 DETECTIONS_DIR = Path(__file__).resolve().parent
 RULES_DIR = DETECTIONS_DIR / "rules"

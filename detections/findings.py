@@ -12,8 +12,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+from core.request import TARGET_FIELDS, RequestInvalid, make_request
 from detections.catalog import ActionSpec, Rule
-from remediation.request import TARGET_FIELDS, RequestInvalid, make_request
 
 
 @dataclass

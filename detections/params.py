@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+from core.tenant import TenantConfig
+
+if TYPE_CHECKING:  # catalog imports this module (rule loading coerces parameter values)
     from detections.catalog import ParamSpec, Rule
-    from responder.config import TenantConfig
 
 PARAM_TYPES = ("int", "bool", "string", "string_list", "timespan")
 

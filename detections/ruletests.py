@@ -17,10 +17,11 @@ from typing import Any
 
 import jsonschema
 
+from core.request import ACTIONS, TARGET_FIELDS
+from core.tenant import TenantConfig
 from detections.catalog import DETECTIONS_DIR, Rule, RuleError, load_yaml, schema_error
 from detections.params import ParamError
 from detections.platforms import platforms_for, sentinel_rows
-from remediation.request import ACTIONS, TARGET_FIELDS
 
 TESTS_SCHEMA_PATH = DETECTIONS_DIR / "rule-tests.schema.json"
 
@@ -201,7 +202,6 @@ async def _run_on(tests: RuleTests, case: Case, platform: str) -> CaseResult:
     # Imported here: the local engine (duckdb) is a development dependency, not needed to load rules.
     from detections.backends.local import LocalBackend, TableError
     from detections.scan import scan
-    from responder.config import TenantConfig
 
     rule = tests.rule
     result = CaseResult(rule=rule.slug, case=case.name, kind=case.kind, passed=False)

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.tenant import TenantConfig
 from detections.backends.base import BackendError, QueryBackend
 from detections.catalog import Rule
 from detections.findings import effective_mode, requests_from_rows
 from detections.params import ParamError, bind_query, check_param_names, resolve_params
-from responder.config import TenantConfig
 
 
 @dataclass

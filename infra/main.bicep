@@ -131,7 +131,7 @@ var functionAppName = 'func-xdr-${resourceToken}'
 var deploymentContainerName = 'app-package-${resourceToken}'
 var teamsWebhookSecretName = 'teams-webhook-url'
 
-// Names the code defaults to (APP_SETTINGS in responder/config.py); the app is told them anyway.
+// Names the code defaults to (APP_SETTINGS in core/settings.py); the app is told them anyway.
 var requestsQueueName = 'remediation-requests'
 var ledgerTableName = 'ledger'
 

@@ -12,13 +12,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from core.request import make_request
+from core.settings import Settings
+from core.tenant import TenantConfig
 from detections.catalog import Rule
 from remediation.actions.registry import Registry, default_registry
 from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 from remediation.rails import Decision, decide
-from remediation.request import make_request
-from responder.config import Settings, TenantConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import httpx
 
-from responder.graph import is_loopback
+from core.graph import is_loopback
+from core.retry_after import parse_retry_after
 
 EXCHANGE_BASE_URL = "https://outlook.office365.com/adminapi/beta"
 EXCHANGE_SCOPE = "https://outlook.office365.com/.default"
@@ -187,8 +188,6 @@ def _ci(obj: dict[str, Any], name: str) -> Any:
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
-    from remediation.actions.errors import parse_retry_after
-
     return parse_retry_after(resp.headers.get("retry-after"))
 
 

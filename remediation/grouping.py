@@ -15,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 
+from core.request import RequestInvalid
+from core.settings import Settings
+from core.tenant import TenantConfig
 from detections.catalog import Rule
 from remediation.actions.registry import Registry, default_registry
 from remediation.claims import Claimed, claim
 from remediation.ledger import Ledger
 from remediation.rails import decide
-from remediation.request import RequestInvalid
-from responder.config import Settings, TenantConfig
 
 # Most requests submitted together (Defender takes many per call; one bounded group keeps a single
 # failure from touching a whole campaign).

@@ -33,10 +33,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.settings import Settings
+from core.tenant import TenantConfig
 from detections.catalog import Rule
 from detections.params import ParamError, resolve_params
 from remediation.actions.registry import Registry, default_registry
-from responder.config import Settings, TenantConfig
 
 KINDS = ("execute", "dry_run", "hold", "skip")
 _STRICTNESS = {"auto": 0, "approval": 1, "dry_run": 2}

@@ -2,7 +2,7 @@
 
 The worker produces ``Report`` objects (failures, holds, scope surprises, poison messages) and hands them
 to an ``OutcomeReporter``: the function app and the command line wire in the Teams cards
-(responder/notify/reporter.py), tests a list. Remediation never imports the notifications side.
+(notifications/reporter.py), tests a list. Remediation never imports the notifications side.
 
 ``ReportQueue`` is the worker's outbox: it merges the reports of one flush per (kind, rule, run), tells
 on-call of a given (kind, rule, run) once across deliveries (a ``claim_once`` marker in the ledger, since

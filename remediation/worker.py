@@ -40,6 +40,9 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from core.request import RequestInvalid
+from core.settings import Settings
+from core.tenant import TenantConfig
 from detections.catalog import Rule
 from remediation.actions.base import ActionContext
 from remediation.actions.registry import Registry, default_registry
@@ -51,9 +54,7 @@ from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 from remediation.rails import Decision, decide
 from remediation.reporting import HookReporter, OutcomeReporter, Report, ReportQueue
-from remediation.request import RequestInvalid
 from remediation.verify import verify_submitted
-from responder.config import Settings, TenantConfig
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from responder.testing.azurite import Azurite, running_azurite
+from devtools.azurite import Azurite, running_azurite
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from core.settings import Settings
 from detections.backends.base import BackendError, QueryBackend, QueryResult, TableError
-
-if TYPE_CHECKING:
-    from responder.config import Settings
 
 __all__ = ["BackendError", "QueryBackend", "QueryResult", "TableError", "make_backend"]
 
@@ -40,7 +38,7 @@ def make_backend(settings: Settings | None = None, *, credential: Any = None,
         from detections.backends.defender import DefenderBackend
 
         if graph_client is None:
-            from responder.graph import make_graph_client
+            from core.graph import make_graph_client
 
             graph_client = make_graph_client(base_url=settings.graph_base_url, credential=credential)
         return DefenderBackend(graph_client)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -33,6 +32,7 @@ from kiota_abstractions.method import Method
 from kiota_abstractions.request_information import RequestInformation
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
+from core.retry_after import parse_retry_after
 from detections.backends.base import BackendError, QueryResult
 from detections.backends.values import normalise_rows
 
@@ -56,20 +56,7 @@ def iso_duration(span: timedelta) -> str:
 
 
 def _retry_after(headers: Any) -> float | None:
-    value = headers.get("retry-after") if headers is not None else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        from datetime import UTC, datetime
-
-        when = parsedate_to_datetime(value)
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
+    return parse_retry_after(headers.get("retry-after") if headers is not None else None)
 
 
 def parse_response(body: bytes) -> QueryResult:

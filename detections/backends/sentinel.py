@@ -27,6 +27,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.monitor.query import LogsQueryPartialResult
 
+from core.retry_after import parse_retry_after
 from detections.backends.base import BackendError, QueryResult
 from detections.backends.values import normalise_rows
 from detections.platforms import for_platform
@@ -34,11 +35,7 @@ from detections.platforms import for_platform
 
 def _retry_after(err: HttpResponseError) -> float | None:
     resp = getattr(err, "response", None)
-    value = resp.headers.get("Retry-After") if resp is not None else None
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
+    return parse_retry_after(resp.headers.get("Retry-After") if resp is not None else None)
 
 
 def _table(tables: list[Any] | None) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:

@@ -1,5 +1,5 @@
 // The function app: Flex Consumption (FC1), Python 3.11, running as the user-assigned identity.
-// Every app setting the code reads (APP_SETTINGS in responder/config.py, source "bicep") is set here,
+// Every app setting the code reads (APP_SETTINGS in core/settings.py, source "bicep") is set here,
 // under the same name; tests/infra checks that against the table.
 param name string
 param planName string
@@ -122,7 +122,7 @@ var settings = {
   // Telemetry with Entra authentication (local auth is disabled on the component).
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-  // The app's own settings (responder/config.py APP_SETTINGS).
+  // The app's own settings (core/settings.py APP_SETTINGS).
   AZURE_CLIENT_ID: identityClientId
   RESPONDER_TENANT_ID: tenant().tenantId
   RESPONDER_BACKEND: queryBackend

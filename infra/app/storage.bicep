@@ -61,7 +61,7 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     }
 
     // The re-scan quota (POST /api/scan) has a table of its own, named like the code does it
-    // (responder/app/runtime.py quota_table: the ledger's name + 'quota', at most 63 characters).
+    // (app/runtime.py quota_table: the ledger's name + 'quota', at most 63 characters).
     resource quotaTable 'tables' = {
       name: take('${ledgerTableName}quota', 63)
     }

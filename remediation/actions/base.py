@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from responder.config import Settings, TenantConfig
+from core.settings import Settings
+from core.tenant import TenantConfig
 
 if TYPE_CHECKING:
     from msgraph import GraphServiceClient

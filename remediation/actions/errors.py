@@ -8,13 +8,12 @@ user or message): retrying cannot help, so the reason is recorded and on-call is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 from kiota_abstractions.api_error import APIError
 
+from core.retry_after import parse_retry_after
 from remediation.actions.base import ActionResult
 
 SLOTS_BUSY_RETRY = 10.0   # seconds: how long a worker waits before retrying a mailbox that stayed busy
@@ -34,24 +33,6 @@ class Failure:
 
 def is_transient_status(status: int | None) -> bool:
     return status is None or status == 429 or status == 408 or status >= 500
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Retry-After is seconds or an HTTP date; anything else is ignored (no hint)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _header(headers: Any, name: str) -> str | None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from core.request import CONTRACT, Contract
 from remediation.actions.base import Action
-from remediation.request import CONTRACT, Contract
 
 FAMILIES = ("email", "account", "connector", "notify")
 # Modules of this package that hold shared code, not declarations (skipped by discovery, saving imports).
@@ -100,7 +100,7 @@ class Registry:
 
     def contract(self) -> Contract:
         """The request contract's validation with this registry's actions and target fields (the
-        contract's own, ``remediation.request.CONTRACT``, when they are the same)."""
+        contract's own, ``core.request.CONTRACT``, when they are the same)."""
         if self._contract is None:
             fields = self.target_fields()
             self._contract = CONTRACT if fields == CONTRACT.target_fields else Contract(fields)

@@ -7,11 +7,11 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from core.request import RequestInvalid
+from core.settings import ConfigError
 from detections.backends.base import TableError
 from detections.catalog import RuleError
 from detections.params import ParamError
-from remediation.request import RequestInvalid
-from responder.config import ConfigError
 
 if TYPE_CHECKING:
     from rich.console import Console

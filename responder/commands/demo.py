@@ -1,4 +1,4 @@
-"""``python -m responder demo``: run the whole pipeline on the embedded sample tenant (responder/demo.py)."""
+"""``python -m responder demo``: run the whole pipeline on the embedded sample tenant (devtools/demo.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from responder.sample import DEFAULT_SEED, SIZES
+from devtools.sample import DEFAULT_SEED, SIZES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,9 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from devtools.demo import DemoOptions, run_demo
+    from devtools.demo_summary import print_summary, summarize
     from responder.commands import console as rich_console
-    from responder.demo import DemoOptions, run_demo
-    from responder.demo_summary import print_summary, summarize
 
     output = args.output
     for sub in ("tenant", "cards"):  # a re-run starts from a fresh tenant and writes only its own cards

@@ -23,11 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.settings import Settings
+from core.tenant import load_tenant_config
 from detections.catalog import load_catalog
 from remediation.ledger import Ledger, Record
 from remediation.outcome import STATES, Outcome
 from responder.commands import UsageError, cli_credential
-from responder.config import Settings, load_tenant_config
 
 STORAGE_ENV = "RESPONDER_STORAGE_CONNECTION"
 
@@ -97,9 +98,9 @@ def open_ledger(args: argparse.Namespace, settings: Settings) -> Ledger:
 @contextlib.asynccontextmanager
 async def open_worker(args: argparse.Namespace, settings: Settings, ledger: Ledger) -> AsyncIterator[Any]:
     """A Worker with Graph and Exchange clients built inside the running loop."""
+    from core.graph import is_loopback, make_graph_client
     from remediation.exchange import make_exchange_client
     from remediation.worker import Worker
-    from responder.graph import is_loopback, make_graph_client
 
     tenant = load_tenant_config(args.config.resolve() if args.config else settings.tenant_config_path,
                                 settings.params_json)
@@ -165,7 +166,7 @@ def number_batch(bodies: list[str], run_id: str) -> list[str]:
     numbered per rule and action, so the per-run cap applies to them as to a scan's requests (the
     rails hold a request with no run: remediation/rails.py). Invalid bodies (recorded as written),
     and requests that carry a run already (``scan --json`` output), are passed on unchanged."""
-    from remediation.request import RequestInvalid, validate_request
+    from core.request import RequestInvalid, validate_request
 
     parsed: list[dict[str, Any] | None] = []
     for body in bodies:

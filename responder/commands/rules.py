@@ -92,9 +92,9 @@ def run_test(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from core.tenant import TenantConfig, load_tenant_config
     from detections.export import bound_query, sentinel_yaml
     from responder.commands.scan import parse_overrides
-    from responder.config import TenantConfig, load_tenant_config
 
     if args.format == "sentinel-yaml" and args.platform not in (None, "sentinel"):
         raise UsageError("--format sentinel-yaml writes the Sentinel form of the query; drop --platform "

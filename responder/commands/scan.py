@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.settings import Settings
+from core.tenant import TenantConfig, load_tenant_config
 from detections.catalog import Catalog, Rule, load_catalog
 from detections.params import check_param_names
 from detections.scan import RuleRun, resolve_all, scan
 from responder.commands import UsageError, check_token, cli_credential
-from responder.config import Settings, TenantConfig, load_tenant_config
 
 LOGS_SCOPE = "https://api.loganalytics.io/.default"
 
@@ -124,7 +125,7 @@ async def _scan(args: argparse.Namespace, settings: Settings, rules: list[Rule],
         backend = make_backend(tables_dir=args.tables, now=now)
         return await scan(rules, backend, tenant=tenant, overrides=overrides, now=now,
                           dry_run=settings.dry_run)
-    from responder.graph import is_loopback  # imports msgraph: only when a service is queried
+    from core.graph import is_loopback  # imports msgraph: only when a service is queried
 
     if settings.backend == "defender" and is_loopback(settings.graph_base_url):
         # The fake Graph (or another local stand-in): no token is sent, so no credential is built.

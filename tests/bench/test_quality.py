@@ -15,9 +15,9 @@ import yaml
 from detections.backends.local import LocalBackend
 from detections.catalog import RuleError, load_catalog
 from detections.ruletests import load_tests
-from responder.bench import __main__ as bench_main
-from responder.bench import quality
-from responder.bench.report import render
+from devtools.bench import __main__ as bench_main
+from devtools.bench import quality
+from devtools.bench.report import render
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 SLUG = "consumer-sender-to-shared-mailboxes"

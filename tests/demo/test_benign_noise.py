@@ -1,4 +1,4 @@
-"""The sample tenant's benign look-alikes (responder/sample/benign.py), each with the shape issue 11 names.
+"""The sample tenant's benign look-alikes (devtools/sample/benign.py), each with the shape issue 11 names.
 
 Shapes are checked on the written tables, so what the rules read is what is tested."""
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from responder.sample import generate
-from responder.sample.benign import CLASSES, ESP_CONNECTOR
-from responder.sample.truth import LOGON_RULE
+from devtools.sample import generate
+from devtools.sample.benign import CLASSES, ESP_CONNECTOR
+from devtools.sample.truth import LOGON_RULE
 
 FILE_SHARE = re.compile(r"dropbox|drive\.google|we\.tl")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from detections.backends.local import LocalBackend
-from responder.sample import SAMPLE_NOW, generate
-from responder.sample.bulkload import bulk_load
+from devtools.sample import SAMPLE_NOW, generate
+from devtools.sample.bulkload import bulk_load
 
 
 def dump(backend: LocalBackend, table: str) -> list[tuple[Any, ...]]:
@@ -39,7 +39,7 @@ def test_bulk_load_matches_the_local_backend(tmp_path: Path) -> None:
 def test_bulk_loaded_missing_strings_are_empty_and_live_tables_list_only_real_names(tmp_path: Path) -> None:
     # Kusto has no null string (detections/backends/kustonulls.py): the bulk loader stores "" like the
     # row loader, and the fake Exchange's connector list and directory skip "" as they skipped null.
-    from responder.sample.live import LiveTables
+    from devtools.sample.live import LiveTables
 
     (tmp_path / "EmailEvents.jsonl").write_text(
         json.dumps({"NetworkMessageId": "m1", "Connectors": "Relay A"})

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from responder.config import ROOT
+from core.settings import ROOT
 
 
 def run_demo(out: Path, *extra: str) -> tuple[dict[str, Any], str]:

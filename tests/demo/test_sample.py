@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from detections.catalog import SCHEMAS_DIR
-from responder.sample import SAMPLE_NOW, generate
-from responder.sample.attacks import MALICIOUS_CONNECTOR
-from responder.sample.model import NEWSLETTER_CONNECTOR, PARTNER_CONNECTOR
-from responder.sample.truth import CHAIN_RULE, CONNECTOR_CHANGE_RULE, CONSUMER_RULE, LOGON_RULE
+from devtools.sample import SAMPLE_NOW, generate
+from devtools.sample.attacks import MALICIOUS_CONNECTOR
+from devtools.sample.model import NEWSLETTER_CONNECTOR, PARTNER_CONNECTOR
+from devtools.sample.truth import CHAIN_RULE, CONNECTOR_CHANGE_RULE, CONSUMER_RULE, LOGON_RULE
 
 TABLES = ("EmailEvents", "EmailUrlInfo", "EmailAttachmentInfo", "CloudAppEvents", "IdentityLogonEvents")
 
@@ -104,7 +104,7 @@ def test_consumer_senders_writing_to_one_shared_mailbox_are_common(email: list, 
     single = [s for s, b in boxes.items() if len(b) == 1]
     assert len(single) >= 20
     # Only the planted campaign senders reach more than two distinct protected mailboxes; chatty
-    # customers (responder/sample/benign.py) send more than two copies, but to one mailbox.
+    # customers (devtools/sample/benign.py) send more than two copies, but to one mailbox.
     assert {s for s, b in boxes.items() if len(b) > 2} == {
         "recruiting.desk.eu@gmail.com",
         "d.okafor.orders@outlook.com",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from responder.sample.scoring import score, totals
+from devtools.sample.scoring import score, totals
 
 TRUTH: dict[str, Any] = {
     "rules": {

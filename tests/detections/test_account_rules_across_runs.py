@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from core.tenant import TenantConfig
 from detections.backends.local import LocalBackend, parse_datetime
 from detections.catalog import load_catalog
 from detections.ruletests import Case, load_tests
 from detections.scan import scan
-from responder.config import TenantConfig
 
 CASES = [
     ("admin-logon-failures-then-success", "rotation: four failures from four IPs"),

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from core.graph import make_graph_client
 from detections.backends.base import BackendError, QueryResult
 from detections.backends.defender import DefenderBackend, iso_duration
-from responder.graph import make_graph_client
-from responder.testing.fakegraph import FakeGraph, GraphFault
+from devtools.fakegraph import FakeGraph, GraphFault
 
 ROW = {"Timestamp": "2026-11-20T11:50:00Z", "NetworkMessageId": "0c2c7bd4-9a5e-4d1b-a2a5-08dc18c52e6d",
        "Subject": "10:30", "RecipientEmailAddress": "support@contoso.com", "AttachmentCount": 0,

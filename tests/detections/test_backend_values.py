@@ -15,17 +15,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.monitor.query.aio import LogsQueryClient
 
+from core.graph import make_graph_client
 from detections.backends.base import QueryResult
 from detections.backends.defender import MAX_ROWS, DefenderBackend
 from detections.backends.sentinel import SentinelBackend
 from detections.backends.values import datetime_value, dynamic_value
 from detections.catalog import load_rule
 from detections.findings import requests_from_rows
-from responder.graph import make_graph_client
-from responder.notify.card_approval import approval_card
-from responder.notify.card_scan import scan_card
-from responder.notify.reports import RunReport
-from responder.testing.fakegraph import FakeGraph
+from devtools.fakegraph import FakeGraph
+from notifications.card_approval import approval_card
+from notifications.card_scan import scan_card
+from notifications.reports import RunReport
 from tests.detections.helpers import write_rule
 from tests.detections.test_backend_sentinel import WORKSPACE, Credential, FakeLogAnalytics, LoopbackHeaders
 from tests.notify.test_cards import all_text

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from detections.backends import make_backend
 from detections.backends.local import LocalBackend
-from responder.config import Settings
 
 
 def test_tables_dir_selects_the_local_engine(tmp_path: Path) -> None:

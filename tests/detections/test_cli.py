@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from remediation.request import validate_request
+from core.request import validate_request
 from responder.cli import main
 from tests.detections.helpers import MODEL, write_rule
 
@@ -277,7 +277,7 @@ def test_disabled_rules_run_only_when_named(tables: Path, tmp_path: Path, capsys
 
 def test_scan_against_a_loopback_fake_graph_needs_no_credential(monkeypatch: pytest.MonkeyPatch,
                                                                 capsys) -> None:
-    from responder.testing.fakegraph import FakeGraph
+    from devtools.fakegraph import FakeGraph
 
     # Nothing to sign in with: a credential would fail to get a token, so none may be built.
     for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "IDENTITY_ENDPOINT"):

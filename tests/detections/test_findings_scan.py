@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from core.request import validate_request
+from core.tenant import TenantConfig
 from detections.backends.local import LocalBackend
 from detections.catalog import Rule, load_rule
 from detections.findings import json_safe, requests_from_rows, trim_evidence
 from detections.scan import scan
-from remediation.request import validate_request
-from responder.config import TenantConfig
 from tests.detections.helpers import write_rule
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -126,7 +126,7 @@ def test_when_targets_evidence_dedup_and_problems(tmp_path: Path) -> None:
         validate_request(json.loads(json.dumps(r)))
         assert r["severity"] == "Medium" and r["rule_name"] == run.rule.name
         assert r["detected_at"] == "2026-11-20T12:00:00Z"
-    # Pinned by hand from the documented recipe (remediation/request.py): the first 32 hex digits of
+    # Pinned by hand from the documented recipe (core/request.py): the first 32 hex digits of
     # sha256 of the compact JSON [rule, action, {identifying target fields, case-folded}], sorted keys;
     # internet_message_id is not an identifying field. A change of the dedup key must fail here.
     #   ["staged","soft_delete",{"network_message_id":"m1","recipient":"a@contoso.com"}]

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core.tenant import TenantConfig
 from detections.backends.local import LocalBackend
 from detections.catalog import load_catalog
 from detections.freemail import QUERY_TEXT_BUDGET, default_sender_domains, package_domains
 from detections.params import bind_query, kql_literal, resolve_params
 from detections.scan import scan
-from responder.config import TenantConfig
 
 MAIL_RULES = ("consumer-sender-to-shared-mailboxes", "consumer-reply-chain-file-link")
 PROTECTED = ["support@contoso.com", "sales@contoso.com", "info@contoso.com"]

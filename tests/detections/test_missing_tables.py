@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from core.tenant import TenantConfig
 from detections.backends.local import LocalBackend, referenced_tables
 from detections.catalog import load_catalog
 from detections.scan import scan
 from responder.cli import main
-from responder.config import TenantConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import ConfigError
+from core.tenant import DEFAULT_TENANT_CONFIG, TenantConfig, load_tenant_config
 from detections.backends.local import LocalBackend
 from detections.catalog import load_catalog
 from detections.kqlcheck import check_queries
@@ -23,7 +25,6 @@ from detections.params import (
     parse_timespan,
     resolve_params,
 )
-from responder.config import DEFAULT_TENANT_CONFIG, ConfigError, TenantConfig, load_tenant_config
 from tests.detections.helpers import MODEL
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -280,7 +281,7 @@ def test_an_explicit_tenant_config_path_that_does_not_exist_is_an_error(tmp_path
 
 def test_only_the_default_tenant_config_name_may_be_absent(monkeypatch: pytest.MonkeyPatch,
                                                           tmp_path: Path) -> None:
-    monkeypatch.setattr("responder.config.ROOT", tmp_path)   # an app root without tenant.yaml
+    monkeypatch.setattr("core.settings.ROOT", tmp_path)   # an app root without tenant.yaml
     assert load_tenant_config(DEFAULT_TENANT_CONFIG) == TenantConfig()
     assert load_tenant_config(None) == TenantConfig()
     (tmp_path / "tenant.yaml").write_text("allowlist:\n  senders: [a@contoso.com]\n", encoding="utf-8")

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from core.tenant import TenantConfig
 from detections.catalog import RULES_DIR, Rule, RuleError, load_catalog, load_rule
 from detections.export import SENTINEL_KEY_ORDER, bound_query, sentinel_yaml
 from detections.kqlcheck import check_queries, sample_values, table_schemas
@@ -22,7 +23,6 @@ from detections.params import bind_query, resolve_params
 from detections.platforms import SENTINEL_EMAILEVENTS_VIEW, for_platform, reads_emailevents
 from detections.scan import triggered
 from responder.cli import main
-from responder.config import TenantConfig
 from tests.detections.helpers import MODEL, write_rule
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sentinel-rules"
@@ -379,7 +379,7 @@ def test_sentinel_yaml_round_trips(slug: str, tmp_path: Path, tenant_file: Path,
 
 
 def _tenant(path: Path) -> TenantConfig:
-    from responder.config import load_tenant_config
+    from core.tenant import load_tenant_config
     return load_tenant_config(path)
 
 

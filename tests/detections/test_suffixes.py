@@ -4,11 +4,11 @@ keeps the bound query inside Sentinel's 10,000-character limit for a rule query
 
 from __future__ import annotations
 
+from core.tenant import TenantConfig
 from detections.catalog import load_catalog
 from detections.params import bind_query, resolve_params
 from detections.platforms import for_platform
 from detections.suffixes import org_suffixes
-from responder.config import TenantConfig
 
 SLUG = "connector-sender-mismatch"
 SENTINEL_QUERY_LIMIT = 10_000

@@ -21,11 +21,11 @@ from unittest import mock
 import azure.functions as func
 import pytest
 
+from app.runtime import Runtime
 from detections.backends.base import QueryResult
-from responder.app.indexing import by_name
-from responder.app.runtime import Runtime
-from responder.notify.teams import MemoryNotifier
-from responder.testing.azurite import Azurite
+from devtools.azurite import Azurite
+from devtools.indexing import by_name
+from notifications.teams import MemoryNotifier
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 PROTECTED = ["support@contoso.com", "sales@contoso.com", "info@contoso.com"]

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from azure.functions.queue import QueueMessage
 
-from remediation.request import make_request
-from responder.app.bootstrap import StorageConfig
-from responder.app.runtime import Runtime
-from responder.testing.azurite import DEV_KEY
-from responder.testing.fakegraph import FakeGraph
+from app.bootstrap import StorageConfig
+from app.runtime import Runtime
+from core.request import make_request
+from devtools.azurite import DEV_KEY
+from devtools.fakegraph import FakeGraph
 from tests.functions.conftest import NOW, PROTECTED, RULE, Env, http
 
 
@@ -170,7 +170,7 @@ WEBHOOK = "https://prod-01.westeurope.logic.azure.com/workflows/abc/triggers/man
 
 def test_notifications_off_is_warned_at_start_and_shown_by_health(make_env: Any,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="responder.app.runtime"):
+    with caplog.at_level(logging.WARNING, logger="app.runtime"):
         env = make_env(notifier="from-settings", teams_webhook_url="")
     assert any("notifications are off" in r.getMessage() and "RESPONDER_TEAMS_WEBHOOK_URL" in r.getMessage()
                for r in caplog.records)

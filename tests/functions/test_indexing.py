@@ -13,9 +13,9 @@ from azure.functions.http import HttpRequestConverter
 from azure.functions.queue import QueueMessageInConverter, QueueMessageOutConverter
 from azure.functions.timer import TimerRequestConverter
 
+from app import schedules
+from core.settings import ROOT
 from detections.catalog import load_catalog
-from responder.app import schedules
-from responder.config import ROOT
 
 QUEUE = "%RESPONDER_REQUESTS_QUEUE%"
 HTTP = {"scan": ("scan", ["POST"], "FUNCTION"), "health": ("health", ["GET"], "ANONYMOUS"),
@@ -116,7 +116,7 @@ def test_host_json_queue_settings_and_bundle() -> None:
 
 
 def test_function_app_is_thin_wiring() -> None:
-    """Every function body is one call into responder.app.handlers."""
+    """Every function body is one call into app.handlers."""
     source = (Path(ROOT) / "function_app.py").read_text(encoding="utf-8")
     bodies = [line.strip() for line in source.splitlines() if line.startswith("    ") and "await" in line]
     assert bodies and all(line.startswith(("await handlers.", "return await handlers.")) for line in bodies)

@@ -18,14 +18,14 @@ from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
+from app.schedules import function_name
 from detections.backends.local import LocalBackend
 from detections.findings import json_safe
 from detections.params import parse_timespan
-from responder.app.schedules import function_name
-from responder.notify.elements import card_kind
-from responder.notify.teams import TeamsWebhookNotifier
-from responder.testing.fakegraph import FakeGraph
-from responder.testing.webhook_sink import WebhookSink
+from devtools.fakegraph import FakeGraph
+from devtools.webhook_sink import WebhookSink
+from notifications.elements import card_kind
+from notifications.teams import TeamsWebhookNotifier
 from tests.functions.conftest import NOW, PROTECTED, RULE, Out
 
 CAMPAIGN = [(f"nm-{i}", PROTECTED[i], f"<campaign-{i}@mail.gmail.com>") for i in range(3)]

@@ -4,7 +4,7 @@ Core Tools puts the file's ``Values`` into the worker's environment, as App Serv
 settings (learn.microsoft.com/azure/azure-functions/functions-develop-local#local-settings-file).
 Core Tools cannot run here, so the example is loaded the way the host loads the app: its values as
 the whole environment, function_app imported in a fresh interpreter and indexed. The tenant config
-it names is the sample tenant that `python -m responder.testing.localgraph` writes, and the Graph URL
+it names is the sample tenant that `python -m devtools.localgraph` writes, and the Graph URL
 is that fake's.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
+from app import bootstrap, schedules
+from core.settings import ROOT
 from detections.catalog import load_catalog
-from responder.app import bootstrap, schedules
-from responder.config import ROOT
-from responder.testing import localgraph
+from devtools import localgraph
 
 EXAMPLE = json.loads((ROOT / "local.settings.example.json").read_text(encoding="utf-8"))
 VALUES: dict[str, str] = EXAMPLE["Values"]
@@ -85,7 +85,7 @@ def test_example_indexes_every_function(sample_dir: Path) -> None:
 
 @pytest.fixture
 def running_localgraph(sample_dir: Path) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "responder.testing.localgraph", "--dir", str(sample_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "devtools.localgraph", "--dir", str(sample_dir),
                              "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

@@ -13,12 +13,12 @@ import pytest
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
+from app import runs
+from app.schedules import function_name
+from devtools.fakegraph import FakeGraph, GraphFault
+from notifications.teams import MemoryNotifier
 from remediation.ledger import INVALID
 from remediation.worker import TransientFailure
-from responder.app import runs
-from responder.app.schedules import function_name
-from responder.notify.teams import MemoryNotifier
-from responder.testing.fakegraph import FakeGraph, GraphFault
 from tests.functions.conftest import PROTECTED, RULE, Env, Out, SpyBackend, inbox_row
 
 TIMER = function_name(RULE)

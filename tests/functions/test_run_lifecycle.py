@@ -15,11 +15,11 @@ import pytest
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
-from responder.config import TenantConfig
-from responder.notify.elements import card_kind
-from responder.notify.teams import TeamsWebhookNotifier
-from responder.testing.fakegraph import FakeGraph
-from responder.testing.webhook_sink import WebhookSink
+from core.tenant import TenantConfig
+from devtools.fakegraph import FakeGraph
+from devtools.webhook_sink import WebhookSink
+from notifications.elements import card_kind
+from notifications.teams import TeamsWebhookNotifier
 from tests.functions.conftest import PROTECTED, RULE, Env, SpyBackend, inbox_row
 from tests.functions.test_integration import email_rows, host_deliver, host_write, local_hunting
 from tests.functions.test_queue_functions import kinds, msg, run_timer

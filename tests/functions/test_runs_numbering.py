@@ -1,4 +1,4 @@
-"""The function app renumbers a run's new requests (responder/app/runs.py) per action, as the scan does."""
+"""The function app renumbers a run's new requests (app/runs.py) per action, as the scan does."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from app.runs import register_run
+from core.request import make_request
 from detections.scan import RuleRun
 from remediation.ledger import Ledger
-from remediation.request import make_request
-from responder.app.runs import register_run
 from tests.remediation.factories import make_rule
 
 pytestmark = pytest.mark.azurite

@@ -11,9 +11,9 @@ import azure.identity
 import azure.identity.aio
 import pytest
 
+from app.bootstrap import StorageConfig
+from app.runtime import Runtime
 from detections.backends.base import QueryResult
-from responder.app.bootstrap import StorageConfig
-from responder.app.runtime import Runtime
 from tests.functions.conftest import Env
 
 CLIENT_ID = "11111111-1111-1111-1111-111111111111"

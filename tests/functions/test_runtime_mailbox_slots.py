@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from azure.data.tables import TableServiceClient
 
+from app.runtime import slots_table
 from remediation.mailbox_slots import MailboxSlots
-from responder.app.runtime import slots_table
 
 pytestmark = pytest.mark.azurite
 

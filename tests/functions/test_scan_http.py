@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from app.runtime import Runtime
 from detections.catalog import load_catalog
-from responder.app.runtime import Runtime
 from tests.functions.conftest import PROTECTED, RULE, Env, Out, SpyBackend, http, inbox_row
 
 URL = "http://localhost/api/scan"

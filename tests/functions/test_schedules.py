@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from responder.app import schedules
-from responder.app.schedules import ScheduleError
+from app import schedules
+from app.schedules import ScheduleError
 
 
 def fields(expr: str) -> list[str]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from responder.app import settings_table
-from responder.config import APP_SETTINGS, ROOT
+from core.settings import APP_SETTINGS, ROOT
+from devtools import settings_table
 
 DOCS = (ROOT / "docs" / "function-app.md", ROOT / "README.md")
 
@@ -23,7 +23,7 @@ def test_doc_holds_the_current_table(doc: Path) -> None:
     text = doc.read_text(encoding="utf-8")
     assert settings_table.replace_table(text) == text, (
         f"{doc.name} is out of date: run "
-        f"python -m responder.app.settings_table --write {doc.relative_to(ROOT)}")
+        f"python -m devtools.settings_table --write {doc.relative_to(ROOT)}")
 
 
 def test_write_fills_the_markers(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from app import bootstrap, schedules
+from core.settings import ROOT, ConfigError
 from detections.catalog import load_catalog
-from responder.app import bootstrap, schedules
-from responder.config import ROOT, ConfigError
 from tests.functions.conftest import RULE, base_env
 
 STORAGE = "UseDevelopmentStorage=true"
@@ -34,7 +34,7 @@ def test_missing_required_setting_fails_start_up_naming_it(tenant_file: Path, mi
     proc = import_app(env)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("responder.config.ConfigError") and missing in last
+    assert last.startswith("core.settings.ConfigError") and missing in last
 
 
 def test_missing_storage_fails_start_up_naming_the_setting(tenant_file: Path) -> None:
@@ -171,7 +171,7 @@ import asyncio, json, logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
 import azure.functions as func
 import function_app
-from responder.app.indexing import by_name
+from devtools.indexing import by_name
 functions = by_name(function_app.app)
 req = func.HttpRequest("GET", "http://localhost/api/health", body=b"", headers={}, params={}, route_params={})
 resp = asyncio.run(functions["health"].get_user_function()(req))
@@ -202,7 +202,7 @@ def test_unresolved_key_vault_reference_turns_notifications_off_and_keeps_every_
     assert got["health"]["notifications"] is False and got["health"]["storage"] == "reachable"
     assert got["health"]["problems"] == ["app setting RESPONDER_TEAMS_WEBHOOK_URL: unresolved Key Vault "
                                          "reference"]
-    errors = [ln for ln in log.splitlines() if ln.startswith("ERROR responder.app.bootstrap")]
+    errors = [ln for ln in log.splitlines() if ln.startswith("ERROR app.bootstrap")]
     assert len(errors) == 1 and "RESPONDER_TEAMS_WEBHOOK_URL" in errors[0] and "OFF" in errors[0]
     # Neither the log nor health repeats the value (it names the vault and the secret).
     assert "kv-xdr-secretvaultname" not in log and "kv-xdr-secretvaultname" not in json.dumps(got)

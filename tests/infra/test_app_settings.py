@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from responder.config import APP_SETTINGS, AppSetting
+from core.settings import APP_SETTINGS, AppSetting
 from tests.infra import bicepmodel as bm
 
 FUNCTION = "infra/app/function.bicep"
@@ -182,7 +182,7 @@ def test_the_app_is_told_the_connector_mode_the_deployment_granted(mode: str) ->
     # All three values reach the app: with a boolean only, a manual deployment (nothing granted)
     # looked like approval to the code, and approving called Exchange without permission.
     assert _default_values(connectorActions=mode)["RESPONDER_CONNECTOR_ACTIONS"] == mode
-    from responder.config import CONNECTOR_MODES
+    from core.settings import CONNECTOR_MODES
 
     main = bm.load("infra/main.bicep")
     allowed = main.params["connectorActions"].decorator("allowed")

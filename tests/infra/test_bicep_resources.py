@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from responder.app.runtime import quota_table
-from responder.config import APP_SETTINGS
+from app.runtime import quota_table
+from core.settings import APP_SETTINGS
 from tests.infra import bicepmodel as bm
 
 MAIN = "infra/main.bicep"
@@ -95,7 +95,7 @@ def check_storage_names(file: bm.BicepFile, env: bm.Env, queue: str, ledger: str
     """Every queue and table the code uses exists in the Bicep, named as the code names it."""
     queues, tables = _queue_and_table_names(file, env)
     assert queues == {queue, f"{queue}-poison"}, queues
-    # The ledger, and the re-scan quota table the app derives from it (responder/app/runtime.py).
+    # The ledger, and the re-scan quota table the app derives from it (app/runtime.py).
     assert tables == {ledger, quota_table(ledger)}, tables
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from core.request import ACCOUNT_ACTIONS, EMAIL_ACTIONS
+from core.settings import APP_SETTINGS
 from detections.catalog import load_catalog
-from remediation.request import ACCOUNT_ACTIONS, EMAIL_ACTIONS
-from responder.config import APP_SETTINGS
 from tests.infra import bicepmodel as bm
 
 MAIN = "infra/main.bicep"

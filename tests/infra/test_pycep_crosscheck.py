@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pycep import BicepParser
 
-from responder.config import APP_SETTINGS
+from core.settings import APP_SETTINGS
 from tests.infra import bicepmodel as bm
 
 

@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
-from remediation.outcome import Outcome
-from remediation.request import make_request
-from responder.notify import examples
-from responder.notify.cards import approval_card, digest_card, failure_card, scan_card
-from responder.notify.elements import card_kind
-from responder.notify.message import (
+from core.request import make_request
+from devtools.cardrender import examples
+from notifications.cards import approval_card, digest_card, failure_card, scan_card
+from notifications.elements import card_kind
+from notifications.message import (
     MAX_MESSAGE_BYTES,
     CardTooLarge,
     fit,
@@ -20,7 +19,8 @@ from responder.notify.message import (
     to_workflows_message,
     workflows_problems,
 )
-from responder.notify.reports import DigestReport, FailureReport, RunReport
+from notifications.reports import DigestReport, FailureReport, RunReport
+from remediation.outcome import Outcome
 
 
 def walk(node: Any):
@@ -392,7 +392,7 @@ def test_action_center_link_is_percent_encoded_on_the_button() -> None:
 
 
 def test_encoding_keeps_valid_links_unchanged() -> None:
-    from responder.notify.links import encode_url
+    from notifications.links import encode_url
 
     for url in ("https://admin.exchange.microsoft.com/#/connectors",
                 "https://security.microsoft.com/v2/advanced-hunting?tid=abc",

@@ -3,9 +3,9 @@ command and then a `--done`, never "to approve" (approving runs nothing there)."
 
 from __future__ import annotations
 
+from devtools.cardrender import examples
+from notifications.cards import approval_card, scan_card
 from remediation.actions.connector import manual_command
-from responder.notify import examples
-from responder.notify.cards import approval_card, scan_card
 from tests.notify.test_cards import all_text
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from responder.config import ROOT
-from responder.notify import examples
-from responder.notify.cards import failure_card, scan_card
-from responder.notify.message import to_workflows_message
-from responder.notify.render import RenderResult, main, render_cards
+from core.settings import ROOT
+from devtools.cardrender import examples
+from devtools.cardrender.render import RenderResult, main, render_cards
+from notifications.cards import failure_card, scan_card
+from notifications.message import to_workflows_message
 
 pytestmark = [pytest.mark.browser, pytest.mark.node]
 
@@ -120,7 +120,7 @@ def test_harness_reports_what_teams_would_reject(rendered: dict[str, RenderResul
 
 @pytest.mark.parametrize("kind", ["scan", "approval", "failure", "digest"])
 def test_docs_keep_a_png_of_each_card(kind: str) -> None:
-    # Regenerate with: python -m responder.notify.render --examples docs/cards
+    # Regenerate with: python -m devtools.cardrender.render --examples docs/cards
     assert png_size(ROOT / "docs" / "cards" / f"{kind}.png")[0] == 540
 
 

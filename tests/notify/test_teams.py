@@ -13,10 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from responder.config import ConfigError, Settings
-from responder.notify import examples
-from responder.notify.cards import scan_card
-from responder.notify.teams import (
+from core.settings import ConfigError, Settings
+from devtools.cardrender import examples
+from devtools.webhook_sink import WebhookSink
+from notifications.cards import scan_card
+from notifications.teams import (
     FileNotifier,
     MemoryNotifier,
     Notifier,
@@ -24,7 +25,6 @@ from responder.notify.teams import (
     TeamsWebhookNotifier,
     notifier_from_settings,
 )
-from responder.testing.webhook_sink import WebhookSink
 
 CARD = scan_card(examples.scan_report(6))
 

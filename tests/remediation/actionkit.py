@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.graph import make_graph_client
+from core.settings import Settings
+from core.tenant import TenantConfig
+from devtools.fakegraph import FakeGraph
 from remediation.actions import ActionContext, ActionResult, get_action
 from remediation.exchange import ExchangeClient
-from responder.config import Settings, TenantConfig
-from responder.graph import make_graph_client
-from responder.testing.fakegraph import FakeGraph
 
 
 def settings_for(fake: FakeGraph, strategy: str = "defender",

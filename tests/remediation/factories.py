@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from core.request import make_request
 from detections.catalog import ActionSpec, ParamSpec, Rule
-from remediation.request import make_request
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 PROTECTED = ["support@contoso.com", "sales@contoso.com", "info@contoso.com"]

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from responder.testing.fakegraph import FakeGraph
+from devtools.fakegraph import FakeGraph
 from tests.remediation.actionkit import execute
 from tests.remediation.factories import user_request
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from devtools.fakegraph import FakeGraph
 from remediation.actions import ActionResult, get_action
 from remediation.actions.errors import parse_retry_after
-from responder.testing.fakegraph import FakeGraph
 from tests.remediation.actionkit import execute
 from tests.remediation.factories import email_request, user_request
 

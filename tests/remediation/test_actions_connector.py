@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from azure.core.credentials import AccessToken
 
+from devtools.fakegraph import FakeGraph
 from remediation.actions.connector import manual_command
 from remediation.exchange import EXCHANGE_SCOPE, ExchangeClient, make_exchange_client, render_command
-from responder.testing.fakegraph import FakeGraph
 from tests.remediation.actionkit import execute, settings_for
 from tests.remediation.factories import connector_request
 

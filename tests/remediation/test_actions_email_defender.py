@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from devtools.fakegraph import FakeGraph
 from remediation.actions.email_defender import MAX_EMAILS_PER_CALL
-from responder.testing.fakegraph import FakeGraph
 from tests.remediation.actionkit import execute
 from tests.remediation.factories import email_request
 

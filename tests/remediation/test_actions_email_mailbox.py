@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from core.graph import make_graph_client
+from core.tenant import TenantConfig
+from devtools.fakegraph import FakeGraph, folder_id
 from remediation.actions import ActionContext, ActionResult, get_action
 from remediation.actions.email_mailbox import MAX_IN_FLIGHT
-from responder.config import TenantConfig
-from responder.graph import make_graph_client
-from responder.testing.fakegraph import FakeGraph, folder_id
 from tests.remediation.actionkit import execute, settings_for
 from tests.remediation.factories import email_request
 
@@ -327,7 +327,7 @@ def test_without_an_object_id_the_address_is_used_and_a_non_upn_address_is_not_f
 
 
 def test_a_recipient_object_id_that_is_not_a_guid_is_refused_naming_the_field() -> None:
-    from remediation.request import RequestInvalid, make_request
+    from core.request import RequestInvalid, make_request
     from tests.remediation.factories import T0
 
     with pytest.raises(RequestInvalid, match="target/recipient_object_id"):

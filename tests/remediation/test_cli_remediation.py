@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from core.request import make_request
+from devtools.fakegraph import FakeGraph
 from remediation.ledger import INVALID, Ledger
-from remediation.request import make_request
 from responder.cli import main
-from responder.testing.fakegraph import FakeGraph
 
 pytestmark = pytest.mark.azurite
 

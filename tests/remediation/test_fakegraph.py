@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from responder.testing.fakegraph import FakeGraph, GraphFault
+from devtools.fakegraph import FakeGraph, GraphFault
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential
 
+from core.request import make_request
+from devtools.azurite import DEV_ACCOUNT, DEV_KEY, Azurite
 from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict
-from remediation.request import make_request
-from responder.testing.azurite import DEV_ACCOUNT, DEV_KEY, Azurite
 
 pytestmark = pytest.mark.azurite
 

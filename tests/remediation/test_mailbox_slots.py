@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from azure.data.tables.aio import TableClient
 
+from devtools.bench.mailbox_campaign import campaign
 from remediation.mailbox_slots import MailboxSlots, SlotsBusy
-from responder.bench.mailbox_campaign import campaign
 
 pytestmark = pytest.mark.azurite
 

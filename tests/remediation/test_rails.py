@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from core.request import make_request
+from core.settings import Settings
+from core.tenant import TenantConfig
 from detections.catalog import Rule
 from remediation.rails import decide, effective_mode
-from remediation.request import make_request
-from responder.config import Settings, TenantConfig
 from tests.remediation.factories import PROTECTED, T0, make_rule
 
 RULE = make_rule()

@@ -13,10 +13,7 @@ from typing import Any
 
 import pytest
 
-from remediation.actions import get_action
-from remediation.actions.registry import ActionDef, Registry, default_registry, discover
-from remediation.rails import decide
-from remediation.request import (
+from core.request import (
     ACCOUNT_ACTIONS,
     ACTIONS,
     EMAIL_ACTIONS,
@@ -28,9 +25,13 @@ from remediation.request import (
     utc_iso,
     validate_request,
 )
-from responder.config import Settings, TenantConfig
-from responder.notify import entities
-from responder.notify.cards import approval_card
+from core.settings import Settings
+from core.tenant import TenantConfig
+from notifications import entities
+from notifications.cards import approval_card
+from remediation.actions import get_action
+from remediation.actions.registry import ActionDef, Registry, default_registry, discover
+from remediation.rails import decide
 from tests.remediation.factories import T0, make_rule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,15 +44,15 @@ def differences(registry: Registry) -> list[str]:
     out: list[str] = []
     names = set(registry.names())
     if set(ACTIONS) != names or set(REQUEST_SCHEMA["properties"]["action"]["enum"]) != names:
-        out.append(f"remediation/request.py ACTIONS: {sorted(set(ACTIONS) ^ names)}")
+        out.append(f"core/request.py ACTIONS: {sorted(set(ACTIONS) ^ names)}")
     if set(EMAIL_ACTIONS) != set(registry.family("email")):
-        out.append("remediation/request.py EMAIL_ACTIONS")
+        out.append("core/request.py EMAIL_ACTIONS")
     if set(ACCOUNT_ACTIONS) != set(registry.family("account")):
-        out.append("remediation/request.py ACCOUNT_ACTIONS")
+        out.append("core/request.py ACCOUNT_ACTIONS")
     if registry.target_fields() != TARGET_FIELDS:
-        out.append("remediation/request.py TARGET_FIELDS")
+        out.append("core/request.py TARGET_FIELDS")
     if registry.optional_targets() != OPTIONAL_TARGET_FIELDS:
-        out.append("remediation/request.py OPTIONAL_TARGET_FIELDS")
+        out.append("core/request.py OPTIONAL_TARGET_FIELDS")
     action = json.loads(RULE_SCHEMA.read_text(encoding="utf-8"))["$defs"]["action"]["properties"]
     if set(action["action"]["enum"]) != names:
         extra = sorted(set(action["action"]["enum"]) ^ names)

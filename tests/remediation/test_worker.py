@@ -15,14 +15,15 @@ from typing import Any
 
 import pytest
 
+from core.graph import make_graph_client
+from core.settings import Settings
+from core.tenant import TenantConfig
+from devtools.fakegraph import FakeGraph
 from remediation.decisions import WorkerError
 from remediation.exchange import ExchangeClient
 from remediation.ledger import Ledger
 from remediation.reporting import Report
 from remediation.worker import TransientFailure, Worker
-from responder.config import Settings, TenantConfig
-from responder.graph import make_graph_client
-from responder.testing.fakegraph import FakeGraph
 from tests.remediation.factories import (
     PROTECTED,
     T0,
@@ -144,7 +145,7 @@ def test_account_action_runs_and_break_glass_is_never_called(h: Harness) -> None
 
 
 def test_privileged_target_is_recorded_not_retried_and_explained_on_the_card(h: Harness) -> None:
-    from responder.notify.reporter import card_for
+    from notifications.reporter import card_for
 
     admin = h.fake.users.add("ga@contoso.com", privileged_role="Global Administrator")
     req = user_request(admin.id)

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
+from core.settings import Settings
+from core.tenant import TenantConfig
 from detections.backends.local import LocalBackend, parse_datetime
+from notifications.reporter import CardReporter
 from remediation.decisions import WorkerError
 from remediation.ledger import INVALID, Ledger
 from remediation.reporting import Report
 from remediation.worker import TransientFailure, Worker
-from responder.config import Settings, TenantConfig
-from responder.notify.reporter import CardReporter
 from tests.remediation.factories import (
     PROTECTED,
     T0,

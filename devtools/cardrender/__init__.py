@@ -1,0 +1,1 @@
+"""Card rendering harness (dev only): example cards and headless-Chromium PNG rendering."""

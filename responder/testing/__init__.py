@@ -1,1 +1,0 @@
-"""Test and demo infrastructure that is real, just local: Azurite, the fake Graph, webhook sinks."""
