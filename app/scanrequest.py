@@ -115,6 +115,10 @@ def validate_scan(body: dict[str, Any], catalog: Catalog, *, enabled: list[Rule]
     for i, slug in enumerate(body.get("rules", [])):
         if slug not in catalog:
             raise BadRequest(f"rules[{i}]", f"unknown rule {slug!r} (known: {', '.join(catalog)})")
+        if catalog[slug] not in enabled:
+            # issue 13: the tenant config's switch holds for a named rule too (400, not a silent drop).
+            raise BadRequest(f"rules[{i}]", f"rule {slug!r} is disabled by the tenant config "
+                             f"(rules.{slug}.enabled: false)")
         rules.append(catalog[slug])
     if not body.get("rules"):
         rules = list(enabled)

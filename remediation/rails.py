@@ -89,6 +89,14 @@ def _decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantCon
     if rule is None:
         return Decision("skip", f"rule {request['rule']!r} is not in the catalog; scope cannot be checked",
                         notify=True)
+    # The rule file is the authority, never the message (issue 13): a rule the tenant switched off
+    # runs nothing, and an action the rule does not declare is refused whatever mode the message claims.
+    if not tenant.for_rule(rule.slug).enabled:
+        return Decision("skip", f"rule {rule.slug} is disabled by the tenant config "
+                        f"(rules.{rule.slug}.enabled: false)", notify=True)
+    undeclared = undeclared_action(request["action"], rule, restore=restore, registry=reg)
+    if undeclared:
+        return Decision("skip", undeclared, notify=True)
     out_of_scope = scope_violation(request, rule, tenant, restore=restore, registry=reg)
     if out_of_scope:
         return Decision("skip", f"out of scope: {out_of_scope}", notify=True)
@@ -144,6 +152,22 @@ def effective_mode(request: Mapping[str, Any], rule: Rule, settings: Settings, t
     if _org_wide_held(request, rule, tenant, reg):
         modes.append("approval")
     return max(modes, key=lambda m: _STRICTNESS[m])
+
+
+def undeclared_action(action: str, rule: Rule, *, restore: bool = False,
+                      registry: Registry | None = None) -> str | None:
+    """Why ``action`` is not one ``rule`` may request, or None. An undo (``restore``) may run the declared
+    inverse of an action the rule declares (move_to_inbox after move_to_junk)."""
+    declared = {a.action for a in rule.actions}
+    if action in declared:
+        return None
+    if restore:
+        reg = registry or _REGISTRY
+        inverses = {d.inverse for d in (reg.find(a) for a in declared) if d is not None and d.inverse}
+        if action in inverses:
+            return None
+    return (f"action {action} is not declared by rule {rule.slug} (it declares "
+            f"{', '.join(sorted(declared)) or 'none'}): refused whatever mode the message claims")
 
 
 def _org_wide_held(request: Mapping[str, Any], rule: Rule, tenant: TenantConfig, reg: Registry) -> bool:

@@ -160,3 +160,19 @@ def test_rescans_faster_than_the_rate_get_429_with_retry_after(make_env: Any) ->
     assert other.quota().acquire() == 3600
     # A rejected (400) request does not use up quota and is still a 400 when the quota is spent.
     assert post(env, {"rules": ["nope"]})[0] == 400
+
+
+def test_a_rule_the_tenant_disabled_is_refused_when_named(make_env: Any, fa: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 13: an explicit rule list does not run a disabled rule (400 naming it, no query run)
+    import dataclasses
+
+    from core.tenant import TenantConfig
+    config = fa.runtime.config
+    disabled = config.tenant.merged(TenantConfig.from_mapping({"rules": {RULE: {"enabled": False}}},
+                                                              source="test"))
+    monkeypatch.setattr(fa.runtime, "config", dataclasses.replace(config, tenant=disabled))
+    env = make_env(backend=SpyBackend([inbox_row("m1", PROTECTED[0])]))
+    status, doc, out, _ = post(env, {"rules": [RULE], "params": {"threshold": 0}})
+    assert (status, doc["field"]) == (400, "rules[0]") and "disabled" in doc["message"]
+    assert env.backend.queries == [] and out.value is None
