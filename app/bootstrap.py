@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from app import schedules
 from app.schedules import ScheduleError, TimerSpec
+from core import logsafe
 from core.settings import ConfigError, Settings
 from core.tenant import TenantConfig, load_tenant_config
 from detections.catalog import Catalog, RuleError, load_catalog
@@ -83,6 +84,7 @@ def storage_from_env(env: Mapping[str, str], settings: Settings) -> StorageConfi
 def load(env: Mapping[str, str] | None = None) -> AppConfig:
     """Everything the functions need, validated; ConfigError names the first problem."""
     env = os.environ if env is None else env
+    logsafe.install()   # before anything logs: caller values and URL secrets never reach a log line raw
     settings = Settings.from_env(env)
     storage = storage_from_env(env, settings)
     tenant = load_tenant_config(settings.tenant_config_path, settings.params_json)

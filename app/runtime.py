@@ -180,7 +180,7 @@ class Runtime:
         # on-call gets one message per run, not an approval card and an outcome card for the same ids.
         reporter = CardReporter(self.notifier, tenant_id=self.settings.tenant_id or None,
                                 api_base=self.config.api_base, held_cards=False,
-                                connector_actions=self.settings.connector_actions)
+                                connector_actions=self.settings.connector_actions, rules=self.config.catalog)
         yield Worker(self.settings, self.config.tenant, self.config.catalog, self.ledger(), svc.graph,
                      svc.exchange, reporter, mailbox_slots=svc.mailbox_slots, **self.worker_options)
 

@@ -39,6 +39,43 @@ OPTIONAL_TARGET_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 _nonempty = {"type": "string", "minLength": 1}
+# Bounds on every target field (issue 13): a target is what an action is sent, so it is checked for
+# size and character set before it is queued or acted on (an unbounded value once made a 263 KB queue
+# message; Azure Storage queue messages are at most 64 KiB:
+# https://learn.microsoft.com/rest/api/storageservices/put-message). No control characters, no
+# whitespace in identifiers.
+# "not pattern" rather than an anchored pattern: Python's ``$`` also matches before a final newline.
+_CONTROL = r"[\x00-\x1f\x7f-\x9f\u2028\u2029]"
+_CONTROL_OR_SPACE = r"[\x00-\x20\x7f-\x9f\u2028\u2029]"
+
+
+def _bounded(max_length: int, forbidden: str = _CONTROL) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length, "not": {"pattern": forbidden}}
+
+
+# An address (and a UPN, which has the same form) is at most 254 characters: RFC 5321 4.5.3.1.3 limits
+# the path to 256 octets including the angle brackets (RFC 3696 errata 1690).
+ADDRESS_MAX = 254
+# EmailEvents.NetworkMessageId is a GUID (36); 128 leaves room without admitting a blob.
+NETWORK_MESSAGE_ID_MAX = 128
+# A Message-ID header: RFC 5322 2.1.1 limits a line to 998 characters.
+INTERNET_MESSAGE_ID_MAX = 998
+# An Exchange connector's Name is its directory object's cn, whose schema range is 1..64
+# (https://learn.microsoft.com/windows/win32/adschema/a-cn: Range-Upper 64).
+CONNECTOR_NAME_MAX = 64
+# Any other string a rule maps into a target (extra fields): bounded too.
+EXTRA_FIELD_MAX = 1024
+# Nesting deeper than this is refused before decoding (a request is a flat object; evidence holds rows'
+# columns, where dynamic values nest a few levels): hostile depth is a clear invalid message, never a
+# RecursionError.
+MAX_DEPTH = 32
+TARGET_FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "network_message_id": _bounded(NETWORK_MESSAGE_ID_MAX, _CONTROL_OR_SPACE),
+    "recipient": _bounded(ADDRESS_MAX, _CONTROL_OR_SPACE),
+    "internet_message_id": _bounded(INTERNET_MESSAGE_ID_MAX, _CONTROL_OR_SPACE),
+    "connector": _bounded(CONNECTOR_NAME_MAX),
+    "user": _bounded(ADDRESS_MAX, _CONTROL_OR_SPACE),
+}
 OBJECT_ID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
@@ -58,17 +95,19 @@ def request_schema(target_fields: Mapping[str, tuple[str, ...]]) -> dict[str, An
             "target": {
                 "type": "object",
                 "properties": {
-                    "network_message_id": _nonempty,
-                    "recipient": _nonempty,
+                    "network_message_id": TARGET_FIELD_SCHEMAS["network_message_id"],
+                    "recipient": TARGET_FIELD_SCHEMAS["recipient"],
                     # The recipient mailbox's Entra object id (EmailEvents.RecipientObjectId): how the mailbox
                     # strategy addresses the mailbox (/users/{id}); additive, ``recipient`` stays the address.
                     "recipient_object_id": {"type": "string", "pattern": OBJECT_ID_PATTERN},
-                    "internet_message_id": _nonempty,
-                    "connector": _nonempty,
+                    "internet_message_id": TARGET_FIELD_SCHEMAS["internet_message_id"],
+                    "connector": TARGET_FIELD_SCHEMAS["connector"],
                     "connector_type": {"enum": ["inbound", "outbound"]},
-                    "user": _nonempty,
+                    "user": TARGET_FIELD_SCHEMAS["user"],
                 },
-                "additionalProperties": {"type": ["string", "null"]},
+                "propertyNames": {"pattern": "^[a-z][a-z0-9_]{0,63}$"},
+                "additionalProperties": {"type": ["string", "null"], "maxLength": EXTRA_FIELD_MAX,
+                                         "not": {"type": "string", "pattern": _CONTROL}},
             },
             "evidence": {"type": "object"},
             "detected_at": {"type": "string", "format": "date-time",
@@ -109,11 +148,17 @@ class Contract:
 
     def validate(self, obj: Any) -> dict[str, Any]:
         """Return ``obj`` if it is a valid request, else raise RequestInvalid naming the field."""
-        errors = sorted(self._validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+        where = _too_deep(obj)
+        if where is not None:
+            raise RequestInvalid(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        try:
+            errors = sorted(self._validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+        except RecursionError:   # a backstop: _too_deep already refuses what could get here
+            raise RequestInvalid("(message): too deeply nested to validate") from None
         if errors:
             e = errors[0]
             where = "/".join(str(p) for p in e.absolute_path) or "(message)"
-            raise RequestInvalid(f"{where}: {e.message}")
+            raise RequestInvalid(f"{where}: {_message(e)}")
         if obj["id"] != request_id(obj["rule"], obj["action"], obj["target"], self.target_fields):
             raise RequestInvalid("id: does not match rule, action and target (tampered or from another "
                                  "version)")
@@ -121,11 +166,67 @@ class Contract:
 
     def parse(self, body: str | bytes) -> dict[str, Any]:
         """Decode and validate one queue message body (JSON text)."""
-        try:
-            obj = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestInvalid(f"(message): not JSON: {exc}") from None
+        obj = loads_bounded(body)
         return self.validate(obj)
+
+
+def _message(e: jsonschema.ValidationError) -> str:
+    """The error without echoing a long or hostile value (it goes to the ledger, cards and logs)."""
+    if e.validator == "maxLength":
+        return f"longer than {e.validator_value} characters ({len(e.instance)})"
+    if e.validator == "not":
+        return "contains a control character or whitespace where none is allowed"
+    if e.validator == "propertyNames":
+        return "field names must be lower-case letters, digits and _ (at most 64)"
+    return e.message if len(e.message) <= 300 else e.message[:300] + "..."
+
+
+def loads_bounded(body: str | bytes) -> Any:
+    """``json.loads`` that refuses, as RequestInvalid, text nested deeper than MAX_DEPTH (checked by a
+    linear scan before decoding, so a hostile body never reaches the recursive decoder)."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+    except UnicodeDecodeError as exc:
+        raise RequestInvalid(f"(message): not JSON: {exc}") from None
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RequestInvalid(f"(message): nested deeper than {MAX_DEPTH} levels")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise RequestInvalid(f"(message): not JSON: {exc}") from None
+
+
+def _too_deep(obj: Any) -> str | None:
+    """The path of the first value nested deeper than MAX_DEPTH in ``obj``, or None (iterative)."""
+    stack: list[tuple[Any, int, str]] = [(obj, 0, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, dict):
+            children = [(v, f"{path}/{k}") for k, v in value.items()]
+        elif isinstance(value, list):
+            children = [(v, f"{path}/{i}") for i, v in enumerate(value)]
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            return path.lstrip("/") or "(message)"
+        stack.extend((v, depth + 1, p) for v, p in children)
+    return None
 
 
 def request_id(rule: str, action: str, target: Mapping[str, Any],

@@ -21,6 +21,7 @@ from notifications.elements import (
     card,
     clip,
     container,
+    known_severity,
     labelled,
     more_line,
     plain,
@@ -71,8 +72,8 @@ def _approval_block(r: dict[str, Any], reason: str | None, command: str | None, 
               run(clip(describe_target(r), w), size="Medium")),
         plain(run(clip(r.get("rule_name") or r["rule"], w), weight="Bolder"),
               run(f" ({r['rule']})", isSubtle=True),
-              run(f" · {r['severity']}" if r.get("severity") else "",
-                  color=severity_colour(r.get("severity", ""))),
+              run(f" · {sev}" if (sev := known_severity(r.get("severity"))) else "",
+                  color=severity_colour(sev or "")),
               run(f" · detected {r.get('detected_at', 'unknown')}", isSubtle=True), spacing="Small"),
         text(_hold_text(reason, r.get("mode")), isSubtle=True, spacing="Small"),
     ]
@@ -113,7 +114,7 @@ def _approval(requests: list[dict[str, Any]], reasons: Mapping[str, str | None],
               n: int, w: int, by_hand: frozenset[str] = frozenset()) -> dict[str, Any]:
     count = len(requests)
     noun = "action waits" if count == 1 else "actions wait"
-    severities = [r.get("severity", "") for r in requests]
+    severities = [known_severity(r.get("severity")) for r in requests]
     top = next((s for s in ("High", "Medium", "Low", "Informational") if s in severities), None)
     body: list[Element] = [header("approval", "XDR responder · approval needed",
                                    f"{count} {noun} for a person", top, "warning")]

@@ -8,6 +8,7 @@ from notifications import links
 from notifications.elements import (
     Element,
     container,
+    known_severity,
     open_url,
     plain,
     run,
@@ -46,6 +47,7 @@ def header(kind: str, kicker: str, title: str, severity: str | None, style: str)
         text(kicker, size="Small", isSubtle=True, spacing="None"),
         plain(run(title, size="Large", weight="Bolder"), spacing="Small"),
     ]
+    severity = known_severity(severity)
     if severity:
         items.append(text(f"{severity} severity", color=severity_colour(severity), weight="Bolder",
                           spacing="Small"))

@@ -18,6 +18,15 @@ Element = dict[str, Any]
 
 SEVERITY_COLOURS = {"high": "attention", "medium": "warning", "low": "accent", "informational": "default"}
 SEVERITY_STYLES = {"high": "attention", "medium": "warning", "low": "accent", "informational": "emphasis"}
+SEVERITIES = ("Informational", "Low", "Medium", "High")   # the rule schema's enum
+
+
+def known_severity(value: Any) -> str | None:
+    """``value`` as one of the rule schema's severities, or None: a card never shows other text there
+    (issue 13: a forged request's severity reached a Markdown TextBlock)."""
+    if not isinstance(value, str):
+        return None
+    return next((s for s in SEVERITIES if s.lower() == value.strip().lower()), None)
 
 
 def _item(value: Any) -> str:

@@ -9,6 +9,7 @@ a margin below that because the flow wraps the card in its own envelope before p
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +24,9 @@ class CardTooLarge(ValueError):
     """The card cannot be made to fit the message limit."""
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def to_workflows_message(card: dict[str, Any]) -> dict[str, Any]:
     """Wrap an AdaptiveCard dict in the message a Workflows webhook accepts."""
     if card.get("type") != "AdaptiveCard":
@@ -33,7 +37,9 @@ def to_workflows_message(card: dict[str, Any]) -> dict[str, Any]:
 
 def serialize(message: dict[str, Any]) -> bytes:
     """The exact bytes posted (compact UTF-8 JSON); the size limit is measured on these."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    # A lone surrogate (from mail or a forged message) cannot be UTF-8: replaced, never dropping the card.
+    return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def message_size(card: dict[str, Any]) -> int:

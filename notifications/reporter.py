@@ -9,6 +9,8 @@ line and the demo construct a ``CardReporter`` around their notifier (anything w
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from notifications.cards import approval_card, failure_card
@@ -20,9 +22,25 @@ from remediation.reporting import Report
 log = logging.getLogger(__name__)
 
 
+def trusted_requests(requests: list[dict[str, Any]], rules: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The requests with ``severity`` and ``rule_name`` taken from the catalog (``rules``: slug -> Rule),
+    never from the message; a request for a rule not in the catalog shows neither (issue 13)."""
+    out = []
+    for r in requests:
+        rule = rules.get(r.get("rule", "")) if isinstance(r, dict) else None
+        clean = {k: v for k, v in r.items() if k not in ("severity", "rule_name")}
+        if rule is not None:
+            clean.update(severity=rule.severity, rule_name=rule.name)
+        out.append(clean)
+    return out
+
+
 def card_for(report: Report, *, tenant_id: str | None = None, api_base: str | None = None,
-             connector_actions: str = "manual") -> dict[str, Any]:
-    """The Adaptive Card for one worker Report."""
+             connector_actions: str = "manual", rules: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The Adaptive Card for one worker Report. ``rules``: the catalog, the only source of a card's
+    severity and rule name when given."""
+    if rules is not None:
+        report = replace(report, requests=trusted_requests(report.requests, rules))
     first = report.outcomes[0] if report.outcomes else None
     request = report.requests[0] if report.requests else None
     if report.kind == "held" and report.requests:
@@ -72,8 +90,10 @@ class CardReporter:
     function app) sends the run's outcome card with the approval instructions instead."""
 
     def __init__(self, notifier: Any, *, tenant_id: str | None = None, api_base: str | None = None,
-                 held_cards: bool = True, connector_actions: str = "manual") -> None:
+                 held_cards: bool = True, connector_actions: str = "manual",
+                 rules: Mapping[str, Any] | None = None) -> None:
         self.notifier, self.tenant_id, self.api_base = notifier, tenant_id, api_base
+        self.rules = rules
         self.held_cards, self.connector_actions = held_cards, connector_actions
 
     async def approval_needed(self, report: Report) -> None:
@@ -94,6 +114,6 @@ class CardReporter:
 
     async def _send(self, report: Report) -> None:
         sent = await self.notifier.send(card_for(report, tenant_id=self.tenant_id, api_base=self.api_base,
-                                                 connector_actions=self.connector_actions))
+                                                 connector_actions=self.connector_actions, rules=self.rules))
         if not sent:
             log.warning("the %s card was not delivered", report.kind)

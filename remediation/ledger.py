@@ -79,9 +79,22 @@ def _dump(value: Any) -> str:
     if len(text) > _MAX_JSON:
         # Evidence is the only open-ended part; keep the contract fields and say what was cut.
         if isinstance(value, dict) and "evidence" in value:
-            return _dump({**value, "evidence": {"_truncated": f"{len(text)} characters"}})
+            return _dump({**value, "evidence": {**_rails_evidence(value["evidence"]),
+                                                "_truncated": f"{len(text)} characters"}})
         return json.dumps({"_truncated": f"{len(text)} characters", "head": text[:1000]})
     return text
+
+
+def _rails_evidence(evidence: Any) -> dict[str, Any]:
+    """The evidence columns the rails read (sender, sender domain, account, recipient, connector): kept
+    when the rest is cut, so the re-check at approval still meets the allowlists (issue 13: an
+    allowlisted sender was moved after approval because its evidence had been cut)."""
+    from remediation.rails import RAILS_EVIDENCE_COLUMNS  # here: rails import the registry's actions
+
+    if not isinstance(evidence, dict):
+        return {}
+    return {k: v[:512] for k in RAILS_EVIDENCE_COLUMNS
+            if isinstance(v := evidence.get(k), str)}
 
 
 def _load(text: str | None) -> Any:

@@ -59,6 +59,10 @@ SENDER_DOMAIN_COLUMNS = ("SenderFromDomain", "SenderMailFromDomain")
 SENDER_TARGET_FIELDS = ("sender", "sender_from_address", "sender_mail_from_address")
 # Evidence columns that name the account an account action targets (UPN or object id).
 ACCOUNT_COLUMNS = ("AccountUpn", "AccountObjectId", "UserPrincipalName", "AccountId")
+# Every evidence column a rail reads, plus the recipient and connector for the person approving: the
+# ledger keeps these when it trims large evidence (remediation/ledger.py).
+RAILS_EVIDENCE_COLUMNS = (*SENDER_COLUMNS, *SENDER_DOMAIN_COLUMNS, *ACCOUNT_COLUMNS, "RecipientEmailAddress",
+                          "Connector", "ConnectorId", "ConnectorName")
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ class Worker:
             try:
                 valid.append(self.contract.validate(req))
             except RequestInvalid as exc:
-                invalid.append(await self._invalid(json.dumps(req, sort_keys=True, default=str), str(exc), 1))
+                invalid.append(await self._invalid(_dump_invalid(req), str(exc), 1))
         outcomes, _, _ = await self._pipeline(valid, owner="batch-" + uuid.uuid4().hex[:12], queue=False,
                                               redelivery=False)
         await self.outbox.flush()
@@ -294,3 +294,12 @@ class Worker:
         await self.outbox.flush()
         return outcomes
 
+
+
+def _dump_invalid(req: Any) -> str:
+    """An invalid request as text for its ledger row; one that cannot be serialised (too deep, lone
+    surrogates, cycles) is named rather than raising, so the row is still written."""
+    try:
+        return json.dumps(req, sort_keys=True, default=str)
+    except (RecursionError, ValueError, TypeError) as exc:
+        return json.dumps({"unserialisable": type(exc).__name__, "type": type(req).__name__})

@@ -154,11 +154,49 @@ def read_bodies(source: str) -> list[str]:
     stripped = text.strip()
     if stripped.startswith("["):
         try:
-            items = json.loads(stripped)
-        except json.JSONDecodeError as exc:
+            return split_array(stripped)
+        except ValueError as exc:
             raise UsageError(f"--queue-file {source}: starts with [ but is not a JSON array: {exc}") from None
-        return [json.dumps(item, ensure_ascii=False) for item in items]
     return [line for line in text.splitlines() if line.strip()]
+
+
+def split_array(text: str) -> list[str]:
+    """The elements of a JSON array as written, split at its top-level commas without decoding them:
+    a hostile element (nested too deep to decode) stays one body and is recorded as invalid by the
+    worker, instead of a RecursionError that stops the whole batch (issue 13)."""
+    items: list[str] = []
+    depth, start = 0, 1
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth == 0:
+                if text[i + 1:].strip():
+                    raise ValueError(f"text after the array's end at character {i + 1}")
+                items.append(text[start:i])
+                break
+        elif ch == "," and depth == 1:
+            items.append(text[start:i])
+            start = i + 1
+    else:
+        raise ValueError("the array is not closed")
+    items = [item.strip() for item in items]
+    if items == [""]:
+        return []
+    if any(not item for item in items):
+        raise ValueError("empty element")
+    return items
 
 
 def number_batch(bodies: list[str], run_id: str) -> list[str]:
@@ -166,12 +204,12 @@ def number_batch(bodies: list[str], run_id: str) -> list[str]:
     numbered per rule and action, so the per-run cap applies to them as to a scan's requests (the
     rails hold a request with no run: remediation/rails.py). Invalid bodies (recorded as written),
     and requests that carry a run already (``scan --json`` output), are passed on unchanged."""
-    from core.request import RequestInvalid, validate_request
+    from core.request import RequestInvalid, loads_bounded, validate_request
 
     parsed: list[dict[str, Any] | None] = []
     for body in bodies:
         try:
-            obj = validate_request(json.loads(body))
+            obj = validate_request(loads_bounded(body))
         except (ValueError, RequestInvalid):
             obj = None
         parsed.append(obj if obj is not None and "run" not in obj else None)

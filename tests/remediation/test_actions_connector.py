@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from azure.core.credentials import AccessToken
 
+from core.request import RequestInvalid
 from devtools.fakegraph import FakeGraph
 from remediation.actions.connector import manual_command
 from remediation.exchange import EXCHANGE_SCOPE, ExchangeClient, make_exchange_client, render_command
@@ -205,8 +206,12 @@ def test_render_command_keeps_curly_quote_names_one_argument(name: str) -> None:
 def test_render_command_refuses_control_characters(name: str) -> None:
     with pytest.raises(ValueError, match="control characters"):
         render_command("inbound", name)
-    # The approval card and the ledger then show no command at all.
-    assert manual_command(connector_request(name)) is None
+    # The approval card and the ledger then show no command at all (a request built past the contract,
+    # which itself refuses such a name since issue 13).
+    forged = {**connector_request("Relay"), "target": {"connector": name, "connector_type": "inbound"}}
+    assert manual_command(forged) is None
+    with pytest.raises(RequestInvalid, match="target/connector"):
+        connector_request(name)
 
 
 def test_curly_quote_connector_name_is_sent_verbatim_as_json_by_invoke_command() -> None:

@@ -95,3 +95,58 @@ def test_request_for_a_disabled_rule_is_refused_by_the_worker(h: Harness) -> Non
     req = email_request("nm-2")
     [out] = h.run(lambda w: _with(tenant=DISABLED)(w).process([req]))
     assert out.state == "skipped" and "disabled" in (out.detail or "") and h.fake.calls == []
+
+
+# --- bounded evidence keeps what the approval re-check needs -------------------------------------------
+
+APPROVAL_EMAIL = make_rule("shared-approval", (("move_to_junk", "approval"),))
+
+
+def test_trimmed_evidence_keeps_the_sender_so_an_allowlisted_sender_is_not_moved_after_approval(
+        h: Harness) -> None:
+    req = email_request("nm-big", rule=APPROVAL_EMAIL.slug, blob="x" * 100_000,
+                        SenderFromAddress="partner@fabrikam.com",
+                        SenderMailFromAddress="partner@fabrikam.com")
+    catalog = {**AUTH_CATALOG, APPROVAL_EMAIL.slug: APPROVAL_EMAIL}
+    [held] = h.run(lambda w: _with(catalog)(w).process([req]))
+    assert held.state == "held"
+    stored = h.row(req).request["evidence"]
+    assert "_truncated" in stored and stored["SenderFromAddress"] == "partner@fabrikam.com"
+    allow = TenantConfig.from_mapping({"params": {"protected_recipients": PROTECTED},
+                                       "allowlist": {"senders": ["partner@fabrikam.com"]}}, source="test")
+    out = h.run(lambda w: _with(catalog, allow)(w).approve(req["id"], "alice@contoso.com"))
+    assert out.state == "skipped" and "allowlisted" in (out.detail or "")
+    assert h.fake.calls == []
+
+
+# --- hostile JSON: a clear invalid-message outcome everywhere --------------------------------------------
+
+DEEP_TEXT = '{"a":' * 100_000 + "1" + "}" * 100_000
+
+
+def _deep_dict(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_deep_json_on_the_queue_path_is_recorded_and_reported(h: Harness) -> None:
+    [out] = h.run(lambda w: w.process_message(DEEP_TEXT, 1))
+    assert out.state == "failed" and "nested deeper" in (out.error or "")
+    assert [r.kind for r in h.reports] == ["failed"] and h.fake.calls == []
+    assert h.ledger.list(rule="~invalid")
+
+
+def test_deep_json_in_the_poison_handler_is_recorded_and_reported(h: Harness) -> None:
+    out = h.run(lambda w: w.record_poison(DEEP_TEXT.encode(), 5))
+    assert out.state == "failed" and [r.kind for r in h.reports] == ["poison"]
+
+
+def test_a_deep_request_dict_in_a_batch_is_recorded_and_the_rest_runs(h: Harness) -> None:
+    bad = email_request("nm-x")
+    bad["evidence"] = {"x": _deep_dict(5000)}
+    good = email_request("nm-ok")
+    outs = h.run(lambda w: w.process([bad, good]))
+    assert outs[0].state == "failed" and "evidence/x" in (outs[0].error or "")
+    assert outs[1].request_id == good["id"]

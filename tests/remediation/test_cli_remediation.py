@@ -217,3 +217,17 @@ def test_the_cap_applies_to_hand_written_requests(env: Ledger, tmp_path: Path,
     details = [o["detail"] for o in json.loads(capsys.readouterr().out)]
     assert details[0].endswith("would execute")
     assert all("past the cap of 1" in d for d in details[1:]), details
+
+
+def test_deeply_nested_input_is_an_invalid_row_not_a_crash(env: Ledger, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 13: hostile nesting in a JSON array element or a JSON line is recorded invalid, the rest runs
+    deep = '{"a":' * 50_000 + "1" + "}" * 50_000
+    for name, text in (("queue.json", f"[{deep}, {{\"schema\": 1}}]"), ("queue.jsonl", deep + "\n")):
+        queue = tmp_path / name
+        queue.write_text(text)
+        assert main(["remediate", "--queue-file", str(queue), "--json"]) == 1
+        out = json.loads(capsys.readouterr().out)
+        assert {o["state"] for o in out} == {"failed"}
+        assert any("nested deeper" in (o.get("error") or "") for o in out)
+    assert len(env.list(rule=INVALID)) == 2
