@@ -72,7 +72,9 @@ MAX_DEPTH = 32
 TARGET_FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "network_message_id": _bounded(NETWORK_MESSAGE_ID_MAX, _CONTROL_OR_SPACE),
     "recipient": _bounded(ADDRESS_MAX, _CONTROL_OR_SPACE),
-    "internet_message_id": _bounded(INTERNET_MESSAGE_ID_MAX, _CONTROL_OR_SPACE),
+    # Spaces allowed: RFC 5322's msg-id has none, but mail in the wild does, and refusing it would leave
+    # a real message unremediated; control characters are refused.
+    "internet_message_id": _bounded(INTERNET_MESSAGE_ID_MAX),
     "connector": _bounded(CONNECTOR_NAME_MAX),
     "user": _bounded(ADDRESS_MAX, _CONTROL_OR_SPACE),
 }

@@ -26,6 +26,7 @@ BAD_TARGETS = [
     ("recipient", "a" * 250 + "@contoso.com"),       # 262 > 254 (RFC 5321)
     ("recipient", "support@contoso.com\r\nBcc: x@evil.test"),
     ("internet_message_id", "<" + "x" * 1000 + "@contoso.com>"),
+    ("internet_message_id", "<a\nb@contoso.com>"),
     ("sender", "x" * 2000),                           # extra fields are bounded too
     ("sender", "bad@gmail.com\n"),
 ]
