@@ -17,6 +17,7 @@ import responder.commands.demo
 import responder.commands.remediate
 import responder.commands.rules
 import responder.commands.scan
+from core import logsafe
 from responder.commands import BAD_INPUT_ERRORS, CredentialFailure, OneLineParser
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logsafe.install()   # as in the function app: no raw caller value or URL secret in a log line
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -231,3 +231,14 @@ def test_deeply_nested_input_is_an_invalid_row_not_a_crash(env: Ledger, tmp_path
         assert {o["state"] for o in out} == {"failed"}
         assert any("nested deeper" in (o.get("error") or "") for o in out)
     assert len(env.list(rule=INVALID)) == 2
+
+
+def test_the_command_line_cleans_log_records(env: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+    # issue 13: as in the function app, once the CLI runs no log line carries a newline or a sig
+    import logging
+
+    main(["ledger", "--json"])
+    logging.getLogger("remediation.worker").warning("request %s: %s", "a\nforged line",
+                                                    "https://x.logic.azure.com/w?sv=1&sig=s3cr3tvalue")
+    line = caplog.records[-1].getMessage()
+    assert "\n" not in line and "s3cr3tvalue" not in line
