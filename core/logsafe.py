@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 # Query parameters whose value is a credential: Logic Apps / Workflows and SAS signatures (sig), function
 # keys (code), OAuth tokens. Compared after decoding, lower-cased.
 SECRET_PARAMS = frozenset({"sig", "signature", "code", "key", "token", "access_token", "refresh_token",
                            "client_secret", "password"})
-REDACTED = "REDACTED"
+REDACTED = "redacted"
 # A URL in plain, percent-encoded (https%3A%2F%2F, also twice), or JSON-escaped (https:\/\/) spelling.
 _URL = re.compile(r"(?i)\bhttps?(?::|%(?:25)*3a)(?:/|\\/|%(?:25)*2f){2}[^\s'\"<>`]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -45,18 +45,19 @@ def _secret_key(key: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with secret query (and fragment) parameter values replaced by REDACTED."""
+    """``url``, or a placeholder naming only its host when it carries a secret parameter."""
     plain = _decode(url)
     try:
         parts = urlsplit(plain)
         query = parse_qsl(parts.query, keep_blank_values=True)
+        parts.hostname  # noqa: B018 - raises ValueError on a malformed netloc
     except ValueError:
-        return "<unparseable URL redacted>"
+        return f"[{REDACTED} unparseable URL]"
     if not any(_secret_key(k) for k, _ in query) and not _secret_key_in(parts.fragment):
         return url if plain == url else plain
-    cleaned = [(k, REDACTED if _secret_key(k) else v) for k, v in query]
-    fragment = REDACTED if _secret_key_in(parts.fragment) else parts.fragment
-    return urlunsplit(parts._replace(query=urlencode(cleaned, safe="/"), fragment=fragment))
+    # The whole URL goes, path included: a signed URL's path names the workflow (or blob) it unlocks.
+    # The host stays, so the line still says which service failed.
+    return f"[{REDACTED} URL: {parts.scheme}://{parts.hostname or '?'}]"
 
 
 def _secret_key_in(fragment: str) -> bool:

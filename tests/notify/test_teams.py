@@ -72,7 +72,8 @@ def test_delivers_a_workflows_message(sink: WebhookSink, logs: pytest.LogCapture
         {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": CARD}]}
     assert sink.cards == [CARD] and sleeps.delays == []
     # httpx logged the request, with the URL redacted.
-    assert "HTTP Request: POST [redacted webhook URL]" in logs.text
+    # The exact-URL filter here, or core.logsafe's parsing one once an app or the CLI installed it.
+    assert "HTTP Request: POST [redacted" in logs.text
     assert_secret_absent(sink, logs.text)
 
 
@@ -155,7 +156,7 @@ def test_unexpected_client_failure_never_raises(logs: pytest.LogCaptureFixture) 
             return await TeamsWebhookNotifier(url, client=client, sleep=Sleeps()).send(CARD)
 
     assert asyncio.run(go()) is False
-    assert "RuntimeError" in logs.text and "[redacted webhook URL]" in logs.text
+    assert "RuntimeError" in logs.text and "[redacted" in logs.text
     assert "SEKRET123" not in logs.text
 
 
