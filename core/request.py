@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -183,6 +184,10 @@ def _message(e: jsonschema.ValidationError) -> str:
     return e.message if len(e.message) <= 300 else e.message[:300] + "..."
 
 
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')   # JSON string literals: brackets inside them do not nest
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
 def loads_bounded(body: str | bytes) -> Any:
     """``json.loads`` that refuses, as RequestInvalid, text nested deeper than MAX_DEPTH (checked by a
     linear scan before decoding, so a hostile body never reaches the recursive decoder)."""
@@ -190,24 +195,12 @@ def loads_bounded(body: str | bytes) -> Any:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
     except UnicodeDecodeError as exc:
         raise RequestInvalid(f"(message): not JSON: {exc}") from None
-    depth = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
+    if text.count("[") + text.count("{") > MAX_DEPTH:   # fast path: most messages nest far less
+        depth = 0
+        for bracket in _BRACKETS.findall(_STRINGS.sub('""', text)):
+            depth += 1 if bracket in "[{" else -1
             if depth > MAX_DEPTH:
                 raise RequestInvalid(f"(message): nested deeper than {MAX_DEPTH} levels")
-        elif ch in "]}":
-            depth -= 1
     try:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
