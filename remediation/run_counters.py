@@ -25,7 +25,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables import TableErrorCode, TableTransactionError, UpdateMode
 
 from remediation.ledger import MARKERS, Ledger, LedgerConflict, Record, _safe_key
 
@@ -34,6 +34,8 @@ IN_FLIGHT = frozenset({"received", "approved"})
 # Collisions on the counter: at most this many tries, with a short random pause between them.
 MAX_TRIES = 64
 _PAUSE = 0.01
+# Another delivery created the counter first, or moved it since we read it.
+_COLLISIONS = (TableErrorCode.ENTITY_ALREADY_EXISTS, TableErrorCode.UPDATE_CONDITION_NOT_SATISFIED)
 
 
 def settled_for_run(rec: Record, run_id: str) -> bool:
@@ -71,10 +73,11 @@ def count_once(ledger: Ledger, rule: str, run_id: str, request_id: str) -> tuple
         try:
             table.submit_transaction([("create", marker), write])
         except TableTransactionError as exc:
-            if exc.index == 0:          # the marker exists: counted by an earlier delivery
-                return n, False
-            if exc.status_code not in (409, 412):   # not a collision on the counter
-                raise
+            # The client reports index 0 when the service named no operation, so check the code too.
+            if exc.index == 0 and exc.error_code == TableErrorCode.ENTITY_ALREADY_EXISTS:
+                return n, False         # the marker exists: counted by an earlier delivery
+            if exc.index != 1 or exc.error_code not in _COLLISIONS:
+                raise                   # not a collision (throttling, outage): the queue retries
             time.sleep(random.uniform(0, _PAUSE * (1 + attempt % 8)))
             continue
         return n + 1, True
