@@ -74,9 +74,10 @@ def count_once(ledger: Ledger, rule: str, run_id: str, request_id: str) -> tuple
             table.submit_transaction([("create", marker), write])
         except TableTransactionError as exc:
             # The client reports index 0 when the service named no operation, so check the code too.
-            if exc.index == 0 and exc.error_code == TableErrorCode.ENTITY_ALREADY_EXISTS:
+            code = getattr(exc, "error_code", None)   # absent when the answer had no error body
+            if exc.index == 0 and code == TableErrorCode.ENTITY_ALREADY_EXISTS:
                 return n, False         # the marker exists: counted by an earlier delivery
-            if exc.index != 1 or exc.error_code not in _COLLISIONS:
+            if exc.index != 1 or code not in _COLLISIONS:
                 raise                   # not a collision (throttling, outage): the queue retries
             time.sleep(random.uniform(0, _PAUSE * (1 + attempt % 8)))
             continue

@@ -167,3 +167,23 @@ def test_a_card_that_did_not_go_out_is_sent_by_a_later_delivery(
     up = MemoryNotifier()
     assert deliver(ledger, up, bodies[1]) is True and len(up.cards) == 1   # a redelivery of any message
     assert deliver(ledger, up, bodies[2]) is False and len(up.cards) == 1
+
+
+def test_a_storage_error_while_counting_is_raised_and_counts_nothing(
+        counted: tuple[Ledger, CountingTable], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The client says index 0 when the service named no operation (a 503 says none): that must not be
+    # taken for "the marker exists", or the request would never be counted and the card never sent.
+    from azure.data.tables import TableTransactionError
+
+    ledger, table = counted
+    bodies = settled_run(ledger, 1)
+
+    def busy(*_a: Any, **_kw: Any) -> Any:
+        raise TableTransactionError(message="Server busy")
+
+    monkeypatch.setattr(table, "submit_transaction", busy, raising=False)
+    with pytest.raises(TableTransactionError):
+        deliver(ledger, MemoryNotifier(), bodies[0])
+    monkeypatch.undo()
+    notifier = MemoryNotifier()
+    assert deliver(ledger, notifier, bodies[0]) is True and len(notifier.cards) == 1   # the queue's retry
