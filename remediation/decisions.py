@@ -113,8 +113,8 @@ class Decisions:
         if rec.state == "expired":
             raise WorkerError(
                 f"request {rec.request_id} has expired and can no longer be approved: {rec.detail} "
-                f"(held requests expire after RESPONDER_HELD_EXPIRY, here {iso_duration(ttl)}). If the "
-                "finding still matters, act on it in the portal.", state="expired")
+                f"(RESPONDER_HELD_EXPIRY is {iso_duration(ttl)} here). If the finding still matters, act "
+                "on it in the portal.", state="expired")
         return rec
 
     def _record_done(self, rec: Record, by: str, *, claimed_by: str | None, done: bool) -> Outcome:

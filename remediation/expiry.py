@@ -57,8 +57,8 @@ def expire(ledger: Ledger, rec: Record, now: datetime, ttl: timedelta) -> Record
             else "an unknown time")
     return ledger.transition(
         rec, "expired", expiry_announced=False,
-        detail=(f"expired: held since {held} and not approved or rejected within {iso_duration(ttl)} "
-                f"(RESPONDER_HELD_EXPIRY); nothing was done"))
+        detail=(f"held since {held} and not approved or rejected within {iso_duration(ttl)} "
+                f"(RESPONDER_HELD_EXPIRY): expired, nothing was done"))
 
 
 def sweep(ledger: Ledger, now: datetime, ttl: timedelta) -> list[Record] | None:
