@@ -4,13 +4,28 @@ and the verify and digest timers sweep, one card for everything that expired (re
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 from azure.functions.timer import TimerRequest
 
+from app import bootstrap
+from core.settings import ConfigError
 from tests.functions.conftest import NOW, RULE
 from tests.functions.test_decide_health_http import decide, held_request
 from tests.functions.test_queue_functions import kinds
+from tests.functions.test_startup import env_with
+
+
+def test_the_app_does_not_start_with_a_bad_held_expiry(tenant_file: Path) -> None:
+    assert bootstrap.load(env_with(tenant_file)).settings.held_expiry == timedelta(days=7)
+    custom = bootstrap.load(env_with(tenant_file, RESPONDER_HELD_EXPIRY="P2D"))
+    assert custom.settings.held_expiry == timedelta(days=2)
+    with pytest.raises(ConfigError, match=r"RESPONDER_HELD_EXPIRY: .*ISO-8601"):
+        bootstrap.load(env_with(tenant_file, RESPONDER_HELD_EXPIRY="7 days"))
+    with pytest.raises(ConfigError, match=r"RESPONDER_HELD_EXPIRY: .*outside PT1H to P30D"):
+        bootstrap.load(env_with(tenant_file, RESPONDER_HELD_EXPIRY="P90D"))
 
 
 def test_approving_an_expired_request_is_a_409_with_its_state(make_env: Any) -> None:
