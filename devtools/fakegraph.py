@@ -35,7 +35,7 @@ Public API::
         # faults and limits
         fake.inject(method, path_regex, status, *, times=1, retry_after=None, code=None, message=None,
                     latency=0.0, applied=False, body_contains=None) -> Fault
-        fake.add_latency(seconds, method="*", path_regex=".*", times=None) -> Fault
+        fake.add_latency(seconds, method="*", path_regex=".*", times=None, body_contains=None) -> Fault
         fake.outlook_limits(concurrent=4, per_window=10_000, window=600.0, retry_after=1.0)
         fake.peak_concurrency(user) -> int     (most mailbox requests in flight at once, per mailbox)
 
@@ -68,7 +68,9 @@ Endpoints (Graph paths relative to ``/v1.0``):
   ``POST /users/{id}/messages/{msgId}/move`` (body ``destinationId`` or ``DestinationId``: a well-known
   folder name or a folder id; 201 with the moved message, which has a new id),
   ``GET /users/{id}/mailFolders/{idOrWellKnownName}``.
-* ``GET /users/{id}``, ``PATCH /users/{id}`` (``accountEnabled``), ``POST /users/{id}/revokeSignInSessions``.
+* ``GET /users/{id}`` (``$select`` honoured; ``signInSessionsValidFromDateTime`` only when selected),
+  ``PATCH /users/{id}`` (``accountEnabled``), ``POST /users/{id}/revokeSignInSessions`` (sets the user's
+  ``signInSessionsValidFromDateTime`` to now, as documented; ``FakeUser.sign_in_sessions_valid_from``).
 * ``POST /identityProtection/riskyUsers/confirmCompromised`` (``{"userIds": [...]}``, object ids).
 * ``POST /adminapi/beta/{tenantId}/InvokeCommand``: ``{"CmdletInput": {"CmdletName", "Parameters"}}`` for
   Get-/Set-InboundConnector and Get-/Set-OutboundConnector over the connector store.
@@ -547,10 +549,11 @@ class FakeGraph:
         return fault
 
     def add_latency(self, seconds: float, method: str = "*", path_regex: str = ".*",
-                    times: int | None = None) -> Fault:
+                    times: int | None = None, body_contains: str | None = None) -> Fault:
         if seconds < 0:
             raise ValueError("add_latency: seconds must not be negative")
-        fault = Fault(method.upper(), re.compile(path_regex), None, times, latency=seconds)
+        fault = Fault(method.upper(), re.compile(path_regex), None, times, latency=seconds,
+                      body_contains=body_contains)
         with self._lock:
             self._faults.append(fault)
         return fault
