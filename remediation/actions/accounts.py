@@ -12,8 +12,10 @@ crash, or an error answered after the service applied the change) is recognised 
   https://learn.microsoft.com/graph/api/resources/user#properties) at or after the earlier attempt's
   intent, less ``CLOCK_SKEW`` -> confirmed, not revoked again. Reading it needs User.Read.All: without it
   (403) the revoke is sent again, as before (the detail says so).
-* confirm compromised: sent again. It is idempotent (the user's risk stays high) and one call covers 60
-  users, while checking would cost one ``GET riskyUsers/{id}`` per user; the detail says it was resent.
+* confirm compromised: sent again, and the detail says so. It is idempotent (the user's risk stays
+  high), while checking ``riskState`` would cost one ``GET /identityProtection/riskyUsers/{id}`` per user
+  and a permission this feature does not hold (IdentityRiskyUser.Read.All, the only one the Get lists:
+  https://learn.microsoft.com/graph/api/riskyuser-get#permissions).
 
 Targets go out in bounded batches with a per-target timeout (remediation/actions/bounded.py). Break-glass
 accounts never reach this module: the safety rails (remediation/rails.py) stop them first.
