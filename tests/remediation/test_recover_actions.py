@@ -247,6 +247,22 @@ def test_a_429_on_one_call_is_retried_and_its_siblings_are_not_resubmitted() -> 
     assert all(r.state == "submitted" and "may have accepted" not in r.detail for r in done.values())
 
 
+def test_a_connection_never_made_is_transient_not_submitted() -> None:
+    """Nothing reached the service (connection refused): the worker may send it again safely."""
+    closed = FakeGraph().start()
+    url = closed.base_url   # a port nobody listens on once the fake is closed
+    closed.close()
+
+    class Gone:   # just what execute() reads from the fake
+        base_url = url
+        exchange_base_url = url.replace("/v1.0", "/adminapi/beta")
+        tenant_id = closed.tenant_id
+
+    [res] = asyncio.run(execute(Gone(), "move_to_junk", [email_request("nm-1")]))  # type: ignore[arg-type]
+    assert (res.state, res.transient) == ("failed", True)
+    assert "connection failed" in (res.error or "")
+
+
 def test_a_timeout_on_one_call_resubmits_no_email() -> None:
     reqs = [email_request(f"nm-{i}", index=i) for i in range(120)]
     with FakeGraph() as fake:
