@@ -4,7 +4,7 @@ An action receives a batch of remediation-request/1 dicts that the worker has al
 passed through the safety rails, all with the same ``action``. It returns one ``ActionResult`` per
 request, in the same order, and never raises for a target's failure: one mailbox that answers 404
 must not stop the other nine. Batching matters for the Defender strategy (one Action-center entry
-for a whole campaign); the other actions run their targets concurrently within Graph's limits.
+for a whole campaign); the other actions run their targets concurrently, bounded (actions/bounded.py).
 """
 
 from __future__ import annotations
