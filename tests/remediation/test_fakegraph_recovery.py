@@ -70,20 +70,24 @@ def test_peak_overlap_counts_calls_in_flight_together() -> None:
     with FakeGraph() as fake:
         for i in range(3):
             fake.users.add(f"u{i}@contoso.com")
-        fake.add_latency(0.3, "POST", r"/revokeSignInSessions$")
+        fake.add_latency(1.0, "POST", r"/revokeSignInSessions$", times=3)
+        ready = threading.Barrier(3)
 
-        def call(i: int) -> None:
+        def call(i: int, barrier: threading.Barrier | None = None) -> None:
             with httpx.Client() as client:
+                if barrier is not None:
+                    barrier.wait()   # all three send at once, each answered a second later
                 client.post(f"{fake.base_url}/users/u{i}@contoso.com/revokeSignInSessions")
 
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+        threads = [threading.Thread(target=call, args=(i, ready)) for i in range(3)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         together = fake.peak_overlap("POST", r"/revokeSignInSessions$")
-        for i in range(3):
+        for i in range(3):   # one after the other: no overlap added
             call(i)
+        assert fake.peak_overlap("POST", r"/revokeSignInSessions$") == together
         assert fake.peak_overlap("GET", ".*") == 0
     assert together == 3
     assert all(c.finished >= c.started > 0 for c in fake.calls)

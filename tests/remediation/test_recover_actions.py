@@ -266,8 +266,8 @@ def test_a_connection_never_made_is_transient_not_submitted() -> None:
 def test_a_timeout_on_one_call_resubmits_no_email() -> None:
     reqs = [email_request(f"nm-{i}", index=i) for i in range(120)]
     with FakeGraph() as fake:
-        fake.add_latency(1.5, "POST", REMEDIATE, times=1, body_contains='"nm-0"')
-        done = asyncio.run(worker_like(fake, reqs, timeout=0.5))
+        fake.add_latency(4.0, "POST", REMEDIATE, times=1, body_contains='"nm-0"')
+        done = asyncio.run(worker_like(fake, reqs, timeout=2.0))
         # The slow call is still carried out by the service after the client gave up: wait for it.
         assert asyncio.run(_until(lambda: all(c.finished for c in fake.calls)))
     counts = submissions(fake)
@@ -282,8 +282,8 @@ def test_one_hung_account_times_out_alone_and_says_it_may_have_been_applied() ->
     with FakeGraph() as fake:
         for u in users:
             fake.users.add(u)
-        fake.add_latency(3.0, "POST", r"/users/u2@contoso\.com/revokeSignInSessions$")
-        results = run(fake, "revoke_sessions", [user_request(u) for u in users], concurrency=1, timeout=0.5)
+        fake.add_latency(6.0, "POST", r"/users/u2@contoso\.com/revokeSignInSessions$")
+        results = run(fake, "revoke_sessions", [user_request(u) for u in users], concurrency=1, timeout=2.0)
     states = [(r.state, r.transient) for r in results]
     assert states == [("confirmed", False)] * 2 + [("failed", True)] + [("confirmed", False)] * 2
     assert "may have been applied" in (results[2].error or "")
@@ -294,11 +294,11 @@ def test_account_targets_go_out_in_bounded_batches() -> None:
     with FakeGraph() as fake:
         for u in users:
             fake.users.add(u)
-        fake.add_latency(0.2, "POST", r"/revokeSignInSessions$")
+        fake.add_latency(0.5, "POST", r"/revokeSignInSessions$")
         results = run(fake, "revoke_sessions", [user_request(u) for u in users], concurrency=3)
         peak = fake.peak_overlap("POST", r"/revokeSignInSessions$")
     assert [r.state for r in results] == ["confirmed"] * 12
-    assert peak == 3
+    assert 2 <= peak <= 3   # 3 in flight at most (all 12 at once before); 2 or 3 overlap on a busy host
 
 
 def test_a_hung_disable_times_out_alone_and_the_retry_recognises_it() -> None:
@@ -307,8 +307,8 @@ def test_a_hung_disable_times_out_alone_and_the_retry_recognises_it() -> None:
     with FakeGraph() as fake:
         for u in users:
             fake.users.add(u)
-        fake.add_latency(2.0, "PATCH", r"/users/a@contoso\.com$", times=1)
-        first = run(fake, "disable_user", reqs, timeout=0.5)
+        fake.add_latency(4.0, "PATCH", r"/users/a@contoso\.com$", times=1)
+        first = run(fake, "disable_user", reqs, timeout=2.0)
         assert [(r.state, r.transient) for r in first] == [("failed", True), ("confirmed", False)]
         deadline = asyncio.run(_until(lambda: fake.users.get("a@contoso.com").account_enabled is False))
         assert deadline, "the service applied the slow PATCH after the client gave up"
@@ -321,8 +321,8 @@ def test_one_hung_connector_times_out_alone() -> None:
     with FakeGraph() as fake:
         for n in names:
             fake.connectors.add(n, "inbound")
-        fake.add_latency(3.0, "POST", r"InvokeCommand$", body_contains='"Relay B"')
-        results = run_connector(fake, [connector_request(n) for n in names], timeout=0.5)
+        fake.add_latency(6.0, "POST", r"InvokeCommand$", body_contains='"Relay B"')
+        results = run_connector(fake, [connector_request(n) for n in names], timeout=2.0)
     assert [(r.state, r.transient) for r in results] == [("confirmed", False), ("failed", True),
                                                          ("confirmed", False)]
     assert "may have been applied" in (results[1].error or "")
@@ -333,11 +333,11 @@ def test_connector_targets_go_out_in_bounded_batches() -> None:
     with FakeGraph() as fake:
         for n in names:
             fake.connectors.add(n, "inbound")
-        fake.add_latency(0.2, "POST", r"InvokeCommand$")
+        fake.add_latency(0.5, "POST", r"InvokeCommand$")
         results = run_connector(fake, [connector_request(n) for n in names], concurrency=2)
         peak = fake.peak_overlap("POST", r"InvokeCommand$")
     assert [r.state for r in results] == ["confirmed"] * 8
-    assert peak == 2
+    assert peak <= 2   # all 8 at once before
 
 
 def test_a_hung_confirm_compromised_call_times_out_alone() -> None:
@@ -346,15 +346,15 @@ def test_a_hung_confirm_compromised_call_times_out_alone() -> None:
     with FakeGraph() as fake:
         ids = [fake.users.add(f"u{i}@contoso.com").id for i in range(MAX_USERS_PER_CALL + 1)]
         # The second call (the last id alone) hangs; the first is answered.
-        fake.add_latency(3.0, "POST", r"confirmCompromised$", body_contains=ids[-1])
+        fake.add_latency(6.0, "POST", r"confirmCompromised$", body_contains=ids[-1])
         results = run(fake, "confirm_compromised", [user_request(i, "confirm_compromised") for i in ids],
-                      timeout=0.5)
+                      timeout=2.0)
     assert [r.state for r in results[:-1]] == ["confirmed"] * MAX_USERS_PER_CALL
     assert (results[-1].state, results[-1].transient) == ("failed", True)
     assert "may have been applied" in (results[-1].error or "")
 
 
-async def _until(check: Any, seconds: float = 5.0) -> bool:
+async def _until(check: Any, seconds: float = 10.0) -> bool:
     for _ in range(int(seconds / 0.05)):
         if check():
             return True
