@@ -30,11 +30,12 @@ Public API::
         fake.calls               # list[Call] (method, path, query, json, body, headers, status)
         fake.calls_to(method, path_regex) -> list[Call]
         fake.clear_calls()
+        fake.peak_overlap(method, path_regex) -> int   (most matching calls in flight at once)
 
         # faults and limits
         fake.inject(method, path_regex, status, *, times=1, retry_after=None, code=None, message=None,
                     latency=0.0, applied=False, body_contains=None) -> Fault
-        fake.add_latency(seconds, method="*", path_regex=".*", times=None) -> Fault
+        fake.add_latency(seconds, method="*", path_regex=".*", times=None, body_contains=None) -> Fault
         fake.outlook_limits(concurrent=4, per_window=10_000, window=600.0, retry_after=1.0)
         fake.peak_concurrency(user) -> int     (most mailbox requests in flight at once, per mailbox)
 
@@ -43,6 +44,8 @@ Public API::
 in Graph's JSON error shape (``{"error": {"code", "message", "innerError"}}``) before the request is
 processed, unless ``applied=True``: then the request is carried out first and the error is answered
 anyway (a 503 or timeout after the service did the work: what makes retries of POSTs interesting).
+``fake.inject_reset(method, path_regex, *, times=1, applied=False, latency=0.0, body_contains=None)``
+closes the connection with no reply instead (before or, with ``applied=True``, after processing).
 ``times=None`` means forever. ``body_contains``: the fault only answers requests whose raw body holds
 that text (e.g. one networkMessageId: "the service refuses the call that carries this email"). Faults
 are tried in the order they were added.
@@ -65,7 +68,9 @@ Endpoints (Graph paths relative to ``/v1.0``):
   ``POST /users/{id}/messages/{msgId}/move`` (body ``destinationId`` or ``DestinationId``: a well-known
   folder name or a folder id; 201 with the moved message, which has a new id),
   ``GET /users/{id}/mailFolders/{idOrWellKnownName}``.
-* ``GET /users/{id}``, ``PATCH /users/{id}`` (``accountEnabled``), ``POST /users/{id}/revokeSignInSessions``.
+* ``GET /users/{id}`` (``$select`` honoured; ``signInSessionsValidFromDateTime`` only when selected),
+  ``PATCH /users/{id}`` (``accountEnabled``), ``POST /users/{id}/revokeSignInSessions`` (sets the user's
+  ``signInSessionsValidFromDateTime`` to now, as documented; ``FakeUser.sign_in_sessions_valid_from``).
 * ``POST /identityProtection/riskyUsers/confirmCompromised`` (``{"userIds": [...]}``, object ids).
 * ``POST /adminapi/beta/{tenantId}/InvokeCommand``: ``{"CmdletInput": {"CmdletName", "Parameters"}}`` for
   Get-/Set-InboundConnector and Get-/Set-OutboundConnector over the connector store.
@@ -146,6 +151,8 @@ class Call:
     body: bytes
     headers: dict[str, str] = field(repr=False)   # lower-case names; includes authorization
     status: int = 0
+    started: float = field(default=0.0, repr=False)    # time.monotonic() when received
+    finished: float = field(default=0.0, repr=False)   # ... and when answered (0.0 while in flight)
 
     @property
     def url(self) -> str:
@@ -168,6 +175,12 @@ class Fault:
     applied: bool = False
     body_contains: str | None = None   # only requests whose raw body holds this text
     hits: int = 0
+    reset: bool = False                # close the connection with no reply (inject_reset)
+
+    @property
+    def answers(self) -> bool:
+        """An error or a reset (as opposed to added latency only)."""
+        return self.status is not None or self.reset
 
     def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         if self.times is not None and self.hits >= self.times:
@@ -208,12 +221,26 @@ class FakeUser:
     display_name: str = ""
     mail: str | None = None              # primary SMTP address when it is not the UPN
     privileged_role: str | None = None   # an Entra admin role the user holds
+    # Reset to the current time by revokeSignInSessions (https://learn.microsoft.com/graph/api/
+    # user-revokesigninsessions); ISO 8601 UTC, whole seconds, as Graph answers DateTimeOffset values.
+    sign_in_sessions_valid_from: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "userPrincipalName": self.user_principal_name,
                 "mail": self.mail or self.user_principal_name,
                 "displayName": self.display_name or self.user_principal_name.split("@")[0],
                 "accountEnabled": self.account_enabled}
+
+    def selected(self, select: str | None) -> dict[str, Any]:
+        """The user as ``GET /users/{id}`` answers it: the default properties, or only those named in
+        ``$select``. signInSessionsValidFromDateTime is "Returned only on $select"
+        (https://learn.microsoft.com/graph/api/resources/user#properties)."""
+        if not select:
+            return self.to_json()
+        every = {**self.to_json(), "signInSessionsValidFromDateTime": self.sign_in_sessions_valid_from}
+        wanted = [p.strip() for p in select.split(",") if p.strip()]
+        by_lower = {k.lower(): k for k in every}
+        return {by_lower[w.lower()]: every[by_lower[w.lower()]] for w in wanted if w.lower() in by_lower}
 
 
 @dataclass
@@ -352,6 +379,10 @@ class _OutlookLimits:
     retry_after: float
 
 
+class _Drop(Exception):
+    """Internal: close the connection without answering (an injected reset)."""
+
+
 class _Reply(Exception):
     """Internal: answer with this status, headers and body."""
 
@@ -475,6 +506,16 @@ class FakeGraph:
         pattern = re.compile(path_regex)
         return [c for c in self.calls if method in ("*", c.method) and pattern.search(c.path)]
 
+    def peak_overlap(self, method: str, path_regex: str) -> int:
+        """Most of the matching calls that were in flight at the same moment (any endpoint, any user)."""
+        edges = sorted((t, d) for c in self.calls_to(method, path_regex)
+                       for t, d in ((c.started, 1), (c.finished or float("inf"), -1)))
+        peak = level = 0
+        for _, d in edges:   # at equal times -1 sorts first: one call ending as another starts is not overlap
+            level += d
+            peak = max(peak, level)
+        return peak
+
     def clear_calls(self) -> None:
         with self._lock:
             self._calls.clear()
@@ -494,11 +535,25 @@ class FakeGraph:
             self._faults.append(fault)
         return fault
 
+    def inject_reset(self, method: str, path_regex: str, *, times: int | None = 1, applied: bool = False,
+                     latency: float = 0.0, body_contains: str | None = None) -> Fault:
+        """The connection is closed with no reply (the client sees a reset / "server disconnected"), before
+        the request is processed, or after it with ``applied=True``: the caller cannot tell which, as with
+        a real connection lost in flight. Recorded with status 0."""
+        if times is not None and times < 1:
+            raise ValueError("inject_reset: times must be at least 1 (or None for forever)")
+        fault = Fault(method.upper(), re.compile(path_regex), None, times, latency=latency, applied=applied,
+                      body_contains=body_contains, reset=True)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
     def add_latency(self, seconds: float, method: str = "*", path_regex: str = ".*",
-                    times: int | None = None) -> Fault:
+                    times: int | None = None, body_contains: str | None = None) -> Fault:
         if seconds < 0:
             raise ValueError("add_latency: seconds must not be negative")
-        fault = Fault(method.upper(), re.compile(path_regex), None, times, latency=seconds)
+        fault = Fault(method.upper(), re.compile(path_regex), None, times, latency=seconds,
+                      body_contains=body_contains)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -531,7 +586,7 @@ class FakeGraph:
                 parsed = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 parsed = None
-        call = Call(method, path, query, parsed, body, headers)
+        call = Call(method, path, query, parsed, body, headers, started=time.monotonic())
         self._local.headers = headers
         with self._lock:
             self._calls.append(call)
@@ -547,6 +602,11 @@ class FakeGraph:
             fault, latency = self._pick_fault(method, path, body)
             if latency:
                 time.sleep(latency)
+            if fault is not None and fault.reset:
+                if fault.applied:
+                    self._route(method, path, query, parsed, body)
+                call.status = 0
+                raise _Drop()
             if fault is not None and not fault.applied:
                 reply = _error(fault.status or 500, fault.message or f"injected {fault.status}", fault.code,
                                fault.retry_after)
@@ -558,6 +618,7 @@ class FakeGraph:
             call.status = reply.status
             return reply
         finally:
+            call.finished = time.monotonic()
             if entered and mailbox is not None:
                 with self._lock:
                     self._inflight[mailbox] -= 1
@@ -566,11 +627,11 @@ class FakeGraph:
         latency = 0.0
         with self._lock:
             for f in self._faults:
-                if f.status is None and f.matches(method, path, body):
+                if not f.answers and f.matches(method, path, body):
                     f.hits += 1
                     latency += f.latency
             for f in self._faults:
-                if f.status is not None and f.matches(method, path, body):
+                if f.answers and f.matches(method, path, body):
                     f.hits += 1
                     return f, latency + f.latency
         return None, latency
@@ -747,8 +808,8 @@ class FakeGraph:
 
     # --- Graph: accounts ------------------------------------------------------------------------------------
 
-    def _get_user(self, m: re.Match[str], _q: dict[str, str], _b: Any) -> _Reply:
-        return _Reply(200, self._user(m).to_json())
+    def _get_user(self, m: re.Match[str], q: dict[str, str], _b: Any) -> _Reply:
+        return _Reply(200, self._user(m).selected(q.get("$select")))
 
     def _refuse_privileged(self, user: FakeUser) -> None:
         """403 for a sensitive action on an admin the app's roles do not cover (module doc)."""
@@ -775,6 +836,7 @@ class FakeGraph:
         self._refuse_privileged(user)
         with self._lock:
             self.revoked.append(user.id)
+            user.sign_in_sessions_valid_from = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return _Reply(200, {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Edm.Boolean",
                             "value": True})
 
@@ -897,7 +959,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = self.fake._handle(self.command, self.path, headers, body)
+        try:
+            reply = self.fake._handle(self.command, self.path, headers, body)
+        except _Drop:
+            self.close_connection = True   # no status line, no headers: the client sees the connection end
+            return
         data = b"" if reply.body is None else json.dumps(reply.body).encode("utf-8")
         self.send_response(reply.status)
         for k, v in reply.headers.items():

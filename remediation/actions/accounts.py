@@ -1,15 +1,31 @@
 """Account actions through Graph: revoke sign-in sessions, disable the account, confirm compromised.
 
 Each converges on one end state, so running one again (a redelivered message, an SDK retry after a
-503 that was in fact processed) is harmless: revoking twice only invalidates tokens twice, and an
-account that is already disabled is reported ``skipped``. Break-glass accounts never reach this
-module: the safety rails (remediation/rails.py) stop them first.
+503 that was in fact processed) is harmless. Work an earlier attempt did (``ctx.prior_attempts``: a
+crash, or an error answered after the service applied the change) is recognised and recorded
+``confirmed``, with its undo information, instead of being done again or reported ``skipped``:
+
+* disable: ``accountEnabled`` already false -> confirmed, undo re-enables. Without a prior attempt an
+  account already disabled is ``skipped`` (somebody else did it).
+* revoke: the user's ``signInSessionsValidFromDateTime`` (reset to the current time by every revoke,
+  https://learn.microsoft.com/graph/api/user-revokesigninsessions; returned only on ``$select``,
+  https://learn.microsoft.com/graph/api/resources/user#properties) at or after the earlier attempt's
+  intent, less ``CLOCK_SKEW`` -> confirmed, not revoked again. Reading it needs User.Read.All: without it
+  (403) the revoke is sent again, as before (the detail says so).
+* confirm compromised: sent again, and the detail says so. It is idempotent (the user's risk stays
+  high), while checking ``riskState`` would cost one ``GET /identityProtection/riskyUsers/{id}`` per user
+  and a permission this feature does not hold (IdentityRiskyUser.Read.All, the only one the Get lists:
+  https://learn.microsoft.com/graph/api/riskyuser-get#permissions).
+
+Targets go out in bounded batches with a per-target timeout (remediation/actions/bounded.py). Break-glass
+accounts never reach this module: the safety rails (remediation/rails.py) stop them first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from datetime import timedelta
 from typing import Any
 
 from kiota_abstractions.api_error import APIError
@@ -20,7 +36,8 @@ from msgraph.generated.identity_protection.risky_users.confirm_compromised.confi
 from msgraph.generated.models.user import User
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 
-from remediation.actions.base import ActionContext, ActionResult, failed
+from remediation.actions.base import ActionContext, ActionResult, failed, prior_attempt_at
+from remediation.actions.bounded import TARGET_CONCURRENCY, TARGET_TIMEOUT, each_bounded, timeout_result
 from remediation.actions.errors import describe
 from remediation.actions.registry import ActionDef
 
@@ -37,6 +54,9 @@ _PERMISSION = {"revoke_sessions": "User.RevokeSessions.All", "disable_user": "Us
 # confirmCompromised takes a list of object ids; 60 per call stays inside what Identity Protection's
 # bulk risky-user actions accept, and one call per batch keeps the audit log readable.
 MAX_USERS_PER_CALL = 60
+# How far before an earlier attempt's intent a revoke still counts as that attempt's: the intent time is
+# this app's clock, signInSessionsValidFromDateTime Entra's (whole seconds).
+CLOCK_SKEW = timedelta(minutes=2)
 
 
 def _user(req: dict[str, Any]) -> str | None:
@@ -55,8 +75,13 @@ def _wrong(req: dict[str, Any], name: str) -> ActionResult | None:
 class _PerUser:
     name = ""
 
+    def __init__(self, *, concurrency: int = TARGET_CONCURRENCY, timeout: float = TARGET_TIMEOUT):
+        self.concurrency, self.timeout = concurrency, timeout
+
     async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]:
-        return list(await asyncio.gather(*(self._guarded(r, ctx) for r in requests)))
+        return await each_bounded(
+            requests, lambda r: self._guarded(r, ctx), concurrency=self.concurrency, timeout=self.timeout,
+            timed_out=lambda r, t: timeout_result(r["id"], f"{self.name} for {_user(r)}", t))
 
     async def _guarded(self, req: dict[str, Any], ctx: ActionContext) -> ActionResult:
         bad = _wrong(req, self.name)
@@ -95,11 +120,33 @@ class RevokeSessions(_PerUser):
     name = "revoke_sessions"
 
     async def one(self, req: dict[str, Any], user: str, ctx: ActionContext) -> ActionResult:
+        since = prior_attempt_at(ctx, req["id"])
+        note = ""
+        if since is not None:
+            valid_from, note = await self._valid_from(user, ctx)
+            if valid_from is not None and valid_from >= since - CLOCK_SKEW:
+                return ActionResult(req["id"], "confirmed",
+                                    detail=f"sign-in sessions of {user} were revoked by an earlier attempt "
+                                           f"(valid from {valid_from.isoformat()}; recorded now)")
         resp = await ctx.graph.users.by_user_id(user).revoke_sign_in_sessions.post()
         if resp is not None and resp.value is False:
             reason = "Graph answered value=false: sessions were not revoked"
             return ActionResult(req["id"], "failed", detail=reason, error=reason)
-        return ActionResult(req["id"], "confirmed", detail=f"sign-in sessions of {user} revoked")
+        return ActionResult(req["id"], "confirmed", detail=f"sign-in sessions of {user} revoked{note}")
+
+    @staticmethod
+    async def _valid_from(user: str, ctx: ActionContext) -> tuple[Any, str]:
+        """(``signInSessionsValidFromDateTime`` or None, a note for the detail when it cannot be read)."""
+        q = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(
+            select=["id", "signInSessionsValidFromDateTime"])
+        try:
+            current = await ctx.graph.users.by_user_id(user).get(RequestConfiguration(query_parameters=q))
+        except APIError as exc:
+            if exc.response_status_code != 403:
+                raise
+            return None, (" (again: an earlier attempt may have revoked them, but reading "
+                          "signInSessionsValidFromDateTime needs User.Read.All)")
+        return (current.sign_in_sessions_valid_from_date_time if current is not None else None), ""
 
 
 class DisableUser(_PerUser):
@@ -111,6 +158,10 @@ class DisableUser(_PerUser):
         q = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=["id", "accountEnabled"])
         current = await ctx.graph.users.by_user_id(user).get(RequestConfiguration(query_parameters=q))
         if current is not None and current.account_enabled is False:
+            if req["id"] in ctx.prior_attempts:
+                return ActionResult(req["id"], "confirmed", undo={"account_enabled": True},
+                                    detail=f"account {user} is already disabled: disabled by an earlier "
+                                           "attempt (recorded now)")
             return ActionResult(req["id"], "skipped", detail=f"account {user} is already disabled")
         # The SDK adds "@odata.type": "#microsoft.graph.user" (Graph accepts it). Passing odata_type=None
         # to drop it is worse: the backing store then sends a literal "odata_type": null.
@@ -132,6 +183,9 @@ class ConfirmCompromised:
 
     name = "confirm_compromised"
 
+    def __init__(self, *, concurrency: int = TARGET_CONCURRENCY, timeout: float = TARGET_TIMEOUT):
+        self.concurrency, self.timeout = concurrency, timeout
+
     async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]:
         results: dict[str, ActionResult] = {}
         ready: list[dict[str, Any]] = []
@@ -146,24 +200,40 @@ class ConfirmCompromised:
                 results[req["id"]] = bad
             else:
                 ready.append(req)
-        for start in range(0, len(ready), MAX_USERS_PER_CALL):
-            results.update(await self._submit(ready[start:start + MAX_USERS_PER_CALL], ctx))
+        # Calls of up to 60 users each, at most ``concurrency`` at once, each within ``timeout``.
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def call(chunk: list[dict[str, Any]]) -> dict[str, ActionResult]:
+            async with slots:
+                return await self._submit(chunk, ctx)
+
+        chunks = [ready[i:i + MAX_USERS_PER_CALL] for i in range(0, len(ready), MAX_USERS_PER_CALL)]
+        for part in await asyncio.gather(*(call(c) for c in chunks)):
+            results.update(part)
         return [results[r["id"]] for r in requests]
 
     async def _submit(self, chunk: list[dict[str, Any]], ctx: ActionContext) -> dict[str, ActionResult]:
         object_ids = list(dict.fromkeys((_user(r) or "").lower() for r in chunk))
         try:
-            await ctx.graph.identity_protection.risky_users.confirm_compromised.post(
-                ConfirmCompromisedPostRequestBody(user_ids=object_ids))
+            await asyncio.wait_for(ctx.graph.identity_protection.risky_users.confirm_compromised.post(
+                ConfirmCompromisedPostRequestBody(user_ids=object_ids)), self.timeout)
+        except TimeoutError:
+            return {r["id"]: timeout_result(r["id"], f"confirm compromised ({len(object_ids)} users)",
+                                            self.timeout) for r in chunk}
         except Exception as exc:
             failure = describe(exc)
             if failure.status == 400 and len(object_ids) > 1:
                 mid = len(chunk) // 2
                 return {**await self._submit(chunk[:mid], ctx), **await self._submit(chunk[mid:], ctx)}
             return {r["id"]: failure.result(r["id"], "confirm compromised") for r in chunk}
-        return {r["id"]: ActionResult(r["id"], "confirmed",
-                                      detail=f"{_user(r)} confirmed compromised: user risk set to high")
-                for r in chunk}
+        return {r["id"]: ActionResult(r["id"], "confirmed", detail=_confirmed_detail(r, ctx)) for r in chunk}
+
+
+def _confirmed_detail(req: dict[str, Any], ctx: ActionContext) -> str:
+    detail = f"{_user(req)} confirmed compromised: user risk set to high"
+    if req["id"] in ctx.prior_attempts:   # module doc: resent rather than checked
+        detail += " (sent again after an earlier attempt that may have done it: confirming is idempotent)"
+    return detail
 
 
 _OBJECT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)

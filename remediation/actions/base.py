@@ -4,12 +4,13 @@ An action receives a batch of remediation-request/1 dicts that the worker has al
 passed through the safety rails, all with the same ``action``. It returns one ``ActionResult`` per
 request, in the same order, and never raises for a target's failure: one mailbox that answers 404
 must not stop the other nine. Batching matters for the Defender strategy (one Action-center entry
-for a whole campaign); the other actions run their targets concurrently within Graph's limits.
+for a whole campaign); the other actions run their targets concurrently, bounded (actions/bounded.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.settings import Settings
@@ -52,12 +53,31 @@ class ActionContext:
     # remediation.mailbox_slots.MailboxSlots: Outlook's per-mailbox limit across instances (mailbox
     # strategy); None keeps only the in-process limit (tests, CLI, a single instance).
     mailbox_slots: Any = None
+    # request id -> ISO UTC time of the earliest write-ahead intent: some earlier attempt (a crashed
+    # delivery, or an attempt of this delivery that answered an error) may already have acted on the
+    # service. An action checks the service's state for these first, and records an end state that
+    # already holds as ``confirmed`` (with undo information), never ``skipped``, never acting again.
+    prior_attempts: dict[str, str] = field(default_factory=dict)
 
 
 class Action(Protocol):
     name: str
 
     async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]: ...
+
+
+def prior_attempt_at(ctx: ActionContext, request_id: str) -> datetime | None:
+    """When the earliest earlier attempt at this request began (``ctx.prior_attempts``), or None when
+    there was none. A time that cannot be read counts as "not yet": nothing the service shows is then
+    taken for that attempt's work by a time comparison (the caller acts again, as without one)."""
+    text = ctx.prior_attempts.get(request_id)
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.max.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def failed(request: dict[str, Any], reason: str, *, detail: str = "") -> ActionResult:

@@ -6,16 +6,19 @@ runs what was allowed, and never under ``manual``: a manual deployment grants no
 call could only fail with 401/403 (on-call runs the command by hand and records it with
 ``approve --done``, Worker.approve). The target names the connector and, when the rule knows it,
 ``connector_type`` (inbound/outbound); otherwise both kinds are looked up. A connector that is already
-disabled is ``skipped``; one that does not exist is a permanent failure.
+disabled is ``skipped``, unless an earlier attempt at this request may have disabled it
+(``ctx.prior_attempts``: a crash, or an error answered after Exchange applied the change): then it is
+``confirmed``, with the undo (re-enable) information. One that does not exist is a permanent failure.
+Targets go out in bounded batches with a per-target timeout (remediation/actions/bounded.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 from remediation.actions.base import ActionContext, ActionResult, failed
+from remediation.actions.bounded import TARGET_CONCURRENCY, TARGET_TIMEOUT, each_bounded, timeout_result
 from remediation.actions.errors import describe
 from remediation.actions.registry import ActionDef
 from remediation.exchange import render_command
@@ -24,8 +27,14 @@ from remediation.exchange import render_command
 class DisableConnector:
     name = "disable_connector"
 
+    def __init__(self, *, concurrency: int = TARGET_CONCURRENCY, timeout: float = TARGET_TIMEOUT):
+        self.concurrency, self.timeout = concurrency, timeout
+
     async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]:
-        return list(await asyncio.gather(*(self._one(r, ctx) for r in requests)))
+        return await each_bounded(
+            requests, lambda r: self._one(r, ctx), concurrency=self.concurrency, timeout=self.timeout,
+            timed_out=lambda r, t: timeout_result(
+                r["id"], f"disable connector {(r.get('target') or {}).get('connector')}", t))
 
     async def _one(self, req: dict[str, Any], ctx: ActionContext) -> ActionResult:
         if req.get("action") != self.name:
@@ -53,12 +62,15 @@ class DisableConnector:
                 if found is None:
                     continue
                 command = _command(direction, name)
+                undo = {"connector": name, "connector_type": direction, "enabled": True}
                 if found.get("Enabled") is False:
                     detail = f"{direction} connector {name} is already disabled"
+                    if req["id"] in ctx.prior_attempts:
+                        return ActionResult(req["id"], "confirmed", undo=undo,
+                                            detail=f"{detail}: disabled by an earlier attempt (recorded now)")
                     return ActionResult(req["id"], "skipped", detail=detail)
                 await ctx.exchange.set_connector_enabled(direction, name, False)
-                return ActionResult(req["id"], "confirmed", detail=f"ran {command}",
-                                    undo={"connector": name, "connector_type": direction, "enabled": True})
+                return ActionResult(req["id"], "confirmed", detail=f"ran {command}", undo=undo)
         except Exception as exc:
             return describe(exc).result(req["id"], f"disable connector {name}")
         reason = f"no {' or '.join(kinds)} connector named {name!r} exists"

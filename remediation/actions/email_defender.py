@@ -15,12 +15,30 @@ SDK's ``post`` returns None and drops the headers. Not with kiota's HeadersInspe
 its options live in the httpx request's extensions, which the last middleware removes, so after a
 RetryHandler replay the header is silently lost (seen in the tests).
 
-SDK retries and idempotency: the RetryHandler below this code replays the POST on 429/503/504. A 429
-was not processed, so the replay is exact. A 503/504 may have been processed: the replay then creates
-a second Action-center entry for the same emails, which converges on the same end state (a message
-already in Junk stays there). That is the accepted cost; the ledger's request ids keep the worker
-from ever submitting the same request twice on purpose. When the SDK gives up, every target of the
-call gets a transient result and the worker retries the whole group.
+Exactly once, and what it costs. A 5xx, a timeout or a connection reset on this POST is AMBIGUOUS: the
+service may have accepted the call (an Action-center entry exists, the emails will move) before its
+answer was lost. Resubmitting then creates a second Action-center entry for every email of the call (up
+to 100), which is what made 200-300 emails per run be submitted twice under faults: the SDK's
+RetryHandler replayed the POST on 503/504 whether or not it had been processed, and every target of the
+call then came back transient, so the worker submitted the whole chunk again. So:
+
+* the SDK retry is switched off for this POST (``RetryHandlerOption`` per request);
+* an ambiguous failure records every target of that call as ``submitted`` (unconfirmed, not transient:
+  nothing resubmits it), saying the service may have accepted it. remediation/verify.py settles it from
+  EmailEvents like any submission: ``confirmed`` when the message moved, ``not_applied`` (and on-call is
+  told) when it did not within the grace period;
+* a 429 was never processed: it is transient with its Retry-After and the worker retries it;
+* 4xx refusals are permanent (bisected on 400, below);
+* each call's result stands on its own: a fault on one call changes nothing for the calls before or
+  after it (they were accepted, or are sent once).
+
+The trade-off, chosen for a SOC: no duplicate Action-center entries (each is an item on-call reviews, and
+Defender caps active remediations at 50 per organisation), at the price that a call the service had NOT
+accepted waits for verification's grace period and is then reported for a person to resubmit, instead of
+being retried at once. A request in ``ctx.prior_attempts`` (an earlier delivery crashed, or its first
+attempt got a 429) is submitted again: there is no status API to ask, a 429 was not processed, and a
+crash between the POST and the ledger write costs at most one duplicate entry per crash (the emails'
+end state is the same). docs/remediation.md states this.
 
 Failure isolation: a target that cannot be valid (no NetworkMessageId, recipient without "@") fails
 alone before any call. The API answers for the call as a whole and says nothing per email, so a 400
@@ -37,9 +55,10 @@ from collections import OrderedDict
 from typing import Any
 
 import httpx
+from kiota_abstractions.api_error import APIError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_abstractions.response_handler import ResponseHandler
-from kiota_http.middleware.options import ResponseHandlerOption
+from kiota_http.middleware.options import ResponseHandlerOption, RetryHandlerOption
 from msgraph.generated.models.security.analyzed_email import AnalyzedEmail
 from msgraph.generated.models.security.remediation_action import RemediationAction
 from msgraph.generated.models.security.remediation_severity import RemediationSeverity
@@ -148,20 +167,41 @@ class DefenderEmailAction:
                       pairs: list[tuple[str, str]]) -> tuple[dict[str, ActionResult], Failure | None]:
         body = build_body(self.name, rule, reqs, pairs)
         keep = _KeepLocation(ctx.graph.request_adapter)
+        # No SDK replay of this POST (module doc): a 503/504 may have been processed.
+        no_replay = RetryHandlerOption(max_retries=0, should_retry=False)
+        undo = ({"strategy": "defender", "restore_action": "move_to_inbox"}
+                if self.name == "move_to_junk" else None)
         try:
             await ctx.graph.security.collaboration.analyzed_emails.microsoft_graph_security_remediate.post(
-                body, RequestConfiguration(options=[ResponseHandlerOption(keep)]))
+                body, RequestConfiguration(options=[ResponseHandlerOption(keep), no_replay]))
         except Exception as exc:
             failure = describe(exc)
+            if is_ambiguous(exc):
+                detail = (f"{VERB[self.name]} for {len(pairs)} email(s): Defender answered "
+                          f"{failure.reason}, so it may have accepted the submission; not sent again (that "
+                          "would add a duplicate Action-center entry): confirmed later from "
+                          "LatestDeliveryLocation, or reported not applied")
+                return {r["id"]: ActionResult(r["id"], "submitted", detail=detail, undo=undo)
+                        for r in reqs}, None
             return {r["id"]: failure.result(r["id"], f"Defender remediation ({len(pairs)} emails)")
                     for r in reqs}, failure
         location = keep.location
         detail = (f"{VERB[self.name]} submitted to Defender with {len(pairs)} email(s); "
                   "confirmed later from LatestDeliveryLocation")
-        undo = ({"strategy": "defender", "restore_action": "move_to_inbox"}
-                if self.name == "move_to_junk" else None)
         return {r["id"]: ActionResult(r["id"], "submitted", detail=detail, link=location, undo=undo)
                 for r in reqs}, None
+
+
+def is_ambiguous(exc: BaseException) -> bool:
+    """The service may have processed the call: it answered 5xx or 408, or the answer never came (a
+    timeout or a connection lost after the request was sent). Not a 429 (throttled before processing),
+    other 4xx (refused), or a connection that was never made (nothing was sent)."""
+    if isinstance(exc, APIError):
+        status = exc.response_status_code or 0
+        return status == 408 or status >= 500
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return False
+    return isinstance(exc, (httpx.TimeoutException, httpx.TransportError, TimeoutError))
 
 
 class _KeepLocation(ResponseHandler):

@@ -14,6 +14,12 @@ Outlook's limit is per app across all instances, so with ``ctx.mailbox_slots`` s
 each request also holds one of the mailbox's 4 leases in Table storage (remediation/mailbox_slots.py),
 shared by every instance; a 429 that still comes back is reported transient with its Retry-After.
 
+Work done by an earlier attempt: a request in ``ctx.prior_attempts`` (a crashed delivery, or an attempt
+that answered 503/timeout/reset after Exchange had moved the message) whose message is already in the
+destination is ``confirmed``, not ``skipped``: the move was ours. Its undo names the Inbox as the
+original folder (the folder it came from is no longer known; the detail says so). Without a prior
+attempt, a message already in the destination stays ``skipped`` (the user or somebody else moved it).
+
 SDK retries: the RetryHandler replays a move that got 503/504. If the service had processed it, the
 message already has a new id and the replay answers 404; the action then re-reads the mailbox and,
 finding the message in the destination, reports ``confirmed`` rather than a false failure.
@@ -149,6 +155,8 @@ class MailboxEmailAction:
             label = FOLDER_LABEL.get(dest_ref, "its original folder")
             to_move = [m for m in found if m.parent_folder_id != dest_id]
             if not to_move:
+                if req["id"] in run.prior:
+                    return _recognised(req, address, imid, found[0].id, label)
                 return ActionResult(req["id"], "skipped", detail=f"already in {label} in {address}")
             step = "move"
             destination = dest_ref if dest_ref in FOLDER_LABEL else dest_id
@@ -177,6 +185,15 @@ class MailboxEmailAction:
                             detail=f"moved {len(to_move)} message(s) to {label} in {address}{note}")
 
 
+def _recognised(req: dict[str, Any], address: str, imid: str, message_id: str, label: str) -> ActionResult:
+    """Already in the destination after an earlier attempt at this request: that attempt moved it."""
+    undo = {"strategy": "mailbox", "mailbox": address, "internet_message_id": imid,
+            "original_folder": "inbox", "moved_message_id": message_id}
+    return ActionResult(req["id"], "confirmed", undo=undo,
+                        detail=f"already in {label} in {address}: moved by an earlier attempt (recorded now; "
+                               "the folder it came from is not known, an undo puts it in the Inbox)")
+
+
 class _Run:
     """Per-execute state: one semaphore per mailbox, destination folder ids cached per mailbox."""
 
@@ -184,6 +201,7 @@ class _Run:
         self.graph = ctx.graph
         self.adapter = ctx.graph.request_adapter
         self.slots = ctx.mailbox_slots
+        self.prior = ctx.prior_attempts
         self.sems: dict[str, asyncio.Semaphore] = {}
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.folders: dict[tuple[str, str], asyncio.Task[str]] = {}

@@ -9,6 +9,9 @@ from remediation.actions.registry import ActionDef
 
 
 class NotifyAction:
+    """No service state to check: a retry after an earlier attempt (``ctx.prior_attempts``) is confirmed
+    again, which only records it; the card is the worker's, not this action's."""
+
     name = "notify"
 
     async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]:

@@ -24,8 +24,16 @@ def settings_for(fake: FakeGraph, strategy: str = "defender",
 
 async def execute(fake: FakeGraph, action: str, requests: list[dict[str, Any]], *, strategy: str = "defender",
                   max_retries: int = 0, exchange: ExchangeClient | None = None,
-                  connector_actions: str = "approval") -> list[ActionResult]:
-    graph = make_graph_client(base_url=fake.base_url, max_retries=max_retries)
+                  connector_actions: str = "approval", prior_attempts: dict[str, str] | None = None,
+                  http_timeout: float = 180.0, **knobs: Any) -> list[ActionResult]:
+    """``prior_attempts``: what Execution passes for a retry or a recovered crash. ``knobs``: attributes
+    set on the action object (e.g. ``concurrency``, ``timeout`` of the bounded account/connector actions)."""
+    graph = make_graph_client(base_url=fake.base_url, max_retries=max_retries, timeout=http_timeout)
     ctx = ActionContext(settings=settings_for(fake, strategy, connector_actions), tenant=TenantConfig(),
                         graph=graph, exchange=exchange)
-    return await get_action(action, strategy).execute(requests, ctx)
+    # Set after construction: the same test then runs against code without the field (it is ignored).
+    ctx.prior_attempts = dict(prior_attempts or {})
+    executor = get_action(action, strategy)
+    for name, value in knobs.items():
+        setattr(executor, name, value)
+    return await executor.execute(requests, ctx)

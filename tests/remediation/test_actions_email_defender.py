@@ -97,9 +97,9 @@ def test_bad_target_fails_alone_without_a_call() -> None:
 
 
 @pytest.mark.parametrize(("status", "transient", "retry_after"), [
-    (429, True, 7.0), (503, True, None), (504, True, None), (400, False, None), (403, False, None),
-    (404, False, None)])
+    (429, True, 7.0), (400, False, None), (403, False, None), (404, False, None)])
 def test_fault_mapping(status: int, transient: bool, retry_after: float | None) -> None:
+    """Answers that say the call was not processed: 429 (retried by the worker), other 4xx (refused)."""
     reqs = [email_request("nm-1"), email_request("nm-2", index=1)]
     with FakeGraph() as fake:
         fake.inject("POST", r"remediate$", status, times=None, retry_after=retry_after,
@@ -113,27 +113,37 @@ def test_fault_mapping(status: int, transient: bool, retry_after: float | None) 
         assert f"HTTP {status}" in (r.error or "") and f"boom {status}" in (r.error or "")
 
 
-def test_sdk_retries_a_503_on_post_and_a_processed_503_means_a_second_entry() -> None:
-    """The SDK RetryHandler replays the POST (max_retries > 0). If the service had processed the first
-    call (``applied=True``), the replay submits the same emails again: two Action-center entries, one
-    end state. The action reports one submission; the ledger never sees the replay."""
+@pytest.mark.parametrize("status", [500, 503, 504])
+def test_an_ambiguous_answer_is_submitted_once_and_never_resubmitted(status: int) -> None:
+    """A 5xx may come after the service accepted the call: recorded ``submitted`` (verification settles
+    it), not transient, so nothing submits these emails again."""
+    reqs = [email_request("nm-1"), email_request("nm-2", index=1)]
     with FakeGraph() as fake:
-        # Retry-After 1: the RetryHandler reads whole seconds only and backs off seconds on 0.
+        fake.inject("POST", r"remediate$", status, times=None, message=f"boom {status}")
+        results = asyncio.run(execute(fake, "move_to_junk", reqs, max_retries=3))
+        assert len(fake.calls) == 1
+    for r in results:
+        assert (r.state, r.transient, r.link) == ("submitted", False, None)
+        assert f"HTTP {status}" in r.detail and "may have accepted" in r.detail
+        assert r.undo == {"strategy": "defender", "restore_action": "move_to_inbox"}
+
+
+def test_the_sdk_never_replays_the_post_so_a_processed_503_makes_one_entry() -> None:
+    """Before, the RetryHandler replayed a 503 that the service had processed: two Action-center entries
+    for the same emails. Now the POST is sent once, even with the production retry count."""
+    with FakeGraph() as fake:
         fake.inject("POST", r"remediate$", 503, retry_after=1, applied=True)
-        results = asyncio.run(execute(fake, "move_to_junk", [email_request("nm-1")], max_retries=1))
-        assert [c.status for c in fake.calls] == [503, 202]
-        assert fake.calls[0].json == fake.calls[1].json
-    assert len(fake.remediations) == 2
-    assert [r.emails for r in fake.remediations] == [[{"networkMessageId": "nm-1",
-                                                       "recipientEmailAddress": "support@contoso.com"}]] * 2
-    assert results[0].state == "submitted" and results[0].link == fake.remediations[1].location
+        results = asyncio.run(execute(fake, "move_to_junk", [email_request("nm-1")], max_retries=3))
+        assert [c.status for c in fake.calls] == [503]
+    assert len(fake.remediations) == 1
+    assert results[0].state == "submitted" and not results[0].transient
 
 
-def test_sdk_gives_up_after_max_retries_and_the_result_is_transient() -> None:
+def test_a_429_is_left_to_the_worker_with_its_retry_after() -> None:
     with FakeGraph() as fake:
         fake.inject("POST", r"remediate$", 429, times=None, retry_after=1)
         results = asyncio.run(execute(fake, "move_to_junk", [email_request("nm-1")], max_retries=1))
-        assert [c.status for c in fake.calls] == [429, 429]
+        assert [c.status for c in fake.calls] == [429]
     assert (results[0].state, results[0].transient, results[0].retry_after) == ("failed", True, 1.0)
     assert fake.remediations == []
 

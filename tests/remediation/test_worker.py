@@ -233,17 +233,17 @@ def test_crash_with_defender_resubmits_once_more_by_design(h: Harness,
     assert again.extra.get("duplicate") and len(h.fake.remediations) == 2
 
 
-def test_sdk_retry_of_a_processed_post_is_invisible_to_the_ledger(h: Harness) -> None:
-    """Decision pinned: the SDK RetryHandler stays on. A 503 after the service did the work is replayed
-    by the SDK (two entries at the service), the worker sees one success: one row, one attempt, no
-    worker retry; a redelivery adds nothing."""
+def test_a_processed_503_is_submitted_once_and_never_replayed(h: Harness) -> None:
+    """Decision pinned (issue 13): the remediate POST is never replayed, by the SDK or the worker. A 503
+    after the service did the work is recorded ``submitted`` (verification settles it): one entry at
+    the service, one attempt, no sleep; a redelivery adds nothing."""
     h.fake.inject("POST", REMEDIATE, 503, retry_after=1, applied=True)
     req = email_request("nm-1")
     [out] = h.run(lambda w: w.process_message(body(req), 1), max_retries=1)
-    assert [c.status for c in h.fake.calls] == [503, 202] and len(h.fake.remediations) == 2
+    assert [c.status for c in h.fake.calls] == [503] and len(h.fake.remediations) == 1
     assert (out.state, out.attempts) == ("submitted", 1) and h.sleeps == []
     h.run(lambda w: w.process_message(body(req), 2), max_retries=1)
-    assert len(h.fake.remediations) == 2
+    assert len(h.fake.remediations) == 1
 
 
 # --- faults ---------------------------------------------------------------------------------------------
@@ -257,29 +257,29 @@ def test_429_with_retry_after_is_honoured_then_retried(h: Harness) -> None:
     assert (out.state, out.attempts) == ("submitted", 2)
 
 
-def test_persistent_503_returns_the_message_then_the_redelivery_succeeds(h: Harness) -> None:
-    h.fake.inject("POST", REMEDIATE, 503, times=3)
+def test_persistent_429_returns_the_message_then_the_redelivery_succeeds(h: Harness) -> None:
+    h.fake.inject("POST", REMEDIATE, 429, times=3)
     req = email_request("nm-1")
     with pytest.raises(TransientFailure) as info:
         h.run(lambda w: w.process_message(body(req), 1))
     assert h.sleeps == [2.0, 4.0]                         # bounded: 3 attempts, exponential backoff
-    assert [c.status for c in h.fake.calls] == [503, 503, 503] and h.fake.remediations == []
+    assert [c.status for c in h.fake.calls] == [429, 429, 429] and h.fake.remediations == []
     rec = h.row(req)
-    assert (rec.state, rec.claim_token, rec.attempts) == ("received", None, 3) and "503" in rec.error
+    assert (rec.state, rec.claim_token, rec.attempts) == ("received", None, 3) and "429" in rec.error
     assert info.value.outcomes[0].extra["transient"] is True
     [out] = h.run(lambda w: w.process_message(body(req), 2))
     assert (out.state, out.attempts, out.error) == ("submitted", 4, None)
     assert len(h.fake.remediations) == 1
 
 
-def test_a_timeout_is_transient_and_retried(h: Harness) -> None:
-    """The first call outlasts the client's timeout: transient, so the worker retries it and records one
-    submission. (The service may still carry out the late call: the replay case documented in
-    remediation/worker.py, same end state.)"""
+def test_a_timeout_is_submitted_unconfirmed_and_not_resubmitted(h: Harness) -> None:
+    """The call outlasts the client's timeout: the service may still carry it out, so it is recorded
+    ``submitted`` (verification settles it) and never sent a second time."""
     h.fake.add_latency(1.5, "POST", REMEDIATE, times=1)
     req = email_request("nm-1")
     [out] = h.run(lambda w: w.process_message(body(req), 1), timeout=0.5)
-    assert (out.state, out.attempts) == ("submitted", 2) and h.sleeps == [2.0]
+    assert (out.state, out.attempts) == ("submitted", 1) and h.sleeps == []
+    assert len(h.fake.calls_to("POST", REMEDIATE)) == 1
     assert h.row(req).state == "submitted"
 
 
