@@ -156,7 +156,10 @@ _EXTRA = ("approved_by", "rejected_by", "undone_by", "undo_of", "network_message
           # run_by_hand: a person ran the command themselves (connector actions in manual mode).
           "claimed_by", "run_by_hand",
           # blocked: why an action was refused when on-call fixes it differently ("privileged_target").
-          "blocked")
+          "blocked",
+          # intent_at: when a delivery was first about to call the action (kept across deliveries);
+          # intent_by: the claim owner of the latest delivery that wrote it (remediation/intent.py).
+          "intent_at", "intent_by")
 
 
 def _to_entity(rec: Record) -> dict[str, Any]:
@@ -214,6 +217,10 @@ class Ledger:
         if create:
             ledger.ensure_table()
         return ledger
+
+    def iso_now(self) -> str:
+        """The ledger clock's time as stored in rows (ISO UTC, seconds)."""
+        return _iso(self.clock())
 
     def ensure_table(self) -> None:
         with contextlib.suppress(ResourceExistsError):

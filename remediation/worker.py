@@ -31,12 +31,10 @@ Two entry points share one pipeline: ``process_message`` (the queue trigger, one
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import uuid
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -46,12 +44,14 @@ from core.tenant import TenantConfig
 from detections.catalog import Rule
 from remediation.actions.base import ActionContext
 from remediation.actions.registry import Registry, default_registry
-from remediation.claims import Claimed, claim, duplicate, reopen
+from remediation.claims import Claimed, claim, duplicate, in_flight, new_owner, reopen, storage_failure
 from remediation.decisions import Decisions, WorkerError
 from remediation.execution import Execution
 from remediation.grouping import claim_siblings
-from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
+from remediation.intent import StorageError, describe
+from remediation.ledger import Ledger, Record
 from remediation.outcome import Outcome
+from remediation.poison import mark_failed, reason_for
 from remediation.rails import Decision, decide
 from remediation.reporting import HookReporter, OutcomeReporter, Report, ReportQueue
 from remediation.verify import verify_submitted
@@ -78,7 +78,8 @@ class Worker:
                  backoff: float = 2.0, max_delay: float = 30.0, lease: timedelta = timedelta(minutes=5),
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, group_siblings: bool = True,
                  verify_grace: timedelta = timedelta(hours=2), mailbox_slots: Any = None,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, budget: timedelta | None = None,
+                 monotonic: Callable[[], float] = time.monotonic, poison_retries: int = 5) -> None:
         self.settings, self.tenant, self.catalog, self.ledger = settings, tenant, catalog, ledger
         self.graph, self.exchange = graph, exchange
         self._ctx: ActionContext | None = None
@@ -87,13 +88,20 @@ class Worker:
             reporter = HookReporter(report_hook)
         self.outbox = ReportQueue(reporter, ledger)
         self.lease, self.group_siblings = lease, group_siblings
+        # A delivery's time under its claims: half the lease unless told (remediation/deadline.py).
+        self.budget = budget if budget is not None else lease / 2
+        if self.budget >= lease:
+            raise ValueError("the delivery budget must be shorter than the claim's lease")
+        # host.json's maxDequeueCount: how often the poison handler may hand a message back.
+        self.poison_retries = poison_retries
         self.verify_grace = verify_grace
         self.registry = registry or default_registry()
         self.contract = self.registry.contract()   # the request contract for the registry's actions
         self.decisions = Decisions(self, self.registry)
         self.execution = Execution(ledger, self.registry, self.outbox, email_strategy=settings.email_strategy,
                                    ctx=lambda: self.ctx, max_attempts=max_attempts, backoff=backoff,
-                                   max_delay=max_delay, sleep=sleep)
+                                   max_delay=max_delay, sleep=sleep,
+                                   budget=self.budget.total_seconds(), monotonic=monotonic)
 
     @property
     def reports(self) -> list[Report]:
@@ -111,21 +119,21 @@ class Worker:
     # --- entry points ---------------------------------------------------------------------------------
 
     async def process_message(self, body: str | bytes, dequeue_count: int = 1) -> list[Outcome]:
-        """Queue path: one message. Raises TransientFailure to have the host retry it."""
+        """Queue path: one message, one delivery (its own claim owner). Raises TransientFailure to have
+        the host hand the message back: transient errors, a live claim elsewhere, storage errors."""
         try:
             request = self.contract.parse(body)
         except RequestInvalid as exc:
             # Schema-invalid is permanent: recorded, reported, and the message is consumed.
             outcome = await self._invalid(body, str(exc), dequeue_count)
+            if outcome.extra.get("storage_error"):
+                raise TransientFailure(f"invalid message {outcome.detail}", [outcome]) from None
             await self.outbox.flush()
             return [outcome]
-        raw = body if isinstance(body, bytes) else body.encode("utf-8")
-        owner = "msg-" + hashlib.sha256(raw).hexdigest()[:24]
-        outcomes, leftover, retry_after = await self._pipeline([request], owner=owner, queue=True,
-                                                               redelivery=dequeue_count > 1)
+        outcomes, problem, retry_after = await self._pipeline([request], owner=new_owner(), queue=True)
         await self.outbox.flush()
-        if leftover:
-            raise TransientFailure(f"request {request['id']}: {leftover}", outcomes, retry_after)
+        if problem:
+            raise TransientFailure(f"request {request['id']}: {problem}", outcomes, retry_after)
         return outcomes
 
     async def process_bodies(self, bodies: Iterable[str | bytes]) -> list[Outcome]:
@@ -143,8 +151,10 @@ class Worker:
     async def process(self, requests: list[dict[str, Any]]) -> list[Outcome]:
         """Batch path: requests grouped per action so the Defender strategy makes few calls.
 
-        Transient failures that persist are left ``received`` (with the error) and reported; nothing
-        is raised, the next run of the same batch picks them up.
+        Nothing is raised: transient failures that persist are left ``received`` (with the error) and
+        reported, requests another delivery is executing are marked ``extra["in_flight"]``, and a storage
+        error on one request marks it ``extra["storage_error"]`` while the others go on; the next run of
+        the same batch picks them up.
         """
         valid: list[dict[str, Any]] = []
         invalid: list[Outcome] = []
@@ -153,8 +163,7 @@ class Worker:
                 valid.append(self.contract.validate(req))
             except RequestInvalid as exc:
                 invalid.append(await self._invalid(_dump_invalid(req), str(exc), 1))
-        outcomes, _, _ = await self._pipeline(valid, owner="batch-" + uuid.uuid4().hex[:12], queue=False,
-                                              redelivery=False)
+        outcomes, _, _ = await self._pipeline(valid, owner=new_owner("batch"), queue=False)
         await self.outbox.flush()
         return invalid + outcomes
 
@@ -164,82 +173,61 @@ class Worker:
         return sum(self.ledger.receive(dict(self.contract.validate(dict(r))))[1] for r in requests)
 
     async def record_poison(self, body: str | bytes, dequeue_count: int) -> Outcome:
-        """For the poison-queue function: the message failed every delivery; record it as failed."""
+        """For the poison-queue function: the message failed every delivery; record it as failed, unless
+        a delivery holds a live claim on it: then TransientFailure (the host retries the poison message
+        later, at most ``poison_retries`` times) and, on the last try, the row is left to that delivery."""
         try:
             request = self.contract.parse(body)
         except RequestInvalid as exc:
             outcome = await self._invalid(body, str(exc), dequeue_count)
+            if outcome.extra.get("storage_error"):
+                raise TransientFailure(f"poison message {outcome.detail}", [outcome]) from None
             self.reports[-1] = Report("poison", f"poison message: {exc}", [outcome])
             await self.outbox.flush()
             return outcome
-        rec, _ = self.ledger.receive(request)
-        reason = (f"the message failed {dequeue_count} deliveries and went to the poison queue"
-                  + (f"; last error: {rec.error}" if rec.error else ""))
-        if rec.state in ("received", "approved"):
-            try:
-                rec = self.ledger.transition(rec, "failed", error=reason,
-                                             detail="gave up after repeated transient errors",
-                                             dequeue_count=dequeue_count)
-            except (LedgerConflict, IllegalTransition):
-                rec = self.ledger.read(rec.rule, rec.request_id) or rec
-        outcome = rec.outcome()
+        rec, _ = self.ledger.receive(request)   # a storage error: the host retries the poison message
+        reason = reason_for(rec, dequeue_count)
+        if rec.state in ("received", "approved") and rec.claimed(self.ledger.clock()):
+            outcome = in_flight(rec)
+            if dequeue_count < self.poison_retries:
+                raise TransientFailure(f"request {rec.request_id}: being executed by another delivery "
+                                       f"(claim until {rec.claim_until}); poison handling retried", [outcome])
+            reason += "; a delivery was still executing it, so the row is left to that delivery"
+        else:
+            if rec.state in ("received", "approved"):
+                rec = mark_failed(self.ledger, rec, dequeue_count)
+            outcome = rec.outcome()
         self.outbox.add(Report("poison", reason, [outcome], [request]))
         await self.outbox.flush()
         return outcome
 
     # --- the pipeline ---------------------------------------------------------------------------------
 
-    async def _pipeline(self, requests: list[dict[str, Any]], *, owner: str, queue: bool,
-                        redelivery: bool) -> tuple[list[Outcome], str | None, float | None]:
+    async def _pipeline(self, requests: list[dict[str, Any]], *, owner: str,
+                        queue: bool) -> tuple[list[Outcome], str | None, float | None]:
         outcomes: dict[str, Outcome] = {}
-        to_run: list[Claimed] = []
-        busy: list[str] = []
+        runnable: dict[str, list[tuple[Record, dict[str, Any]]]] = {}
         for req in requests:
-            rec, created = self.ledger.receive(req)
-            decision: Decision | None = None
-            if not created and rec.dry_run_skip:
-                # Settled by a dry run only. The same dry-run delivery again is a no-op; a request
-                # that would now run (rule or RESPONDER_DRY_RUN gone live) reopens the row.
-                decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
-                                  registry=self.registry)
-                if decision.kind != "dry_run":
-                    rec = reopen(self.ledger, rec, req)
-            if not created and rec.state != "received":
-                outcomes[req["id"]] = duplicate(rec)
-                continue
-            ours = redelivery and rec.claim_token == owner
-            if rec.claimed(self.ledger.clock()) and not ours:
-                # Someone is executing it right now: neither act nor settle it under their feet.
-                outcomes[req["id"]] = replace(rec.outcome(), detail="being executed by another delivery")
-                busy.append(req["id"])
-                continue
-            if decision is None:
-                decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
-                                  registry=self.registry)
-            if decision.kind != "execute":
-                outcomes[req["id"]] = self.execution.settle(rec, req, decision)
-                continue
-            claimed = claim(self.ledger, rec, owner, lease=self.lease, take_over=redelivery)
-            if claimed is None:
-                fresh = self.ledger.read(rec.rule, rec.request_id) or rec
-                if fresh.state != "received":
-                    outcomes[req["id"]] = duplicate(fresh)
-                else:
-                    outcomes[req["id"]] = replace(fresh.outcome(),
-                                                  detail="being executed by another delivery")
-                    busy.append(req["id"])
-                continue
-            to_run.append(Claimed(req, claimed))
-        if queue and to_run and self.group_siblings:
-            to_run += claim_siblings(to_run, owner, ledger=self.ledger, settings=self.settings,
-                                     tenant=self.tenant, catalog=self.catalog, lease=self.lease,
-                                     registry=self.registry)
+            try:
+                got = self._admit(req)
+            except StorageError as exc:   # this request only; the others go on
+                log.warning("request %s: ledger unavailable: %s", req["id"], describe(exc))
+                got = storage_failure(req, exc)
+            if isinstance(got, Outcome):
+                outcomes[req["id"]] = got
+            else:
+                runnable.setdefault(req["action"], []).append((got, req))
         leftover: list[str] = []
         retry_after: float | None = None
-        by_action: dict[str, list[Claimed]] = {}
-        for item in to_run:
-            by_action.setdefault(item.request["action"], []).append(item)
-        for action, items in by_action.items():
+        for action, pairs in runnable.items():
+            # Claims are taken right before their action runs: the deadline starts with them.
+            items = [c for rec, req in pairs if (c := self._claim(rec, req, owner, outcomes))]
+            if queue and items and self.group_siblings:
+                items += claim_siblings(items, owner, ledger=self.ledger, settings=self.settings,
+                                        tenant=self.tenant, catalog=self.catalog, lease=self.lease,
+                                        registry=self.registry)
+            if not items:
+                continue
             done, pending, hint = await self.execution.run(action, items)
             outcomes.update(done)
             leftover += pending
@@ -249,14 +237,57 @@ class Worker:
         problem = None
         if leftover:
             problem = f"transient failure persisted for {len(leftover)} request(s)"
-        elif busy and queue:
+        elif queue and any(o.extra.get("storage_error") for o in ordered):
+            problem = "storage error: " + next(o.extra["storage_error"] for o in ordered
+                                               if o.extra.get("storage_error"))
+        elif queue and any(o.extra.get("in_flight") for o in ordered):
             # Another delivery holds the claim: hand the message back rather than drop it, in case
             # that delivery dies; the retry finds the request settled and does nothing.
             problem = "being executed by another delivery"
         return ordered, problem, retry_after
 
+    def _admit(self, req: dict[str, Any]) -> Outcome | Record:
+        """The request's row when it is to be executed, else its outcome (duplicate, in flight, settled)."""
+        rec, created = self.ledger.receive(req)
+        decision: Decision | None = None
+        if not created and rec.dry_run_skip:
+            # Settled by a dry run only. The same dry-run delivery again is a no-op; a request
+            # that would now run (rule or RESPONDER_DRY_RUN gone live) reopens the row.
+            decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
+                              registry=self.registry)
+            if decision.kind != "dry_run":
+                rec = reopen(self.ledger, rec, req)
+        if not created and rec.state != "received":
+            return duplicate(rec)
+        if rec.claimed(self.ledger.clock()):
+            # Someone is executing it right now: neither act nor settle it under their feet.
+            return in_flight(rec)
+        if decision is None:
+            decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
+                              registry=self.registry)
+        if decision.kind != "execute":
+            return self.execution.settle(rec, req, decision)
+        return rec
+
+    def _claim(self, rec: Record, req: dict[str, Any], owner: str,
+               outcomes: dict[str, Outcome]) -> Claimed | None:
+        """``rec`` claimed by this delivery, or None with its outcome recorded in ``outcomes``."""
+        try:
+            claimed = claim(self.ledger, rec, owner, lease=self.lease)
+            if claimed is not None:
+                return Claimed(req, claimed)
+            fresh = self.ledger.read(rec.rule, rec.request_id) or rec
+        except StorageError as exc:
+            outcomes[req["id"]] = storage_failure(req, exc, rec)
+            return None
+        outcomes[req["id"]] = duplicate(fresh) if fresh.state != "received" else in_flight(fresh)
+        return None
+
     async def _invalid(self, body: str | bytes, reason: str, dequeue_count: int) -> Outcome:
-        rec = self.ledger.record_invalid(body, reason, dequeue_count=dequeue_count)
+        try:
+            rec = self.ledger.record_invalid(body, reason, dequeue_count=dequeue_count)
+        except StorageError as exc:
+            return storage_failure({"id": "", "rule": "~invalid"}, exc)
         outcome = rec.outcome()
         self.outbox.add(Report("failed", f"invalid remediation message: {reason}", [outcome]))
         return outcome
@@ -277,8 +308,7 @@ class Worker:
         """One request a person decided on: settled, or claimed and run through the action."""
         if decision.kind != "execute":
             return self.execution.settle(rec, req, decision)
-        owner = "person-" + uuid.uuid4().hex[:12]
-        claimed = claim(self.ledger, rec, owner, lease=self.lease, take_over=False)
+        claimed = claim(self.ledger, rec, new_owner("person"), lease=self.lease)
         if claimed is None:
             raise WorkerError(f"request {rec.request_id} is being executed by another delivery")
         done, _, _ = await self.execution.run(req["action"], [Claimed(req, claimed)])

@@ -9,7 +9,7 @@ for a whole campaign); the other actions run their targets concurrently within G
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.settings import Settings
@@ -52,6 +52,9 @@ class ActionContext:
     # remediation.mailbox_slots.MailboxSlots: Outlook's per-mailbox limit across instances (mailbox
     # strategy); None keeps only the in-process limit (tests, CLI, a single instance).
     mailbox_slots: Any = None
+    # Requests an earlier attempt may already have carried out (request id -> ISO time of the earliest
+    # intent; issue 13): the action checks the service's state before acting again.
+    prior_attempts: dict[str, str] = field(default_factory=dict)
 
 
 class Action(Protocol):
