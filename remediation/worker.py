@@ -7,19 +7,27 @@ Two entry points share one pipeline: ``process_message`` (the queue trigger, one
 (actions/, through the registry). Idempotency, in layers:
 
 * **Request level (the ledger).** A request id is recorded once (``Ledger.receive``); a delivery that
-  finds its row past ``received`` does nothing and reports the recorded outcome. Before acting the
-  worker takes an ETag-guarded claim on the row (claims.py), so two deliveries racing on one id cannot
-  both act, and a crash between action and ledger write is recovered safely.
+  finds its row past ``received`` does nothing and reports the recorded outcome. Before acting, each
+  delivery claims the row under its own owner (a random id, never derived from the message) and only
+  when no live claim exists (claims.py): of two deliveries at once, whatever their dequeue counts, one
+  acts and the other hands its message back (``extra["in_flight"]``). Its claims last as long as its
+  work: a deadline of ``budget`` (half the lease by default) bounds every action call and retry sleep
+  (deadline.py). Before each action call the row gets a write-ahead intent, and a row that had one is
+  passed to the action as a prior attempt, which checks the service before acting again (intent.py).
 * **Transport level (the SDK's RetryHandler).** msgraph-sdk retries 429/503/504 on every method,
   POST included, honouring Retry-After, below this code. Decision: keep it (a 429 was never processed
-  by the service, so replaying it is exact; a 503/504 may have been processed, and then the replay is
-  the crash case: the same end state, possibly one more Action-center entry). Those replays are
-  invisible to the ledger by design: ``attempts`` counts the worker's attempts, not HTTP calls. What
-  the SDK gives up on reaches this worker as a transient ActionResult; the worker retries at most
-  ``max_attempts`` times per delivery (Retry-After honoured, capped at ``max_delay``: a longer hint
-  ends the delivery instead of sleeping through the function's time), then releases its claim, keeps
-  the row ``received`` with the error, and raises ``TransientFailure`` so the host returns the
-  message; the dequeue count and the poison queue bound the rest (``record_poison``).
+  by the service, so replaying it is exact; a 503/504 may have been processed, and then the action
+  recognises its own work or converges on the same end state, possibly one more Action-center entry).
+  Those replays are invisible to the ledger by design: ``attempts`` counts the worker's attempts, not
+  HTTP calls, and their waits count against the delivery's deadline. What the SDK gives up on reaches
+  this worker as a transient ActionResult; the worker retries at most ``max_attempts`` times per
+  delivery (Retry-After honoured, capped at ``max_delay`` and by the deadline: a longer wait ends the
+  delivery instead of sleeping), then releases its claim, keeps the row ``received`` with the error,
+  and raises ``TransientFailure`` so the host returns the message; the dequeue count and the poison
+  queue bound the rest (``record_poison``, which never fails a row under a live claim).
+* **Storage errors** (the ledger's) stay with their request: its outcome says "not recorded: storage
+  error" (``extra["storage_error"]``), the rest of a batch goes on, and on the queue path the message
+  is handed back. A result write is retried a few times first (intent.py).
 * **Permanent errors** (400/403/404 reported by the action, schema-invalid messages) are recorded
   ``failed`` with the reason, reported, and never retried.
 * **Dry run, then live.** Ids do not depend on the mode, so a dry run's ``skipped`` row carries the
@@ -44,7 +52,8 @@ from core.tenant import TenantConfig
 from detections.catalog import Rule
 from remediation.actions.base import ActionContext
 from remediation.actions.registry import Registry, default_registry
-from remediation.claims import Claimed, claim, duplicate, in_flight, new_owner, reopen, storage_failure
+from remediation.admission import Rails, admit, claim_row
+from remediation.claims import Claimed, claim, in_flight, new_owner, storage_failure
 from remediation.decisions import Decisions, WorkerError
 from remediation.execution import Execution
 from remediation.grouping import claim_siblings
@@ -52,7 +61,7 @@ from remediation.intent import StorageError, describe
 from remediation.ledger import Ledger, Record
 from remediation.outcome import Outcome
 from remediation.poison import mark_failed, reason_for
-from remediation.rails import Decision, decide
+from remediation.rails import Decision
 from remediation.reporting import HookReporter, OutcomeReporter, Report, ReportQueue
 from remediation.verify import verify_submitted
 
@@ -107,6 +116,11 @@ class Worker:
     def reports(self) -> list[Report]:
         """Everything reported, for the CLI and demo summaries."""
         return self.outbox.all
+
+    @property
+    def rails(self) -> Rails:
+        """What the rails decide with (read each time: settings, tenant and catalog may be replaced)."""
+        return Rails(self.settings, self.tenant, self.catalog, self.registry)
 
     @property
     def ctx(self) -> ActionContext:
@@ -209,7 +223,7 @@ class Worker:
         runnable: dict[str, list[tuple[Record, dict[str, Any]]]] = {}
         for req in requests:
             try:
-                got = self._admit(req)
+                got = admit(req, self.ledger, self.execution, self.rails)
             except StorageError as exc:   # this request only; the others go on
                 log.warning("request %s: ledger unavailable: %s", req["id"], describe(exc))
                 got = storage_failure(req, exc)
@@ -221,7 +235,8 @@ class Worker:
         retry_after: float | None = None
         for action, pairs in runnable.items():
             # Claims are taken right before their action runs: the deadline starts with them.
-            items = [c for rec, req in pairs if (c := self._claim(rec, req, owner, outcomes))]
+            items = [c for rec, req in pairs
+                     if (c := claim_row(self.ledger, rec, req, owner, self.lease, outcomes))]
             if queue and items and self.group_siblings:
                 items += claim_siblings(items, owner, ledger=self.ledger, settings=self.settings,
                                         tenant=self.tenant, catalog=self.catalog, lease=self.lease,
@@ -245,43 +260,6 @@ class Worker:
             # that delivery dies; the retry finds the request settled and does nothing.
             problem = "being executed by another delivery"
         return ordered, problem, retry_after
-
-    def _admit(self, req: dict[str, Any]) -> Outcome | Record:
-        """The request's row when it is to be executed, else its outcome (duplicate, in flight, settled)."""
-        rec, created = self.ledger.receive(req)
-        decision: Decision | None = None
-        if not created and rec.dry_run_skip:
-            # Settled by a dry run only. The same dry-run delivery again is a no-op; a request
-            # that would now run (rule or RESPONDER_DRY_RUN gone live) reopens the row.
-            decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
-                              registry=self.registry)
-            if decision.kind != "dry_run":
-                rec = reopen(self.ledger, rec, req)
-        if not created and rec.state != "received":
-            return duplicate(rec)
-        if rec.claimed(self.ledger.clock()):
-            # Someone is executing it right now: neither act nor settle it under their feet.
-            return in_flight(rec)
-        if decision is None:
-            decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
-                              registry=self.registry)
-        if decision.kind != "execute":
-            return self.execution.settle(rec, req, decision)
-        return rec
-
-    def _claim(self, rec: Record, req: dict[str, Any], owner: str,
-               outcomes: dict[str, Outcome]) -> Claimed | None:
-        """``rec`` claimed by this delivery, or None with its outcome recorded in ``outcomes``."""
-        try:
-            claimed = claim(self.ledger, rec, owner, lease=self.lease)
-            if claimed is not None:
-                return Claimed(req, claimed)
-            fresh = self.ledger.read(rec.rule, rec.request_id) or rec
-        except StorageError as exc:
-            outcomes[req["id"]] = storage_failure(req, exc, rec)
-            return None
-        outcomes[req["id"]] = duplicate(fresh) if fresh.state != "received" else in_flight(fresh)
-        return None
 
     async def _invalid(self, body: str | bytes, reason: str, dequeue_count: int) -> Outcome:
         try:
