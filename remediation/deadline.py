@@ -41,7 +41,7 @@ class Deadline:
         if remaining <= 0:
             if asyncio.iscoroutine(call):
                 call.close()   # never awaited: close it so Python does not warn
-            raise DeadlinePassed(f"the delivery's {self.budget:.0f}s budget is spent")
+            raise DeadlinePassed(f"the delivery's {self.budget:g}s budget is spent")
         try:
             async with asyncio.timeout(remaining) as scope:
                 return await call
@@ -49,4 +49,4 @@ class Deadline:
             if not scope.expired():
                 raise   # the call's own timeout, not ours
             self.end = float("-inf")   # spent, whatever the clock says
-            raise DeadlinePassed(f"no answer within the delivery's {self.budget:.0f}s budget") from exc
+            raise DeadlinePassed(f"no answer within the delivery's {self.budget:g}s budget") from exc

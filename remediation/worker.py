@@ -142,10 +142,10 @@ class Worker:
             outcome = await self._invalid(body, str(exc), dequeue_count)
             if outcome.extra.get("storage_error"):
                 raise TransientFailure(f"invalid message {outcome.detail}", [outcome]) from None
-            await self.outbox.flush()
+            await self._flush()
             return [outcome]
         outcomes, problem, retry_after = await self._pipeline([request], owner=new_owner(), queue=True)
-        await self.outbox.flush()
+        await self._flush()
         if problem:
             raise TransientFailure(f"request {request['id']}: {problem}", outcomes, retry_after)
         return outcomes
@@ -178,7 +178,7 @@ class Worker:
             except RequestInvalid as exc:
                 invalid.append(await self._invalid(_dump_invalid(req), str(exc), 1))
         outcomes, _, _ = await self._pipeline(valid, owner=new_owner("batch"), queue=False)
-        await self.outbox.flush()
+        await self._flush()
         return invalid + outcomes
 
     def register(self, requests: Iterable[Mapping[str, Any]]) -> int:
@@ -197,7 +197,7 @@ class Worker:
             if outcome.extra.get("storage_error"):
                 raise TransientFailure(f"poison message {outcome.detail}", [outcome]) from None
             self.reports[-1] = Report("poison", f"poison message: {exc}", [outcome])
-            await self.outbox.flush()
+            await self._flush()
             return outcome
         rec, _ = self.ledger.receive(request)   # a storage error: the host retries the poison message
         reason = reason_for(rec, dequeue_count)
@@ -212,7 +212,7 @@ class Worker:
                 rec = mark_failed(self.ledger, rec, dequeue_count)
             outcome = rec.outcome()
         self.outbox.add(Report("poison", reason, [outcome], [request]))
-        await self.outbox.flush()
+        await self._flush()
         return outcome
 
     # --- the pipeline ---------------------------------------------------------------------------------
@@ -261,6 +261,13 @@ class Worker:
             problem = "being executed by another delivery"
         return ordered, problem, retry_after
 
+    async def _flush(self) -> None:
+        """Send the reports; a storage error on their at-most-once markers costs a card, not the batch."""
+        try:
+            await self.outbox.flush()
+        except StorageError as exc:
+            log.error("reports not sent: storage error %s", describe(exc))
+
     async def _invalid(self, body: str | bytes, reason: str, dequeue_count: int) -> Outcome:
         try:
             rec = self.ledger.record_invalid(body, reason, dequeue_count=dequeue_count)
@@ -290,7 +297,7 @@ class Worker:
         if claimed is None:
             raise WorkerError(f"request {rec.request_id} is being executed by another delivery")
         done, _, _ = await self.execution.run(req["action"], [Claimed(req, claimed)])
-        await self.outbox.flush()
+        await self._flush()
         return done[req["id"]]
 
     # --- verification of Defender submissions (remediation/verify.py) ---------------------------------------
@@ -299,7 +306,7 @@ class Worker:
         """Confirm ``submitted`` email requests from EmailEvents."""
         outcomes = await verify_submitted(self.ledger, backend, grace=self.verify_grace,
                                           report=self.outbox.add)
-        await self.outbox.flush()
+        await self._flush()
         return outcomes
 
 

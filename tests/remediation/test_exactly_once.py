@@ -172,7 +172,8 @@ class FakeRevoke:
         self.ledger = ledger
         self.calls: list[dict[str, Any]] = []
         self.revoked: list[str] = []
-        # per call: "transient" (acted, then 503), "429" (refused), a latency (float), or None (normal)
+        # per call: "transient" (acted, then 503), "429" (refused), "permanent" (403), a latency (float:
+        # acted, then slow to answer), or None (normal)
         self.script: list[Any] = []
 
     async def execute(self, requests: list[dict[str, Any]], ctx: ActionContext) -> list[ActionResult]:
@@ -186,6 +187,8 @@ class FakeRevoke:
             self.revoked += [r["target"]["user"] for r in requests]
             await asyncio.sleep(step)
             return [ActionResult(r["id"], "confirmed", detail="sessions revoked", undo={}) for r in requests]
+        if step == "permanent":
+            return [ActionResult(r["id"], "failed", error="HTTP 403") for r in requests]
         if step == "429":   # refused before anything was done, with Retry-After
             return [ActionResult(r["id"], "failed", error="HTTP 429", transient=True, retry_after=60.0)
                     for r in requests]
@@ -489,3 +492,13 @@ def test_poison_without_an_intent_is_a_plain_failure(rig: Rig) -> None:
 def test_iso_now_is_the_ledger_clock(ledger: Ledger, clock: Clock) -> None:
     clock.now = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
     assert ledger.iso_now() == "2026-01-02T03:04:05Z"
+
+
+def test_a_storage_error_while_reporting_costs_a_card_not_the_batch(rig: Rig,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failure card's at-most-once marker cannot be written: the outcomes are still returned."""
+    fail_once_when(rig.ledger, monkeypatch, "claim_once", server_busy())
+    rig.action.script = ["permanent"]
+    req = user_request("alice@contoso.com")
+    [out] = asyncio.run(rig.worker().process([req]))
+    assert out.state == "failed" and rig.row(req).state == "failed" and rig.reports == []
