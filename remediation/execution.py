@@ -7,7 +7,8 @@ with an earlier intent, and retries inside this delivery), retries transient res
 of times (Retry-After honoured, capped at ``max_delay``: a longer hint ends the delivery instead of
 sleeping through the function's time), all within the delivery's deadline (remediation/deadline.py),
 records each result (retried on storage errors), and gives back what stayed transient: the claim is
-released and the row stays ``received`` with the error, for the next delivery."""
+released and the row stays ``received`` with the error, for the next delivery.
+"""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class Execution:
         try:
             rec = self.ledger.transition(rec, state, **fields)
         except (LedgerConflict, IllegalTransition):
-            fresh = self.ledger.read(rec.rule, rec.request_id) or rec
+            fresh = self._fresh(rec)
             return duplicate(fresh)
         outcome = rec.outcome()
         if decision.kind == "dry_run":
@@ -122,7 +123,7 @@ class Execution:
             return True
         except LedgerConflict:
             # The row changed under our claim (it expired and another delivery took it): theirs now.
-            fresh = self.ledger.read(rec.rule, rec.request_id) or rec
+            fresh = self._fresh(rec)
             done[rec.request_id] = in_flight(fresh) if fresh.state == "received" else duplicate(fresh)
         except StorageError as exc:
             log.warning("request %s: intent not written (%s); not acted on", rec.request_id, describe(exc))
@@ -158,7 +159,7 @@ class Execution:
         except (LedgerConflict, IllegalTransition) as exc:
             # Our lease expired and another delivery took over: it owns the row now.
             log.warning("request %s: result %s not recorded: %s", rec.request_id, state, exc)
-            fresh = self.ledger.read(rec.rule, rec.request_id) or rec
+            fresh = self._fresh(rec)
             outcome = fresh.outcome()
             outcome.extra["lost_result"] = state
             return outcome, False
@@ -175,6 +176,13 @@ class Execution:
                                        [item.request]))
         return outcome, False
 
+    def _fresh(self, rec: Record) -> Record:
+        """The row as stored now; ``rec`` when the ledger cannot say."""
+        try:
+            return self.ledger.read(rec.rule, rec.request_id) or rec
+        except StorageError:
+            return rec
+
     def _give_back(self, item: Claimed, res: ActionResult, attempt: int) -> Outcome:
         """Transient failure that persisted: release the claim, keep the row ``received``."""
         rec = item.record
@@ -182,7 +190,7 @@ class Execution:
             rec = self.ledger.release(rec, error=res.error or res.detail or "transient failure",
                                       attempts=rec.attempts + attempt - 1)
         except LedgerConflict:
-            rec = self.ledger.read(rec.rule, rec.request_id) or rec
+            rec = self._fresh(rec)
         except StorageError as exc:   # the claim stays until its lease ends; the message comes back
             outcome = storage_failure(item.request, exc, rec)
             outcome.extra["transient"] = True
