@@ -114,7 +114,7 @@ def test_two_concurrent_deliveries_of_one_message_act_once(fake: FakeGraph, stor
     fake.add_latency(0.3, "POST", REMEDIATE)
     table = Ledger.from_connection_string(storage_conn, unique_name)
     seen: list[tuple[str, ...]] = []
-    for trial in range(10):
+    for trial in range(16):
         req = email_request(f"nm-{trial}")
         counts = (1, 2) if trial % 2 == 0 else (2, 1)
         if trial < 2:
@@ -440,6 +440,13 @@ def test_an_invalid_message_that_cannot_be_recorded_comes_back(rig: Rig,
         asyncio.run(rig.worker().process_message("{]", 1))
     [out] = asyncio.run(rig.worker().process_message("{]", 2))
     assert out.state == "failed"
+
+
+def test_an_invalid_body_that_cannot_be_recorded_does_not_abort_the_batch(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    fail_once_when(rig.ledger, monkeypatch, "record_invalid", server_busy())
+    out = asyncio.run(rig.worker().process_bodies(["{]", body(user_request("alice@contoso.com"))]))
+    assert "ServerBusy" in out[0].extra["storage_error"] and out[1].state == "confirmed"
 
 
 def test_a_batch_marks_what_another_delivery_is_executing(rig: Rig) -> None:
