@@ -250,11 +250,11 @@ class Worker:
         ordered = [outcomes[r["id"]] for r in requests]
         ordered += [o for rid, o in outcomes.items() if rid not in {r["id"] for r in requests}]
         problem = None
-        if leftover:
+        storage = next((o.extra["storage_error"] for o in ordered if o.extra.get("storage_error")), None)
+        if storage and queue:
+            problem = f"storage error: {storage}"
+        elif leftover:
             problem = f"transient failure persisted for {len(leftover)} request(s)"
-        elif queue and any(o.extra.get("storage_error") for o in ordered):
-            problem = "storage error: " + next(o.extra["storage_error"] for o in ordered
-                                               if o.extra.get("storage_error"))
         elif queue and any(o.extra.get("in_flight") for o in ordered):
             # Another delivery holds the claim: hand the message back rather than drop it, in case
             # that delivery dies; the retry finds the request settled and does nothing.
