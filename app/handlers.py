@@ -144,10 +144,17 @@ async def on_message(rt: Runtime, msg: func.QueueMessage) -> list[dict[str, Any]
 
 
 async def on_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
-    """A message the host gave up on: recorded failed in the ledger, and on-call gets a card."""
+    """A message the host gave up on: recorded failed in the ledger, and on-call gets a card. A request
+    another delivery is still executing (live claim) raises TransientFailure: the host retries the poison
+    message after its visibility timeout, at most maxDequeueCount times (host.json)."""
     body = msg.get_body()
     async with rt.worker() as worker:
-        outcome = await worker.record_poison(body, _dequeue_count(msg))
+        try:
+            outcome = await worker.record_poison(body, _dequeue_count(msg))
+        except TransientFailure as exc:
+            log.warning("poison message %s (delivery %d) will be retried: %s", msg.id,
+                        _dequeue_count(msg), exc)
+            raise
     log.error("poison message %s recorded as %s (request %s)", msg.id, outcome.state, outcome.request_id)
     await runs.outcome_card(rt.ledger(), rt.notifier, body, backend=rt.settings.backend,
                             tenant_id=_tenant_id(rt), rule_names=_rule_names(rt),

@@ -1,21 +1,28 @@
 """Claims and leases: how two deliveries of one request never both act on it.
 
 Before acting, the worker takes an ETag-guarded *claim* on the request's ledger row (``Ledger.claim``,
-with a lease). If the process dies between the action and the ledger write, the claim stays but the
-outcome is never written. On the queue path the claim's owner is derived from the message body, so the
-same message redelivered (dequeue count > 1) takes its own claim back at once and acts again; any other
-delivery waits until the lease expires. Acting again is safe because every action is idempotent at the
-service: the mailbox strategy re-reads the message's folder first ("already in Junk" is ``skipped``), and
-Defender remediation, session revocation, account disable, confirm-compromised and connector disable all
-converge on the same end state. The cost is a second Action-center entry at worst.
+with a lease). Every delivery has its own claim owner (a random id per delivery, never derived from
+the message), and a claim is taken only when the row has none or its lease has expired: a live claim
+is never taken over, not even by a redelivery of the same message. A delivery that finds a live claim
+neither acts nor settles the row; it reports the request "being executed by another delivery"
+(``extra["in_flight"]``) and, on the queue path, hands the message back so a later delivery finds the
+request settled, or the claim expired if its holder died.
+
+A claim lasts as long as the work: a delivery's time under a claim is bounded well inside the lease
+(remediation/deadline.py), so a lease can only expire under a delivery that died or hung past it.
+If the holder died between the action and the ledger write, the row keeps its write-ahead intent
+(``intent_at``, remediation/intent.py); the delivery that takes the expired claim over passes the request
+to the action as a prior attempt, and the action checks the service's state before acting again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from remediation.intent import describe
 from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 
@@ -28,12 +35,15 @@ class Claimed:
     record: Record
 
 
-def claim(ledger: Ledger, rec: Record, owner: str, *, lease: timedelta, take_over: bool) -> Record | None:
-    """The row claimed by ``owner``, or None when someone else holds it (or changed it first)."""
+def new_owner(kind: str = "dlv") -> str:
+    """A claim owner for one delivery (queue message, batch, person's decision)."""
+    return f"{kind}-{uuid.uuid4().hex}"
+
+
+def claim(ledger: Ledger, rec: Record, owner: str, *, lease: timedelta) -> Record | None:
+    """The row claimed by ``owner``, or None when a live claim is someone else's (or the row changed
+    first). An expired claim is taken over; a live one never."""
     try:
-        if take_over and rec.claim_token == owner:
-            # Our own message redelivered after a crash: the live claim is ours; take it back.
-            rec = replace(rec, claim_until=None)
         return ledger.claim(rec, lease=lease, owner=owner)
     except LedgerConflict:
         return None
@@ -51,4 +61,25 @@ def duplicate(rec: Record) -> Outcome:
     """The recorded outcome of a request that was already handled, marked as such."""
     outcome = rec.outcome()
     outcome.extra["duplicate"] = True
+    return outcome
+
+
+def in_flight(rec: Record) -> Outcome:
+    """A request another delivery holds a live claim on: left alone, counted by the CLI."""
+    outcome = rec.outcome()
+    outcome.detail = "being executed by another delivery"
+    outcome.extra["in_flight"] = True
+    return outcome
+
+
+def storage_failure(req: dict[str, Any], exc: BaseException, rec: Record | None = None) -> Outcome:
+    """A request whose ledger read or write failed: what the ledger last said (or ``received``), marked."""
+    if rec is not None:
+        outcome = rec.outcome()
+    else:
+        outcome = Outcome(request_id=str(req.get("id", "")), rule=str(req.get("rule", "")),
+                          action=str(req.get("action", "")), target=dict(req.get("target") or {}),
+                          mode=str(req.get("mode", "")), state="received")
+    outcome.detail = f"not recorded: storage error {describe(exc)}"
+    outcome.extra["storage_error"] = describe(exc)
     return outcome

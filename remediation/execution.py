@@ -1,22 +1,29 @@
 """Turning a rails decision into a ledger outcome: settle what runs nothing, run the rest.
 
 ``settle`` records a decision that runs nothing (held, skipped, dry run). ``run`` executes one action
-over claimed requests with bounded retries of transient results (Retry-After honoured, capped at
-``max_delay``: a longer hint ends the delivery instead of sleeping through the function's time), records
-each result, and gives back what stayed transient: the claim is released and the row stays ``received``
-with the error, for the next delivery.
+over claimed requests: it writes each row's intent first (remediation/intent.py; no intent, no action),
+passes the requests an earlier attempt may have carried out in ``ActionContext.prior_attempts`` (rows
+with an earlier intent, and retries inside this delivery), retries transient results a bounded number
+of times (Retry-After honoured, capped at ``max_delay``: a longer hint ends the delivery instead of
+sleeping through the function's time), all within the delivery's deadline (remediation/deadline.py),
+records each result (retried on storage errors), and gives back what stayed transient: the claim is
+released and the row stays ``received`` with the error, for the next delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from remediation.actions.base import ActionContext, ActionResult
 from remediation.actions.registry import Registry
-from remediation.claims import Claimed, duplicate
+from remediation.claims import Claimed, duplicate, in_flight, storage_failure
+from remediation.deadline import Deadline, DeadlinePassed
+from remediation.intent import StorageError, describe, prior_intent, record_result, write_intent
 from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 from remediation.rails import Decision
@@ -31,11 +38,13 @@ RESULT_STATES = frozenset({"submitted", "confirmed", "skipped", "failed"})
 class Execution:
     def __init__(self, ledger: Ledger, registry: Registry, outbox: ReportQueue, *, email_strategy: str,
                  ctx: Callable[[], ActionContext], max_attempts: int = 3, backoff: float = 2.0,
-                 max_delay: float = 30.0, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 max_delay: float = 30.0, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 budget: float = 150.0, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.ledger, self.registry, self.outbox = ledger, registry, outbox
         self.email_strategy, self.ctx = email_strategy, ctx
         self.max_attempts, self.backoff, self.max_delay = max(1, max_attempts), backoff, max_delay
         self.sleep = sleep
+        self.budget, self.monotonic = budget, monotonic   # a delivery's time under its claims (deadline.py)
 
     def settle(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome:
         """Record a decision that runs nothing: skipped (scope, dry run) or held."""
@@ -53,7 +62,7 @@ class Execution:
         try:
             rec = self.ledger.transition(rec, state, **fields)
         except (LedgerConflict, IllegalTransition):
-            fresh = self.ledger.read(rec.rule, rec.request_id) or rec
+            fresh = self._fresh(rec)
             return duplicate(fresh)
         outcome = rec.outcome()
         if decision.kind == "dry_run":
@@ -63,46 +72,79 @@ class Execution:
             self.outbox.add(Report(kind, decision.reason, [outcome], [req]))
         return outcome
 
-    async def run(self, action_name: str, items: list[Claimed]) -> tuple[dict[str, Outcome], list[str],
-                                                                                float | None]:
-        """Run one action over claimed items with bounded retries of transient results."""
+    async def run(self, action_name: str, items: list[Claimed], *, deadline: Deadline | None = None,
+                  ) -> tuple[dict[str, Outcome], list[str], float | None]:
+        """Run one action over claimed items with bounded retries of transient results, within
+        ``deadline`` (a new one of ``budget`` seconds when not given: the claims were just taken)."""
+        deadline = deadline or Deadline(self.budget, clock=self.monotonic)
         done: dict[str, Outcome] = {}
+        leftover: list[str] = []
         action = self.registry.executor(action_name, self.email_strategy)
-        pending = items
+        # Requests an earlier delivery may have carried out: their rows had an intent before ours.
+        prior = {i.request["id"]: at for i in items if (at := prior_intent(i.record))}
+        pending = [i for i in items if self._intend(i, done, leftover)]
         attempt = 0
-        while True:
+        while pending:
             attempt += 1
-            results = await self._call(action, [i.request for i in pending])
+            ctx = replace(self.ctx(), prior_attempts={i.request["id"]: prior[i.request["id"]]
+                                                      for i in pending if i.request["id"] in prior})
+            results = await self._call(action, [i.request for i in pending], ctx, deadline)
             retry: list[tuple[Claimed, ActionResult]] = []
             for item in pending:
                 res = results.get(item.request["id"]) or transient(
                     item.request["id"], "the action returned no result for this request")
                 if res.transient:
                     retry.append((item, res))
-                else:
-                    done[item.request["id"]] = self._finish(item, res, attempt)
+                    continue
+                done[item.request["id"]], lost = await self._finish(item, res, attempt)
+                if lost:
+                    leftover.append(item.request["id"])
             if not retry:
-                return done, [], None
+                break
             hint = max((r.retry_after or 0.0 for _, r in retry), default=0.0)
             delay = hint or self.backoff * (2 ** (attempt - 1))
-            if attempt >= self.max_attempts or delay > self.max_delay:
+            if attempt >= self.max_attempts or delay > self.max_delay or not deadline.allows(delay):
                 for item, res in retry:
                     done[item.request["id"]] = self._give_back(item, res, attempt)
-                return done, [i.request["id"] for i, _ in retry], hint or None
+                return done, leftover + [i.request["id"] for i, _ in retry], hint or None
             log.info("transient failure on %s for %d request(s); retrying in %.1fs",
                      action_name, len(retry), delay)
             await self.sleep(delay)
             pending = [i for i, _ in retry]
+            for item in pending:   # retried inside this delivery: the first call may have acted
+                prior.setdefault(item.request["id"], prior_intent(item.record) or self.ledger.iso_now())
+        return done, leftover, None
 
-    async def _call(self, action: Any, requests: list[dict[str, Any]]) -> dict[str, ActionResult]:
+    def _intend(self, item: Claimed, done: dict[str, Outcome], leftover: list[str]) -> bool:
+        """Write the intent before acting; a request whose intent cannot be written is not acted on."""
+        rec = item.record
         try:
-            results = await action.execute(requests, self.ctx())
+            item.record = write_intent(self.ledger, rec, rec.claim_token or "")
+            return True
+        except LedgerConflict:
+            # The row changed under our claim (it expired and another delivery took it): theirs now.
+            fresh = self._fresh(rec)
+            done[rec.request_id] = in_flight(fresh) if fresh.state == "received" else duplicate(fresh)
+        except StorageError as exc:
+            log.warning("request %s: intent not written (%s); not acted on", rec.request_id, describe(exc))
+            done[rec.request_id] = storage_failure(item.request, exc, rec)
+        leftover.append(rec.request_id)
+        return False
+
+    async def _call(self, action: Any, requests: list[dict[str, Any]], ctx: ActionContext,
+                    deadline: Deadline) -> dict[str, ActionResult]:
+        try:
+            results = await deadline.run(action.execute(requests, ctx))
+        except DeadlinePassed as exc:
+            # Not finished in time: released for the next delivery, which knows (intent) it may be done.
+            return {r["id"]: transient(r["id"], f"{exc}; released for the next delivery") for r in requests}
         except Exception as exc:  # an action bug or an unforeseen transport error: retry, then poison
             log.exception("action %s raised", type(action).__name__)
             return {r["id"]: transient(r["id"], f"{type(exc).__name__}: {exc}") for r in requests}
         return {r.request_id: r for r in results}
 
-    def _finish(self, item: Claimed, res: ActionResult, attempt: int) -> Outcome:
+    async def _finish(self, item: Claimed, res: ActionResult, attempt: int) -> tuple[Outcome, bool]:
+        """The result recorded; True as second value when it could not be (the request stays open)."""
         state = res.state if res.state in RESULT_STATES else "failed"
         error = res.error if res.state in RESULT_STATES else f"action reported unknown state {res.state!r}"
         rec = item.record
@@ -113,19 +155,33 @@ class Execution:
         if res.blocked:
             fields["blocked"] = res.blocked
         try:
-            rec = self.ledger.transition(rec, state, **fields)
+            rec = await record_result(self.ledger, rec, state, fields, sleep=self.sleep)
         except (LedgerConflict, IllegalTransition) as exc:
             # Our lease expired and another delivery took over: it owns the row now.
             log.warning("request %s: result %s not recorded: %s", rec.request_id, state, exc)
-            fresh = self.ledger.read(rec.rule, rec.request_id) or rec
+            fresh = self._fresh(rec)
             outcome = fresh.outcome()
             outcome.extra["lost_result"] = state
-            return outcome
+            return outcome, False
+        except StorageError as exc:
+            # The row keeps its intent (and our claim until it expires): the next delivery passes it to
+            # the action as a prior attempt, which recognises the work instead of repeating it.
+            log.error("request %s: result %s not recorded: %s", rec.request_id, state, describe(exc))
+            outcome = storage_failure(item.request, exc, rec)
+            outcome.extra["lost_result"] = state
+            return outcome, True
         outcome = rec.outcome()
         if state == "failed":
             self.outbox.add(Report("failed", f"{rec.action} failed: {error or res.detail}", [outcome],
                                        [item.request]))
-        return outcome
+        return outcome, False
+
+    def _fresh(self, rec: Record) -> Record:
+        """The row as stored now; ``rec`` when the ledger cannot say."""
+        try:
+            return self.ledger.read(rec.rule, rec.request_id) or rec
+        except StorageError:
+            return rec
 
     def _give_back(self, item: Claimed, res: ActionResult, attempt: int) -> Outcome:
         """Transient failure that persisted: release the claim, keep the row ``received``."""
@@ -134,7 +190,11 @@ class Execution:
             rec = self.ledger.release(rec, error=res.error or res.detail or "transient failure",
                                       attempts=rec.attempts + attempt - 1)
         except LedgerConflict:
-            rec = self.ledger.read(rec.rule, rec.request_id) or rec
+            rec = self._fresh(rec)
+        except StorageError as exc:   # the claim stays until its lease ends; the message comes back
+            outcome = storage_failure(item.request, exc, rec)
+            outcome.extra["transient"] = True
+            return outcome
         outcome = rec.outcome()
         outcome.extra["transient"] = True
         if res.retry_after:

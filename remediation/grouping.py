@@ -8,6 +8,9 @@ through the rails one by one, and submits them in the same call; their own messa
 ``submitted`` and do nothing. This only helps if the run's requests are in the ledger before their
 messages are processed, so the enqueuing side calls ``Worker.register(requests)`` before sending them;
 without it the worker degrades to one call per message, which is correct, only slower and noisier.
+Siblings are claimed with the delivery's own owner and only when unclaimed or their lease expired (never
+a live claim), exactly like the message's own request (claims.py); a storage error leaves a sibling to
+its own message.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from core.tenant import TenantConfig
 from detections.catalog import Rule
 from remediation.actions.registry import Registry, default_registry
 from remediation.claims import Claimed, claim
+from remediation.intent import StorageError
 from remediation.ledger import Ledger
 from remediation.rails import decide
 
@@ -44,7 +48,11 @@ def claim_siblings(items: list[Claimed], owner: str, *, ledger: Ledger, settings
     out: list[Claimed] = []
     now = ledger.clock()
     # Same rule too: a run belongs to one rule, and the rule is the partition (no table scan).
-    for sib in ledger.list(rule=first.rule, run_id=first.run_id, state="received", action=first.action):
+    try:
+        siblings = ledger.list(rule=first.rule, run_id=first.run_id, state="received", action=first.action)
+    except StorageError:
+        return []   # grouping is an optimisation; the message's own request still runs
+    for sib in siblings:
         if len(items) + len(out) >= MAX_GROUP:
             break
         if sib.request_id in have or sib.claimed(now) or not sib.request:
@@ -58,7 +66,10 @@ def claim_siblings(items: list[Claimed], owner: str, *, ledger: Ledger, settings
         decision = decide(req, settings=settings, tenant=tenant, catalog=catalog, registry=registry)
         if decision.kind != "execute":
             continue   # held/skipped ones are settled by their own message
-        claimed = claim(ledger, sib, owner, lease=lease, take_over=False)
+        try:
+            claimed = claim(ledger, sib, owner, lease=lease)   # a live claim elsewhere: None
+        except StorageError:
+            continue   # optional: its own message will bring it
         if claimed is not None:
             out.append(Claimed(req, claimed))
     return out

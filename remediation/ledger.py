@@ -160,7 +160,10 @@ _EXTRA = ("approved_by", "rejected_by", "undone_by", "undo_of", "network_message
           # blocked: why an action was refused when on-call fixes it differently ("privileged_target").
           "blocked",
           # expiry_announced: an expired row (remediation/expiry.py) is on an on-call card already.
-          "expiry_announced")
+          "expiry_announced",
+          # intent_at: when a delivery was first about to call the action (kept across deliveries);
+          # intent_by: the claim owner of the latest delivery that wrote it (remediation/intent.py).
+          "intent_at", "intent_by")
 
 
 def _to_entity(rec: Record) -> dict[str, Any]:
@@ -218,6 +221,10 @@ class Ledger:
         if create:
             ledger.ensure_table()
         return ledger
+
+    def iso_now(self) -> str:
+        """The ledger clock's time as stored in rows (ISO UTC, seconds)."""
+        return _iso(self.clock())
 
     def ensure_table(self) -> None:
         with contextlib.suppress(ResourceExistsError):

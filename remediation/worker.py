@@ -7,19 +7,27 @@ Two entry points share one pipeline: ``process_message`` (the queue trigger, one
 (actions/, through the registry). Idempotency, in layers:
 
 * **Request level (the ledger).** A request id is recorded once (``Ledger.receive``); a delivery that
-  finds its row past ``received`` does nothing and reports the recorded outcome. Before acting the
-  worker takes an ETag-guarded claim on the row (claims.py), so two deliveries racing on one id cannot
-  both act, and a crash between action and ledger write is recovered safely.
+  finds its row past ``received`` does nothing and reports the recorded outcome. Before acting, each
+  delivery claims the row under its own owner (a random id, never derived from the message) and only
+  when no live claim exists (claims.py): of two deliveries at once, whatever their dequeue counts, one
+  acts and the other hands its message back (``extra["in_flight"]``). Its claims last as long as its
+  work: a deadline of ``budget`` (half the lease by default) bounds every action call and retry sleep
+  (deadline.py). Before each action call the row gets a write-ahead intent, and a row that had one is
+  passed to the action as a prior attempt, which checks the service before acting again (intent.py).
 * **Transport level (the SDK's RetryHandler).** msgraph-sdk retries 429/503/504 on every method,
   POST included, honouring Retry-After, below this code. Decision: keep it (a 429 was never processed
-  by the service, so replaying it is exact; a 503/504 may have been processed, and then the replay is
-  the crash case: the same end state, possibly one more Action-center entry). Those replays are
-  invisible to the ledger by design: ``attempts`` counts the worker's attempts, not HTTP calls. What
-  the SDK gives up on reaches this worker as a transient ActionResult; the worker retries at most
-  ``max_attempts`` times per delivery (Retry-After honoured, capped at ``max_delay``: a longer hint
-  ends the delivery instead of sleeping through the function's time), then releases its claim, keeps
-  the row ``received`` with the error, and raises ``TransientFailure`` so the host returns the
-  message; the dequeue count and the poison queue bound the rest (``record_poison``).
+  by the service, so replaying it is exact; a 503/504 may have been processed, and then the action
+  recognises its own work or converges on the same end state, possibly one more Action-center entry).
+  Those replays are invisible to the ledger by design: ``attempts`` counts the worker's attempts, not
+  HTTP calls, and their waits count against the delivery's deadline. What the SDK gives up on reaches
+  this worker as a transient ActionResult; the worker retries at most ``max_attempts`` times per
+  delivery (Retry-After honoured, capped at ``max_delay`` and by the deadline: a longer wait ends the
+  delivery instead of sleeping), then releases its claim, keeps the row ``received`` with the error,
+  and raises ``TransientFailure`` so the host returns the message; the dequeue count and the poison
+  queue bound the rest (``record_poison``, which never fails a row under a live claim).
+* **Storage errors** (the ledger's) stay with their request: its outcome says "not recorded: storage
+  error" (``extra["storage_error"]``), the rest of a batch goes on, and on the queue path the message
+  is handed back. A result write is retried a few times first (intent.py).
 * **Permanent errors** (400/403/404 reported by the action, schema-invalid messages) are recorded
   ``failed`` with the reason, reported, and never retried.
 * **Dry run, then live.** Ids do not depend on the mode, so a dry run's ``skipped`` row carries the
@@ -31,12 +39,10 @@ Two entry points share one pipeline: ``process_message`` (the queue trigger, one
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import uuid
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -46,13 +52,16 @@ from core.tenant import TenantConfig
 from detections.catalog import Rule
 from remediation.actions.base import ActionContext
 from remediation.actions.registry import Registry, default_registry
-from remediation.claims import Claimed, claim, duplicate, reopen
+from remediation.admission import Rails, admit, claim_row
+from remediation.claims import Claimed, claim, in_flight, new_owner, storage_failure
 from remediation.decisions import Decisions, WorkerError
 from remediation.execution import Execution
 from remediation.grouping import claim_siblings
-from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
+from remediation.intent import StorageError, describe
+from remediation.ledger import Ledger, Record
 from remediation.outcome import Outcome
-from remediation.rails import Decision, decide
+from remediation.poison import mark_failed, reason_for
+from remediation.rails import Decision
 from remediation.reporting import HookReporter, OutcomeReporter, Report, ReportQueue
 from remediation.verify import verify_submitted
 
@@ -78,7 +87,8 @@ class Worker:
                  backoff: float = 2.0, max_delay: float = 30.0, lease: timedelta = timedelta(minutes=5),
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, group_siblings: bool = True,
                  verify_grace: timedelta = timedelta(hours=2), mailbox_slots: Any = None,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, budget: timedelta | None = None,
+                 monotonic: Callable[[], float] = time.monotonic, poison_retries: int = 5) -> None:
         self.settings, self.tenant, self.catalog, self.ledger = settings, tenant, catalog, ledger
         self.graph, self.exchange = graph, exchange
         self._ctx: ActionContext | None = None
@@ -87,18 +97,30 @@ class Worker:
             reporter = HookReporter(report_hook)
         self.outbox = ReportQueue(reporter, ledger)
         self.lease, self.group_siblings = lease, group_siblings
+        # A delivery's time under its claims: half the lease unless told (remediation/deadline.py).
+        self.budget = budget if budget is not None else lease / 2
+        if self.budget >= lease:
+            raise ValueError("the delivery budget must be shorter than the claim's lease")
+        # host.json's maxDequeueCount: how often the poison handler may hand a message back.
+        self.poison_retries = poison_retries
         self.verify_grace = verify_grace
         self.registry = registry or default_registry()
         self.contract = self.registry.contract()   # the request contract for the registry's actions
         self.decisions = Decisions(self, self.registry)
         self.execution = Execution(ledger, self.registry, self.outbox, email_strategy=settings.email_strategy,
                                    ctx=lambda: self.ctx, max_attempts=max_attempts, backoff=backoff,
-                                   max_delay=max_delay, sleep=sleep)
+                                   max_delay=max_delay, sleep=sleep,
+                                   budget=self.budget.total_seconds(), monotonic=monotonic)
 
     @property
     def reports(self) -> list[Report]:
         """Everything reported, for the CLI and demo summaries."""
         return self.outbox.all
+
+    @property
+    def rails(self) -> Rails:
+        """What the rails decide with (read each time: settings, tenant and catalog may be replaced)."""
+        return Rails(self.settings, self.tenant, self.catalog, self.registry)
 
     @property
     def ctx(self) -> ActionContext:
@@ -111,21 +133,21 @@ class Worker:
     # --- entry points ---------------------------------------------------------------------------------
 
     async def process_message(self, body: str | bytes, dequeue_count: int = 1) -> list[Outcome]:
-        """Queue path: one message. Raises TransientFailure to have the host retry it."""
+        """Queue path: one message, one delivery (its own claim owner). Raises TransientFailure to have
+        the host hand the message back: transient errors, a live claim elsewhere, storage errors."""
         try:
             request = self.contract.parse(body)
         except RequestInvalid as exc:
             # Schema-invalid is permanent: recorded, reported, and the message is consumed.
             outcome = await self._invalid(body, str(exc), dequeue_count)
-            await self.outbox.flush()
+            if outcome.extra.get("storage_error"):
+                raise TransientFailure(f"invalid message {outcome.detail}", [outcome]) from None
+            await self._flush()
             return [outcome]
-        raw = body if isinstance(body, bytes) else body.encode("utf-8")
-        owner = "msg-" + hashlib.sha256(raw).hexdigest()[:24]
-        outcomes, leftover, retry_after = await self._pipeline([request], owner=owner, queue=True,
-                                                               redelivery=dequeue_count > 1)
-        await self.outbox.flush()
-        if leftover:
-            raise TransientFailure(f"request {request['id']}: {leftover}", outcomes, retry_after)
+        outcomes, problem, retry_after = await self._pipeline([request], owner=new_owner(), queue=True)
+        await self._flush()
+        if problem:
+            raise TransientFailure(f"request {request['id']}: {problem}", outcomes, retry_after)
         return outcomes
 
     async def process_bodies(self, bodies: Iterable[str | bytes]) -> list[Outcome]:
@@ -143,8 +165,10 @@ class Worker:
     async def process(self, requests: list[dict[str, Any]]) -> list[Outcome]:
         """Batch path: requests grouped per action so the Defender strategy makes few calls.
 
-        Transient failures that persist are left ``received`` (with the error) and reported; nothing
-        is raised, the next run of the same batch picks them up.
+        Nothing is raised: transient failures that persist are left ``received`` (with the error) and
+        reported, requests another delivery is executing are marked ``extra["in_flight"]``, and a storage
+        error on one request marks it ``extra["storage_error"]`` while the others go on; the next run of
+        the same batch picks them up.
         """
         valid: list[dict[str, Any]] = []
         invalid: list[Outcome] = []
@@ -153,9 +177,8 @@ class Worker:
                 valid.append(self.contract.validate(req))
             except RequestInvalid as exc:
                 invalid.append(await self._invalid(_dump_invalid(req), str(exc), 1))
-        outcomes, _, _ = await self._pipeline(valid, owner="batch-" + uuid.uuid4().hex[:12], queue=False,
-                                              redelivery=False)
-        await self.outbox.flush()
+        outcomes, _, _ = await self._pipeline(valid, owner=new_owner("batch"), queue=False)
+        await self._flush()
         return invalid + outcomes
 
     def register(self, requests: Iterable[Mapping[str, Any]]) -> int:
@@ -164,82 +187,62 @@ class Worker:
         return sum(self.ledger.receive(dict(self.contract.validate(dict(r))))[1] for r in requests)
 
     async def record_poison(self, body: str | bytes, dequeue_count: int) -> Outcome:
-        """For the poison-queue function: the message failed every delivery; record it as failed."""
+        """For the poison-queue function: the message failed every delivery; record it as failed, unless
+        a delivery holds a live claim on it: then TransientFailure (the host retries the poison message
+        later, at most ``poison_retries`` times) and, on the last try, the row is left to that delivery."""
         try:
             request = self.contract.parse(body)
         except RequestInvalid as exc:
             outcome = await self._invalid(body, str(exc), dequeue_count)
+            if outcome.extra.get("storage_error"):
+                raise TransientFailure(f"poison message {outcome.detail}", [outcome]) from None
             self.reports[-1] = Report("poison", f"poison message: {exc}", [outcome])
-            await self.outbox.flush()
+            await self._flush()
             return outcome
-        rec, _ = self.ledger.receive(request)
-        reason = (f"the message failed {dequeue_count} deliveries and went to the poison queue"
-                  + (f"; last error: {rec.error}" if rec.error else ""))
-        if rec.state in ("received", "approved"):
-            try:
-                rec = self.ledger.transition(rec, "failed", error=reason,
-                                             detail="gave up after repeated transient errors",
-                                             dequeue_count=dequeue_count)
-            except (LedgerConflict, IllegalTransition):
-                rec = self.ledger.read(rec.rule, rec.request_id) or rec
-        outcome = rec.outcome()
+        rec, _ = self.ledger.receive(request)   # a storage error: the host retries the poison message
+        reason = reason_for(rec, dequeue_count)
+        if rec.state in ("received", "approved") and rec.claimed(self.ledger.clock()):
+            outcome = in_flight(rec)
+            if dequeue_count < self.poison_retries:
+                raise TransientFailure(f"request {rec.request_id}: being executed by another delivery "
+                                       f"(claim until {rec.claim_until}); poison handling retried", [outcome])
+            reason += "; a delivery was still executing it, so the row is left to that delivery"
+        else:
+            if rec.state in ("received", "approved"):
+                rec = mark_failed(self.ledger, rec, dequeue_count)
+            outcome = rec.outcome()
         self.outbox.add(Report("poison", reason, [outcome], [request]))
-        await self.outbox.flush()
+        await self._flush()
         return outcome
 
     # --- the pipeline ---------------------------------------------------------------------------------
 
-    async def _pipeline(self, requests: list[dict[str, Any]], *, owner: str, queue: bool,
-                        redelivery: bool) -> tuple[list[Outcome], str | None, float | None]:
+    async def _pipeline(self, requests: list[dict[str, Any]], *, owner: str,
+                        queue: bool) -> tuple[list[Outcome], str | None, float | None]:
         outcomes: dict[str, Outcome] = {}
-        to_run: list[Claimed] = []
-        busy: list[str] = []
+        runnable: dict[str, list[tuple[Record, dict[str, Any]]]] = {}
         for req in requests:
-            rec, created = self.ledger.receive(req)
-            decision: Decision | None = None
-            if not created and rec.dry_run_skip:
-                # Settled by a dry run only. The same dry-run delivery again is a no-op; a request
-                # that would now run (rule or RESPONDER_DRY_RUN gone live) reopens the row.
-                decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
-                                  registry=self.registry)
-                if decision.kind != "dry_run":
-                    rec = reopen(self.ledger, rec, req)
-            if not created and rec.state != "received":
-                outcomes[req["id"]] = duplicate(rec)
-                continue
-            ours = redelivery and rec.claim_token == owner
-            if rec.claimed(self.ledger.clock()) and not ours:
-                # Someone is executing it right now: neither act nor settle it under their feet.
-                outcomes[req["id"]] = replace(rec.outcome(), detail="being executed by another delivery")
-                busy.append(req["id"])
-                continue
-            if decision is None:
-                decision = decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
-                                  registry=self.registry)
-            if decision.kind != "execute":
-                outcomes[req["id"]] = self.execution.settle(rec, req, decision)
-                continue
-            claimed = claim(self.ledger, rec, owner, lease=self.lease, take_over=redelivery)
-            if claimed is None:
-                fresh = self.ledger.read(rec.rule, rec.request_id) or rec
-                if fresh.state != "received":
-                    outcomes[req["id"]] = duplicate(fresh)
-                else:
-                    outcomes[req["id"]] = replace(fresh.outcome(),
-                                                  detail="being executed by another delivery")
-                    busy.append(req["id"])
-                continue
-            to_run.append(Claimed(req, claimed))
-        if queue and to_run and self.group_siblings:
-            to_run += claim_siblings(to_run, owner, ledger=self.ledger, settings=self.settings,
-                                     tenant=self.tenant, catalog=self.catalog, lease=self.lease,
-                                     registry=self.registry)
+            try:
+                got = admit(req, self.ledger, self.execution, self.rails)
+            except StorageError as exc:   # this request only; the others go on
+                log.warning("request %s: ledger unavailable: %s", req["id"], describe(exc))
+                got = storage_failure(req, exc)
+            if isinstance(got, Outcome):
+                outcomes[req["id"]] = got
+            else:
+                runnable.setdefault(req["action"], []).append((got, req))
         leftover: list[str] = []
         retry_after: float | None = None
-        by_action: dict[str, list[Claimed]] = {}
-        for item in to_run:
-            by_action.setdefault(item.request["action"], []).append(item)
-        for action, items in by_action.items():
+        for action, pairs in runnable.items():
+            # Claims are taken right before their action runs: the deadline starts with them.
+            items = [c for rec, req in pairs
+                     if (c := claim_row(self.ledger, rec, req, owner, self.lease, outcomes))]
+            if queue and items and self.group_siblings:
+                items += claim_siblings(items, owner, ledger=self.ledger, settings=self.settings,
+                                        tenant=self.tenant, catalog=self.catalog, lease=self.lease,
+                                        registry=self.registry)
+            if not items:
+                continue
             done, pending, hint = await self.execution.run(action, items)
             outcomes.update(done)
             leftover += pending
@@ -247,16 +250,29 @@ class Worker:
         ordered = [outcomes[r["id"]] for r in requests]
         ordered += [o for rid, o in outcomes.items() if rid not in {r["id"] for r in requests}]
         problem = None
-        if leftover:
+        storage = next((o.extra["storage_error"] for o in ordered if o.extra.get("storage_error")), None)
+        if storage and queue:
+            problem = f"storage error: {storage}"
+        elif leftover:
             problem = f"transient failure persisted for {len(leftover)} request(s)"
-        elif busy and queue:
+        elif queue and any(o.extra.get("in_flight") for o in ordered):
             # Another delivery holds the claim: hand the message back rather than drop it, in case
             # that delivery dies; the retry finds the request settled and does nothing.
             problem = "being executed by another delivery"
         return ordered, problem, retry_after
 
+    async def _flush(self) -> None:
+        """Send the reports; a storage error on their at-most-once markers costs a card, not the batch."""
+        try:
+            await self.outbox.flush()
+        except StorageError as exc:
+            log.error("reports not sent: storage error %s", describe(exc))
+
     async def _invalid(self, body: str | bytes, reason: str, dequeue_count: int) -> Outcome:
-        rec = self.ledger.record_invalid(body, reason, dequeue_count=dequeue_count)
+        try:
+            rec = self.ledger.record_invalid(body, reason, dequeue_count=dequeue_count)
+        except StorageError as exc:
+            return storage_failure({"id": "", "rule": "~invalid"}, exc)
         outcome = rec.outcome()
         self.outbox.add(Report("failed", f"invalid remediation message: {reason}", [outcome]))
         return outcome
@@ -277,12 +293,11 @@ class Worker:
         """One request a person decided on: settled, or claimed and run through the action."""
         if decision.kind != "execute":
             return self.execution.settle(rec, req, decision)
-        owner = "person-" + uuid.uuid4().hex[:12]
-        claimed = claim(self.ledger, rec, owner, lease=self.lease, take_over=False)
+        claimed = claim(self.ledger, rec, new_owner("person"), lease=self.lease)
         if claimed is None:
             raise WorkerError(f"request {rec.request_id} is being executed by another delivery")
         done, _, _ = await self.execution.run(req["action"], [Claimed(req, claimed)])
-        await self.outbox.flush()
+        await self._flush()
         return done[req["id"]]
 
     # --- verification of Defender submissions (remediation/verify.py) ---------------------------------------
@@ -291,7 +306,7 @@ class Worker:
         """Confirm ``submitted`` email requests from EmailEvents."""
         outcomes = await verify_submitted(self.ledger, backend, grace=self.verify_grace,
                                           report=self.outbox.add)
-        await self.outbox.flush()
+        await self._flush()
         return outcomes
 
 

@@ -203,3 +203,21 @@ def test_hunting_quota_exhaustion_sends_a_quota_card(make_env: Any) -> None:
     text = json.dumps(card)
     assert card["body"][0]["id"] == "xdr-failure"
     assert "hunting quota is used up" in text and "exceeded the allowed limits" in text
+
+
+def test_poison_message_for_a_request_being_executed_is_retried_not_failed(make_env: Any,
+                                                                          fake: FakeGraph) -> None:
+    """A delivery holds a live claim on the request (issue 13): the poison function leaves the row alone
+    and raises, so the host retries the poison message after its visibility timeout; once the claim has
+    expired (its holder died), the row is recorded failed."""
+    env = make_env(backend=SpyBackend(three_rows()[:1]), graph_base_url=fake.base_url)
+    (body,) = run_timer(env)
+    ledger = env.rt.ledger()
+    rec = ledger.read(RULE, json.loads(body)["id"])
+    ledger.claim(rec, lease=timedelta(minutes=5), owner="dlv-executing")
+    with pytest.raises(TransientFailure, match="being executed by another delivery"):
+        env.call("poison", msg(body, dequeue_count=1))
+    assert ledger.read(RULE, rec.request_id).state == "received" and kinds(env) == ["scan"]
+    env.clock.now += timedelta(minutes=5)
+    env.call("poison", msg(body, dequeue_count=2))
+    assert ledger.read(RULE, rec.request_id).state == "failed"

@@ -185,10 +185,12 @@ def test_mailbox_already_moved_is_skipped_not_failed(h: Harness) -> None:
 
 
 def test_crash_between_action_and_ledger_write_redelivery_converges(
-        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The move happened, then the process died before recording it. The message comes back (dequeue
-    count 2): the same message takes its own claim back, re-checks the mailbox, finds the message
-    already in Junk and records ``skipped``. One move in total; nothing is lost."""
+        h: Harness, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The move happened, then the process died before recording it. No delivery takes a live claim
+    over, not even the same message redelivered: it is handed back until the lease expires. Then the
+    next delivery takes the expired claim, re-checks the mailbox and finds the message already in Junk.
+    One move in total; nothing is lost. (The row's intent makes it a prior attempt: once the actions
+    recognise prior attempts it is recorded ``confirmed`` with its undo information, issue 13.)"""
     h.fake.mailboxes.add("support@contoso.com", "<m1@x>")
     req = email_request("nm-1", imid="<m1@x>")
     real = h.ledger.transition
@@ -202,21 +204,25 @@ def test_crash_between_action_and_ledger_write_redelivery_converges(
     with pytest.raises(RuntimeError, match="host died"):
         h.run(lambda w: w.process_message(body(req), 1), strategy="mailbox")
     monkeypatch.setattr(h.ledger, "transition", real)
-    assert h.row(req).state == "received" and h.row(req).claim_token  # the claim outlived the crash
-    # Another message carrying the same request (e.g. the next scan) must not act while it is live.
+    crashed = h.row(req)
+    assert crashed.state == "received" and crashed.claim_token and crashed.extra["intent_at"]
+    # Neither another message carrying the same request nor this one redelivered acts while it is live.
     other = dict(req, run={"id": "run-2", "index": 0, "total": 1})
-    with pytest.raises(TransientFailure):
-        h.run(lambda w: w.process_message(body(other), 1), strategy="mailbox")
-    [out] = h.run(lambda w: w.process_message(body(req), 2), strategy="mailbox")
-    assert out.state == "skipped" and "already in Junk" in out.detail
+    for again, count in ((other, 1), (req, 2)):
+        with pytest.raises(TransientFailure) as info:
+            h.run(lambda w, a=again, c=count: w.process_message(body(a), c), strategy="mailbox")
+        assert info.value.outcomes[0].extra["in_flight"] is True
+    clock.now += timedelta(minutes=5, seconds=1)   # the dead delivery's lease ends
+    [out] = h.run(lambda w: w.process_message(body(req), 3), strategy="mailbox")
+    assert out.state in ("skipped", "confirmed") and "already in Junk" in out.detail
     assert len(h.fake.calls_to("POST", r"/move$")) == 1
     assert h.row(req).attempts == 2
 
 
-def test_crash_with_defender_resubmits_once_more_by_design(h: Harness,
+def test_crash_with_defender_resubmits_once_more_by_design(h: Harness, clock: Clock,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Defender has no status API to re-check, so the redelivery submits again: a second Action-center
-    entry for the same email, the same end state (documented in remediation/worker.py)."""
+    """Defender has no status API to re-check, so the delivery after the lease submits again: a second
+    Action-center entry for the same email, the same end state (documented in remediation/worker.py)."""
     req = email_request("nm-1")
     real = h.ledger.transition
 
@@ -227,9 +233,12 @@ def test_crash_with_defender_resubmits_once_more_by_design(h: Harness,
     with pytest.raises(RuntimeError):
         h.run(lambda w: w.process_message(body(req), 1))
     monkeypatch.setattr(h.ledger, "transition", real)
-    [out] = h.run(lambda w: w.process_message(body(req), 2))
+    with pytest.raises(TransientFailure):   # the claim is still live
+        h.run(lambda w: w.process_message(body(req), 2))
+    clock.now += timedelta(minutes=5, seconds=1)
+    [out] = h.run(lambda w: w.process_message(body(req), 3))
     assert out.state == "submitted" and len(h.fake.remediations) == 2
-    [again] = h.run(lambda w: w.process_message(body(req), 3))
+    [again] = h.run(lambda w: w.process_message(body(req), 4))
     assert again.extra.get("duplicate") and len(h.fake.remediations) == 2
 
 

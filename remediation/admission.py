@@ -1,0 +1,76 @@
+"""A delivery's first steps for one request: record it, decide, and claim the row to execute it.
+
+``admit`` gives back the row to execute, or the request's outcome when there is nothing to run
+(already handled, being executed by another delivery, or settled by the rails: held, skipped, dry run).
+``claim_row`` claims that row for the delivery (claims.py). Both let storage errors through to the
+pipeline, which gives them to the one request they concern (remediation/worker.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from core.settings import Settings
+from core.tenant import TenantConfig
+from detections.catalog import Rule
+from remediation.actions.registry import Registry
+from remediation.claims import Claimed, claim, duplicate, in_flight, reopen, storage_failure
+from remediation.execution import Execution
+from remediation.intent import StorageError
+from remediation.ledger import Ledger, Record
+from remediation.outcome import Outcome
+from remediation.rails import Decision, decide
+
+
+@dataclass(frozen=True)
+class Rails:
+    """What the rails decide with."""
+
+    settings: Settings
+    tenant: TenantConfig
+    catalog: Mapping[str, Rule]
+    registry: Registry
+
+    def decide(self, req: dict[str, Any]) -> Decision:
+        return decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
+                      registry=self.registry)
+
+
+def admit(req: dict[str, Any], ledger: Ledger, execution: Execution, rails: Rails) -> Outcome | Record:
+    """The request's row when it is to be executed, else its outcome (duplicate, in flight, settled)."""
+    rec, created = ledger.receive(req)
+    decision: Decision | None = None
+    if not created and rec.dry_run_skip:
+        # Settled by a dry run only. The same dry-run delivery again is a no-op; a request
+        # that would now run (rule or RESPONDER_DRY_RUN gone live) reopens the row.
+        decision = rails.decide(req)
+        if decision.kind != "dry_run":
+            rec = reopen(ledger, rec, req)
+    if not created and rec.state != "received":
+        return duplicate(rec)
+    if rec.claimed(ledger.clock()):
+        # Someone is executing it right now: neither act nor settle it under their feet.
+        return in_flight(rec)
+    if decision is None:
+        decision = rails.decide(req)
+    if decision.kind != "execute":
+        return execution.settle(rec, req, decision)
+    return rec
+
+
+def claim_row(ledger: Ledger, rec: Record, req: dict[str, Any], owner: str, lease: timedelta,
+              outcomes: dict[str, Outcome]) -> Claimed | None:
+    """``rec`` claimed by ``owner``, or None with the request's outcome put in ``outcomes``."""
+    try:
+        claimed = claim(ledger, rec, owner, lease=lease)
+        if claimed is not None:
+            return Claimed(req, claimed)
+        fresh = ledger.read(rec.rule, rec.request_id) or rec
+    except StorageError as exc:
+        outcomes[req["id"]] = storage_failure(req, exc, rec)
+        return None
+    outcomes[req["id"]] = duplicate(fresh) if fresh.state != "received" else in_flight(fresh)
+    return None
