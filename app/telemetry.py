@@ -172,6 +172,13 @@ def startup(load: Callable[..., T]) -> Callable[..., T]:
                      backend=getattr(getattr(config, "settings", None), "backend", None),
                      counts={"rules": len(getattr(config, "catalog", ()) or ()),
                              "timers": len(getattr(config, "timers", ()) or ())}))
+        # One record per rule timer, after the "ok" one: what the dead-man's switch treats as enabled now
+        # (a rule disabled since is absent from the latest start), with the period it should run at.
+        for spec in getattr(config, "timers", ()) or ():
+            rule = config.catalog.get(spec.slug)
+            frequency = getattr(rule, "query_frequency", None)
+            emit(record("startup", rule=spec.slug, state="scheduled", trigger="host",
+                        period_s=int(frequency.total_seconds()) if frequency else None))
         return config
     return wrapped
 
