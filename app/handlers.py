@@ -261,6 +261,7 @@ async def http_decide(rt: Runtime, req: func.HttpRequest, verb: str) -> func.Htt
             return json_response(404, {"error": "not found", "message": str(exc)})
         except WorkerError as exc:
             return json_response(409, {"error": "conflict", "message": str(exc)})
+    telemetry.outcomes(None, [outcome], now=rt.clock())
     log.info("request %s: %s by %s%s; now %s", request_id, verb, by,
              f" (claims to be {claimed})" if claimed else "", outcome.state)
     return json_response(200, {"request_id": request_id, "state": outcome.state,
