@@ -132,6 +132,8 @@ def outcomes(body: str | bytes | Mapping[str, Any] | None, results: Iterable[Any
     now = now or datetime.now(UTC)
     out = []
     for o in results:
+        if (getattr(o, "extra", None) or {}).get("duplicate"):
+            continue   # a redelivery that found the request settled: its state was recorded already
         failed = o.state == "failed"
         cls = "poison" if event == "poison" else (
             error_class(o.error, default="action_failed") or "action_failed") if failed else None

@@ -86,7 +86,8 @@ def check_action_group(file: bm.BicepFile) -> None:
     assert quiet.get("emailReceivers") == [] and quiet.get("webhookReceivers") == []
     both = _action_group(file, alertEmails=["soc@contoso.com", "lead@contoso.com"],
                          alertTeamsWorkflowUrl="https://prod.example/workflows/1?sig=x")
-    assert [r["emailAddress"] for r in both.get("emailReceivers", [])] == ["soc@contoso.com", "lead@contoso.com"]
+    emails = [r["emailAddress"] for r in both.get("emailReceivers", [])]
+    assert emails == ["soc@contoso.com", "lead@contoso.com"]
     assert len({r["name"] for r in both["emailReceivers"]}) == 2
     (hook,) = both.get("webhookReceivers", [])
     assert hook["serviceUri"] == "https://prod.example/workflows/1?sig=x"
