@@ -58,12 +58,9 @@ def record(event: str, **fields: Any) -> dict[str, Any]:
 
 
 def emit(rec: Mapping[str, Any], level: int = logging.INFO) -> None:
-    """One log line; telemetry never breaks the function that reports."""
-    try:
-        log.log(level, "%s%s", PREFIX, json.dumps(rec, ensure_ascii=True, separators=(",", ":"),
-                                                   default=str, sort_keys=True))
-    except Exception:   # pragma: no cover - json of plain values; kept so a bug here costs a line only
-        log.exception("telemetry record not written")
+    """One log line."""
+    log.log(level, "%s%s", PREFIX, json.dumps(rec, ensure_ascii=True, separators=(",", ":"), default=str,
+                                               sort_keys=True))
 
 
 def error_class(error: str | None, *, transient: bool = False, default: str = "backend") -> str | None:
@@ -102,6 +99,19 @@ def _seconds_since(iso: Any, now: datetime) -> int | None:
 
 # --- the call sites (one line each in app/*.py) ----------------------------------------------------
 
+def _never_raises(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A call site's function: a bug here must cost a record, never the invocation that reports."""
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            log.exception("telemetry record not written (%s)", fn.__name__)
+            return None
+    return wrapped
+
+
+@_never_raises
 def scan_run(run: Any, queued: Any, backend: str | None, *, started: datetime, finished: datetime,
              trigger: str) -> dict:
     """A rule run (timer, on-demand or demo), from the clock's reading before and after it."""
@@ -125,6 +135,7 @@ def scan_run(run: Any, queued: Any, backend: str | None, *, started: datetime, f
     return rec
 
 
+@_never_raises
 def outcomes(body: str | bytes | Mapping[str, Any] | None, results: Iterable[Any], *, event: str = "request",
              now: datetime | None = None) -> list[dict]:
     """One record per outcome of a queue message (its request gives the run id and detection time)."""
@@ -147,6 +158,7 @@ def outcomes(body: str | bytes | Mapping[str, Any] | None, results: Iterable[Any
     return out
 
 
+@_never_raises
 def notify_failed(what: str) -> dict:
     """A Teams card was not delivered (``what``: e.g. "<rule> outcome"; never the webhook URL)."""
     slug, _, kind = what.rpartition(" ")
@@ -164,25 +176,33 @@ def startup(load: Callable[..., T]) -> Callable[..., T]:
         try:
             config = load(*args, **kwargs)
         except Exception as exc:
-            # ConfigError names a setting or file (docs/function-app.md); anything else is a crash.
-            cls = "config" if type(exc).__name__ == "ConfigError" else "startup"
-            emit(record("startup", state="failed", error_class=cls, trigger="host",
-                        duration_ms=int((time.monotonic() - started) * 1000)), logging.ERROR)
+            _startup_failed(exc, started)
             raise
-        emit(record("startup", state="ok", trigger="host",
-                     duration_ms=int((time.monotonic() - started) * 1000),
-                     backend=getattr(getattr(config, "settings", None), "backend", None),
-                     counts={"rules": len(getattr(config, "catalog", ()) or ()),
-                             "timers": len(getattr(config, "timers", ()) or ())}))
-        # One record per rule timer, after the "ok" one: what the dead-man's switch treats as enabled now
-        # (a rule disabled since is absent from the latest start), with the period it should run at.
-        for spec in getattr(config, "timers", ()) or ():
-            rule = config.catalog.get(spec.slug)
-            frequency = getattr(rule, "query_frequency", None)
-            emit(record("startup", rule=spec.slug, state="scheduled", trigger="host",
-                        period_s=int(frequency.total_seconds()) if frequency else None))
+        _started(config, started)
         return config
     return wrapped
+
+
+@_never_raises
+def _startup_failed(exc: Exception, started: float) -> None:
+    # ConfigError names a setting or file (docs/function-app.md); anything else is a crash.
+    cls = "config" if type(exc).__name__ == "ConfigError" else "startup"
+    emit(record("startup", state="failed", error_class=cls, trigger="host",
+                duration_ms=int((time.monotonic() - started) * 1000)), logging.ERROR)
+
+
+@_never_raises
+def _started(config: Any, started: float) -> None:
+    timers = list(getattr(config, "timers", ()) or ())
+    emit(record("startup", state="ok", trigger="host", duration_ms=int((time.monotonic() - started) * 1000),
+                backend=getattr(getattr(config, "settings", None), "backend", None),
+                counts={"rules": len(getattr(config, "catalog", ()) or ()), "timers": len(timers)}))
+    # One record per rule timer, after the "ok" one: what the dead-man's switch treats as enabled now (a
+    # rule disabled since is absent from the latest start), with the period it should run at.
+    for spec in timers:
+        frequency = getattr(config.catalog.get(spec.slug), "query_frequency", None)
+        emit(record("startup", rule=spec.slug, state="scheduled", trigger="host",
+                    period_s=int(frequency.total_seconds()) if frequency else None))
 
 
 def _parse(body: str | bytes | None) -> dict[str, Any] | None:

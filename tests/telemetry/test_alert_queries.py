@@ -243,3 +243,32 @@ def test_webhook_fires_on_the_notifiers_own_line(demo: dict[str, Any]) -> None:
                              ("failure", 3, "HTTP 404"), None)
     row = traces_row(line)
     assert _fired("webhook-failing", _now([row]), demo["rows"] + [row])
+
+
+# workbook ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(set(workbook_queries()) - {"failures-by-class"}))
+def test_every_workbook_query_shows_the_demo_records(name: str, demo: dict[str, Any]) -> None:
+    assert run(workbook_queries()[name], _now(demo["rows"]), demo["rows"]), f"{name}: nothing to show"
+
+
+def test_failures_by_class_is_empty_for_the_healthy_demo_and_counts_a_failure(demo: dict[str, Any],
+                                                                               tmp_path: Path) -> None:
+    query = workbook_queries()["failures-by-class"]
+    assert run(query, _now(demo["rows"]), demo["rows"]) == []
+    rows = demo["rows"] + _made(tmp_path, _scan("defender: HTTP 429 TooManyRequests"))
+    assert [(r["event"], r["error_class"], r["failures"]) for r in run(query, _now(rows), rows)] == [
+        ("scan_run", "quota", 1)]
+
+
+def test_detection_to_done_takes_the_detection_time_from_the_workers_record(tmp_path: Path) -> None:
+    # The worker's record carries detected_at (through detect_to_state_s); verify's later "confirmed" record
+    # has no request at hand and carries none.
+    t0 = datetime(2026, 12, 2, 10, tzinfo=UTC)
+    body = {"run": {"id": "r"}, "detected_at": t0.isoformat()}
+    submitted = _made(tmp_path, lambda: telemetry.outcomes(body, [_outcome("submitted")],
+                                                           now=t0 + timedelta(minutes=2)))
+    confirmed = _made(tmp_path, lambda: telemetry.outcomes(None, [_outcome("confirmed")]))
+    rows = at(submitted, t0 + timedelta(minutes=2)) + at(confirmed, t0 + timedelta(minutes=9))
+    (row,) = run(workbook_queries()["detection-to-done"], t0 + timedelta(hours=1), rows)
+    assert (row["action"], row["requests"], row["max_minutes"]) == ("move_to_junk", 1, 9.0)

@@ -172,3 +172,16 @@ def test_records_are_info_even_when_the_root_logger_is_at_warning(tmp_path: Path
     finally:
         root.setLevel(level)
     assert len(read_rows(sink.path)) == 2
+
+
+def test_a_bug_in_telemetry_costs_a_record_never_the_invocation(tmp_path: Path) -> None:
+    with _capture(tmp_path) as sink:
+        assert telemetry.scan_run(object(), None, "defender", started=datetime.now(UTC),
+                                  finished=datetime.now(UTC), trigger="timer") is None
+        assert telemetry.outcomes({"run": {}}, [object()]) is None
+        config = object()
+        assert telemetry.startup(lambda: config)() is config   # an odd config: start-up still returns it
+    messages = [r["message"] for r in read_rows(sink.path)]
+    assert [m for m in messages if m.startswith("telemetry record not written")] == [
+        "telemetry record not written (scan_run)", "telemetry record not written (outcomes)"]
+    assert [record({"message": m})["state"] for m in messages if m.startswith("xdr-telemetry")] == ["ok"]
