@@ -115,18 +115,8 @@ def load(env: Mapping[str, str] | None = None) -> AppConfig:
         raise ConfigError(f"app setting {stray[0]}: no rule has this slug (schedule settings are "
                           f"{schedules.SCHEDULE_SETTING_PREFIX}<SLUG>, slug upper-cased, - as _)")
     host = env.get("WEBSITE_HOSTNAME", "").strip()   # set by the platform in Azure
-    digest = env.get(DIGEST_SETTING, DIGEST_DEFAULT).strip()
-    if digest:
-        try:
-            digest = schedules.validate(digest)
-        except ScheduleError as exc:
-            raise ConfigError(f"app setting {DIGEST_SETTING}: {exc}") from None
-    verify = env.get(VERIFY_SETTING, VERIFY_DEFAULT).strip()
-    if verify:
-        try:
-            verify = schedules.validate(verify)
-        except ScheduleError as exc:
-            raise ConfigError(f"app setting {VERIFY_SETTING}: {exc}") from None
+    digest = _timer_schedule(env, DIGEST_SETTING, DIGEST_DEFAULT)
+    verify = _timer_schedule(env, VERIFY_SETTING, VERIFY_DEFAULT)
     problems = tuple(f"app setting {name}: unresolved Key Vault reference" for name in
                      settings.unresolved_references)
     for name in settings.unresolved_references:
@@ -142,3 +132,14 @@ def load(env: Mapping[str, str] | None = None) -> AppConfig:
     return AppConfig(settings=settings, tenant=tenant, catalog=catalog, timers=timers, storage=storage,
                      api_base=f"https://{host}" if host else None, digest_schedule=digest or None,
                      verify_schedule=verify or None, problems=problems)
+
+
+def _timer_schedule(env: Mapping[str, str], setting: str, default: str) -> str:
+    """A timer's NCRONTAB schedule from its app setting ("" turns the timer off)."""
+    value = env.get(setting, default).strip()
+    if not value:
+        return value
+    try:
+        return schedules.validate(value)
+    except ScheduleError as exc:
+        raise ConfigError(f"app setting {setting}: {exc}") from None

@@ -78,7 +78,21 @@ async def on_digest(rt: Runtime, timer: func.TimerRequest) -> bool:
     sent = await send_digest(rt.ledger(), rt.notifier, rt.config.catalog, now=rt.clock(),
                              tenant_id=_tenant_id(rt))
     log.info("daily digest %s", "sent" if sent else "not sent (already sent today, or undeliverable)")
+    await expire_held(rt)
     return sent
+
+
+async def expire_held(rt: Runtime) -> int:
+    """Held requests past RESPONDER_HELD_EXPIRY become expired, one card for all (app/expiry.py). On both
+    timers, at most once an hour; a storage error is logged and left to the next sweep."""
+    from app.expiry import sweep_and_announce
+
+    try:
+        return await sweep_and_announce(rt.ledger(), rt.notifier, now=rt.clock(),
+                                        ttl=rt.settings.held_expiry, tenant_id=_tenant_id(rt))
+    except Exception:   # never fail the timer's own work (digest, verify) over the sweep
+        log.exception("held expiry sweep failed; the next sweep tries again")
+        return 0
 
 
 async def on_verify(rt: Runtime, timer: func.TimerRequest) -> dict[str, int]:
@@ -91,6 +105,7 @@ async def on_verify(rt: Runtime, timer: func.TimerRequest) -> dict[str, int]:
     """
     from detections.backends.base import BackendError
 
+    await expire_held(rt)
     backend = await rt.backend()
     async with rt.worker() as worker:
         try:
@@ -260,7 +275,9 @@ async def http_decide(rt: Runtime, req: func.HttpRequest, verb: str) -> func.Htt
         except NotFound as exc:
             return json_response(404, {"error": "not found", "message": str(exc)})
         except WorkerError as exc:
-            return json_response(409, {"error": "conflict", "message": str(exc)})
+            # The request's state when known (e.g. "expired"), so a client can tell why without parsing.
+            state = {"state": exc.state} if exc.state else {}
+            return json_response(409, {"error": "conflict", "message": str(exc), **state})
     telemetry.outcomes(None, [outcome], now=rt.clock())
     log.info("request %s: %s by %s%s; now %s", request_id, verb, by,
              f" (claims to be {claimed})" if claimed else "", outcome.state)

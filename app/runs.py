@@ -19,9 +19,11 @@ run's findings were seen before. For each request of a run:
 invocation sees a whole run. The timer (or ``POST /api/scan``) sends the scan card as soon as the
 run is queued ("found N, queued N": on-call hears within seconds of detection), and the worker
 invocation that leaves the run's last request settled sends the outcome card: the same scan card
-with every request's outcome. "Last" is judged from the ledger (every row of the run past
-``received``/``approved`` and as many rows as ``run.total``), and an at-most-once ledger marker per run
-keeps two workers finishing together from both sending it. A row a later live run reopened counts
+with every request's outcome. "Last" is judged from a per-run counter in the ledger: the delivery that
+leaves its request past ``received``/``approved`` counts it, once (duplicates count nothing), and the one
+that brings the count to ``run.total`` reads the run and sends the card, so each message costs O(1)
+ledger calls however large the run (remediation/run_counters.py). An at-most-once ledger marker per
+run keeps two workers finishing together from both sending it. A row a later live run reopened counts
 for the earlier (dry) run as its dry-run outcome (``dry_run_run_id``), so that run's card still fires.
 When every request of the run is held, the outcome card is the approval card (one message with every
 id and how to approve it), and no scan card goes out first for a run in which every request waits for
@@ -48,12 +50,12 @@ from notifications.reports import FailureReport, RunReport
 from remediation.actions.registry import default_registry
 from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.rails import CONNECTOR_ACTIONS
+from remediation.run_counters import IN_FLIGHT, count_once, settled_for_run
 
 log = logging.getLogger(__name__)
 
 REQUEUE_AFTER = timedelta(minutes=30)
-# A request is "done" for its run once the worker has nothing more to do with it on its own.
-IN_FLIGHT = frozenset({"received", "approved"})
+# IN_FLIGHT (received, approved): the worker still has work of its own on the request (not yet settled).
 
 
 @dataclass
@@ -201,6 +203,17 @@ async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, back
     run_id, total = run.get("id"), run.get("total")
     if not run_id or not isinstance(total, int) or total < 1:
         return False
+    # O(1) per message (issue 13): count this message's request once when it is settled for the run;
+    # only the message that brings the count to run.total reads the whole run (remediation/run_counters.py).
+    rec = ledger.read(request["rule"], request["id"])
+    if rec is None or not settled_for_run(rec, run_id):
+        return False   # still in flight: the delivery that settles it counts it
+    count, _ = count_once(ledger, request["rule"], run_id, request["id"])
+    if count < total:
+        return False
+    key = f"run-outcome:{request['rule']}:{run_id}"
+    if not ledger.claim_once(key):
+        return False   # sent (or being sent) by another delivery; a duplicate reads nothing more
     rows = ledger.list(rule=request["rule"], run_id=run_id)
     outcomes = [r.outcome() for r in rows]
     if len(rows) < total:
@@ -212,12 +225,13 @@ async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, back
                 outcomes.append(replace(moved.outcome(), state="skipped", error=None,
                                         detail=str(moved.extra.get("dry_run_detail") or "dry run"),
                                         extra={"dry_run": True}))
-    if len(rows) < total or any(r.state in IN_FLIGHT for r, o in zip(rows, outcomes, strict=True)
-                                if not o.extra.get("dry_run")):
+    if len(rows) < total:
+        # Counted as many as the run holds but fewer rows found: not the run this card would describe.
+        log.warning("run %s of %s: %d settled of %d, %d rows found; no outcome card", run_id, request["rule"],
+                    count, total, len(rows))
+        ledger.forget_once(key)
         return False
-    key = f"run-outcome:{request['rule']}:{run_id}"
-    if not ledger.claim_once(key):
-        return False
+    # Every request was settled once; one approved meanwhile by a person shows as in progress.
     name, severity = rule_names.get(request["rule"], (request.get("rule_name") or request["rule"],
                                                       request.get("severity") or "Medium"))
     requests = [r.request for r in rows if r.request]

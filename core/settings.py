@@ -7,8 +7,10 @@ check and start-up validation all read this table, so a setting cannot exist in 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +78,9 @@ APP_SETTINGS: tuple[AppSetting, ...] = (
                "EmailEvents (`LatestDeliveryLocation`), as 6-field NCRONTAB (UTC); empty: no verify timer "
                "(then run `python -m responder verify`). No query runs while nothing is submitted.",
                default="30 */5 * * * *"),
+    AppSetting("RESPONDER_HELD_EXPIRY", "How long a held request (waiting for approval) can still be "
+               "approved, as an ISO-8601 duration from `PT1H` to `P30D` (e.g. `P7D`, `PT12H`, `P1DT6H`); "
+               "after that it is recorded `expired`, announced, and approving it is refused.", default="P7D"),
     AppSetting("AzureWebJobsStorage__accountName", "Storage account of the app (identity-based "
                "connection); queues and the ledger table live here.", default=""),
 )
@@ -122,6 +127,9 @@ class Settings:
     # Optional secret settings whose Key Vault reference did not resolve: treated as unset (feature off),
     # named in the start-up log and in /api/health, so the rest of the app keeps running.
     unresolved_references: tuple[str, ...] = ()
+
+    # RESPONDER_HELD_EXPIRY: a held request older than this cannot be approved (remediation/expiry.py).
+    held_expiry: timedelta = timedelta(days=7)
 
     @property
     def poison_queue(self) -> str:
@@ -184,8 +192,35 @@ class Settings:
             params_json=values["RESPONDER_PARAMS"],
             scan_rate_per_hour=rate,
             exchange_base_url=values["RESPONDER_EXCHANGE_BASE_URL"].rstrip("/"),
+            # empty: the default, like an unset setting (azd passes unset variables as empty)
+            held_expiry=parse_held_expiry(values["RESPONDER_HELD_EXPIRY"] or "P7D"),
             unresolved_references=tuple(unresolved),
         )
+
+
+# ISO-8601 durations in weeks, days, hours, minutes, seconds. Years and months are refused: their length
+# depends on the date, and an approval window is never that long (HELD_EXPIRY_BOUNDS).
+_DURATION = re.compile(r"P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
+                       r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?")
+# At least an hour (on-call must have time to read the card), at most 30 days (an approval given weeks
+# after the evidence was gathered acts on a mailbox or account that may have changed since).
+HELD_EXPIRY_BOUNDS = (timedelta(hours=1), timedelta(days=30))
+
+
+def parse_held_expiry(raw: str) -> timedelta:
+    """RESPONDER_HELD_EXPIRY as a timedelta; a ConfigError naming the setting when it is not a duration
+    this app accepts."""
+    text = raw.strip().upper()
+    match = _DURATION.fullmatch(text)
+    if not match or text in ("P", "PT") or text.endswith("T"):
+        raise ConfigError(f"app setting RESPONDER_HELD_EXPIRY: expected an ISO-8601 duration in weeks, days, "
+                          f"hours or minutes (e.g. P7D, PT12H, P1DT6H), got {raw!r}")
+    n = {k: int(v or 0) for k, v in match.groupdict().items()}
+    value = timedelta(weeks=n["w"], days=n["d"], hours=n["h"], minutes=n["m"], seconds=n["s"])
+    low, high = HELD_EXPIRY_BOUNDS
+    if not low <= value <= high:
+        raise ConfigError(f"app setting RESPONDER_HELD_EXPIRY: {raw!r} is outside PT1H to P30D")
+    return value
 
 
 def is_key_vault_reference(value: str) -> bool:

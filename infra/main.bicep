@@ -78,6 +78,9 @@ param scanRatePerHour int = 12
 @description('When submitted Defender email remediations are confirmed from EmailEvents (6-field NCRONTAB, UTC).')
 param verifySchedule string = '30 */5 * * * *'
 
+@description('How long a held request waits for a person before it expires (ISO-8601 duration, PT1H to P30D).')
+param heldExpiry string = 'P7D'
+
 // --- Teams -------------------------------------------------------------------------------------
 
 @secure()
@@ -283,6 +286,7 @@ module functionApp 'app/function.bicep' = {
     dryRun: dryRun
     scanRatePerHour: scanRatePerHour
     verifySchedule: verifySchedule
+    heldExpiry: heldExpiry
     alwaysReady: alwaysReady
     extraAppSettings: checkedOperatorAppSettings
     maximumInstanceCount: maximumInstanceCount

@@ -46,14 +46,14 @@ def message_size(card: dict[str, Any]) -> int:
     return len(serialize(to_workflows_message(card)))
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
+def walk_nodes(node: Any) -> Iterator[dict[str, Any]]:
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _walk(value)
+            yield from walk_nodes(value)
     elif isinstance(node, list):
         for item in node:
-            yield from _walk(item)
+            yield from walk_nodes(item)
 
 
 def workflows_problems(message: dict[str, Any], *, limit: int = MAX_MESSAGE_BYTES) -> list[str]:
@@ -74,7 +74,7 @@ def workflows_problems(message: dict[str, Any], *, limit: int = MAX_MESSAGE_BYTE
             continue
         if content.get("version") != CARD_VERSION:
             problems.append(f"attachments/{i}/content: version must be {CARD_VERSION}")
-        for node in _walk(content):
+        for node in walk_nodes(content):
             if node.get("type") in FORBIDDEN_ACTIONS:
                 problems.append(f"attachments/{i}/content: {node['type']} does not work in Workflows cards")
     size = len(serialize(message))

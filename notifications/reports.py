@@ -32,7 +32,8 @@ BUCKET_LABELS = {
 }
 # Ledger state -> card bucket. "approved" and "received" are on their way (the worker has them);
 # "not_applied" means Defender accepted a submission that never took effect, which on-call must
-# treat as a failure; "rejected" is a person's decision not to act, so it sits with skipped.
+# treat as a failure; "rejected" is a person's decision not to act, so it sits with skipped, and so
+# does "expired" (nobody decided in time: nothing was done).
 STATE_BUCKETS: dict[str, str] = {
     "confirmed": "done",
     "submitted": "submitted",
@@ -41,6 +42,7 @@ STATE_BUCKETS: dict[str, str] = {
     "held": "held",
     "skipped": "skipped",
     "rejected": "skipped",
+    "expired": "skipped",
     "failed": "failed",
     "not_applied": "failed",
 }

@@ -17,6 +17,7 @@ from core.settings import Settings
 from core.tenant import TenantConfig
 from detections.catalog import Rule
 from remediation.actions.registry import Registry, default_registry
+from remediation.expiry import expire, is_overdue, iso_duration
 from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 from remediation.rails import Decision, decide
@@ -25,7 +26,12 @@ log = logging.getLogger(__name__)
 
 
 class WorkerError(Exception):
-    """A person's request (approve, reject, undo) that cannot be done; the message says why."""
+    """A person's request (approve, reject, undo) that cannot be done; the message says why, and
+    ``state`` is the request's ledger state when known (the HTTP answer carries it)."""
+
+    def __init__(self, message: str, *, state: str | None = None) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 class NotFound(WorkerError):
@@ -68,19 +74,22 @@ class Decisions:
         requests while RESPONDER_CONNECTOR_ACTIONS is ``manual``: the app has no Exchange permission, so
         approving cannot run anything); the person runs the shown command and ``done`` records that."""
         rec, ledger, settings = self.find(request_id), self.runner.ledger, self.runner.settings
+        rec = self._refuse_expired(rec)
         if self.registry.run_by_hand(rec.action, settings.connector_actions) or done:
             return self._record_done(rec, by, claimed_by=claimed_by, done=done)
         if rec.state == "approved":
             if rec.claimed(ledger.clock()):
-                raise WorkerError(f"request {request_id} is already approved and being executed")
+                raise WorkerError(f"request {request_id} is already approved and being executed",
+                                  state=rec.state)
             # Approved earlier but the run did not finish (crash or transient error): resume it.
         elif rec.state != "held":
-            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be approved")
+            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be approved",
+                              state=rec.state)
         if settings.dry_run:
             raise WorkerError("the global dry run (RESPONDER_DRY_RUN) is on: nothing would run, so the "
-                              "request stays held")
+                              "request stays held", state=rec.state)
         if not rec.request:
-            raise WorkerError(f"request {request_id} has no stored request body")
+            raise WorkerError(f"request {request_id} has no stored request body", state=rec.state)
         req = self.registry.contract().validate(rec.request)
         if rec.state == "held":
             try:
@@ -89,6 +98,24 @@ class Decisions:
                 raise WorkerError(f"request {request_id} changed while approving (approved or rejected "
                                   "by someone else); nothing done") from None
         return await self.runner.run_decided(rec, req, self._decide(req, approved=True))
+
+    def _refuse_expired(self, rec: Record) -> Record:
+        """Before anything runs: a held row past RESPONDER_HELD_EXPIRY is expired now (not only at the
+        next sweep, so a late approval never depends on a timer) and the approval is refused; an
+        expired row is refused with the same words. Other rows pass through unchanged."""
+        ledger, ttl = self.runner.ledger, self.runner.settings.held_expiry
+        if rec.state == "held" and is_overdue(rec, ledger.clock(), ttl):
+            try:
+                rec = expire(ledger, rec, ledger.clock(), ttl)
+            except (LedgerConflict, IllegalTransition):
+                raise WorkerError(f"request {rec.request_id} changed while approving (approved or rejected "
+                                  "by someone else); nothing done") from None
+        if rec.state == "expired":
+            raise WorkerError(
+                f"request {rec.request_id} has expired and can no longer be approved: {rec.detail} "
+                f"(RESPONDER_HELD_EXPIRY is {iso_duration(ttl)} here). If the finding still matters, act "
+                "on it in the portal.", state="expired")
+        return rec
 
     def _record_done(self, rec: Record, by: str, *, claimed_by: str | None, done: bool) -> Outcome:
         """An action a person runs by hand: refuse to approve (nothing could run: no Exchange permission)
@@ -120,7 +147,8 @@ class Decisions:
     async def reject(self, request_id: str, by: str, *, claimed_by: str | None = None) -> Outcome:
         rec = self.find(request_id)
         if rec.state != "held":
-            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be rejected")
+            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be rejected",
+                              state=rec.state)
         try:
             rec = self.runner.ledger.transition(rec, "rejected", rejected_by=by, detail=f"rejected by {by}",
                                                 **_claimed(claimed_by))
@@ -136,8 +164,12 @@ class Decisions:
         if spec is None or spec.inverse is None:
             undoable = ", ".join(d.name for d in self.registry if d.inverse) or "nothing"
             raise WorkerError(f"request {request_id} is {rec.action}; only {undoable} can be undone")
+        if rec.state == "expired":
+            raise WorkerError(f"request {request_id} expired without being approved: nothing was done, so "
+                              "there is nothing to undo", state=rec.state)
         if rec.state != "confirmed":
-            raise WorkerError(f"request {request_id} is {rec.state}; only a confirmed move can be undone")
+            raise WorkerError(f"request {request_id} is {rec.state}; only a confirmed move can be undone",
+                              state=rec.state)
         if rec.extra.get("undone_by"):
             raise WorkerError(f"request {request_id} was already undone by {rec.extra['undone_by']}")
         original = rec.request or {}

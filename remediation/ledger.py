@@ -37,7 +37,7 @@ INVALID = "~invalid"
 # executed request can never become approved, a confirmed one can never be re-held.
 TRANSITIONS: dict[str, frozenset[str]] = {
     "received": frozenset({"held", "skipped", "failed", "submitted", "confirmed"}),
-    "held": frozenset({"approved", "rejected", "skipped", "failed"}),
+    "held": frozenset({"approved", "rejected", "skipped", "failed", "expired"}),
     "approved": frozenset({"submitted", "confirmed", "skipped", "failed"}),
     "submitted": frozenset({"confirmed", "not_applied", "failed"}),
     "confirmed": frozenset(),
@@ -45,6 +45,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "rejected": frozenset(),
     "skipped": frozenset(),
     "failed": frozenset(),
+    # Held past RESPONDER_HELD_EXPIRY (remediation/expiry.py): never approved, never run, final.
+    "expired": frozenset(),
 }
 # Table string properties hold 64 KiB (UTF-16): keep JSON columns well below that.
 _MAX_JSON = 30_000
@@ -156,7 +158,9 @@ _EXTRA = ("approved_by", "rejected_by", "undone_by", "undo_of", "network_message
           # run_by_hand: a person ran the command themselves (connector actions in manual mode).
           "claimed_by", "run_by_hand",
           # blocked: why an action was refused when on-call fixes it differently ("privileged_target").
-          "blocked")
+          "blocked",
+          # expiry_announced: an expired row (remediation/expiry.py) is on an on-call card already.
+          "expiry_announced")
 
 
 def _to_entity(rec: Record) -> dict[str, Any]:
@@ -243,6 +247,10 @@ class Ledger:
                 params[column.lower()] = value
         recs = list(self._query(" and ".join(clauses), params))
         return sorted(recs, key=lambda r: (r.created_at, r.rule, r.request_id))
+
+    def where(self, flt: str, params: dict[str, Any]) -> list[Record]:
+        """Request rows matching an OData filter (``@name`` parameters), markers excluded."""
+        return list(self._query(f"PartitionKey ne @m and ({flt})", {**params, "m": MARKERS}))
 
     def _query(self, flt: str, params: dict[str, Any]) -> Iterator[Record]:
         for ent in self.table.query_entities(flt, parameters=params):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# expired: held longer than RESPONDER_HELD_EXPIRY without a decision; can no longer be approved.
 STATES = ("received", "held", "approved", "rejected", "submitted", "confirmed", "not_applied",
-          "skipped", "failed")
+          "skipped", "failed", "expired")
 # States after which nothing more happens to the request unless a person acts (approve, undo).
-SETTLED = frozenset({"held", "rejected", "confirmed", "not_applied", "skipped", "failed"})
+SETTLED = frozenset({"held", "rejected", "confirmed", "not_applied", "skipped", "failed", "expired"})
 
 
 @dataclass

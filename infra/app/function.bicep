@@ -34,6 +34,8 @@ param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 param exchangeBaseUrl string = 'https://outlook.office365.com/adminapi/beta'
 @description('When submitted Defender email remediations are confirmed from EmailEvents (6-field NCRONTAB, UTC).')
 param verifySchedule string = '30 */5 * * * *'
+@description('How long a held request waits for a person before it expires (ISO-8601 duration).')
+param heldExpiry string = 'P7D'
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -137,6 +139,7 @@ var settings = {
   RESPONDER_CONNECTOR_ACTIONS: connectorActions
   RESPONDER_SCAN_RATE_PER_HOUR: string(scanRatePerHour)
   RESPONDER_VERIFY_SCHEDULE: verifySchedule
+  RESPONDER_HELD_EXPIRY: heldExpiry
 }
 
 resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import pytest
 
@@ -19,18 +18,11 @@ from notifications.message import (
     to_workflows_message,
     workflows_problems,
 )
+from notifications.message import (
+    walk_nodes as walk,
+)
 from notifications.reports import DigestReport, FailureReport, RunReport
 from remediation.outcome import Outcome
-
-
-def walk(node: Any):
-    if isinstance(node, dict):
-        yield node
-        for v in node.values():
-            yield from walk(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from walk(v)
 
 
 def markdown_texts(card: dict) -> list[str]:

@@ -102,3 +102,22 @@ def test_three_throttled_runs_fire_the_backend_errors_alert(make_env: Any, recor
     third = {**rows[-1], "timestamp": (now - timedelta(seconds=30)).isoformat()}
     (fired,) = run(alert_queries()["backend-errors"], now, [*rows, third])
     assert (fired["rule"], fired["error_class"], fired["failed_runs"]) == (RULE, "quota", 3)
+
+
+def test_approval_and_expiry_write_records_so_a_decided_request_no_longer_waits(make_env: Any,
+                                                                               records: Path) -> None:
+    from tests.functions.conftest import NOW
+    from tests.functions.test_decide_health_http import decide, held_request
+
+    env = make_env()
+    approved, expiring = held_request(env, "held-a"), held_request(env, "held-b")
+    held = {r["request_id"] for r in _records(records, "request") if r["state"] == "held"}
+    assert held == {approved, expiring}
+    decide(env, "reject", approved, {"by": "oncall@contoso.com"})
+    env.clock.now = NOW + timedelta(days=7, minutes=1)
+    env.call("verify", TimerRequest())
+    states = {r["request_id"]: r["state"] for r in _records(records, "request")}
+    assert states == {approved: "rejected", expiring: "expired"}
+    # Four hours after being held, only a request still waiting fires the alert: none here.
+    rows = read_rows(records)
+    assert run(alert_queries()["held-too-long"], max(map(stamp_of, rows)) + timedelta(hours=5), rows) == []
