@@ -40,6 +40,7 @@ FIELDS = ("schema", "event", "run_id", "rule", "action", "request_id", "mode", "
 ERROR_CLASSES = ("quota", "permission", "timeout", "transient", "backend", "partial", "refused", "invalid",
                  "action_failed", "poison", "webhook", "config", "startup")
 _STATUS = re.compile(r"\bHTTP (\d{3})\b")
+_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)+")
 # The sender's address is an id (who to block); it is the one evidence column a record carries.
 _SENDER_COLUMNS = ("SenderFromAddress", "SenderMailFromAddress")
 
@@ -162,8 +163,10 @@ def outcomes(body: str | bytes | Mapping[str, Any] | None, results: Iterable[Any
 def notify_failed(what: str) -> dict:
     """A Teams card was not delivered (``what``: e.g. "<rule> outcome"; never the webhook URL)."""
     slug, _, kind = what.rpartition(" ")
-    rec = record("notify_failed", rule=slug or None, state="failed", error_class="webhook",
-                 counts={"cards": 1}, trigger=kind or what)
+    # "<rule slug> <card>" for a run's cards (app/runs.py); other cards ("held expiry") belong to no rule.
+    rule = slug if _SLUG.fullmatch(slug) else None
+    rec = record("notify_failed", rule=rule, state="failed", error_class="webhook", counts={"cards": 1},
+                 trigger=kind if rule else what)
     emit(rec, logging.ERROR)
     return rec
 

@@ -185,3 +185,14 @@ def test_a_bug_in_telemetry_costs_a_record_never_the_invocation(tmp_path: Path) 
     assert [m for m in messages if m.startswith("telemetry record not written")] == [
         "telemetry record not written (scan_run)", "telemetry record not written (outcomes)"]
     assert [record({"message": m})["state"] for m in messages if m.startswith("xdr-telemetry")] == ["ok"]
+
+
+@pytest.mark.parametrize(("what", "rule", "card"), [("consumer-sender-to-shared-mailboxes outcome",
+                                                     "consumer-sender-to-shared-mailboxes", "outcome"),
+                                                    ("held expiry", None, "held expiry")])
+def test_an_undelivered_card_names_its_rule_only_when_it_has_one(what: str, rule: str | None, card: str,
+                                                                 tmp_path: Path) -> None:
+    with _capture(tmp_path):
+        rec = telemetry.notify_failed(what)
+    assert (rec["rule"], rec["trigger"], rec["error_class"]) == (rule, card, "webhook")
+    assert not list(_validator().iter_errors(rec))
