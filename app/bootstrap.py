@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app import schedules
+from app import schedules, telemetry
 from app.schedules import ScheduleError, TimerSpec
 from core import logsafe
 from core.settings import ConfigError, Settings
@@ -81,6 +81,7 @@ def storage_from_env(env: Mapping[str, str], settings: Settings) -> StorageConfi
                          client_id=client_id)
 
 
+@telemetry.startup
 def load(env: Mapping[str, str] | None = None) -> AppConfig:
     """Everything the functions need, validated; ConfigError names the first problem."""
     env = os.environ if env is None else env

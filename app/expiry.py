@@ -11,6 +11,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from app import telemetry
 from app.runs import send
 from notifications.cards import failure_card
 from notifications.entities import action_label, describe_target
@@ -46,6 +47,7 @@ async def sweep_and_announce(ledger: Ledger, notifier: Any, *, now: datetime, tt
     Returns how many were announced. A card that does not go out leaves them unannounced: the next
     hour's sweep lists them again."""
     pending = expiry.sweep(ledger, now, ttl)
+    telemetry.outcomes(None, [r.outcome() for r in pending or []], now=now)
     if not pending:
         return 0
     card = report(pending, now=now, ttl=ttl, tenant_id=tenant_id)

@@ -11,7 +11,7 @@ from typing import Any
 
 import azure.functions as func
 
-from app import runs
+from app import runs, telemetry
 from app.http import bad_request, check_query, json_response
 from app.runtime import Runtime
 from app.scanrequest import BadRequest, parse_body, validate_scan
@@ -51,6 +51,7 @@ async def on_timer(rt: Runtime, slug: str, timer: func.TimerRequest, msgs: func.
     card = await runs.run_card(rt.ledger(), rt.notifier, run, queued, now=now, backend=backend.name,
                                tenant_id=_tenant_id(rt), dry_run=rt.settings.dry_run,
                                connector_actions=rt.settings.connector_actions)
+    telemetry.scan_run(run, queued, backend.name, started=now, finished=rt.clock(), trigger="timer")
     summary = _summary(run, queued)
     log.info("rule %s run %s: %d row(s), %d new, %d requeued, %d settled, %d in flight%s%s", slug, run.run_id,
              summary["rows"], len(queued.new), len(queued.requeued), queued.settled, queued.in_flight,
@@ -112,6 +113,7 @@ async def on_verify(rt: Runtime, timer: func.TimerRequest) -> dict[str, int]:
         except BackendError as exc:
             log.warning("verify: the %s backend failed (%s); the next run tries again", backend.name, exc)
             return {"checked": 0, "confirmed": 0, "not_applied": 0, "waiting": 0}
+    telemetry.outcomes(None, [o for o in outcomes if o.state != "submitted"], now=rt.clock())
     counts = {"checked": len(outcomes),
               "confirmed": sum(o.state == "confirmed" for o in outcomes),
               "not_applied": sum(o.state == "not_applied" for o in outcomes),
@@ -137,6 +139,7 @@ async def on_message(rt: Runtime, msg: func.QueueMessage) -> list[dict[str, Any]
         except TransientFailure as exc:
             log.warning("message %s (delivery %d) will be retried: %s", msg.id, _dequeue_count(msg), exc)
             raise
+    telemetry.outcomes(body, outcomes, now=rt.clock())
     await runs.outcome_card(rt.ledger(), rt.notifier, body, backend=rt.settings.backend,
                             tenant_id=_tenant_id(rt), rule_names=_rule_names(rt),
                             api_base=rt.config.api_base, connector_actions=rt.settings.connector_actions)
@@ -155,6 +158,7 @@ async def on_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
             log.warning("poison message %s (delivery %d) will be retried: %s", msg.id,
                         _dequeue_count(msg), exc)
             raise
+    telemetry.outcomes(body, [outcome], event="poison", now=rt.clock())
     log.error("poison message %s recorded as %s (request %s)", msg.id, outcome.state, outcome.request_id)
     await runs.outcome_card(rt.ledger(), rt.notifier, body, backend=rt.settings.backend,
                             tenant_id=_tenant_id(rt), rule_names=_rule_names(rt),
@@ -203,6 +207,7 @@ async def http_scan(rt: Runtime, req: func.HttpRequest, msgs: func.Out[Any]) -> 
                                 tenant_id=_tenant_id(rt), dry_run=rt.settings.dry_run,
                                 connector_actions=rt.settings.connector_actions)
             summary = _summary(run, queued)
+            telemetry.scan_run(run, queued, backend.name, started=now, finished=rt.clock(), trigger="http")
         summaries.append(summary)
     msgs.set(messages)
     log.info("on-demand scan %s: %s", results[0].run_id if results else "-",
@@ -280,6 +285,7 @@ async def http_decide(rt: Runtime, req: func.HttpRequest, verb: str) -> func.Htt
             # The request's state when known (e.g. "expired"), so a client can tell why without parsing.
             state = {"state": exc.state} if exc.state else {}
             return json_response(409, {"error": "conflict", "message": str(exc), **state})
+    telemetry.outcomes(None, [outcome], now=rt.clock())
     log.info("request %s: %s by %s%s; now %s", request_id, verb, by,
              f" (claims to be {claimed})" if claimed else "", outcome.state)
     return json_response(200, {"request_id": request_id, "state": outcome.state,

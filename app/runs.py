@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from app import telemetry
 from core.request import RequestInvalid, parse_message
 from detections.findings import action_indices
 from detections.scan import RuleRun
@@ -139,9 +140,11 @@ async def send(notifier: Any, build: Callable[[], dict[str, Any]], what: str) ->
         delivered = bool(await notifier.send(build()))
     except Exception:   # a notifier must never break detection or remediation
         log.exception("%s card: not built or not sent", what)
+        telemetry.notify_failed(what)
         return False
     if not delivered:
         log.warning("%s card was not delivered", what)
+        telemetry.notify_failed(what)
     return delivered
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app import telemetry
 from core.settings import Settings
 from core.tenant import load_tenant_config
 from detections.catalog import load_catalog
@@ -29,6 +30,7 @@ from detections.scan import RuleRun, scan
 from devtools.demo_queue import AzuriteQueue, MemoryQueue, RequestQueue
 from devtools.sample import DEFAULT_SEED, generate
 from devtools.sample.live import LiveTables
+from devtools.telemetry_file import telemetry_to_file
 from remediation.ledger import Ledger
 from remediation.outcome import Outcome
 
@@ -96,6 +98,8 @@ async def run_demo(options: DemoOptions, step: Step = lambda _: None) -> DemoRun
 
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(live.close)  # runs last: after the fake Graph that queries it has stopped
+        # Telemetry records (app/telemetry.py), as Application Insights' traces rows: docs/monitoring.md.
+        stack.enter_context(telemetry_to_file(out / "telemetry.jsonl"))
         queue, ledger = _storage(stack, options, run, step)
         fake = stack.enter_context(_fake_graph(live))
         from core.graph import make_graph_client
@@ -118,6 +122,8 @@ async def run_demo(options: DemoOptions, step: Step = lambda _: None) -> DemoRun
                 "graph": fake.base_url,
                 "email_strategy": settings.email_strategy,
                 "cards": str(out / "cards"),
+                "telemetry": f"{out / 'telemetry.jsonl'} (in Azure: Application Insights traces, "
+                "message starting 'xdr-telemetry '; docs/monitoring.md)",
             }
         )
 
@@ -128,6 +134,9 @@ async def run_demo(options: DemoOptions, step: Step = lambda _: None) -> DemoRun
                 rules, backend, tenant=tenant, overrides={}, now=gen.now, run_id="demo-scan-1"
             )
         run.scan_window = (run.scan_window[0], datetime.now(UTC))
+        for rr in run.runs:
+            telemetry.scan_run(rr, None, backend.name, started=run.scan_window[0],
+                               finished=run.scan_window[1], trigger="demo")
         requests = [r for rr in run.runs for r in rr.requests]
         step(f"enqueueing {len(requests)} remediation requests ({queue.kind} queue)")
         with _Timer(run, "enqueue"):
@@ -163,6 +172,9 @@ async def run_demo(options: DemoOptions, step: Step = lambda _: None) -> DemoRun
             rec = ledger.get(rid)
             if rec is not None:
                 run.outcomes[rid] = rec.outcome()
+        by_id = {r["id"]: r for r in requests}
+        for o in run.outcomes.values():   # one record per request, in its final state
+            telemetry.outcomes(by_id.get(o.request_id), [o], now=gen.now)  # detection time is gen.now
         run.moves = list(live.moves)
         run.graph_calls = _graph_calls(fake)
         _write_records(out, ledger, fake)

@@ -85,7 +85,7 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
         f"\n[bold]Sample tenant[/bold] {t['size']} (seed {t['seed']}, now {t['now']}): "
         + ", ".join(f"{k} {v:,}" for k, v in t["tables"].items())
     )
-    for key in ("backend", "queue", "ledger"):
+    for key in ("backend", "queue", "ledger", "telemetry"):
         if key in summary["environment"]:
             console.print(f"  {key}: {escape(str(summary['environment'][key]))}")
     table = Table(title="Per rule", title_justify="left")

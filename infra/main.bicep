@@ -111,6 +111,13 @@ param instanceMemoryMB int = 2048
 @description('Operator-supplied app settings, e.g. {"RESPONDER_PARAMS": "{...}", "RESPONDER_SCHEDULE_<SLUG>": "0 */2 * * * *"}. Settings the Bicep sets always win. Use this rather than editing settings in the portal: every deployment replaces the whole set.')
 param operatorAppSettings object = {}
 
+@description('E-mail addresses the monitoring alerts go to (docs/monitoring.md). Empty: the alerts only show in the portal, unless alertTeamsWorkflowUrl is set.')
+param alertEmails array = []
+
+@secure()
+@description('Teams Workflows URL the monitoring alerts post to (a flow that reads the Azure Monitor common alert schema; not the card webhook). Empty: e-mail only.')
+param alertTeamsWorkflowUrl string = ''
+
 @description('Log Analytics retention in days.')
 @minValue(30)
 param logRetentionDays int = 30
@@ -197,6 +204,8 @@ module monitoring 'app/monitoring.bicep' = {
     location: location
     tags: tags
     retentionInDays: logRetentionDays
+    alertEmails: alertEmails
+    alertTeamsWorkflowUrl: alertTeamsWorkflowUrl
   }
 }
 

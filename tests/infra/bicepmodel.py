@@ -405,6 +405,9 @@ class Env:
         if fn == "loadJsonContent":
             rel = self.eval(arg_nodes[0])
             return json.loads((self.file.path.parent / rel).read_text(encoding="utf-8"))
+        if fn == "loadTextContent":
+            rel = self.eval(arg_nodes[0])
+            return (self.file.path.parent / rel).read_text(encoding="utf-8")
         if fn in ("filter", "map") and len(arg_nodes) == 2 and arg_nodes[1].type == "lambda_expression":
             items = self.eval(arg_nodes[0])
             if items is UNKNOWN:
@@ -434,6 +437,7 @@ class Env:
             "objectKeys": lambda o: list(o),
             "startsWith": lambda v, prefix: v.startswith(prefix),
             "join": lambda v, sep: sep.join(v),
+            "range": lambda start, count: list(range(start, start + count)),
             "fail": _fail,
         }
         if fn in simple:
