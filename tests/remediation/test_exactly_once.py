@@ -300,9 +300,11 @@ def test_no_retry_sleep_passes_the_deadline(rig: Rig, clock: Clock) -> None:
 def test_the_sdk_retry_waits_inside_one_call_are_bounded_by_the_deadline(fake: FakeGraph,
                                                                          ledger: Ledger) -> None:
     """The SDK RetryHandler honours Retry-After inside the call (up to 180 s each, three times): the
-    deadline cancels the call instead. A 429 was never processed, so nothing was submitted."""
-    fake.inject("POST", REMEDIATE, 429, retry_after=5, times=None)
-    req = email_request("nm-1")
+    deadline cancels the call instead. A 429 was never processed, so nothing was revoked. (The
+    Defender remediate POST has the SDK retry switched off, so a revoke is the call that shows it.)"""
+    fake.users.add("alice@contoso.com")
+    fake.inject("POST", r"revokeSignInSessions$", 429, retry_after=5, times=None)
+    req = user_request("alice@contoso.com")
 
     async def main() -> None:
         graph = make_graph_client(base_url=fake.base_url, max_retries=3, timeout=30)
@@ -314,7 +316,7 @@ def test_the_sdk_retry_waits_inside_one_call_are_bounded_by_the_deadline(fake: F
         asyncio.run(main())
     rec = ledger.get(req["id"])
     assert rec.state == "received" and rec.claim_token is None and "budget" in (rec.error or "")
-    assert len(fake.calls) == 1 and fake.remediations == []
+    assert len(fake.calls_to("POST", r"revokeSignInSessions$")) == 1 and fake.revoked == []
 
 
 def test_the_budget_must_be_shorter_than_the_lease(rig: Rig) -> None:
