@@ -16,17 +16,18 @@ from core.tenant import TenantConfig, load_tenant_config
 from detections.catalog import Catalog, Rule, load_catalog
 from detections.params import check_param_names
 from detections.scan import RuleRun, resolve_all, scan
-from responder.commands import UsageError, check_token, cli_credential
+from responder.commands import UsageError, check_token, cli_credential, command
 
 LOGS_SCOPE = "https://api.loganalytics.io/.default"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "scan", help="run detection rules now and print the remediation requests",
+    p = command(
+        subparsers, "scan", help="run detection rules now and print the remediation requests",
         description="Run detection rules and print the remediation requests they produce (nothing is "
-                    "queued or changed). Exit 0 ok, 1 a backend failed or returned partial results, "
-                    "2 bad input.")
+                    "queued or changed).",
+        codes={0: "every rule ran", 1: "a backend failed, returned partial results, or no token could be had",
+               2: "bad input (unknown rule, bad parameter, config or --now)"})
     p.add_argument("--rule", action="append", default=[], metavar="SLUG",
                    help="run only this rule (repeatable); default: every rule enabled in the tenant config")
     p.add_argument("--tables", type=Path, metavar="DIR",
