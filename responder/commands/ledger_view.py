@@ -72,7 +72,8 @@ def people(rec: Record, undo: Record | None = None) -> str:
 
 
 def state_text(rec: Record) -> str:
-    return rec.state + (f" ({rec.hold_reason})" if rec.hold_reason else "")
+    # The hold reason stays on the row after the hold ends: it describes only a held request.
+    return rec.state + (f" ({rec.hold_reason})" if rec.hold_reason and rec.state == "held" else "")
 
 
 def print_list(records: list[Record]) -> None:
@@ -109,7 +110,7 @@ def print_record(rec: Record, out: TextIO, *, command: str | None, undo: Record 
     for key, value in rec.target.items():
         upn = upn_for(value, rec) if is_object_id(value) else None
         lines.append(("target", f"{key}={value}" + (f" ({upn})" if upn else "")))
-    lines += [("run", rec.run_id), ("created", rec.created_at), ("updated", rec.updated_at)]
+    lines += [("held for", rec.hold_reason), ("run", rec.run_id), ("created", rec.created_at), ("updated", rec.updated_at)]
     decided = {"approved": rec.extra.get("approved_by"), "rejected": rec.extra.get("rejected_by")}
     for at, state in history(rec):
         by = decided.get(state)
