@@ -110,7 +110,8 @@ def print_record(rec: Record, out: TextIO, *, command: str | None, undo: Record 
     for key, value in rec.target.items():
         upn = upn_for(value, rec) if is_object_id(value) else None
         lines.append(("target", f"{key}={value}" + (f" ({upn})" if upn else "")))
-    lines += [("held for", rec.hold_reason), ("run", rec.run_id), ("created", rec.created_at), ("updated", rec.updated_at)]
+    lines += [("held for", rec.hold_reason), ("run", rec.run_id), ("created", rec.created_at),
+              ("updated", rec.updated_at)]
     decided = {"approved": rec.extra.get("approved_by"), "rejected": rec.extra.get("rejected_by")}
     for at, state in history(rec):
         by = decided.get(state)

@@ -104,10 +104,16 @@ def storage_failure(exc: AzureError, ledger: Ledger | None = None, *, keyed: boo
         return StorageFailure(f"no token for {where}: {first_line(exc)} (sign in with `az login`, or run "
                               "where the managed identity is available)", 1)
     if isinstance(exc, HttpResponseError):
-        code = getattr(exc, "error_code", None) or ""
+        error_code = getattr(exc, "error_code", None)
+        code = str(getattr(error_code, "value", error_code) or "")
         if exc.status_code == 403:
-            # AuthorizationPermissionMismatch / AuthorizationFailure: the identity lacks the data role.
-            return StorageFailure(f"{where} refused access ({code or 403}): the identity needs Storage "
+            # 403 is AuthenticationFailed for a key the account does not hold, AuthorizationPermissionMismatch
+            # for an identity without the data role (Azurite says AuthorizationFailure for both):
+            # https://learn.microsoft.com/rest/api/storageservices/common-rest-api-error-codes
+            if keyed:
+                return StorageFailure(f"{where} refused the account key of the storage connection string "
+                                      f"(--storage or {STORAGE_ENV}): HTTP 403 {code}".rstrip(), 2)
+            return StorageFailure(f"{where} refused access (HTTP 403 {code}): the identity needs Storage "
                                   "Table Data Contributor on the account (docs/deploy.md)", 2)
         status = f"HTTP {exc.status_code}" + (f" {code}" if code else "")
         return StorageFailure(f"the storage service at {where} failed ({status}): {first_line(exc)}", 1)

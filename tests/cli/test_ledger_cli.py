@@ -141,7 +141,7 @@ def collide(ledger: Ledger) -> tuple[str, list[str]]:
 
 
 def test_ids_may_be_shortened_to_a_unique_beginning(env: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
-    first, pair = collide(env)
+    _, pair = collide(env)
     unique = next(pair[0][:n] for n in range(2, 33) if pair[0][:n] != pair[1][:n])
     assert main(["reject", unique, "--by", "dana", "--json"]) == 0
     [outcome] = json.loads(capsys.readouterr().out)
