@@ -59,20 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from responder.commands import console as rich_console
+    from responder.commands.tables import print_table
 
     catalog = load_catalog()
-    table = Table(title=f"{len(catalog)} detection rules", title_justify="left")
-    for col in ("slug", "name", "severity", "frequency", "period", "action/mode"):
-        table.add_column(col, overflow="fold")
-    for rule in catalog.values():
-        actions = ", ".join(f"{a.action}/{a.mode}" for a in rule.actions)
-        table.add_row(rule.slug, escape(rule.name), rule.severity, kql_timespan(rule.query_frequency),
-                      kql_timespan(rule.query_period), actions)
-    rich_console().print(table)
+    print_table(("slug", "name", "severity", "frequency", "period", "action/mode"),
+                [(rule.slug, rule.name, rule.severity, kql_timespan(rule.query_frequency),
+                  kql_timespan(rule.query_period), ", ".join(f"{a.action}/{a.mode}" for a in rule.actions))
+                 for rule in catalog.values()],
+                whole=("slug",), title=f"{len(catalog)} detection rules", empty="No detection rules.")
     return 0
 
 

@@ -24,7 +24,8 @@ def clean(value: object) -> str:
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[object]], *, empty: str,
-                whole: Sequence[str] = ("id", "rule"), out: TextIO | None = None) -> None:
+                whole: Sequence[str] = ("id", "rule"), title: str | None = None,
+                out: TextIO | None = None) -> None:
     """``whole``: the columns never wrapped or cut."""
     out = out or sys.stdout
     if not rows:
@@ -32,6 +33,8 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[object]], *, emp
         return
     cells = [[clean(v) for v in row] for row in rows]
     if not out.isatty():
+        if title:
+            print(title, file=out)
         plain(columns, cells, out)
         return
     from rich.console import Console
@@ -44,9 +47,11 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[object]], *, emp
     # Each column has one space of padding on either side and a border: 3 characters, plus the last border.
     needed = sum(widths[i] for i in keep) + _MIN_FOLD * (len(columns) - len(keep)) + 3 * len(columns) + 1
     if needed > console.width:
+        if title:
+            print(title, file=out)
         plain(columns, cells, out)
         return
-    table = Table(title_justify="left")
+    table = Table(title=escape(title) if title else None, title_justify="left")
     for i, col in enumerate(columns):
         if i in keep:
             table.add_column(col, no_wrap=True, min_width=widths[i])
