@@ -73,11 +73,14 @@ def test_a_storage_error_mid_batch_is_reported_with_what_was_recorded(
         for r in requests:
             fake.mailboxes.add("support@contoso.com", r["target"]["internet_message_id"])
         monkeypatch.setattr(TableClient, "update_entity", flaky_update)
-        code = main(["remediate", "--queue-file", str(write_queue(tmp_path, requests)), "--json"])
+        queue = write_queue(tmp_path, requests)
+        queue.write_text("not json\n" + queue.read_text())   # an invalid line is accounted for too
+        code = main(["remediate", "--queue-file", str(queue), "--json"])
     captured = capsys.readouterr()
     assert code == 1
     assert "Traceback" not in captured.err and "storage" in captured.err
-    out = json.loads(captured.out)
+    invalid, *out = json.loads(captured.out)
+    assert (invalid["rule"], invalid["state"]) == ("~invalid", "failed")
     assert [o["request_id"] for o in out] == [r["id"] for r in requests]   # every request accounted for
     monkeypatch.setattr(TableClient, "update_entity", real_update)
     for o in out:   # what is printed is what the ledger holds (unless marked as not recorded)
@@ -104,3 +107,19 @@ def test_outcomes_the_worker_marks_make_the_batch_fail(
     err = capsys.readouterr().err
     assert "1 request(s)" in err and req["id"] in err
     assert ("left in flight" in err) if "in_flight" in marker else ("HTTP 503 ServerBusy" in err)
+
+
+def test_a_storage_error_during_a_decision_is_one_line(env: Ledger, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    req = junk("nm-held", mode="approval")
+    rec, _ = env.receive(req)
+    env.transition(rec, "held", hold_reason="approval")
+
+    def down(self: TableClient, *args: Any, **kwargs: Any) -> Any:
+        raise ServiceRequestError("Connection reset by peer")
+
+    monkeypatch.setattr(TableClient, "update_entity", down)
+    assert main(["reject", req["id"][:8], "--by", "erin"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot reach the storage endpoint")
+    assert f"ledger show {req['id'][:8]}" in err
