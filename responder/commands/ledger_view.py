@@ -82,6 +82,7 @@ def print_list(records: list[Record]) -> None:
                 [(r.request_id, r.rule, r.action, state_text(r), target_text(r),
                   people(r, by_id.get(str(r.extra.get("undone_by") or ""))), r.created_at, r.updated_at,
                   r.error or r.detail) for r in records],
+                whole=("id", "rule", "action", "created", "updated"),
                 empty="The ledger has no matching requests.")
 
 
