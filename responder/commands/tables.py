@@ -24,7 +24,7 @@ def clean(value: object) -> str:
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[object]], *, empty: str,
-                whole: Sequence[str] = ("id", "rule"), title: str | None = None,
+                whole: Sequence[str] = ("id", "rule", "action"), title: str | None = None,
                 out: TextIO | None = None) -> None:
     """``whole``: the columns never wrapped or cut."""
     out = out or sys.stdout
