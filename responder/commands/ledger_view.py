@@ -141,6 +141,11 @@ def print_record(rec: Record, out: TextIO, *, command: str | None, undo: Record 
                                  f"{x.get('dry_run_detail') or ''} (run {x.get('dry_run_run_id') or '-'})"))
     lines += [("reopened", x.get("reopened_at")), ("delivered", x.get("dequeue_count") and
                                                   f"{x['dequeue_count']} times")]
+    # Whatever else the row records (fields added later, e.g. the worker's intent marks): the whole record.
+    shown = {"approved_by", "rejected_by", "claimed_by", "executed_by", "run_by_hand", "blocked", "undone_by",
+             "undo_of", "dry_run", "dry_run_at", "dry_run_detail", "dry_run_run_id", "reopened_at",
+             "dequeue_count", "network_message_id"}
+    lines += [(key.replace("_", " "), x[key]) for key in sorted(x) if key not in shown]
     if command:
         lines.append(("command", command))
     evidence = (rec.request or {}).get("evidence")

@@ -196,3 +196,21 @@ def test_plain_output_off_a_terminal_is_one_line_per_row(env: Ledger) -> None:
     lines = shown.out.splitlines()
     assert len(lines) == 2 and not re.search(r"[─│┃━]", shown.out)
     assert lines[1].startswith(rec.request_id) and f"network_message_id={long_target}" in lines[1]
+
+
+
+def test_ledger_show_prints_fields_it_has_no_label_for() -> None:
+    # The whole record: a field the row carries (one the worker adds later) is printed without a dedicated
+    # line for it.
+    import io
+
+    from remediation.ledger import Record
+    from responder.commands.ledger_view import print_record
+
+    rec = Record(request_id="a" * 32, rule=JUNK_RULE, action="move_to_junk", target={"recipient": "x@y"},
+                 mode="auto", state="received",
+                 extra={"intent_at": "2026-11-20T12:00:03Z", "approved_by": "al"})
+    out = io.StringIO()
+    print_record(rec, out, command=None, undo=None, now="2026-11-20T12:00:00Z")
+    lines = out.getvalue().splitlines()
+    assert "intent at    2026-11-20T12:00:03Z" in lines and "approved by  al" in lines
