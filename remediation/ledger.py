@@ -244,6 +244,16 @@ class Ledger:
         rows = self._query("RowKey eq @id and PartitionKey ne @m", {"id": request_id, "m": MARKERS})
         return next(rows, None)
 
+    def find_prefix(self, prefix: str, limit: int = 20) -> list[Record]:
+        """Up to ``limit`` requests whose id starts with ``prefix`` (a RowKey range in every rule's
+        partition: the CLI accepts shortened ids)."""
+        if not prefix:
+            return []
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = self._query("RowKey ge @lo and RowKey lt @hi and PartitionKey ne @m",
+                           {"lo": prefix, "hi": upper, "m": MARKERS})
+        return [rec for _, rec in zip(range(limit), rows, strict=False)]
+
     def list(self, rule: str | None = None, state: str | None = None, *, run_id: str | None = None,
              action: str | None = None, dry_run_run_id: str | None = None) -> list[Record]:
         clauses, params = ["PartitionKey ne @m"], {"m": MARKERS}

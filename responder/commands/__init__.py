@@ -44,6 +44,30 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, except that the epilog (the exit codes, one per line) keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(EXIT_CODES):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+EXIT_CODES = "exit codes:"
+
+
+def command(subparsers: argparse._SubParsersAction, name: str, *, help: str, description: str,
+            codes: dict[int, str]) -> argparse.ArgumentParser:
+    """A sub-command whose ``--help`` says what it does and what each exit code means."""
+    import textwrap
+
+    epilog = EXIT_CODES + "\n" + "\n".join(
+        textwrap.fill(meaning, width=78, initial_indent=f"  {code}  ", subsequent_indent=" " * 5)
+        for code, meaning in sorted(codes.items()))
+    return subparsers.add_parser(name, help=help, description=description, epilog=epilog,  # type: ignore[no-any-return]
+                                 formatter_class=HelpFormatter)
+
+
 class CredentialFailure(Exception):
     """No token could be had for a real service. The CLI prints it as one line and exits 1: azure-identity's
     own message lists every credential it tried over many lines, which buries the reason."""

@@ -11,16 +11,19 @@ import sys
 from pathlib import Path
 
 from devtools.sample import DEFAULT_SEED, SIZES
+from responder.commands import command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = command(
+        subparsers,
         "demo",
         help="run scan -> queue -> worker -> verify -> cards on the embedded sample tenant",
         description="Generate the sample tenant, start Azurite and the fake Graph, run every rule through "
         "the defender backend, remediate through the queue and the worker, verify, write Teams cards, "
-        "and compare the outcome with the tenant's truth file. Exit 0 when every planted attack "
-        "was found and nothing else was flagged, 1 otherwise.",
+        "and compare the outcome with the tenant's truth file.",
+        codes={0: "every planted attack was found and nothing else was flagged", 1: "otherwise",
+               2: "bad input"},
     )
     p.add_argument("--tenant-size", choices=list(SIZES), default="small")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=argparse.SUPPRESS)

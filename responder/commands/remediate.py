@@ -6,7 +6,9 @@ connection string: Azurite's for local use), else identity-based access to the a
 ``--table`` or ``RESPONDER_LEDGER_TABLE``. Graph is ``RESPONDER_GRAPH_BASE_URL`` (a loopback URL, e.g.
 the fake Graph, needs no credential).
 
-Exit codes: 0 done, 1 something failed or is left for a retry, 2 bad input or a refused command.
+Exit codes: 0 done, 1 something failed, is left for a retry or in flight elsewhere, storage could not be
+reached, or (for ID arguments) no request has that id; 2 bad input or configuration, an ambiguous id, or a
+refused command. Each command's ``--help`` lists its own.
 """
 
 from __future__ import annotations
@@ -23,47 +25,96 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from azure.core.exceptions import AzureError
+
 from core.settings import Settings
 from core.tenant import load_tenant_config
 from detections.catalog import load_catalog
-from remediation.ledger import Ledger, Record
+from remediation.ledger import INVALID, Ledger, Record, utcnow
 from remediation.outcome import STATES, Outcome
-from responder.commands import UsageError, cli_credential
+from responder.commands import UsageError, cli_credential, command
+from responder.commands.ledger_view import candidates_text, print_list, print_record, show_json
+from responder.commands.storage import (
+    STORAGE_ENV,
+    AmbiguousId,
+    UnknownId,
+    open_ledger,
+    resolve,
+    storage_failure,
+)
+from responder.commands.tables import print_table
 
-STORAGE_ENV = "RESPONDER_STORAGE_CONNECTION"
+IN_FLIGHT = "left in flight (another delivery is executing them)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--storage", metavar="CONNECTION_STRING",
+    def common(p: argparse.ArgumentParser, default: Any = None) -> None:
+        p.add_argument("--storage", metavar="CONNECTION_STRING", default=default,
                        help=f"storage connection string (default: the {STORAGE_ENV} app setting, else "
                             "identity-based access to AzureWebJobsStorage__accountName)")
-        p.add_argument("--table", metavar="NAME", help="ledger table (default: RESPONDER_LEDGER_TABLE)")
-        p.add_argument("--config", type=Path, metavar="FILE",
+        p.add_argument("--table", metavar="NAME", default=default,
+                       help="ledger table (default: RESPONDER_LEDGER_TABLE)")
+        p.add_argument("--config", type=Path, metavar="FILE", default=default,
                        help="tenant config YAML (default: the RESPONDER_TENANT_CONFIG app setting)")
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.add_argument("--json", action="store_true", default=False if default is None else default,
+                       help="print JSON instead of a table")
 
-    p = subparsers.add_parser("remediate",
-                              help="process remediation requests from a file, as the queue does",
-                              description="Process remediation requests from a JSON array or JSON lines "
-                                          "(one message per line), through the same code as the queue "
-                                          "worker. Invalid messages are recorded in the ledger as failed.")
+    p = command(subparsers, "remediate", help="process remediation requests from a file, as the queue does",
+                description="Process remediation requests from a JSON array or JSON lines (one message per "
+                            "line), through the same code as the queue worker. Invalid messages are recorded "
+                            "in the ledger as failed. Requests another delivery is executing right now are "
+                            "left to it and counted; after a storage error what the ledger holds for each "
+                            "request is printed.",
+                codes={0: "every request settled (done, held, skipped or refused by the rails)",
+                       1: f"some failed, were left for a retry (transient error), were {IN_FLIGHT}, or hit "
+                          "a storage error; or storage could not be reached",
+                       2: "bad input or configuration (unreadable file, bad storage connection string, "
+                          "tenant config)"})
     p.add_argument("--queue-file", required=True, metavar="FILE|-", help="the requests; - reads stdin")
     common(p)
     # The file is read before anything else, so a broken one is refused before any work starts.
     p.set_defaults(func=lambda a: _run(a, _remediate, read_bodies(a.queue_file)))
 
-    p = subparsers.add_parser("ledger", help="list what the ledger recorded")
+    p = command(subparsers, "ledger", help="list what the ledger recorded, or show one request",
+                description="List the ledger's requests (oldest first) with who decided and when; "
+                            "`ledger show ID` prints one request whole: its history (every state with its "
+                            "time), attempts, error, undo information, who approved, rejected or undid it. "
+                            "ID may be any unique beginning of a request id.",
+                codes={0: "listed or shown", 1: "no request with that id, or storage could not be reached",
+                       2: "bad input or configuration (an id prefix that matches several requests: they "
+                          "are listed)"})
     p.add_argument("--rule", metavar="SLUG")
     p.add_argument("--state", choices=STATES)
     common(p)
-    p.set_defaults(func=_ledger)
+    p.set_defaults(func=_ledger, ledger_command=None)
+    sub = p.add_subparsers(dest="ledger_command", metavar="{show}")
+    show = command(sub, "show", help="one request whole, with its history",
+                   description="Print every field of one request: target (with the UPN the evidence gives "
+                               "for an object id), each state with its time in order, attempts, detail and "
+                               "error, undo information, who approved, rejected or undid it (and any "
+                               "unverified name a caller gave), the lease, the command to run by hand for "
+                               "connector actions, and the evidence.",
+                   codes={0: "shown", 1: "no request with that id, or storage could not be reached",
+                          2: "bad input or configuration (an ambiguous id: the candidates are listed)"})
+    show.add_argument("id", metavar="ID", help="request id or any unique beginning of one")
+    # SUPPRESS: options given before `show` (`ledger --json show ID`) are not reset by the sub-parser.
+    common(show, default=argparse.SUPPRESS)
 
-    for name, helptext in (("approve", "approve a held request and run it (exactly once)"),
-                           ("reject", "reject a held request"),
-                           ("undo", "move a confirmed junked message back to the inbox")):
-        p = subparsers.add_parser(name, help=helptext)
-        p.add_argument("id", metavar="ID", help="request id (see `ledger`)")
+    helps = {"approve": ("approve a held request and run it (exactly once)",
+                         "Approve a held request and run it through the rails and the action, exactly once "
+                         "(a request approved by someone else or rejected is refused)."),
+             "reject": ("reject a held request", "Reject a held request: it is never run."),
+             "undo": ("reverse a confirmed move (back to the inbox or its original folder)",
+                      "Reverse a confirmed email move with its declared inverse, as a new request linked "
+                      "both ways to the original.")}
+    for name, (helptext, description) in helps.items():
+        p = command(subparsers, name, help=helptext,
+                    description=f"{description} ID may be any unique beginning of a request id.",
+                    codes={0: "done", 1: "no request with that id, the action failed or is left for a retry, "
+                                         "or storage could not be reached",
+                           2: "refused (not in a state that allows it), an ambiguous id (the candidates are "
+                              "listed), or bad input or configuration"})
+        p.add_argument("id", metavar="ID", help="request id or any unique beginning of one (see `ledger`)")
         p.add_argument("--by", default=None, help="who decides (default: the login name)")
         if name == "approve":
             p.add_argument("--done", action="store_true",
@@ -72,7 +123,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         common(p)
         p.set_defaults(func=lambda a, n=name: _run(a, _person(n)))
 
-    p = subparsers.add_parser("verify", help="confirm submitted Defender remediations from EmailEvents")
+    p = command(subparsers, "verify", help="confirm submitted Defender remediations from EmailEvents",
+                description="Read EmailEvents for every submitted Defender email remediation and mark it "
+                            "confirmed, or not_applied once its grace period has passed.",
+                codes={0: "verified", 1: "a request was not applied, the query failed, or storage could "
+                                         "not be reached",
+                       2: "bad input or configuration"})
     p.add_argument("--tables", type=Path, metavar="DIR", help="use the local engine over DIR instead")
     p.add_argument("--now", metavar="ISO8601", help="what now() means on the local engine")
     common(p)
@@ -80,20 +136,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # --- plumbing --------------------------------------------------------------------------------------------
-
-def open_ledger(args: argparse.Namespace, settings: Settings) -> Ledger:
-    table = args.table or settings.ledger_table
-    conn = args.storage or os.environ.get(STORAGE_ENV, "")
-    if conn:
-        return Ledger.from_connection_string(conn, table)
-    account = os.environ.get("AzureWebJobsStorage__accountName", "")  # noqa: SIM112 - the host's name
-    if not account:
-        raise UsageError(f"no storage: pass --storage, or set {STORAGE_ENV} (a connection string) or "
-                         "AzureWebJobsStorage__accountName (identity-based)")
-    # No client secret from the environment, ever (responder.commands.cli_credential).
-    credential = cli_credential(settings.client_id, aio=False)
-    return Ledger.from_account_url(f"https://{account}.table.core.windows.net", table, credential)
-
 
 @contextlib.asynccontextmanager
 async def open_worker(args: argparse.Namespace, settings: Settings, ledger: Ledger) -> AsyncIterator[Any]:
@@ -137,6 +179,21 @@ def _who(args: argparse.Namespace) -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "cli"
+
+
+def find(ledger: Ledger, text: str, *, invalid: bool) -> Record | int:
+    """The request ``text`` names (a whole id or a unique beginning), or the exit code after saying why
+    not: 1 none, 2 several (listed, so the operator can pick)."""
+    try:
+        return resolve(ledger, text, invalid=invalid)
+    except UnknownId as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except AmbiguousId as exc:
+        print(f"error: {exc}:", file=sys.stderr)
+        for line in candidates_text(exc.candidates):
+            print(line, file=sys.stderr)
+        return 2
 
 
 # --- commands --------------------------------------------------------------------------------------------
@@ -230,10 +287,90 @@ def number_batch(bodies: list[str], run_id: str) -> list[str]:
 
 async def _remediate(args: argparse.Namespace, worker: Any, bodies: list[str]) -> int:
     run_id = "cli-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(3).hex()
-    outcomes = await worker.process_bodies(number_batch(bodies, run_id))
+    numbered = number_batch(bodies, run_id)
+    try:
+        outcomes = await worker.process_bodies(numbered)
+    except AzureError as exc:
+        # The batch stopped part-way: say why in one line, then what the ledger holds for each request
+        # (what was done is recorded there; running the same file again does only what is not).
+        failure = storage_failure(exc, worker.ledger)
+        print(f"error: {failure}; the batch stopped. What the ledger holds for its requests now:",
+              file=sys.stderr)
+        print_outcomes(recorded(worker.ledger, numbered), as_json=args.json)
+        print("Run the same command again once storage answers: requests already recorded as done are not "
+              "done twice.", file=sys.stderr)
+        return 1
     print_outcomes(outcomes, as_json=args.json)
-    bad = [o for o in outcomes if o.state == "failed" or o.extra.get("transient")]
-    return 1 if bad else 0
+    return batch_verdict(outcomes, lease_minutes=worker.lease.total_seconds() / 60)
+
+
+def in_flight(outcome: Outcome) -> bool:
+    """Left to another delivery that holds the request's claim. The worker marks these ``in_flight``; older
+    workers said so only in the detail of a ``received`` outcome."""
+    return bool(outcome.extra.get("in_flight")) or (
+        outcome.state == "received" and outcome.detail == "being executed by another delivery")
+
+
+def batch_verdict(outcomes: list[Outcome], *, lease_minutes: float) -> int:
+    """1 when anything was not settled by this batch, with a line on stderr per kind saying what to do."""
+    flying = [o for o in outcomes if in_flight(o)]
+    storage = [o for o in outcomes if o.extra.get("storage_error") and not in_flight(o)]
+    transient = [o for o in outcomes if o.extra.get("transient") and o not in flying and o not in storage]
+    failed = [o for o in outcomes if o.state == "failed" and o not in storage]
+    if flying:
+        print(f"warning: {len(flying)} request(s) {IN_FLIGHT}, so this command left them alone: "
+              f"{_ids(flying)}. Their claim lasts at most {lease_minutes:g} minutes; see how they ended with "
+              "`python -m responder ledger show ID`, or run the same command again after that (it does "
+              "only what is not done).", file=sys.stderr)
+    if storage:
+        reason = next((str(o.extra["storage_error"]) for o in storage
+                       if isinstance(o.extra.get("storage_error"), str)), "")
+        print(f"error: {len(storage)} request(s) hit a storage error and may not be recorded"
+              f"{': ' + ' '.join(reason.split()) if reason else ''}: {_ids(storage)}. Run the same command "
+              "again once storage answers.", file=sys.stderr)
+    if transient:
+        print(f"warning: {len(transient)} request(s) failed for now (transient) and stay received: "
+              f"{_ids(transient)}. Run the same command again later.", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} request(s) failed: see their detail above.", file=sys.stderr)
+    return 1 if flying or storage or transient or failed else 0
+
+
+def _ids(outcomes: list[Outcome], most: int = 10) -> str:
+    ids = [o.request_id for o in outcomes]
+    return ", ".join(ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
+
+
+def recorded(ledger: Ledger, bodies: list[str]) -> list[Outcome]:
+    """What the ledger holds for each body of a batch that stopped: its row's outcome, or a line saying it
+    was not recorded (or could not be read back)."""
+    import hashlib
+
+    from core.request import RequestInvalid, loads_bounded
+
+    out: list[Outcome] = []
+    for body in bodies:
+        try:
+            req = loads_bounded(body)
+        except (ValueError, RequestInvalid):
+            req = None
+        if isinstance(req, dict) and isinstance(req.get("rule"), str) and isinstance(req.get("id"), str):
+            rule, rid = req["rule"], req["id"]
+        else:   # an invalid message's row is keyed by the hash of its body (Ledger.record_invalid)
+            rule, rid = INVALID, hashlib.sha256(body.encode("utf-8")).hexdigest()[:32]
+        base = {"request_id": rid, "rule": rule,
+                "action": str(req.get("action", "")) if isinstance(req, dict) else "",
+                "target": req.get("target") if isinstance(req, dict) and isinstance(req.get("target"), dict)
+                else {}, "mode": str(req.get("mode", "")) if isinstance(req, dict) else ""}
+        try:
+            rec = ledger.read(rule, rid)
+        except AzureError as exc:
+            out.append(Outcome(**base, state="unknown", detail="could not be read back",
+                               error=storage_failure(exc, ledger).args[0]))
+            continue
+        out.append(rec.outcome() if rec is not None else
+                   Outcome(**base, state="not_recorded", detail="not reached before storage failed"))
+    return out
 
 
 def _person(verb: str) -> Callable[..., Any]:
@@ -241,15 +378,24 @@ def _person(verb: str) -> Callable[..., Any]:
         from remediation.decisions import WorkerError
 
         try:
+            found = find(worker.ledger, args.id, invalid=False)
+            if isinstance(found, int):
+                return found
+            rid = found.request_id
             if verb == "approve":
-                outcome = await worker.approve(args.id, _who(args), done=args.done)
+                outcome = await worker.approve(rid, _who(args), done=args.done)
             elif verb == "reject":
-                outcome = await worker.reject(args.id, _who(args))
+                outcome = await worker.reject(rid, _who(args))
             else:
-                outcome = await worker.undo(args.id, _who(args))
+                outcome = await worker.undo(rid, _who(args))
         except WorkerError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except AzureError as exc:
+            failure = storage_failure(exc, worker.ledger)
+            print(f"error: {failure}; check what was recorded with `python -m responder ledger show "
+                  f"{args.id}`", file=sys.stderr)
+            return failure.code
         print_outcomes([outcome], as_json=args.json)
         return 1 if outcome.state == "failed" or outcome.extra.get("transient") else 0
     return act
@@ -278,14 +424,35 @@ async def _verify(args: argparse.Namespace, worker: Any) -> int:
 
 def _ledger(args: argparse.Namespace) -> int:
     settings = Settings.from_env(require=False)
-    records = open_ledger(args, settings).list(rule=args.rule, state=args.state)
+    ledger = open_ledger(args, settings)
+    try:
+        if args.ledger_command == "show":
+            return _show(args, ledger)
+        records = ledger.list(rule=args.rule, state=args.state)
+    except AzureError as exc:
+        raise storage_failure(exc, ledger) from None
     if args.json:
         sys.stdout.write(json.dumps([record_json(r) for r in records], indent=2, ensure_ascii=False) + "\n")
-        return 0
-    _table(("rule", "action", "state", "target", "detail", "id"),
-           [(r.rule, r.action, r.state + (f" ({r.hold_reason})" if r.hold_reason else ""),
-             _target(r.target), r.error or r.detail, r.request_id) for r in records],
-           empty="The ledger has no matching requests.")
+    else:
+        print_list(records)
+    return 0
+
+
+def _show(args: argparse.Namespace, ledger: Ledger) -> int:
+    from remediation.actions.registry import default_registry
+
+    found = find(ledger, args.id, invalid=True)
+    if isinstance(found, int):
+        return found
+    command_text = default_registry().manual_command(found.request) if found.request else None
+    undo_id = found.extra.get("undone_by")
+    undo = ledger.get(str(undo_id)) if undo_id else None
+    if args.json:
+        sys.stdout.write(json.dumps(show_json(found, command_text, undo), indent=2, ensure_ascii=False,
+                                    default=str) + "\n")
+    else:
+        now = utcnow().isoformat(timespec="seconds").replace("+00:00", "Z")
+        print_record(found, sys.stdout, command=command_text, undo=undo, now=now)
     return 0
 
 
@@ -300,32 +467,10 @@ def print_outcomes(outcomes: list[Outcome], *, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps([o.to_dict() for o in outcomes], indent=2, ensure_ascii=False) + "\n")
         return
-    _table(("rule", "action", "state", "target", "detail", "id"),
-           [(o.rule, o.action, o.state + (f" ({o.hold_reason})" if o.hold_reason else ""), _target(o.target),
-             o.error or o.detail, o.request_id) for o in outcomes], empty="Nothing to do.")
+    print_table(("id", "rule", "action", "state", "target", "detail"),
+                [(o.request_id, o.rule, o.action, o.state + (f" ({o.hold_reason})" if o.hold_reason else ""),
+                  _target(o.target), o.error or o.detail) for o in outcomes], empty="Nothing to do.")
 
 
 def _target(target: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in target.items())
-
-
-def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]], *, empty: str) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from responder.commands import console as rich_console
-
-    console = rich_console()
-    if not rows:
-        console.print(empty)
-        return
-    table = Table(title_justify="left")
-    for col in columns:
-        if col == "id":  # whole, so it can be copied into approve/reject/undo
-            table.add_column(col, no_wrap=True, min_width=32)
-        else:
-            table.add_column(col, overflow="fold")
-    for row in rows:
-        # Targets and errors come from mail and services: escape them so rich does not read markup.
-        table.add_row(*(escape(str(v or "")) for v in row))
-    console.print(table)

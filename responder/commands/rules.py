@@ -5,33 +5,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from detections.catalog import load_catalog
 from detections.params import check_param_names, kql_timespan, resolve_params
 from detections.platforms import PLATFORMS
-from responder.commands import UsageError
+from responder.commands import UsageError, command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("rules", help="list detection rules or run their test cases")
+    p = command(subparsers, "rules", help="list detection rules, run their test cases, export a rule",
+                description="The detection rules shipped with the app: `rules list`, `rules test`, "
+                            "`rules export SLUG`.",
+                codes={0: "done", 1: "a test case or check failed (rules test)",
+                       2: "bad input (unknown rule, invalid rule or test file, bad parameter)"})
     sub = p.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
-    lst = sub.add_parser("list", help="table of rules: slug, name, severity, schedule, lookback, actions")
+    lst = command(sub, "list", help="table of rules: slug, name, severity, schedule, lookback, actions",
+                  description="A table of every rule: slug, name, severity, how often it runs, how far back "
+                              "it looks, and its actions with their modes.",
+                  codes={0: "listed", 2: "a rule file is invalid"})
     lst.set_defaults(func=run_list)
-    test = sub.add_parser("test", help="run every rule's own test cases and the KQL parser check",
-                          description="Run each rule's <slug>.tests.yaml cases on the local engine and check "
-                                      "its bound query with Microsoft's KQL parser and binder. Exit 0 all "
-                                      "pass, 1 a case or check failed, 2 a rule or test file is invalid.")
+    test = command(sub, "test", help="run every rule's own test cases and the KQL parser check",
+                   description="Run each rule's <slug>.tests.yaml cases on the local engine and check its "
+                               "bound query with Microsoft's KQL parser and binder. On a terminal a progress "
+                               "bar counts the cases; elsewhere (pipes, CI) the output is plain lines.",
+                   codes={0: "every case and check passed", 1: "a case or check failed",
+                          2: "a rule or test file is invalid, or an unknown --rule"})
     test.add_argument("--rule", action="append", default=[], metavar="SLUG",
                       help="only this rule (repeatable)")
     test.set_defaults(func=run_test)
-    export = sub.add_parser(
-        "export", help="print a rule's query with its parameters bound, or its Sentinel rule file",
+    export = command(
+        sub, "export", help="print a rule's query with its parameters bound, or its Sentinel rule file",
         description="Print SLUG's query with every parameter bound as a let statement (rule defaults < "
                     "--config < --param), so it runs on its own in Defender advanced hunting or Sentinel "
                     "Logs; or, with --format sentinel-yaml, the rule file to import into Sentinel (no "
-                    "responder block). Exit 0 printed, 2 bad input (unknown rule, bad config or parameter, "
-                    "a required parameter without a value).")
+                    "responder block).",
+        codes={0: "printed", 2: "bad input (unknown rule, bad config or parameter, a required parameter "
+                                "without a value)"})
     export.add_argument("slug", metavar="SLUG", help="the rule (its file name without .yaml)")
     export.add_argument("--platform", choices=PLATFORMS,
                         help="where the query will run (default: the rule's own platform; sentinel for "
@@ -46,20 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from responder.commands import console as rich_console
+    from responder.commands.tables import print_table
 
     catalog = load_catalog()
-    table = Table(title=f"{len(catalog)} detection rules", title_justify="left")
-    for col in ("slug", "name", "severity", "frequency", "period", "action/mode"):
-        table.add_column(col, overflow="fold")
-    for rule in catalog.values():
-        actions = ", ".join(f"{a.action}/{a.mode}" for a in rule.actions)
-        table.add_row(rule.slug, escape(rule.name), rule.severity, kql_timespan(rule.query_frequency),
-                      kql_timespan(rule.query_period), actions)
-    rich_console().print(table)
+    print_table(("slug", "name", "severity", "frequency", "period", "action/mode"),
+                [(rule.slug, rule.name, rule.severity, kql_timespan(rule.query_frequency),
+                  kql_timespan(rule.query_period), ", ".join(f"{a.action}/{a.mode}" for a in rule.actions))
+                 for rule in catalog.values()],
+                whole=("slug",), title=f"{len(catalog)} detection rules", empty="No detection rules.")
     return 0
 
 
@@ -71,24 +78,60 @@ def run_test(args: argparse.Namespace) -> int:
     rules = catalog.select(args.rule)
     suites = [load_tests(rule) for rule in rules]  # every file is validated before any case runs
 
-    async def run_all() -> list:
-        return [await run_case(s, c) for s in suites for c in s.cases]
+    with progress_bar(sum(len(s.cases) for s in suites) + 1) as advance:
+        async def run_all() -> list:
+            results = []
+            for s in suites:
+                for c in s.cases:
+                    advance(f"{s.rule.slug}: {c.name}")
+                    results.append(await run_case(s, c))
+            return results
 
-    results = asyncio.run(run_all())
+        results = asyncio.run(run_all())
+        advance(f"Microsoft's KQL parser: {len(rules)} rules")
+        try:
+            problems = [p for ps in check_rules(rules).values() for p in ps]
+        except KqlCheckUnavailable as exc:
+            problems = [f"KQL parser check could not run: {exc}"]
     failed = [r for r in results if not r.passed]
     for r in results:
         print(f"{'PASS' if r.passed else 'FAIL'}  {r.rule}  [{r.kind}] {r.case}")
         if not r.passed:
             print(r.diff())
-    try:
-        problems = [p for ps in check_rules(rules).values() for p in ps]
-    except KqlCheckUnavailable as exc:
-        problems = [f"KQL parser check could not run: {exc}"]
     for problem in problems:
         print(f"FAIL  parser check: {problem}")
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed, {len(suites)} rules, "
           f"{len(problems)} parser-check problems")
     return 1 if failed or problems else 0
+
+
+@contextlib.contextmanager
+def progress_bar(total: int) -> Iterator[Callable[[str], None]]:
+    """On a terminal, a rich progress bar (gone when done) that ``advance(text)`` moves one step and
+    labels with what runs now; anywhere else nothing, so piped and CI output stays plain lines."""
+    if not sys.stdout.isatty():
+        yield lambda _text: None
+        return
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("rules test"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.description}"))
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task("", total=total)
+        started = False
+
+        def advance(text: str) -> None:
+            nonlocal started
+            # Counts what is finished: the first call only names what starts.
+            # The case's name gives way on a narrow terminal (the bar and the count keep their place).
+            room = max(10, progress.console.width - 62)
+            label = text if len(text) <= room else text[:room - 1] + "…"
+            progress.update(task, description=escape(label), advance=1 if started else 0)
+            started = True
+
+        yield advance
+        progress.update(task, advance=1)
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -16,17 +16,18 @@ from core.tenant import TenantConfig, load_tenant_config
 from detections.catalog import Catalog, Rule, load_catalog
 from detections.params import check_param_names
 from detections.scan import RuleRun, resolve_all, scan
-from responder.commands import UsageError, check_token, cli_credential
+from responder.commands import UsageError, check_token, cli_credential, command
 
 LOGS_SCOPE = "https://api.loganalytics.io/.default"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "scan", help="run detection rules now and print the remediation requests",
+    p = command(
+        subparsers, "scan", help="run detection rules now and print the remediation requests",
         description="Run detection rules and print the remediation requests they produce (nothing is "
-                    "queued or changed). Exit 0 ok, 1 a backend failed or returned partial results, "
-                    "2 bad input.")
+                    "queued or changed).",
+        codes={0: "every rule ran", 1: "a backend failed, returned partial results, or no token could be had",
+               2: "bad input (unknown rule, bad parameter, config or --now)"})
     p.add_argument("--rule", action="append", default=[], metavar="SLUG",
                    help="run only this rule (repeatable); default: every rule enabled in the tenant config")
     p.add_argument("--tables", type=Path, metavar="DIR",
@@ -160,28 +161,17 @@ def token_scope(settings: Settings) -> str:
 
 
 def print_table(runs: list[RuleRun]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+    from responder.commands.tables import print_table as table
 
-    from responder.commands import console as rich_console
-
-    console = rich_console()
-    summary = Table(title="Rules run", title_justify="left")
-    for col in ("rule", "rows", "requests", "status"):
-        summary.add_column(col)
-    for r in runs:
-        status = "refused" if r.refused else "failed" if r.error else "partial" if r.partial else "ok"
-        summary.add_row(r.rule.slug, str(len(r.rows)), str(len(r.requests)), status)
-    console.print(summary)
+    table(("rule", "rows", "requests", "status"),
+          [(r.rule.slug, len(r.rows), len(r.requests),
+            "refused" if r.refused else "failed" if r.error else "partial" if r.partial else "ok")
+           for r in runs],
+          title="Rules run", empty="No rules ran.")
     requests = [req for r in runs for req in r.requests]
-    if not requests:
-        console.print("No remediation requests.")
-        return
-    table = Table(title="Remediation requests", title_justify="left")
-    for col in ("rule", "action", "mode", "target", "id"):
-        table.add_column(col, overflow="fold")
-    for req in requests:
-        target = ", ".join(f"{k}={v}" for k, v in req["target"].items())
-        # Values come from mail and logs: escape them so rich does not read them as markup.
-        table.add_row(req["rule"], req["action"], req["mode"], escape(target), req["id"])
-    console.print(table)
+    print()
+    # Values come from mail and logs; the table escapes them and never cuts a rule slug or an id.
+    table(("rule", "action", "mode", "target", "id"),
+          [(req["rule"], req["action"], req["mode"], ", ".join(f"{k}={v}" for k, v in req["target"].items()),
+            req["id"]) for req in requests],
+          title="Remediation requests", empty="No remediation requests.")

@@ -70,8 +70,9 @@ def test_reject_then_approve_is_refused(env: Ledger, capsys: pytest.CaptureFixtu
     assert stored is not None and stored.state == "rejected"
 
 
-def test_unknown_id_is_bad_input(env: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["approve", "0" * 32]) == 2
+def test_unknown_id_is_not_found(env: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 14: no request with that id exits 1 (an ambiguous prefix or a malformed id is bad input: 2)
+    assert main(["approve", "0" * 32]) == 1
     assert "no request" in capsys.readouterr().err
 
 
