@@ -178,11 +178,11 @@ class DefenderEmailAction:
             failure = describe(exc)
             if is_ambiguous(exc):
                 detail = (f"{VERB[self.name]} for {len(pairs)} email(s): Defender answered "
-                          f"{failure.reason}, so it may have accepted the submission; not sent again (that "
-                          "would add a duplicate Action-center entry): confirmed later from "
-                          "LatestDeliveryLocation, or reported not applied")
-                return {r["id"]: ActionResult(r["id"], "submitted", detail=detail, undo=undo)
-                        for r in reqs}, None
+                          f"{failure.reason}, so it may have accepted the submission; not sent again now "
+                          "(that would add a duplicate Action-center entry): confirmed later from "
+                          "LatestDeliveryLocation, or resubmitted once if the message has not moved")
+                return {r["id"]: ActionResult(r["id"], "submitted", detail=detail, undo=undo,
+                                              unconfirmed=True) for r in reqs}, None
             return {r["id"]: failure.result(r["id"], f"Defender remediation ({len(pairs)} emails)")
                     for r in reqs}, failure
         location = keep.location
