@@ -11,6 +11,16 @@ The query's timespan reaches back to the *mail's* own time: an EmailEvents row c
 time, and an undo or a late approval of a week-old message must still find it. Advanced hunting keeps
 30 days (https://learn.microsoft.com/defender-xdr/api-advanced-hunting, quotas), so no timespan is
 longer, and a message older than that cannot be confirmed at all: it is reported so at once.
+
+Unconfirmed submissions (``unconfirmed_submission``: the remediate call got a 5xx, 408, timeout or reset,
+so Defender may or may not have taken it) get one more chance, sooner than the grace period: when
+EmailEvents still shows the message in a known location other than the expected one ``short_grace``
+(15 minutes, remediation/resubmit.py) after submission, it is resubmitted once through the worker's path
+(``resubmit``, wired in by the worker), never twice; after that the normal rules apply (``confirmed``, or
+``not_applied`` after ``grace`` from the resubmission, reported). So a call the service had not taken is
+sent again within the short grace plus one verify period (the timer runs every 5 minutes), and one it had
+taken but applies later than the short grace costs one duplicate Action-center entry per email. A
+missing EmailEvents row does not trigger it (the message may be anywhere): it waits for ``grace``.
 """
 
 from __future__ import annotations
