@@ -98,7 +98,8 @@ def test_invalid_message_is_recorded_failed_and_reported_not_raised(env: Env) ->
 
 def test_transient_failure_is_raised_so_the_host_retries(make_env: Any, fake: FakeGraph) -> None:
     env = make_env(backend=SpyBackend(three_rows()[:1]), graph_base_url=fake.base_url)
-    fake.inject("POST", "analyzedEmails", 503, times=None)
+    # A 429 (never processed) is transient; a 503 is ambiguous and recorded submitted (email_defender.py).
+    fake.inject("POST", "analyzedEmails", 429, retry_after=60, times=None)
     (body,) = run_timer(env)
     with pytest.raises(TransientFailure):
         env.call("worker", msg(body))
