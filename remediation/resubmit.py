@@ -72,8 +72,12 @@ def _admit(worker: Worker, rec: Record, why: str, owner: str,
     try:   # the stored request is a table row: validated like any message
         req = worker.contract.validate(dict(rec.request or {}))
     except RequestInvalid as exc:
-        rec = ledger.transition(rec, "failed", error=f"cannot resubmit: the stored request is invalid: {exc}")
-        worker.outbox.add(Report("failed", f"{rec.action} not resubmitted: {exc}", [rec.outcome()]))
+        try:
+            rec = ledger.transition(rec, "failed", error=f"not resubmitted: stored request invalid: {exc}")
+        except (LedgerConflict, IllegalTransition):
+            rec = ledger.read(rec.rule, rec.request_id) or rec
+        else:
+            worker.outbox.add(Report("failed", f"{rec.action} not resubmitted: {exc}", [rec.outcome()]))
         outcomes[rec.request_id] = rec.outcome()
         return None
     if rec.state == "submitted":

@@ -58,6 +58,11 @@ HUNTING_RETENTION = timedelta(days=30)
 # Margin in front of the mail's time: clocks and the evidence's own Timestamp are not exact.
 SPAN_MARGIN = timedelta(days=1)
 
+# Where a resubmission can still act: the cloud mailbox folders. Not on-premises/external, failed or
+# dropped ("Not actionable"), nor quarantine (no Junk move for quarantined items): Microsoft's list of
+# actionable locations, https://learn.microsoft.com/defender-office-365/remediate-malicious-email-delivered-office-365
+RESUBMITTABLE_FROM = frozenset({"inbox/folder", "inbox", "junk folder", "junk", "deleted items"})
+
 _unseen: set[str] = set()
 
 
@@ -192,13 +197,14 @@ async def verify_submitted(ledger: Ledger, backend: Any, *, grace: timedelta, re
 
 
 def resubmission_due(rec: Record, location: str | None, *, now: datetime, short_grace: timedelta) -> bool:
-    """``rec`` is an unconfirmed submission never resubmitted, EmailEvents shows its message in a known
-    location that is not the expected one, and ``short_grace`` has passed since it was submitted. A
-    missing row proves nothing (the message may be anywhere): it waits for the normal grace."""
+    """``rec`` is an unconfirmed submission never resubmitted, EmailEvents shows its message in a mailbox
+    folder that is not the expected one (``RESUBMITTABLE_FROM``), and ``short_grace`` has passed since it
+    was submitted. A missing row proves nothing (the message may be anywhere): it waits for the normal
+    grace, as does a message a resubmission could not act on (on-premises, quarantine...)."""
     if rec.extra.get("unconfirmed_submission") is not True or rec.extra.get("resubmitted_at"):
         return False
     seen = (location or "").strip().lower()
-    if not seen or seen not in KNOWN_LOCATIONS or seen in EXPECTED_LOCATION.get(rec.action, frozenset()):
+    if seen not in RESUBMITTABLE_FROM or seen in EXPECTED_LOCATION.get(rec.action, frozenset()):
         return False
     return now - _parse(rec.state_times.get("submitted") or rec.created_at) >= short_grace
 

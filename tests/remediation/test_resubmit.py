@@ -277,6 +277,42 @@ def test_a_throttled_resubmission_is_taken_up_again_by_the_next_verification(
     assert set(states(ledger).values()) == {"confirmed"}
 
 
+def test_a_tampered_stored_request_is_failed_not_resubmitted(run: Any, fake: FakeGraph, ledger: Ledger,
+                                                             clock: Clock, mailboxes: Mailboxes) -> None:
+    """The row is input like any message: a stored request that is no longer valid is not acted on."""
+    fake.inject("POST", REMEDIATE, 503, applied=False)
+    reports: list[Report] = []
+    worker = make_worker(fake, ledger, clock, reports)
+    run(worker.process(requests()))
+    rec = next(r for r in ledger.list() if r.target["network_message_id"] == "nm-1")
+    ledger.update(rec, request={**(rec.request or {}), "action": "disable_user"})   # id no longer matches
+    verify_until(run, worker, EmailEvents(mailboxes, clock), clock, timedelta(minutes=15))
+    assert states(ledger) == {"nm-1": "failed", "nm-2": "submitted", "nm-3": "submitted"}
+    assert submissions(fake) == {"nm-2": 1, "nm-3": 1}
+    failed = ledger.get(rec.request_id)
+    assert failed is not None and "stored request invalid" in (failed.error or "")
+    assert any("not resubmitted" in r.summary for r in reports)
+
+
+def test_a_message_a_resubmission_cannot_reach_is_not_resubmitted(run: Any, fake: FakeGraph, ledger: Ledger,
+                                                                  clock: Clock, mailboxes: Mailboxes) -> None:
+    """Quarantine and on-premises are not actionable for a move to Junk (Microsoft's list): wait, report."""
+    fake.inject("POST", REMEDIATE, 503, applied=False)
+    worker = make_worker(fake, ledger, clock, [])
+    run(worker.process(requests()))
+    elsewhere = {"nm-1": "Quarantine", "nm-2": "On-premises/external", "nm-3": "Failed"}
+
+    class Unreachable(EmailEvents):
+        async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> Any:
+            rows = [{**r, "LatestDeliveryLocation": elsewhere[r["NetworkMessageId"]]}
+                    for r in mailboxes.rows()]
+            return await LocalBackend.from_rows({"EmailEvents": rows}, clock.now, source="t").run(
+                query, timespan=timespan)
+
+    verify_until(run, worker, Unreachable(mailboxes, clock), clock, timedelta(minutes=30))
+    assert not fake.remediations and set(states(ledger).values()) == {"submitted"}
+
+
 # --- the ledger: submitted -> received for an unconfirmed submission only, once ------------------------
 
 def test_only_an_unconfirmed_submission_can_be_reopened_and_only_once(ledger: Ledger) -> None:
