@@ -14,7 +14,7 @@ longer, and a message older than that cannot be confirmed at all: it is reported
 
 Unconfirmed submissions (``unconfirmed_submission``: the remediate call got a 5xx, 408, timeout or reset,
 so Defender may or may not have taken it) get one more chance, sooner than the grace period: when
-EmailEvents still shows the message in a known location other than the expected one ``short_grace``
+EmailEvents still shows the message in a mailbox folder other than the expected one ``short_grace``
 (15 minutes, remediation/resubmit.py) after submission, it is resubmitted once through the worker's path
 (``resubmit``, wired in by the worker), never twice; after that the normal rules apply (``confirmed``, or
 ``not_applied`` after ``grace`` from the resubmission, reported). So a call the service had not taken is
@@ -180,9 +180,9 @@ async def verify_submitted(ledger: Ledger, backend: Any, *, grace: timedelta, re
     hunting query per ``MAX_IDS_PER_QUERY``; ``report(Report)`` is told of each one not applied.
 
     With ``resubmit``: an unconfirmed submission (``unconfirmed_submission``: its call got an ambiguous
-    answer) that EmailEvents still shows outside the expected folder ``short_grace`` after submission is
-    resubmitted once through it (``resubmission_due``); and a resubmission that did not go through
-    (still ``received``) is handed to it again, until ``grace`` has passed since it was reopened."""
+    answer) that EmailEvents still shows in another mailbox folder ``short_grace`` after submission is
+    resubmitted once through it (``resubmission_due``); and a resubmission that did not go through (still
+    ``received``) is handed to it again, until ``grace`` has passed since it was reopened."""
     email = set(EXPECTED_LOCATION)
     submitted = [r for r in ledger.list(state="submitted")
                  if r.action in email and r.target.get("network_message_id")]

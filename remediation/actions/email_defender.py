@@ -26,7 +26,7 @@ call then came back transient, so the worker submitted the whole chunk again. So
 * an ambiguous failure records every target of that call as ``submitted`` with ``unconfirmed=True``
   (ledger ``unconfirmed_submission``; not transient: the worker does not resubmit it), saying the service
   may have accepted it. remediation/verify.py settles it from EmailEvents: ``confirmed`` when the
-  message moved; when EmailEvents still shows it elsewhere 15 minutes after submission
+  message moved; when EmailEvents still shows it in another mailbox folder 15 minutes after submission
   (``UNCONFIRMED_GRACE``), it is resubmitted ONCE through the worker's path (remediation/resubmit.py);
   after that, like any submission, ``not_applied`` (and on-call is told) when it did not move within
   the grace period (2 h);
