@@ -154,6 +154,8 @@ class Execution:
             fields["undo"] = res.undo
         if res.blocked:
             fields["blocked"] = res.blocked
+        if res.unconfirmed or rec.extra.get("unconfirmed_submission"):   # set, or cleared on a resubmission
+            fields["unconfirmed_submission"] = res.unconfirmed
         try:
             rec = await record_result(self.ledger, rec, state, fields, sleep=self.sleep)
         except (LedgerConflict, IllegalTransition) as exc:

@@ -163,7 +163,11 @@ _EXTRA = ("approved_by", "rejected_by", "undone_by", "undo_of", "network_message
           "expiry_announced",
           # intent_at: when a delivery was first about to call the action (kept across deliveries);
           # intent_by: the claim owner of the latest delivery that wrote it (remediation/intent.py).
-          "intent_at", "intent_by")
+          "intent_at", "intent_by",
+          # unconfirmed_submission: submitted after an ambiguous answer (the service may not have taken it);
+          # resubmitted_at/first_submitted_at: verification reopened it once to resubmit it
+          # (remediation/resubmit.py).
+          "unconfirmed_submission", "resubmitted_at", "first_submitted_at")
 
 
 def _to_entity(rec: Record) -> dict[str, Any]:
@@ -356,6 +360,26 @@ class Ledger:
         new.detail = f"reopened for a live decision after a dry run ({rec.detail})"
         new.extra.update(dry_run=False, reopened_at=now, dry_run_at=rec.state_times.get("skipped", ""),
                          dry_run_detail=rec.detail, dry_run_run_id=rec.run_id or "")
+        return self._write(new)
+
+    def reopen_unconfirmed(self, rec: Record, detail: str) -> Record:
+        """An unconfirmed Defender submission back to ``received``, once, to be submitted again.
+
+        The only way out of ``submitted`` other than TRANSITIONS: a row whose call got an ambiguous answer
+        (``unconfirmed_submission``) and that was never reopened before. Any other submitted row (a 202
+        answered, or one resubmitted already) raises IllegalTransition. The first submission stays on the
+        row (``first_submitted_at``, ``at_submitted`` until the next submission, the intent).
+        """
+        if rec.state != "submitted" or rec.extra.get("unconfirmed_submission") is not True \
+                or rec.extra.get("resubmitted_at"):
+            raise IllegalTransition(f"request {rec.request_id}: only an unconfirmed submission can be "
+                                    f"reopened, once (state {rec.state})")
+        new = replace(rec, state_times=dict(rec.state_times), extra=dict(rec.extra))
+        now = _iso(self.clock())
+        new.state, new.updated_at, new.detail = "received", now, detail
+        new.state_times["received"] = now
+        new.claim_token = new.claim_until = new.error = None
+        new.extra.update(resubmitted_at=now, first_submitted_at=rec.state_times.get("submitted", ""))
         return self._write(new)
 
     def update(self, rec: Record, **fields: Any) -> Record:

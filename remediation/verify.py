@@ -11,12 +11,22 @@ The query's timespan reaches back to the *mail's* own time: an EmailEvents row c
 time, and an undo or a late approval of a week-old message must still find it. Advanced hunting keeps
 30 days (https://learn.microsoft.com/defender-xdr/api-advanced-hunting, quotas), so no timespan is
 longer, and a message older than that cannot be confirmed at all: it is reported so at once.
+
+Unconfirmed submissions (``unconfirmed_submission``: the remediate call got a 5xx, 408, timeout or reset,
+so Defender may or may not have taken it) get one more chance, sooner than the grace period: when
+EmailEvents still shows the message in a mailbox folder other than the expected one ``short_grace``
+(15 minutes, remediation/resubmit.py) after submission, it is resubmitted once through the worker's path
+(``resubmit``, wired in by the worker), never twice; after that the normal rules apply (``confirmed``, or
+``not_applied`` after ``grace`` from the resubmission, reported). So a call the service had not taken is
+sent again within the short grace plus one verify period (the timer runs every 5 minutes), and one it had
+taken but applies later than the short grace costs one duplicate Action-center entry per email. A
+missing EmailEvents row does not trigger it (the message may be anywhere): it waits for ``grace``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +57,11 @@ MAX_IDS_PER_QUERY = 500
 HUNTING_RETENTION = timedelta(days=30)
 # Margin in front of the mail's time: clocks and the evidence's own Timestamp are not exact.
 SPAN_MARGIN = timedelta(days=1)
+
+# Where a resubmission can still act: the cloud mailbox folders. Not on-premises/external, failed or
+# dropped ("Not actionable"), nor quarantine (no Junk move for quarantined items): Microsoft's list of
+# actionable locations, https://learn.microsoft.com/defender-office-365/remediate-malicious-email-delivered-office-365
+RESUBMITTABLE_FROM = frozenset({"inbox/folder", "inbox", "junk folder", "junk", "deleted items"})
 
 _unseen: set[str] = set()
 
@@ -154,22 +169,73 @@ def classify(action: str, location: str | None, *, submitted_at: datetime, now: 
 # --- the ledger side: confirm what the worker submitted ----------------------------------------------------
 
 
-async def verify_submitted(ledger: Ledger, backend: Any, *, grace: timedelta,
-                           report: Any) -> list[Outcome]:
+# Hands (row, why) pairs to the worker's path for one more submission (remediation/resubmit.py).
+Resubmit = Callable[[list[tuple[Record, str]]], Awaitable[list[Outcome]]]
+
+
+async def verify_submitted(ledger: Ledger, backend: Any, *, grace: timedelta, report: Any,
+                           short_grace: timedelta | None = None,
+                           resubmit: Resubmit | None = None) -> list[Outcome]:
     """Confirm (or settle as not applied) every ``submitted`` email request with a NetworkMessageId, one
-    hunting query per ``MAX_IDS_PER_QUERY``; ``report(Report)`` is told of each one not applied."""
+    hunting query per ``MAX_IDS_PER_QUERY``; ``report(Report)`` is told of each one not applied.
+
+    With ``resubmit``: an unconfirmed submission (``unconfirmed_submission``: its call got an ambiguous
+    answer) that EmailEvents still shows in another mailbox folder ``short_grace`` after submission is
+    resubmitted once through it (``resubmission_due``); and a resubmission that did not go through (still
+    ``received``) is handed to it again, until ``grace`` has passed since it was reopened."""
     email = set(EXPECTED_LOCATION)
     submitted = [r for r in ledger.list(state="submitted")
                  if r.action in email and r.target.get("network_message_id")]
     outcomes: list[Outcome] = []
+    if resubmit is not None:
+        outcomes += await _resume(ledger, grace=grace, report=report, resubmit=resubmit)
     for start in range(0, len(submitted), MAX_IDS_PER_QUERY):
         chunk = submitted[start:start + MAX_IDS_PER_QUERY]
-        outcomes += await _verify_chunk(ledger, backend, chunk, grace=grace, report=report)
+        outcomes += await _verify_chunk(ledger, backend, chunk, grace=grace, report=report,
+                                        short_grace=short_grace, resubmit=resubmit)
     return outcomes
 
 
+def resubmission_due(rec: Record, location: str | None, *, now: datetime, short_grace: timedelta) -> bool:
+    """``rec`` is an unconfirmed submission never resubmitted, EmailEvents shows its message in a mailbox
+    folder that is not the expected one (``RESUBMITTABLE_FROM``), and ``short_grace`` has passed since it
+    was submitted. A missing row proves nothing (the message may be anywhere): it waits for the normal
+    grace, as does a message a resubmission could not act on (on-premises, quarantine...)."""
+    if rec.extra.get("unconfirmed_submission") is not True or rec.extra.get("resubmitted_at"):
+        return False
+    seen = (location or "").strip().lower()
+    if seen not in RESUBMITTABLE_FROM or seen in EXPECTED_LOCATION.get(rec.action, frozenset()):
+        return False
+    return now - _parse(rec.state_times.get("submitted") or rec.created_at) >= short_grace
+
+
+async def _resume(ledger: Ledger, *, grace: timedelta, report: Any, resubmit: Resubmit) -> list[Outcome]:
+    """Resubmissions left ``received`` (transient, or the process died): run again, or ``failed`` once
+    ``grace`` has passed since the row was reopened (no queue message will ever come for them)."""
+    now = ledger.clock()
+    again: list[tuple[Record, str]] = []
+    out: list[Outcome] = []
+    for rec in ledger.list(state="received"):
+        reopened = rec.extra.get("resubmitted_at")
+        if not reopened or rec.claimed(now):
+            continue
+        if now - _parse(reopened) < grace:
+            again.append((rec, f"the resubmission did not go through ({rec.error or 'no result'})"))
+            continue
+        detail = f"resubmitted at {reopened} but no submission went through within {grace}"
+        try:
+            rec = ledger.transition(rec, "failed", detail=detail)
+        except (LedgerConflict, IllegalTransition):
+            continue
+        report(Report("failed", f"{rec.action} was not resubmitted: {detail}", [rec.outcome()],
+                      [rec.request or {}]))
+        out.append(rec.outcome())
+    return out + (await resubmit(again) if again else [])
+
+
 async def _verify_chunk(ledger: Ledger, backend: Any, chunk: list[Record], *, grace: timedelta,
-                        report: Any) -> list[Outcome]:
+                        report: Any, short_grace: timedelta | None = None,
+                        resubmit: Resubmit | None = None) -> list[Outcome]:
     now = ledger.clock()
     # The EmailEvents row carries the mail's own time, which may be days before the submission (an undo, a
     # late approval): the timespan reaches back to the oldest mail (module doc).
@@ -180,6 +246,7 @@ async def _verify_chunk(ledger: Ledger, backend: Any, chunk: list[Record], *, gr
                                timespan=span)
     where = locations(result.rows)
     out: list[Outcome] = []
+    again: list[tuple[Record, str]] = []
     for rec in chunk:
         key = (rec.target["network_message_id"].lower(), str(rec.target.get("recipient", "")).lower())
         location = where.get(key)
@@ -187,6 +254,11 @@ async def _verify_chunk(ledger: Ledger, backend: Any, chunk: list[Record], *, gr
             out.append(replace(rec.outcome(), detail="partial hunting result; not judged"))
             continue
         submitted_at = _parse(rec.state_times.get("submitted") or rec.created_at)
+        if resubmit is not None and short_grace is not None and resubmission_due(
+                rec, location, now=now, short_grace=short_grace):
+            again.append((rec, f"the first call got an ambiguous answer and EmailEvents still shows the "
+                               f"message in {location} {now - submitted_at} after submission"))
+            continue
         state, detail = classify(rec.action, location, submitted_at=submitted_at, now=now, grace=grace,
                                  mailed_at=mailed[rec.request_id])
         if state is None:
@@ -201,6 +273,8 @@ async def _verify_chunk(ledger: Ledger, backend: Any, chunk: list[Record], *, gr
             report(Report("failed", f"{rec.action} was submitted but not applied: {detail}", [outcome],
                           [rec.request or {}]))
         out.append(outcome)
+    if again and resubmit is not None:
+        out += await resubmit(again)
     return out
 
 

@@ -44,6 +44,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from core.request import RequestInvalid
@@ -63,6 +64,7 @@ from remediation.outcome import Outcome
 from remediation.poison import mark_failed, reason_for
 from remediation.rails import Decision
 from remediation.reporting import HookReporter, OutcomeReporter, Report, ReportQueue
+from remediation.resubmit import UNCONFIRMED_GRACE, resubmit
 from remediation.verify import verify_submitted
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,8 @@ class Worker:
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, group_siblings: bool = True,
                  verify_grace: timedelta = timedelta(hours=2), mailbox_slots: Any = None,
                  registry: Registry | None = None, budget: timedelta | None = None,
-                 monotonic: Callable[[], float] = time.monotonic, poison_retries: int = 5) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, poison_retries: int = 5,
+                 unconfirmed_grace: timedelta = UNCONFIRMED_GRACE) -> None:
         self.settings, self.tenant, self.catalog, self.ledger = settings, tenant, catalog, ledger
         self.graph, self.exchange = graph, exchange
         self._ctx: ActionContext | None = None
@@ -103,7 +106,7 @@ class Worker:
             raise ValueError("the delivery budget must be shorter than the claim's lease")
         # host.json's maxDequeueCount: how often the poison handler may hand a message back.
         self.poison_retries = poison_retries
-        self.verify_grace = verify_grace
+        self.verify_grace, self.unconfirmed_grace = verify_grace, unconfirmed_grace   # resubmit.py
         self.registry = registry or default_registry()
         self.contract = self.registry.contract()   # the request contract for the registry's actions
         self.decisions = Decisions(self, self.registry)
@@ -305,7 +308,8 @@ class Worker:
     async def verify(self, backend: Any) -> list[Outcome]:
         """Confirm ``submitted`` email requests from EmailEvents."""
         outcomes = await verify_submitted(self.ledger, backend, grace=self.verify_grace,
-                                          report=self.outbox.add)
+                                          report=self.outbox.add, short_grace=self.unconfirmed_grace,
+                                          resubmit=partial(resubmit, self))
         await self._flush()
         return outcomes
 

@@ -38,6 +38,10 @@ class ActionResult:
     # Why it was refused, when that is a known case on-call acts on differently from a plain failure:
     # "privileged_target" (an admin account the identity's Entra role does not cover).
     blocked: str | None = None
+    # A ``submitted`` whose call got an ambiguous answer (5xx, 408, timeout, reset after sending): the
+    # service may not have taken it. Recorded as ``unconfirmed_submission``; verification resubmits it
+    # once when the message has not moved after a short grace (remediation/resubmit.py).
+    unconfirmed: bool = False
 
     def __post_init__(self) -> None:
         if self.state not in RESULT_STATES:

@@ -23,19 +23,27 @@ RetryHandler replayed the POST on 503/504 whether or not it had been processed, 
 call then came back transient, so the worker submitted the whole chunk again. So:
 
 * the SDK retry is switched off for this POST (``RetryHandlerOption`` per request);
-* an ambiguous failure records every target of that call as ``submitted`` (unconfirmed, not transient:
-  nothing resubmits it), saying the service may have accepted it. remediation/verify.py settles it from
-  EmailEvents like any submission: ``confirmed`` when the message moved, ``not_applied`` (and on-call is
-  told) when it did not within the grace period;
+* an ambiguous failure records every target of that call as ``submitted`` with ``unconfirmed=True``
+  (ledger ``unconfirmed_submission``; not transient: the worker does not resubmit it), saying the service
+  may have accepted it. remediation/verify.py settles it from EmailEvents: ``confirmed`` when the
+  message moved; when EmailEvents still shows it in another mailbox folder 15 minutes after submission
+  (``UNCONFIRMED_GRACE``), it is resubmitted ONCE through the worker's path (remediation/resubmit.py);
+  after that, like any submission, ``not_applied`` (and on-call is told) when it did not move within
+  the grace period (2 h);
 * a 429 was never processed: it is transient with its Retry-After and the worker retries it;
 * 4xx refusals are permanent (bisected on 400, below);
 * each call's result stands on its own: a fault on one call changes nothing for the calls before or
   after it (they were accepted, or are sent once).
 
-The trade-off, chosen for a SOC: no duplicate Action-center entries (each is an item on-call reviews, and
-Defender caps active remediations at 50 per organisation), at the price that a call the service had NOT
-accepted waits for verification's grace period and is then reported for a person to resubmit, instead of
-being retried at once. A request in ``ctx.prior_attempts`` (an earlier delivery crashed, or its first
+The trade-off, chosen for a SOC: no immediate resubmission (each Action-center entry is an item on-call
+reviews, and Defender caps active remediations at 50 per organisation); a call the service had NOT
+accepted is resubmitted by verification after at most the short grace plus one verify period (15 + 5
+minutes), and a call it HAD accepted costs at most one duplicate Action-center entry per email, only
+when Defender takes longer than the short grace to apply it (it documents no bound: "It could take up
+to a few hours to remediate", https://learn.microsoft.com/defender-office-365/remediate-malicious-email-delivered-office-365;
+a second submission of a moved email is "Already in destination" there).
+
+A request in ``ctx.prior_attempts`` (an earlier delivery crashed, or its first
 attempt got a 429) is submitted again: there is no status API to ask, a 429 was not processed, and a
 crash between the POST and the ledger write costs at most one duplicate entry per crash (the emails'
 end state is the same). docs/remediation.md states this.
@@ -178,11 +186,11 @@ class DefenderEmailAction:
             failure = describe(exc)
             if is_ambiguous(exc):
                 detail = (f"{VERB[self.name]} for {len(pairs)} email(s): Defender answered "
-                          f"{failure.reason}, so it may have accepted the submission; not sent again (that "
-                          "would add a duplicate Action-center entry): confirmed later from "
-                          "LatestDeliveryLocation, or reported not applied")
-                return {r["id"]: ActionResult(r["id"], "submitted", detail=detail, undo=undo)
-                        for r in reqs}, None
+                          f"{failure.reason}, so it may have accepted the submission; not sent again now "
+                          "(that would add a duplicate Action-center entry): confirmed later from "
+                          "LatestDeliveryLocation, or resubmitted once if the message has not moved")
+                return {r["id"]: ActionResult(r["id"], "submitted", detail=detail, undo=undo,
+                                              unconfirmed=True) for r in reqs}, None
             return {r["id"]: failure.result(r["id"], f"Defender remediation ({len(pairs)} emails)")
                     for r in reqs}, failure
         location = keep.location

@@ -239,3 +239,29 @@ def test_verify_timer_reports_what_never_took_effect(make_env: Any, tables: Path
     assert states == {"not_applied"}
     assert kinds(env) == ["failure"]                 # one card for the run's failures, not one per request
     assert "not applied" in card_text(env.notifier.cards[0])
+
+
+def test_verify_timer_resubmits_once_a_call_defender_did_not_take(make_env: Any, tables: Path) -> None:
+    """A 503 before processing (nothing reached the Action center): the verify timer sends the copies
+    again once 15 minutes have passed with them still in the Inbox, and confirms them afterwards."""
+    with FakeGraph(hunting=local_hunting(tables)) as graph:
+        graph.inject("POST", "analyzedEmails", 503, applied=False)
+        env = make_env(backend="real", graph_base_url=graph.base_url)
+        messages = run_timer(env)
+        for i, body in enumerate(messages):
+            env.call("worker", msg(body, mid=f"q{i}"))
+        ledger = env.rt.ledger()
+        assert graph.remediations == []
+        assert {ledger.read(RULE, i).state for i in ids(messages)} == {"submitted"}
+        env.clock.now += timedelta(minutes=10)       # within the short grace: only waits
+        env.call("verify", TimerRequest(past_due=False))
+        assert graph.remediations == []
+        env.clock.now += timedelta(minutes=5)        # 15 minutes, still in the Inbox: sent again, once
+        env.call("verify", TimerRequest(past_due=False))
+        assert sorted(e["networkMessageId"] for r in graph.remediations for e in r.emails) == sorted(
+            json.loads(b)["target"]["network_message_id"] for b in messages)
+        write_email_events(tables, [{**r, "LatestDeliveryLocation": "Junk folder"} for r in email_rows()])
+        env.clock.now += timedelta(minutes=5)
+        env.call("verify", TimerRequest(past_due=False))
+        assert {ledger.read(RULE, i).state for i in ids(messages)} == {"confirmed"}
+        assert "failure" not in kinds(env)
