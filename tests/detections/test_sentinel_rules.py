@@ -420,7 +420,7 @@ def test_cli_export_usage_errors_and_help(capsys) -> None:
         main(["rules", "export", "--help"])
     assert exc.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "Exit 0 printed, 2 bad input" in out and "--format {kql,sentinel-yaml}" in out
+    assert "exit codes: 0 printed 2 bad input" in out and "--format {kql,sentinel-yaml}" in out
 
 
 
