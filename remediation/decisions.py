@@ -99,6 +99,46 @@ class Decisions:
                                   "by someone else); nothing done") from None
         return await self.runner.run_decided(rec, req, self._decide(req, approved=True))
 
+    def record_approval(self, request_id: str, by: str, **fields: Any) -> Record:
+        """Approve a held request without running it: the row becomes ``approved`` (with who, from
+        where: ``fields``) and the caller enqueues ``rec.request``; the worker in Azure then runs it
+        with the app's own identity, exactly once (remediation/admission.py claims approved rows).
+        Same refusals as ``approve``: expired, not held, run-by-hand, global dry run."""
+        rec, ledger, settings = self.find(request_id), self.runner.ledger, self.runner.settings
+        rec = self._refuse_expired(rec)
+        if rec.state != "held":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be approved",
+                              state=rec.state)
+        if self.registry.run_by_hand(rec.action, settings.connector_actions):
+            raise WorkerError(f"request {request_id} is run by hand here (RESPONDER_CONNECTOR_ACTIONS="
+                              f"manual): run the command shown, then mark it done", state=rec.state)
+        if settings.dry_run:
+            raise WorkerError("the global dry run (RESPONDER_DRY_RUN) is on: nothing would run, so the "
+                              "request stays held", state=rec.state)
+        if not rec.request:
+            raise WorkerError(f"request {request_id} has no stored request body", state=rec.state)
+        self.registry.contract().validate(rec.request)
+        try:
+            return ledger.transition(rec, "approved", approved_by=by, **fields)
+        except (LedgerConflict, IllegalTransition):
+            fresh = ledger.get(request_id)
+            raise WorkerError(f"request {request_id} changed while approving (approved or rejected by "
+                              "someone else); nothing done", state=fresh.state if fresh else None) from None
+
+    def record_rejection(self, request_id: str, by: str, **fields: Any) -> Record:
+        """Reject a held request (nothing to run, so nothing is enqueued)."""
+        rec = self._refuse_expired(self.find(request_id))
+        if rec.state != "held":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be rejected",
+                              state=rec.state)
+        try:
+            return self.runner.ledger.transition(rec, "rejected", rejected_by=by, detail=f"rejected by {by}",
+                                                 **fields)
+        except (LedgerConflict, IllegalTransition):
+            fresh = self.runner.ledger.get(request_id)
+            raise WorkerError(f"request {request_id} changed while rejecting; nothing done",
+                              state=fresh.state if fresh else None) from None
+
     def _refuse_expired(self, rec: Record) -> Record:
         """Before anything runs: a held row past RESPONDER_HELD_EXPIRY is expired now (not only at the
         next sweep, so a late approval never depends on a timer) and the approval is refused; an
