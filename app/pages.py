@@ -20,7 +20,7 @@ from app import pagehtml
 from app.runtime import Runtime
 from app.signin import PageAuth, Principal, Refused, check_post, csrf_token, signed_in
 from remediation.actions.registry import default_registry
-from remediation.decisions import Decisions, NotFound, WorkerError
+from remediation.decisions import Decisions, NotFound, RecordOnly, WorkerError
 from remediation.ledger import INVALID, Record
 
 log = logging.getLogger(__name__)
@@ -42,19 +42,8 @@ def refused(exc: Refused) -> func.HttpResponse:
     return html(exc.status, pagehtml.message_page("Refused", str(exc)))
 
 
-class _Runner:
-    """What Decisions needs, for recording decisions only (run_decided is never called from here)."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.settings, self.tenant, self.catalog = rt.settings, rt.config.tenant, rt.config.catalog
-        self.ledger = rt.ledger()
-
-    async def run_decided(self, *_: Any) -> Any:   # pragma: no cover - the worker runs decisions
-        raise RuntimeError("the approval page never runs an action itself")
-
-
 def decisions(rt: Runtime) -> Decisions:
-    return Decisions(_Runner(rt))
+    return Decisions(RecordOnly(rt.settings, rt.config.tenant, rt.config.catalog, rt.ledger()))
 
 
 def view(rt: Runtime, rec: Record) -> dict[str, Any]:

@@ -49,6 +49,18 @@ class Runner(Protocol):
     async def run_decided(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome: ...
 
 
+class RecordOnly:
+    """A Runner for recording decisions where no action may run (the approval page, the CLI without
+    --local): the worker in Azure runs what they approve, with the app's own identity."""
+
+    def __init__(self, settings: Settings, tenant: TenantConfig, catalog: Mapping[str, Rule],
+                 ledger: Ledger) -> None:
+        self.settings, self.tenant, self.catalog, self.ledger = settings, tenant, catalog, ledger
+
+    async def run_decided(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome:
+        raise WorkerError(f"request {rec.request_id}: nothing runs here; the worker runs approved requests")
+
+
 class Decisions:
     def __init__(self, runner: Runner, registry: Registry | None = None) -> None:
         self.runner = runner
