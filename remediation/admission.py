@@ -34,9 +34,9 @@ class Rails:
     catalog: Mapping[str, Rule]
     registry: Registry
 
-    def decide(self, req: dict[str, Any], *, approved: bool = False) -> Decision:
+    def decide(self, req: dict[str, Any], *, approved: bool = False, restore: bool = False) -> Decision:
         return decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
-                      registry=self.registry, approved=approved)
+                      registry=self.registry, approved=approved, restore=restore)
 
 
 def admit(req: dict[str, Any], ledger: Ledger, execution: Execution, rails: Rails) -> Outcome | Record:
@@ -58,7 +58,11 @@ def admit(req: dict[str, Any], ledger: Ledger, execution: Execution, rails: Rail
         # Someone is executing it right now: neither act nor settle it under their feet.
         return in_flight(rec)
     if decision is None:
-        decision = rails.decide(req, approved=approved)
+        # An undo a person recorded (Decisions.record_undo wrote undo_of on the row before queueing it):
+        # a restore, run as Decisions.undo runs it. A message claiming undo_of alone is not enough.
+        undo = (not created and bool(rec.extra.get("undo_of"))
+                and rec.extra["undo_of"] == (req.get("undo_of") or {}).get("request_id"))
+        decision = rails.decide(req, approved=approved or undo, restore=undo)
     if decision.kind != "execute":
         return execution.settle(rec, req, decision)
     return rec

@@ -208,6 +208,40 @@ class Decisions:
             raise WorkerError(f"request {request_id} changed while rejecting; nothing done") from None
         return rec.outcome()
 
+    def record_undo(self, request_id: str, by: str, **fields: Any) -> tuple[Record, dict[str, Any]]:
+        """Record the undo of a confirmed action as a new ``received`` request linked to the original,
+        for the caller to enqueue: the worker runs it as a restore (remediation/admission.py trusts
+        ``undo_of`` only on a row recorded here, never from a message alone)."""
+        rec, ledger = self.find(request_id), self.runner.ledger
+        undo_req = self._undo_request(rec, by)
+        new, created = ledger.receive(undo_req, undo_of=request_id, **fields)
+        if not created and new.state != "received":
+            raise WorkerError(f"this message was already restored once (request {new.request_id} is "
+                              f"{new.state})")
+        try:
+            ledger.update(ledger.read(rec.rule, rec.request_id) or rec, undone_by=new.request_id)
+        except LedgerConflict:
+            log.warning("request %s: could not link undo %s", request_id, new.request_id)
+        return new, undo_req
+
+    def _undo_request(self, rec: Record, by: str) -> dict[str, Any]:
+        request_id, ledger = rec.request_id, self.runner.ledger
+        spec = self.registry.find(rec.action)
+        if spec is None or spec.inverse is None:
+            undoable = ", ".join(d.name for d in self.registry if d.inverse) or "nothing"
+            raise WorkerError(f"request {request_id} is {rec.action}; only {undoable} can be undone")
+        if rec.state != "confirmed":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a confirmed move can be undone",
+                              state=rec.state)
+        if rec.extra.get("undone_by"):
+            raise WorkerError(f"request {request_id} was already undone by {rec.extra['undone_by']}")
+        original = rec.request or {}
+        return make_request(rule=rec.rule, action=spec.inverse, mode="auto", target=rec.target,
+                            evidence=original.get("evidence", {}), detected_at=ledger.clock(),
+                            run={"id": f"undo-{request_id}", "index": 0, "total": 1},
+                            undo_of={"request_id": request_id, "undo": rec.undo or {}, "by": by},
+                            severity=original.get("severity", ""), rule_name=original.get("rule_name", ""))
+
     async def undo(self, request_id: str, by: str = "") -> Outcome:
         """Reverse a confirmed action with its declared inverse (move_to_junk: back to the Inbox or the
         recorded original folder), as a new request in the ledger linked both ways to the original."""

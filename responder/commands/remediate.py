@@ -103,13 +103,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # SUPPRESS: options given before `show` (`ledger --json show ID`) are not reset by the sub-parser.
     common(show, default=argparse.SUPPRESS)
 
-    helps = {"approve": ("approve a held request and run it (exactly once)",
-                         "Approve a held request and run it through the rails and the action, exactly once "
-                         "(a request approved by someone else or rejected is refused)."),
+    helps = {"approve": ("approve a held request; the app's worker runs it (exactly once)",
+                         "Approve a held request: the decision is written to the ledger and the request "
+                         "queued for the app's worker, which runs it through the rails and the action with "
+                         "its managed identity, exactly once (a request approved by someone else or "
+                         "rejected is refused). --local runs it here instead."),
              "reject": ("reject a held request", "Reject a held request: it is never run."),
              "undo": ("reverse a confirmed move (back to the inbox or its original folder)",
                       "Reverse a confirmed email move with its declared inverse, as a new request linked "
-                      "both ways to the original.")}
+                      "both ways to the original, queued for the app's worker (--local: run it here).")}
     for name, (helptext, description) in helps.items():
         p = command(subparsers, name, help=helptext,
                     description=f"{description} ID may be any unique beginning of a request id.",
@@ -123,11 +125,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--done", action="store_true",
                            help="connector actions in manual mode (RESPONDER_CONNECTOR_ACTIONS=manual): "
                                 "record that you ran the shown command yourself; nothing is run")
-        if name != "undo":
-            p.add_argument("--local", action="store_true",
-                           help="run the action here with your own sign-in (development against the fake "
-                                "Graph); by default the decision is written to the ledger and the request "
-                                "queued for the app's worker, which runs it with its managed identity")
+        p.add_argument("--local", action="store_true",
+                       help="run the action here with your own sign-in (development against the fake "
+                            "Graph); by default the decision is written to the ledger and the request "
+                            "queued for the app's worker, which runs it with its managed identity")
         common(p)
         p.set_defaults(func=lambda a, n=name: _decide(a, n))
 
@@ -382,9 +383,9 @@ def recorded(ledger: Ledger, bodies: list[str]) -> list[Outcome]:
 
 
 def _decide(args: argparse.Namespace, verb: str) -> int:
-    """approve/reject: recorded in the ledger and (approve) queued for the worker in Azure, which needs
-    only storage data roles here; --local (and undo, for now) runs in this process as before."""
-    if verb == "undo" or getattr(args, "local", False):
+    """approve/reject/undo: recorded in the ledger and (approve, undo) queued for the worker in Azure,
+    which needs only storage data roles here; --local runs in this process as before."""
+    if args.local:
         return _run(args, _person(verb))
     settings = Settings.from_env(require=False)
     ledger = open_ledger(args, settings)
@@ -405,6 +406,16 @@ def _queued(args: argparse.Namespace, verb: str, settings: Settings, ledger: Led
         rid = found.request_id
         if verb == "reject":
             outcome = decisions.record_rejection(rid, who, decided_via="cli").outcome()
+        elif verb == "undo":
+            rec, undo_req = decisions.record_undo(rid, who, decided_via="cli")
+            try:
+                enqueue(open_queue(args, settings), json.dumps(undo_req))
+            except AzureError as exc:
+                print(f"error: the undo of {rid} is recorded as request {rec.request_id} but could not be "
+                      f"queued ({first_line(exc)})", file=sys.stderr)
+                return 1
+            outcome = rec.outcome()
+            outcome.extra["queued"] = True
         elif args.done or decisions.registry.run_by_hand(found.action, settings.connector_actions):
             # Nothing runs for a command run by hand: recorded (or refused with the command) here.
             outcome = asyncio.run(decisions.approve(rid, who, done=args.done))
