@@ -6,20 +6,24 @@ from starting, with the setting's name in the error. See docs/function-app.md.
 
 # No `from __future__ import annotations`: the Functions worker reads these annotations at runtime,
 # and it accepts `typing.List[str]` (not `list[str]`) as a queue output type.
+import os
 import typing
 
 import azure.functions as func
 
-from app import handlers
+from app import handlers, pages
 from app.bootstrap import load
 from app.runtime import Runtime
 from app.schedules import TimerSpec
+from app.signin import PageAuth
 
 QUEUE = "%RESPONDER_REQUESTS_QUEUE%"
 POISON_QUEUE = "%RESPONDER_REQUESTS_QUEUE%-poison"
 STORAGE = "AzureWebJobsStorage"
 
 runtime = Runtime(load())
+# The approval page's sign-in (app/signin.py): Easy Auth must be on, else the page refuses everyone.
+page_auth = PageAuth.from_env(os.environ)
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
@@ -62,25 +66,62 @@ async def poison(msg: func.QueueMessage) -> None:
 
 
 @app.function_name("scan")
-@app.route(route="scan", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="api/scan", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
 async def scan(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
     return await handlers.http_scan(runtime, req, msgs)
 
 
 @app.function_name("health")
-@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.route(route="api/health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.http_health(runtime, req)
 
 
 @app.function_name("approve")
-@app.route(route="requests/{id}/approve", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="api/requests/{id}/approve", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def approve(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.http_decide(runtime, req, "approve")
 
 
 @app.function_name("reject")
-@app.route(route="requests/{id}/reject", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="api/requests/{id}/reject", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def reject(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.http_decide(runtime, req, "reject")
+
+
+# --- the approval page (app/pages.py): anonymous to the Functions host because App Service
+# authentication (Easy Auth) guards it in front; the app refuses it when Easy Auth is off. host.json's
+# routePrefix is "" so the page lives at /requests/... and the key-protected API at /api/...
+
+@app.function_name("page_request")
+@app.route(route="requests/{id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def page_request(req: func.HttpRequest) -> func.HttpResponse:
+    return await pages.get_request(runtime, req, page_auth)
+
+
+@app.function_name("page_approve")
+@app.route(route="requests/{id}/approve", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
+async def page_approve(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
+    return await pages.post_decision(runtime, req, page_auth, "approve", msgs)
+
+
+@app.function_name("page_reject")
+@app.route(route="requests/{id}/reject", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
+async def page_reject(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
+    return await pages.post_decision(runtime, req, page_auth, "reject", msgs)
+
+
+@app.function_name("page_run")
+@app.route(route="runs/{id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def page_run(req: func.HttpRequest) -> func.HttpResponse:
+    return await pages.get_run(runtime, req, page_auth)
+
+
+@app.function_name("page_run_approve")
+@app.route(route="runs/{id}/approve", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
+async def page_run_approve(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
+    return await pages.post_run_approve(runtime, req, page_auth, msgs)

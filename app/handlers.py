@@ -267,12 +267,13 @@ async def http_decide(rt: Runtime, req: func.HttpRequest, verb: str) -> func.Htt
             raise BadRequest("done", "only approve takes done (it records that you ran the command by hand)")
     except BadRequest as err:
         return bad_request(err)
-    # `by` is only ever who authenticated: the signed-in user when App Service authentication is on
-    # (Easy Auth strips a client-sent header), else the function key. A name in the body is what the
-    # caller claims, unverifiable behind a shared key, so it is recorded apart (`claimed_by`).
-    principal = (req.headers.get(PRINCIPAL_HEADER) or "").strip()
-    by = principal or FUNCTION_KEY_PRINCIPAL
-    claimed = by_body.strip() if isinstance(by_body, str) else None
+    # `by` is only ever who authenticated: here, the function key. /api/* is excluded from App Service
+    # authentication (infra/app/function.bicep), so Easy Auth neither verifies nor strips a principal
+    # header on this route: a name in it, like one in the body, is only what the caller claims
+    # (`claimed_by`). People decide on the signed-in approval page (app/pages.py).
+    principal = (req.headers.get(PRINCIPAL_HEADER) or "").strip()[:200]
+    by = FUNCTION_KEY_PRINCIPAL
+    claimed = by_body.strip() if isinstance(by_body, str) else (principal or None)
     async with rt.worker() as worker:
         try:
             if verb == "approve":

@@ -81,6 +81,13 @@ APP_SETTINGS: tuple[AppSetting, ...] = (
     AppSetting("RESPONDER_HELD_EXPIRY", "How long a held request (waiting for approval) can still be "
                "approved, as an ISO-8601 duration from `PT1H` to `P30D` (e.g. `P7D`, `PT12H`, `P1DT6H`); "
                "after that it is recorded `expired`, announced, and approving it is refused.", default="P7D"),
+    AppSetting("RESPONDER_EASY_AUTH", "`entra` when the Bicep deployed App Service authentication for the "
+               "approval page (with `approvalPageClientId`); empty: the page refuses everyone, since a "
+               "principal header cannot be trusted without it.", default=""),
+    AppSetting("RESPONDER_ONCALL_GROUP", "Object id of the on-call Entra group (or app role value) allowed "
+               "to use the approval page.", default=""),
+    AppSetting("RESPONDER_PAGE_KEY", "The approval page's CSRF key (Key Vault reference to the "
+               "`approval-page-key` secret).", default="", secret=True),
     AppSetting("AzureWebJobsStorage__accountName", "Storage account of the app (identity-based "
                "connection); queues and the ledger table live here.", default=""),
 )

@@ -81,6 +81,11 @@ param verifySchedule string = '30 */5 * * * *'
 @description('How long a held request waits for a person before it expires (ISO-8601 duration, PT1H to P30D).')
 param heldExpiry string = 'P7D'
 
+@description('Approval page: client id of the Entra app registration for sign-in (Easy Auth). Empty: page off (docs/approval.md).')
+param approvalPageClientId string = ''
+@description('Approval page: object id of the on-call Entra group allowed to approve and reject.')
+param onCallGroupId string = ''
+
 // --- Teams -------------------------------------------------------------------------------------
 
 @secure()
@@ -287,6 +292,8 @@ module functionApp 'app/function.bicep' = {
     scanRatePerHour: scanRatePerHour
     verifySchedule: verifySchedule
     heldExpiry: heldExpiry
+    approvalPageClientId: approvalPageClientId
+    onCallGroupId: onCallGroupId
     alwaysReady: alwaysReady
     extraAppSettings: checkedOperatorAppSettings
     maximumInstanceCount: maximumInstanceCount

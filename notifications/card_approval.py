@@ -15,6 +15,7 @@ from notifications.common import (
     done_cli,
     done_http,
     header,
+    open_request,
 )
 from notifications.elements import (
     Element,
@@ -84,6 +85,8 @@ def _approval_block(r: dict[str, Any], reason: str | None, command: str | None, 
         items.extend(labelled(str(k), clip(v, w), spacing="None") for k, v in evidence[:shown])
         if len(evidence) > shown:
             items.append(more_line(len(evidence) - shown, "evidence fields"))
+    if (button := open_request(rid, api_base)) is not None:
+        items.append(button)
     if by_hand:
         # The app holds no permission for this (connector actions are manual): approving would run
         # nothing, so the card asks for the command and then a record that it was run.

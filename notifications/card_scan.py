@@ -15,6 +15,7 @@ from notifications.common import (
     done_cli,
     done_http,
     header,
+    open_request,
     outcome_links,
 )
 from notifications.elements import (
@@ -100,6 +101,8 @@ def _held_section(report: RunReport, n: int, w: int) -> list[Element]:
     for r in held[:n]:
         items.append(plain(run(f"{action_label(r['action'])}: ", weight="Bolder"),
                            run(clip(describe_target(r), w)), spacing="Small"))
+        if (button := open_request(r["id"], report.api_base)) is not None:
+            items.append(button)
         command = report.commands.get(r["id"])
         if r["id"] in report.by_hand:
             # Approving runs nothing here (connector actions are manual): run it, then record it.

@@ -24,6 +24,15 @@ MAX_EVIDENCE_FIELDS = 12
 CONNECTOR_ACTIONS = frozenset({"disable_connector"})
 
 
+def open_request(request_id: str, api_base: str | None) -> Element | None:
+    """The "Open" button of one held request: the signed-in approval page at <app>/requests/<id>
+    (app/pages.py), where on-call sees it whole and approves or rejects. None without an https app URL."""
+    url = f"{(api_base or '').rstrip('/')}/requests/{request_id}"
+    if not api_base or not links.is_safe_link(url):
+        return None
+    return {"type": "ActionSet", "spacing": "Small", "actions": [open_url("Open", url)]}
+
+
 def approve_cli(request_id: str) -> str:
     return f"python -m responder approve {request_id}"
 

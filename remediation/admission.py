@@ -34,9 +34,9 @@ class Rails:
     catalog: Mapping[str, Rule]
     registry: Registry
 
-    def decide(self, req: dict[str, Any]) -> Decision:
+    def decide(self, req: dict[str, Any], *, approved: bool = False, restore: bool = False) -> Decision:
         return decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
-                      registry=self.registry)
+                      registry=self.registry, approved=approved, restore=restore)
 
 
 def admit(req: dict[str, Any], ledger: Ledger, execution: Execution, rails: Rails) -> Outcome | Record:
@@ -49,13 +49,20 @@ def admit(req: dict[str, Any], ledger: Ledger, execution: Execution, rails: Rail
         decision = rails.decide(req)
         if decision.kind != "dry_run":
             rec = reopen(ledger, rec, req)
-    if not created and rec.state != "received":
+    # A person approved it (approval page, CLI) and enqueued it for this worker: run it as approved.
+    # The claim below makes that happen once however many deliveries arrive.
+    approved = not created and rec.state == "approved"
+    if not created and rec.state not in ("received", "approved"):
         return duplicate(rec)
     if rec.claimed(ledger.clock()):
         # Someone is executing it right now: neither act nor settle it under their feet.
         return in_flight(rec)
     if decision is None:
-        decision = rails.decide(req)
+        # An undo a person recorded (Decisions.record_undo wrote undo_of on the row before queueing it):
+        # a restore, run as Decisions.undo runs it. A message claiming undo_of alone is not enough.
+        undo = (not created and bool(rec.extra.get("undo_of"))
+                and rec.extra["undo_of"] == (req.get("undo_of") or {}).get("request_id"))
+        decision = rails.decide(req, approved=approved or undo, restore=undo)
     if decision.kind != "execute":
         return execution.settle(rec, req, decision)
     return rec
@@ -72,5 +79,6 @@ def claim_row(ledger: Ledger, rec: Record, req: dict[str, Any], owner: str, leas
     except StorageError as exc:
         outcomes[req["id"]] = storage_failure(req, exc, rec)
         return None
-    outcomes[req["id"]] = duplicate(fresh) if fresh.state != "received" else in_flight(fresh)
+    outcomes[req["id"]] = (duplicate(fresh) if fresh.state not in ("received", "approved")
+                           else in_flight(fresh))
     return None

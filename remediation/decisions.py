@@ -49,6 +49,18 @@ class Runner(Protocol):
     async def run_decided(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome: ...
 
 
+class RecordOnly:
+    """A Runner for recording decisions where no action may run (the approval page, the CLI without
+    --local): the worker in Azure runs what they approve, with the app's own identity."""
+
+    def __init__(self, settings: Settings, tenant: TenantConfig, catalog: Mapping[str, Rule],
+                 ledger: Ledger) -> None:
+        self.settings, self.tenant, self.catalog, self.ledger = settings, tenant, catalog, ledger
+
+    async def run_decided(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome:
+        raise WorkerError(f"request {rec.request_id}: nothing runs here; the worker runs approved requests")
+
+
 class Decisions:
     def __init__(self, runner: Runner, registry: Registry | None = None) -> None:
         self.runner = runner
@@ -98,6 +110,46 @@ class Decisions:
                 raise WorkerError(f"request {request_id} changed while approving (approved or rejected "
                                   "by someone else); nothing done") from None
         return await self.runner.run_decided(rec, req, self._decide(req, approved=True))
+
+    def record_approval(self, request_id: str, by: str, **fields: Any) -> Record:
+        """Approve a held request without running it: the row becomes ``approved`` (with who, from
+        where: ``fields``) and the caller enqueues ``rec.request``; the worker in Azure then runs it
+        with the app's own identity, exactly once (remediation/admission.py claims approved rows).
+        Same refusals as ``approve``: expired, not held, run-by-hand, global dry run."""
+        rec, ledger, settings = self.find(request_id), self.runner.ledger, self.runner.settings
+        rec = self._refuse_expired(rec)
+        if rec.state != "held":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be approved",
+                              state=rec.state)
+        if self.registry.run_by_hand(rec.action, settings.connector_actions):
+            raise WorkerError(f"request {request_id} is run by hand here (RESPONDER_CONNECTOR_ACTIONS="
+                              f"manual): run the command shown, then mark it done", state=rec.state)
+        if settings.dry_run:
+            raise WorkerError("the global dry run (RESPONDER_DRY_RUN) is on: nothing would run, so the "
+                              "request stays held", state=rec.state)
+        if not rec.request:
+            raise WorkerError(f"request {request_id} has no stored request body", state=rec.state)
+        self.registry.contract().validate(rec.request)
+        try:
+            return ledger.transition(rec, "approved", approved_by=by, **fields)
+        except (LedgerConflict, IllegalTransition):
+            fresh = ledger.get(request_id)
+            raise WorkerError(f"request {request_id} changed while approving (approved or rejected by "
+                              "someone else); nothing done", state=fresh.state if fresh else None) from None
+
+    def record_rejection(self, request_id: str, by: str, **fields: Any) -> Record:
+        """Reject a held request (nothing to run, so nothing is enqueued)."""
+        rec = self._refuse_expired(self.find(request_id))
+        if rec.state != "held":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be rejected",
+                              state=rec.state)
+        try:
+            return self.runner.ledger.transition(rec, "rejected", rejected_by=by, detail=f"rejected by {by}",
+                                                 **fields)
+        except (LedgerConflict, IllegalTransition):
+            fresh = self.runner.ledger.get(request_id)
+            raise WorkerError(f"request {request_id} changed while rejecting; nothing done",
+                              state=fresh.state if fresh else None) from None
 
     def _refuse_expired(self, rec: Record) -> Record:
         """Before anything runs: a held row past RESPONDER_HELD_EXPIRY is expired now (not only at the
@@ -155,6 +207,40 @@ class Decisions:
         except LedgerConflict:
             raise WorkerError(f"request {request_id} changed while rejecting; nothing done") from None
         return rec.outcome()
+
+    def record_undo(self, request_id: str, by: str, **fields: Any) -> tuple[Record, dict[str, Any]]:
+        """Record the undo of a confirmed action as a new ``received`` request linked to the original,
+        for the caller to enqueue: the worker runs it as a restore (remediation/admission.py trusts
+        ``undo_of`` only on a row recorded here, never from a message alone)."""
+        rec, ledger = self.find(request_id), self.runner.ledger
+        undo_req = self._undo_request(rec, by)
+        new, created = ledger.receive(undo_req, undo_of=request_id, **fields)
+        if not created and new.state != "received":
+            raise WorkerError(f"this message was already restored once (request {new.request_id} is "
+                              f"{new.state})")
+        try:
+            ledger.update(ledger.read(rec.rule, rec.request_id) or rec, undone_by=new.request_id)
+        except LedgerConflict:
+            log.warning("request %s: could not link undo %s", request_id, new.request_id)
+        return new, undo_req
+
+    def _undo_request(self, rec: Record, by: str) -> dict[str, Any]:
+        request_id, ledger = rec.request_id, self.runner.ledger
+        spec = self.registry.find(rec.action)
+        if spec is None or spec.inverse is None:
+            undoable = ", ".join(d.name for d in self.registry if d.inverse) or "nothing"
+            raise WorkerError(f"request {request_id} is {rec.action}; only {undoable} can be undone")
+        if rec.state != "confirmed":
+            raise WorkerError(f"request {request_id} is {rec.state}; only a confirmed move can be undone",
+                              state=rec.state)
+        if rec.extra.get("undone_by"):
+            raise WorkerError(f"request {request_id} was already undone by {rec.extra['undone_by']}")
+        original = rec.request or {}
+        return make_request(rule=rec.rule, action=spec.inverse, mode="auto", target=rec.target,
+                            evidence=original.get("evidence", {}), detected_at=ledger.clock(),
+                            run={"id": f"undo-{request_id}", "index": 0, "total": 1},
+                            undo_of={"request_id": request_id, "undo": rec.undo or {}, "by": by},
+                            severity=original.get("severity", ""), rule_name=original.get("rule_name", ""))
 
     async def undo(self, request_id: str, by: str = "") -> Outcome:
         """Reverse a confirmed action with its declared inverse (move_to_junk: back to the Inbox or the

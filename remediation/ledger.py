@@ -167,7 +167,10 @@ _EXTRA = ("approved_by", "rejected_by", "undone_by", "undo_of", "network_message
           # unconfirmed_submission: submitted after an ambiguous answer (the service may not have taken it);
           # resubmitted_at/first_submitted_at: verification reopened it once to resubmit it
           # (remediation/resubmit.py).
-          "unconfirmed_submission", "resubmitted_at", "first_submitted_at")
+          "unconfirmed_submission", "resubmitted_at", "first_submitted_at",
+          # decided_by_id/_from/_via: the signed-in person's Entra object id, client address and the
+          # channel of an approve/reject (page, cli, function-key); approved_by/rejected_by hold the UPN.
+          "decided_by_id", "decided_from", "decided_via")
 
 
 def _to_entity(rec: Record) -> dict[str, Any]:

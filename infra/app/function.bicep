@@ -36,6 +36,12 @@ param exchangeBaseUrl string = 'https://outlook.office365.com/adminapi/beta'
 param verifySchedule string = '30 */5 * * * *'
 @description('How long a held request waits for a person before it expires (ISO-8601 duration).')
 param heldExpiry string = 'P7D'
+@description('Approval page sign-in: client id of the Entra app registration Easy Auth signs people in with. Empty: no App Service authentication, and the page refuses everyone (docs/approval.md).')
+param approvalPageClientId string = ''
+@description('Object id of the on-call Entra group (or the app role value on-call holds) allowed to use the approval page.')
+param onCallGroupId string = ''
+@description('Key Vault secret holding the approval page CSRF key (RESPONDER_PAGE_KEY); put in by hand, see docs/approval.md.')
+param approvalPageKeySecretName string = 'approval-page-key'
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -109,6 +115,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   }
 }
 
+var approvalPage = !empty(approvalPageClientId)
+var approvalPageKeyReference = '@Microsoft.KeyVault(VaultName=${vault.name};SecretName=${approvalPageKeySecretName})'
 var teamsWebhookReference = '@Microsoft.KeyVault(VaultName=${vault.name};SecretName=${teamsWebhookSecretName})'
 
 // This resource replaces the whole set of settings on every deployment: settings added by hand in the
@@ -140,6 +148,11 @@ var settings = {
   RESPONDER_SCAN_RATE_PER_HOUR: string(scanRatePerHour)
   RESPONDER_VERIFY_SCHEDULE: verifySchedule
   RESPONDER_HELD_EXPIRY: heldExpiry
+  // The approval page (app/signin.py) trusts Easy Auth's principal headers only when this says the
+  // authsettingsV2 below is deployed (and the platform's WEBSITE_AUTH_ENABLED agrees).
+  RESPONDER_EASY_AUTH: approvalPage ? 'entra' : ''
+  RESPONDER_ONCALL_GROUP: approvalPage ? onCallGroupId : ''
+  RESPONDER_PAGE_KEY: approvalPage ? approvalPageKeyReference : ''
 }
 
 resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
@@ -150,3 +163,54 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
 
 output name string = site.name
 output defaultHostName string = site.properties.defaultHostName
+
+// App Service authentication (Easy Auth) in front of the approval page (/requests/..., /runs/...):
+// sign-in with Entra ID required, only the on-call group let through. /api/* (function-key routes for
+// automation, and the anonymous /api/health) is excluded so a SOAR or a probe still works without a
+// browser sign-in; "/folder/*" is the wildcard form Microsoft gives for excludedPaths
+// (MicrosoftDocs/azure-docs#86514; https://learn.microsoft.com/azure/app-service/configure-authentication-file-based).
+// No client secret: sign-in uses the OpenID Connect implicit flow (ID tokens on the app registration;
+// https://learn.microsoft.com/azure/app-service/configure-authentication-provider-aad).
+resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = if (approvalPage) {
+  parent: site
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: true
+    }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'RedirectToLoginPage'
+      redirectToProvider: 'azureactivedirectory'
+      excludedPaths: [
+        '/api/*'
+      ]
+    }
+    httpSettings: {
+      requireHttps: true
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: approvalPageClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+        }
+        validation: {
+          allowedAudiences: [
+            approvalPageClientId
+            'api://${approvalPageClientId}'
+          ]
+          // Checked again by the app (app/signin.py), which answers 403 to anyone else.
+          defaultAuthorizationPolicy: {
+            allowedPrincipals: {
+              groups: [
+                onCallGroupId
+              ]
+            }
+          }
+        }
+      }
+    }
+  }
+}

@@ -38,7 +38,10 @@ from responder.commands.storage import (
     STORAGE_ENV,
     AmbiguousId,
     UnknownId,
+    enqueue,
+    first_line,
     open_ledger,
+    open_queue,
     resolve,
     storage_failure,
 )
@@ -100,13 +103,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # SUPPRESS: options given before `show` (`ledger --json show ID`) are not reset by the sub-parser.
     common(show, default=argparse.SUPPRESS)
 
-    helps = {"approve": ("approve a held request and run it (exactly once)",
-                         "Approve a held request and run it through the rails and the action, exactly once "
-                         "(a request approved by someone else or rejected is refused)."),
+    helps = {"approve": ("approve a held request; the app's worker runs it (exactly once)",
+                         "Approve a held request: the decision is written to the ledger and the request "
+                         "queued for the app's worker, which runs it through the rails and the action with "
+                         "its managed identity, exactly once (a request approved by someone else or "
+                         "rejected is refused). --local runs it here instead."),
              "reject": ("reject a held request", "Reject a held request: it is never run."),
              "undo": ("reverse a confirmed move (back to the inbox or its original folder)",
                       "Reverse a confirmed email move with its declared inverse, as a new request linked "
-                      "both ways to the original.")}
+                      "both ways to the original, queued for the app's worker (--local: run it here).")}
     for name, (helptext, description) in helps.items():
         p = command(subparsers, name, help=helptext,
                     description=f"{description} ID may be any unique beginning of a request id.",
@@ -120,8 +125,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--done", action="store_true",
                            help="connector actions in manual mode (RESPONDER_CONNECTOR_ACTIONS=manual): "
                                 "record that you ran the shown command yourself; nothing is run")
+        p.add_argument("--local", action="store_true",
+                       help="run the action here with your own sign-in (development against the fake "
+                            "Graph); by default the decision is written to the ledger and the request "
+                            "queued for the app's worker, which runs it with its managed identity")
         common(p)
-        p.set_defaults(func=lambda a, n=name: _run(a, _person(n)))
+        p.set_defaults(func=lambda a, n=name: _decide(a, n))
 
     p = command(subparsers, "verify", help="confirm submitted Defender remediations from EmailEvents",
                 description="Read EmailEvents for every submitted Defender email remediation and mark it "
@@ -371,6 +380,68 @@ def recorded(ledger: Ledger, bodies: list[str]) -> list[Outcome]:
         out.append(rec.outcome() if rec is not None else
                    Outcome(**base, state="not_recorded", detail="not reached before storage failed"))
     return out
+
+
+def _decide(args: argparse.Namespace, verb: str) -> int:
+    """approve/reject/undo: recorded in the ledger and (approve, undo) queued for the worker in Azure,
+    which needs only storage data roles here; --local runs in this process as before."""
+    if args.local:
+        return _run(args, _person(verb))
+    settings = Settings.from_env(require=False)
+    ledger = open_ledger(args, settings)
+    return _queued(args, verb, settings, ledger)
+
+
+def _queued(args: argparse.Namespace, verb: str, settings: Settings, ledger: Ledger) -> int:
+    from remediation.decisions import Decisions, RecordOnly, WorkerError
+
+    tenant = load_tenant_config(args.config.resolve() if args.config else settings.tenant_config_path,
+                                settings.params_json)
+    decisions = Decisions(RecordOnly(settings, tenant, load_catalog(), ledger))
+    who = _who(args)
+    try:
+        found = find(ledger, args.id, invalid=False)
+        if isinstance(found, int):
+            return found
+        rid = found.request_id
+        if verb == "reject":
+            outcome = decisions.record_rejection(rid, who, decided_via="cli").outcome()
+        elif verb == "undo":
+            rec, undo_req = decisions.record_undo(rid, who, decided_via="cli")
+            try:
+                enqueue(open_queue(args, settings), json.dumps(undo_req))
+            except AzureError as exc:
+                print(f"error: the undo of {rid} is recorded as request {rec.request_id} but could not be "
+                      f"queued ({first_line(exc)})", file=sys.stderr)
+                return 1
+            outcome = rec.outcome()
+            outcome.extra["queued"] = True
+        elif args.done or decisions.registry.run_by_hand(found.action, settings.connector_actions):
+            # Nothing runs for a command run by hand: recorded (or refused with the command) here.
+            outcome = asyncio.run(decisions.approve(rid, who, done=args.done))
+        else:
+            if found.state == "approved" and not found.claimed(ledger.clock()) and found.request:
+                rec = found   # approved earlier but never run (e.g. the queue was unreachable): queue again
+            else:
+                rec = decisions.record_approval(rid, who, decided_via="cli")
+            try:
+                enqueue(open_queue(args, settings), json.dumps(rec.request))
+            except AzureError as exc:
+                print(f"error: request {rid} is approved in the ledger but could not be queued "
+                      f"({first_line(exc)}); run `python -m responder approve {rid}` again", file=sys.stderr)
+                return 1
+            outcome = rec.outcome()
+            outcome.extra["queued"] = True
+    except WorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except AzureError as exc:
+        failure = storage_failure(exc, ledger)
+        print(f"error: {failure}; check what was recorded with `python -m responder ledger show {args.id}`",
+              file=sys.stderr)
+        return failure.code
+    print_outcomes([outcome], as_json=args.json)
+    return 0
 
 
 def _person(verb: str) -> Callable[..., Any]:

@@ -9,6 +9,7 @@ holds the account key).
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
 from typing import Any
@@ -152,3 +153,29 @@ def resolve(ledger: Ledger, text: str, *, invalid: bool = True) -> Record:
     if len(matches) > 1:
         raise AmbiguousId(prefix, matches)
     return matches[0]
+
+
+def open_queue(args: argparse.Namespace, settings: Settings) -> Any:
+    """The requests queue the worker reads (RESPONDER_REQUESTS_QUEUE), on the same storage as the ledger:
+    --storage / RESPONDER_STORAGE_CONNECTION, else identity-based (the signed-in person then needs
+    Storage Queue Data Message Sender on the account: docs/deploy.md)."""
+    from azure.storage.queue import QueueClient
+
+    conn = args.storage or os.environ.get(STORAGE_ENV, "")
+    if conn:
+        return QueueClient.from_connection_string(conn, settings.requests_queue,
+                                                  connection_timeout=CONNECT_TIMEOUT)
+    account = os.environ.get("AzureWebJobsStorage__accountName", "")  # noqa: SIM112 - the host's name
+    if not account:
+        raise UsageError(f"no storage: pass --storage, or set {STORAGE_ENV} (a connection string) or "
+                         "AzureWebJobsStorage__accountName (identity-based)")
+    return QueueClient(account_url=f"https://{account}.queue.core.windows.net",
+                       queue_name=settings.requests_queue,
+                       credential=cli_credential(settings.client_id, aio=False),
+                       connection_timeout=CONNECT_TIMEOUT)
+
+
+def enqueue(queue: Any, body: str) -> None:
+    """One request for the worker, base64-encoded as the Functions queue trigger reads it (host.json
+    messageEncoding)."""
+    queue.send_message(base64.b64encode(body.encode("utf-8")).decode("ascii"))

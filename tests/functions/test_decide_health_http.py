@@ -84,13 +84,14 @@ def test_approve_runs_a_held_request_once(make_env: Any, fake: FakeGraph) -> Non
     assert len(fake.remediations) == 1
 
 
-def test_signed_in_principal_is_recorded_over_the_body(make_env: Any, fake: FakeGraph) -> None:
+def test_a_principal_header_on_the_key_route_is_only_a_claim(make_env: Any, fake: FakeGraph) -> None:
+    # /api/* is excluded from App Service authentication, so nothing vouches for the header there.
     env = make_env(graph_base_url=fake.base_url)
     rid = held_request(env)
-    status, doc = decide(env, "reject", rid, {"by": "someone"},
-                         headers={"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com"})
+    status, doc = decide(env, "reject", rid, headers={"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com"})
     assert (status, doc["state"]) == (200, "rejected")
-    assert env.rt.ledger().read(RULE, rid).extra["rejected_by"] == "alice@contoso.com"
+    row = env.rt.ledger().read(RULE, rid)
+    assert (row.extra["rejected_by"], row.extra["claimed_by"]) == ("function-key", "alice@contoso.com")
     status, _ = decide(env, "reject", rid)
     assert status == 409
     status, _ = decide(env, "approve", rid)
@@ -107,13 +108,13 @@ def test_a_name_in_the_body_is_only_a_claim_never_who_approved(make_env: Any, fa
     row = env.rt.ledger().read(RULE, rid)
     assert (row.extra["rejected_by"], row.extra["claimed_by"]) == ("function-key", "ciso@contoso.com")
     assert row.detail == "rejected by function-key"
-    # With App Service authentication the signed-in principal is who decided; the body stays a claim.
+    # A forged principal header does not make anyone the approver either.
     rid = held_request(env, "spoof-2")
     status, _ = decide(env, "approve", rid, {"by": "ciso@contoso.com"},
                        headers={"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com"})
     assert status == 200
     row = env.rt.ledger().read(RULE, rid)
-    assert (row.extra["approved_by"], row.extra["claimed_by"]) == ("alice@contoso.com", "ciso@contoso.com")
+    assert (row.extra["approved_by"], row.extra["claimed_by"]) == ("function-key", "ciso@contoso.com")
     # No body, no claim.
     rid = held_request(env, "spoof-3")
     assert decide(env, "reject", rid)[0] == 200
@@ -152,7 +153,8 @@ def test_manual_connector_actions_are_run_by_hand_then_marked_done(make_env: Any
     status, doc = decide(env, "approve", rid, {"done": True},
                          headers={"X-MS-CLIENT-PRINCIPAL-NAME": "alice@contoso.com"})
     assert (status, doc["state"]) == (200, "confirmed"), doc
-    assert doc["outcome"]["detail"].startswith("run by hand by alice@contoso.com")
+    # Marked done through the key route: recorded as the function key (the header is only a claim).
+    assert doc["outcome"]["detail"].startswith("run by hand by function-key")
     assert fake.calls == [] and fake.connectors.get("Partner relay")["Enabled"] is True
 
 

@@ -18,9 +18,18 @@ from core.settings import ROOT
 from detections.catalog import load_catalog
 
 QUEUE = "%RESPONDER_REQUESTS_QUEUE%"
-HTTP = {"scan": ("scan", ["POST"], "FUNCTION"), "health": ("health", ["GET"], "ANONYMOUS"),
-        "approve": ("requests/{id}/approve", ["POST"], "FUNCTION"),
-        "reject": ("requests/{id}/reject", ["POST"], "FUNCTION")}
+# host.json's routePrefix is "": the key-protected API is under api/, the approval page beside it.
+HTTP = {"scan": ("api/scan", ["POST"], "FUNCTION"), "health": ("api/health", ["GET"], "ANONYMOUS"),
+        "approve": ("api/requests/{id}/approve", ["POST"], "FUNCTION"),
+        "reject": ("api/requests/{id}/reject", ["POST"], "FUNCTION"),
+        "page_request": ("requests/{id}", ["GET"], "ANONYMOUS"),
+        "page_approve": ("requests/{id}/approve", ["POST"], "ANONYMOUS"),
+        "page_reject": ("requests/{id}/reject", ["POST"], "ANONYMOUS"),
+        "page_run": ("runs/{id}", ["GET"], "ANONYMOUS"),
+        "page_run_approve": ("runs/{id}/approve", ["POST"], "ANONYMOUS")}
+# Anonymous to the Functions host: App Service authentication (Easy Auth) signs people in in front of
+# them, and the app refuses them unless Easy Auth is configured (app/signin.py).
+PAGES = frozenset(n for n in HTTP if n.startswith("page_"))
 
 
 def bindings(fn: Any) -> dict[str, dict[str, Any]]:
@@ -78,8 +87,10 @@ def test_http_routes_methods_and_auth_levels(functions: dict[str, Any]) -> None:
 def test_no_route_but_health_is_anonymous(functions: dict[str, Any]) -> None:
     for name, fn in functions.items():
         trig = bindings(fn).get("req")
-        if trig and trig["type"] == "httpTrigger" and name != "health":
+        if trig and trig["type"] == "httpTrigger" and name != "health" and name not in PAGES:
             assert trig["authLevel"] in ("FUNCTION", "ADMIN"), name
+        if trig and trig["type"] == "httpTrigger" and not trig["route"].startswith("api/"):
+            assert name in PAGES, name   # outside /api only the Easy Auth-guarded page
 
 
 def test_annotations_are_what_the_python_worker_accepts(functions: dict[str, Any]) -> None:
@@ -113,10 +124,13 @@ def test_host_json_queue_settings_and_bundle() -> None:
     assert queues["maxDequeueCount"] >= 2
     assert 1 <= queues["batchSize"] <= 16
     assert "logLevel" in host["logging"]
+    # The page at /requests/..., the API at /api/... (routes say api/ themselves).
+    assert host["extensions"]["http"]["routePrefix"] == ""
 
 
 def test_function_app_is_thin_wiring() -> None:
     """Every function body is one call into app.handlers."""
     source = (Path(ROOT) / "function_app.py").read_text(encoding="utf-8")
     bodies = [line.strip() for line in source.splitlines() if line.startswith("    ") and "await" in line]
-    assert bodies and all(line.startswith(("await handlers.", "return await handlers.")) for line in bodies)
+    calls = ("await handlers.", "return await handlers.", "return await pages.")
+    assert bodies and all(line.startswith(calls) for line in bodies)

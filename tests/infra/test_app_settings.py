@@ -54,6 +54,12 @@ def app_settings_object(file: bm.BicepFile) -> bm.Node:
     return node
 
 
+def app_settings_resource(file: bm.BicepFile) -> bm.Decl:
+    (config,) = [r for r in file.resources("Microsoft.Web/sites/config")
+                 if file.evaluate(r.prop("name")) == "appsettings"]
+    return config
+
+
 def setting_names(file: bm.BicepFile) -> set[str]:
     return {key for key, _, _ in bm.object_items(app_settings_object(file))}
 
@@ -129,7 +135,7 @@ def test_operator_settings_pass_through_a_parameter_and_never_override() -> None
     assert main.evaluate(main.params["operatorAppSettings"].value) == {}
     file = bm.load(FUNCTION)
     values = file.evaluate(
-        file.resource("Microsoft.Web/sites/config").prop("properties"),
+        app_settings_resource(file).prop("properties"),
         file.environment(
             {
                 "extraAppSettings": {"RESPONDER_BACKEND": "x", "RESPONDER_PARAMS": "{}"},

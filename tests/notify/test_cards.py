@@ -392,3 +392,30 @@ def test_encoding_keeps_valid_links_unchanged() -> None:
         assert encode_url(url) == url
     once = encode_url(DOCUMENTED_LOCATION)
     assert encode_url(once) == once
+
+
+# --- "Open" on the signed-in approval page (app/pages.py) --------------------------------------------
+
+def test_each_held_request_gets_an_open_button_to_its_page() -> None:
+    kwargs = examples.approval_example()
+    card = approval_card(**kwargs)
+    assert_teams_ok(card)
+    opened = [b["url"] for b in buttons(card) if b["title"] == "Open"]
+    base = "https://func-xdr-contoso.azurewebsites.net"
+    assert opened == [f"{base}/requests/{r['id']}" for r in kwargs["requests"]]
+    # No app URL (local runs): no button rather than a relative link Teams cannot open.
+    assert not [b for b in buttons(approval_card(kwargs["requests"])) if b["title"] == "Open"]
+
+
+def test_scan_card_held_requests_get_open_buttons_within_the_size_guard() -> None:
+    report = examples.scan_report(3000)
+    report.api_base = "https://func-xdr-contoso.azurewebsites.net"
+    for o in report.outcomes:
+        o.state, o.hold_reason = "held", "cap"
+    card = scan_card(report)
+    assert message_size(card) <= MAX_MESSAGE_BYTES
+    assert_teams_ok(card)
+    opened = [b["url"] for b in buttons(card) if b["title"] == "Open"]
+    shown = all_text(card).count("python -m responder approve ")
+    assert opened and len(opened) == shown
+    assert all(u.startswith("https://func-xdr-contoso.azurewebsites.net/requests/") for u in opened)

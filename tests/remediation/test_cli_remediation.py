@@ -122,12 +122,14 @@ def test_remediate_approve_undo_through_the_fake_graph(env: Ledger, tmp_path: Pa
                                                                 (held["id"], "held")]
         assert fake.mailboxes.folder_of("sales@contoso.com", "<b@x>") == "inbox"
 
-        assert main(["approve", held["id"], "--by", "alice", "--json"]) == 0
+        # --local: run here with the operator's sign-in (development against the fake Graph).
+        assert main(["approve", held["id"], "--by", "alice", "--json", "--local"]) == 0
         assert json.loads(capsys.readouterr().out)[0]["state"] == "confirmed"
         assert fake.mailboxes.folder_of("sales@contoso.com", "<b@x>") == "junkemail"
-        assert main(["approve", held["id"], "--by", "alice"]) == 2       # exactly once
+        assert main(["approve", held["id"], "--by", "alice", "--local"]) == 2       # exactly once
+        assert main(["approve", held["id"], "--by", "alice"]) == 2                  # also through the queue
 
-        assert main(["undo", auto["id"], "--json"]) == 0
+        assert main(["undo", auto["id"], "--json", "--local"]) == 0
         undone = json.loads(capsys.readouterr().out)[0]
         assert (undone["action"], undone["state"]) == ("move_to_inbox", "confirmed")
         assert fake.mailboxes.folder_of("support@contoso.com", "<a@x>") == "inbox"
@@ -243,3 +245,99 @@ def test_the_command_line_cleans_log_records(env: Ledger, caplog: pytest.LogCapt
                                                     "https://x.logic.azure.com/w?sv=1&sig=s3cr3tvalue")
     line = caplog.records[-1].getMessage()
     assert "\n" not in line and "s3cr3tvalue" not in line
+
+
+def test_approve_writes_the_decision_and_queues_it_for_the_worker(env: Ledger, storage_conn: str,
+                                                                  unique_name: str,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --local the CLI needs storage only: the worker (in Azure, managed identity) runs it."""
+    import asyncio
+    import base64
+
+    from azure.storage.queue import QueueClient
+
+    from core.graph import make_graph_client
+    from core.settings import Settings
+    from core.tenant import load_tenant_config
+    from detections.catalog import load_catalog
+    from remediation.worker import Worker
+
+    queue = QueueClient.from_connection_string(storage_conn, unique_name + "q")
+    queue.create_queue()
+    monkeypatch.setenv("RESPONDER_REQUESTS_QUEUE", unique_name + "q")
+    rec, _ = env.receive(junk("q-1", mode="approval"))
+    env.transition(rec, "held", hold_reason="approval")
+    # Graph at 127.0.0.1:9 answers nothing: the CLI must not call it.
+    assert main(["approve", rec.request_id[:10], "--by", "alice", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)[0]
+    assert (out["state"], out["extra"]["queued"]) == ("approved", True)
+    row = env.get(rec.request_id)
+    assert (row.state, row.extra["approved_by"], row.extra["decided_via"]) == ("approved", "alice", "cli")
+    (msg,) = list(queue.receive_messages())
+    body = base64.b64decode(msg.content).decode()
+    assert json.loads(body)["id"] == rec.request_id
+    with FakeGraph() as fake:
+        monkeypatch.setenv("RESPONDER_GRAPH_BASE_URL", fake.base_url)
+        settings = Settings.from_env(require=False)
+
+        async def deliver() -> None:
+            graph = make_graph_client(base_url=fake.base_url, credential=None)
+            worker = Worker(settings, load_tenant_config(settings.tenant_config_path, settings.params_json),
+                            load_catalog(), env, graph, None)
+            await worker.process_message(body, 1)
+            await worker.process_message(body, 2)   # a second delivery: nothing runs twice
+
+        asyncio.run(deliver())
+        assert [e["networkMessageId"] for r in fake.remediations for e in r.emails] == ["q-1"]
+    assert env.get(rec.request_id).state == "submitted"
+    assert main(["approve", rec.request_id, "--by", "alice"]) == 2
+
+
+def test_undo_is_recorded_and_queued_then_the_worker_restores(env: Ledger, storage_conn: str,
+                                                              unique_name: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    import base64
+
+    from azure.storage.queue import QueueClient
+
+    from core.graph import make_graph_client
+    from core.settings import Settings
+    from core.tenant import load_tenant_config
+    from detections.catalog import load_catalog
+    from remediation.worker import Worker
+
+    queue = QueueClient.from_connection_string(storage_conn, unique_name + "q")
+    queue.create_queue()
+    monkeypatch.setenv("RESPONDER_REQUESTS_QUEUE", unique_name + "q")
+    monkeypatch.setenv("RESPONDER_EMAIL_STRATEGY", "mailbox")
+    with FakeGraph() as fake:
+        monkeypatch.setenv("RESPONDER_GRAPH_BASE_URL", fake.base_url)
+        fake.mailboxes.add("support@contoso.com", "<u@x>")
+        moved = junk("u", imid="<u@x>")
+        file = tmp_path / "queue.json"
+        file.write_text(json.dumps([moved]))
+        assert main(["remediate", "--queue-file", str(file), "--json"]) == 0
+        capsys.readouterr()
+        assert fake.mailboxes.folder_of("support@contoso.com", "<u@x>") == "junkemail"
+        monkeypatch.setenv("RESPONDER_GRAPH_BASE_URL", "http://127.0.0.1:9/v1.0")   # the CLI calls no Graph
+        assert main(["undo", moved["id"], "--by", "alice", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)[0]
+        assert (out["action"], out["state"], out["extra"]["queued"]) == ("move_to_inbox", "received", True)
+        assert fake.mailboxes.folder_of("support@contoso.com", "<u@x>") == "junkemail"
+        (msg,) = list(queue.receive_messages())
+        body = base64.b64decode(msg.content).decode()
+        settings = Settings.from_env(require=False)
+
+        async def deliver() -> None:
+            graph = make_graph_client(base_url=fake.base_url, credential=None)
+            worker = Worker(settings, load_tenant_config(settings.tenant_config_path, settings.params_json),
+                            load_catalog(), env, graph, None)
+            await worker.process_message(body, 1)
+
+        asyncio.run(deliver())
+        assert fake.mailboxes.folder_of("support@contoso.com", "<u@x>") == "inbox"
+    assert env.get(out["request_id"]).state == "confirmed"
+    assert main(["undo", moved["id"], "--by", "alice"]) == 2      # once

@@ -543,3 +543,35 @@ def test_a_live_delivery_still_dry_run_by_the_global_switch_is_a_no_op(h: Harnes
     [out] = h.run(lambda w: w.process_message(body(email_request("nm-1")), 1), RESPONDER_DRY_RUN="true")
     assert out.state == "skipped" and out.extra.get("duplicate") and h.fake.calls == []
     assert "reopened_at" not in h.row(dry).extra
+
+
+# --- decisions through the queue (the approval page, the CLI without --local) -----------------------------
+
+def test_an_approved_row_on_the_queue_runs_once(h: Harness) -> None:
+    from remediation.decisions import Decisions, RecordOnly
+
+    req = email_request("nm-q", mode="approval")
+    h.run(lambda w: w.process_message(body(req), 1))
+    assert h.row(req).state == "held" and h.fake.calls == []
+    settings = Settings.from_env({"RESPONDER_GRAPH_BASE_URL": h.fake.base_url}, require=False)
+    Decisions(RecordOnly(settings, TENANT, CATALOG, h.ledger)).record_approval(req["id"], "alice",
+                                                                                decided_via="page")
+    assert h.row(req).state == "approved" and h.fake.calls == []
+    h.run(lambda w: w.process_message(body(req), 1))
+    h.run(lambda w: w.process_message(body(req), 1))          # a second delivery
+    assert h.row(req).state == "submitted" and len(h.fake.remediations) == 1
+
+
+def test_a_message_claiming_to_be_an_undo_is_not_a_restore(h: Harness) -> None:
+    from core.request import make_request
+
+    h.fake.mailboxes.add("support@contoso.com", "<f@x>")
+    req = email_request("nm-f", imid="<f@x>")
+    h.run(lambda w: w.process([req]), strategy="mailbox")
+    assert h.fake.mailboxes.folder_of("support@contoso.com", "<f@x>") == "junkemail"
+    forged = make_request(rule=req["rule"], action="move_to_inbox", mode="auto", target=req["target"],
+                          evidence={}, detected_at=T0, run={"id": "x", "index": 0, "total": 1},
+                          undo_of={"request_id": req["id"], "undo": {}, "by": "mallory"})
+    h.run(lambda w: w.process_message(body(forged), 1), strategy="mailbox")
+    assert h.row(forged).state != "confirmed"
+    assert h.fake.mailboxes.folder_of("support@contoso.com", "<f@x>") == "junkemail"
