@@ -21,6 +21,7 @@ from remediation.expiry import expire, is_overdue, iso_duration
 from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 from remediation.rails import Decision, decide
+from remediation.stop import StopSwitch
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Runner(Protocol):
     tenant: TenantConfig
     catalog: Mapping[str, Rule]
     ledger: Ledger
+    stop: StopSwitch
 
     async def run_decided(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome: ...
 
@@ -63,7 +65,7 @@ class Decisions:
     def _decide(self, req: dict[str, Any], **kw: bool) -> Decision:
         r = self.runner
         return decide(req, settings=r.settings, tenant=r.tenant, catalog=r.catalog, registry=self.registry,
-                      **kw)
+                      stop=r.stop.current(), **kw)
 
     async def approve(self, request_id: str, by: str, *, claimed_by: str | None = None,
                       done: bool = False) -> Outcome:
@@ -85,6 +87,11 @@ class Decisions:
         elif rec.state != "held":
             raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be approved",
                               state=rec.state)
+        stop = self.runner.stop.fresh()
+        if stop.on:
+            raise WorkerError(f"{stop.describe()}: nothing is run until it is cleared, so request "
+                              f"{request_id} stays {rec.state} (stop means stop; clear it with `python -m "
+                              "responder stop off` or POST /api/stop/clear, then approve)", state=rec.state)
         if settings.dry_run:
             raise WorkerError("the global dry run (RESPONDER_DRY_RUN) is on: nothing would run, so the "
                               "request stays held", state=rec.state)

@@ -65,6 +65,7 @@ from remediation.poison import mark_failed, reason_for
 from remediation.rails import Decision
 from remediation.reporting import HookReporter, OutcomeReporter, Report, ReportQueue
 from remediation.resubmit import UNCONFIRMED_GRACE, resubmit
+from remediation.stop import StopSwitch
 from remediation.verify import verify_submitted
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Worker:
                  verify_grace: timedelta = timedelta(hours=2), mailbox_slots: Any = None,
                  registry: Registry | None = None, budget: timedelta | None = None,
                  monotonic: Callable[[], float] = time.monotonic, poison_retries: int = 5,
-                 unconfirmed_grace: timedelta = UNCONFIRMED_GRACE) -> None:
+                 unconfirmed_grace: timedelta = UNCONFIRMED_GRACE, stop: StopSwitch | None = None) -> None:
         self.settings, self.tenant, self.catalog, self.ledger = settings, tenant, catalog, ledger
         self.graph, self.exchange = graph, exchange
         self._ctx: ActionContext | None = None
@@ -108,6 +109,8 @@ class Worker:
         self.poison_retries = poison_retries
         self.verify_grace, self.unconfirmed_grace = verify_grace, unconfirmed_grace   # resubmit.py
         self.registry = registry or default_registry()
+        # The emergency stop, read at most every 10 s (remediation/stop.py); the app shares one per instance.
+        self.stop = stop or StopSwitch(ledger)
         self.contract = self.registry.contract()   # the request contract for the registry's actions
         self.decisions = Decisions(self, self.registry)
         self.execution = Execution(ledger, self.registry, self.outbox, email_strategy=settings.email_strategy,
@@ -123,7 +126,7 @@ class Worker:
     @property
     def rails(self) -> Rails:
         """What the rails decide with (read each time: settings, tenant and catalog may be replaced)."""
-        return Rails(self.settings, self.tenant, self.catalog, self.registry)
+        return Rails(self.settings, self.tenant, self.catalog, self.registry, self.stop.current)
 
     @property
     def ctx(self) -> ActionContext:
