@@ -85,6 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "are listed)"})
     p.add_argument("--rule", metavar="SLUG")
     p.add_argument("--state", choices=STATES)
+    p.add_argument("--hold-reason", metavar="REASON",
+                   help="only rows held for this reason (approval, cap, unverifiable, emergency_stop)")
     common(p)
     p.set_defaults(func=_ledger, ledger_command=None)
     sub = p.add_subparsers(dest="ledger_command", metavar="{show}")
@@ -428,7 +430,7 @@ def _ledger(args: argparse.Namespace) -> int:
     try:
         if args.ledger_command == "show":
             return _show(args, ledger)
-        records = ledger.list(rule=args.rule, state=args.state)
+        records = ledger.list(rule=args.rule, state=args.state, hold_reason=args.hold_reason)
     except AzureError as exc:
         raise storage_failure(exc, ledger) from None
     if args.json:
