@@ -84,3 +84,15 @@ async def approve(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="requests/{id}/reject", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def reject(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.http_decide(runtime, req, "reject")
+
+
+@app.function_name("stop")
+@app.route(route="stop", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def stop_on(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.http_stop(runtime, req, True)
+
+
+@app.function_name("stop_clear")
+@app.route(route="stop/clear", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def stop_clear(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.http_stop(runtime, req, False)

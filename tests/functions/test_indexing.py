@@ -20,7 +20,8 @@ from detections.catalog import load_catalog
 QUEUE = "%RESPONDER_REQUESTS_QUEUE%"
 HTTP = {"scan": ("scan", ["POST"], "FUNCTION"), "health": ("health", ["GET"], "ANONYMOUS"),
         "approve": ("requests/{id}/approve", ["POST"], "FUNCTION"),
-        "reject": ("requests/{id}/reject", ["POST"], "FUNCTION")}
+        "reject": ("requests/{id}/reject", ["POST"], "FUNCTION"),
+        "stop": ("stop", ["POST"], "FUNCTION"), "stop_clear": ("stop/clear", ["POST"], "FUNCTION")}
 
 
 def bindings(fn: Any) -> dict[str, dict[str, Any]]:
