@@ -72,3 +72,18 @@ def test_an_auto_run_while_stopped_through_the_worker_function_calls_nothing(mak
         row = env.rt.ledger().read(RULE, req["id"])
         assert (row.state, row.hold_reason) == ("held", "emergency_stop")
         assert fake.calls == [] and fake.remediations == []
+        # The run's outcome card (an approval card: everything is held) says the stop is on, and why.
+        (card,) = env.notifier.cards
+        text = json.dumps(card)
+        assert "EMERGENCY STOP is on" in text and "incident" in text
+        assert "Held by the emergency stop" in text
+
+
+def test_the_scan_card_shows_the_stop_only_while_it_is_on() -> None:
+    from notifications.cards import scan_card
+    from notifications.reports import RunReport
+
+    report = RunReport(rule=RULE, rule_name="r", severity="Medium", rows=1)
+    assert "EMERGENCY STOP" not in json.dumps(scan_card(report))
+    report.emergency_stop = "EMERGENCY STOP is on (set by alice at 2026-11-20T12:00:00Z: misfire)"
+    assert "EMERGENCY STOP is on (set by alice" in json.dumps(scan_card(report))
