@@ -66,6 +66,7 @@ from remediation.rails import Decision
 from remediation.reporting import HookReporter, OutcomeReporter, Report, ReportQueue
 from remediation.resubmit import UNCONFIRMED_GRACE, resubmit
 from remediation.stop import StopSwitch
+from remediation.undo_run import RunUndo, undo_run
 from remediation.verify import verify_submitted
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,13 @@ class Worker:
 
     async def undo(self, request_id: str, by: str = "") -> Outcome:
         return await self.decisions.undo(request_id, by)
+
+    async def undo_run(self, run_id: str, by: str) -> RunUndo:
+        """Undo everything ``run_id`` did that the platform can undo, with one summary report."""
+        return await undo_run(self, run_id, by)
+
+    async def flush_reports(self) -> None:
+        await self._flush()
 
     async def run_decided(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome:
         """One request a person decided on: settled, or claimed and run through the action."""
