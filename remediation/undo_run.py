@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from remediation.decisions import WorkerError
 from remediation.ledger import Record
@@ -69,6 +69,17 @@ class RunUndo:
             parts.append(f"{len(self.nothing_done)} had done nothing")
         more = "" if self.undone or self.failed else "; nothing more to undo"
         return f"run {self.run_id} undone by {self.by}: {', '.join(parts)}{more}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """For JSON answers (CLI --json, HTTP)."""
+        def ids(recs: list[Record]) -> list[str]:
+            return [r.request_id for r in recs]
+        return {"run_id": self.run_id, "by": self.by, "summary": self.summary(),
+                "undone": [{"request_id": o.request_id, "undo_of": (o.extra or {}).get("undo_of"),
+                            "state": o.state} for o in self.undone],
+                "failed": [{"request_id": o.request_id, "error": o.error} for o in self.failed],
+                "already_undone": ids(self.already_undone), "cannot_undo": ids(self.cannot_undo),
+                "pending": ids(self.pending), "nothing_done": ids(self.nothing_done)}
 
     def report(self) -> Report:
         """The one summary report: every original and undo, each tagged with its category."""
