@@ -96,3 +96,9 @@ async def stop_on(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="stop/clear", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def stop_clear(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.http_stop(runtime, req, False)
+
+
+@app.function_name("undo_run")
+@app.route(route="runs/{id}/undo", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def undo_run(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.http_undo_run(runtime, req)

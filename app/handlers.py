@@ -11,7 +11,7 @@ from typing import Any
 
 import azure.functions as func
 
-from app import runs, stop, telemetry
+from app import runs, stop, telemetry, undo
 from app.http import bad_request, check_query, json_response
 from app.runtime import Runtime
 from app.scanrequest import BadRequest, parse_body, validate_scan
@@ -245,6 +245,11 @@ async def http_health(rt: Runtime, req: func.HttpRequest) -> func.HttpResponse:
 async def http_stop(rt: Runtime, req: func.HttpRequest, on: bool) -> func.HttpResponse:
     """``POST /api/stop`` (on) and ``POST /api/stop/clear`` (off): app/stop.py."""
     return await stop.http_stop(rt, req, on)
+
+
+async def http_undo_run(rt: Runtime, req: func.HttpRequest) -> func.HttpResponse:
+    """``POST /api/runs/{id}/undo``: app/undo.py."""
+    return await undo.http_undo_run(rt, req)
 
 
 _DECIDE_KEYS = frozenset({"by", "done"})

@@ -163,7 +163,7 @@ class Decisions:
             raise WorkerError(f"request {request_id} changed while rejecting; nothing done") from None
         return rec.outcome()
 
-    async def undo(self, request_id: str, by: str = "") -> Outcome:
+    async def undo(self, request_id: str, by: str = "", *, claimed_by: str | None = None) -> Outcome:
         """Reverse a confirmed action with its declared inverse (move_to_junk: back to the Inbox or the
         recorded original folder), as a new request in the ledger linked both ways to the original."""
         rec, ledger = self.find(request_id), self.runner.ledger
@@ -186,7 +186,7 @@ class Decisions:
                                 undo_of={"request_id": request_id, "undo": rec.undo or {}, "by": by},
                                 severity=original.get("severity", ""),
                                 rule_name=original.get("rule_name", ""))
-        new, created = ledger.receive(undo_req, undo_of=request_id)
+        new, created = ledger.receive(undo_req, undo_of=request_id, **_claimed(claimed_by))
         if not created and new.state != "received":
             raise WorkerError(f"this message was already restored once (request {new.request_id} is "
                               f"{new.state})")

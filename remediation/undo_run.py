@@ -92,8 +92,9 @@ class RunUndo:
         return Report("undone", self.summary(), outcomes)
 
 
-async def undo_run(worker: Worker, run_id: str, by: str) -> RunUndo:
-    """Undo every undoable request of ``run_id``; one summary report goes to the worker's reporter."""
+async def undo_run(worker: Worker, run_id: str, by: str, *, claimed_by: str | None = None) -> RunUndo:
+    """Undo every undoable request of ``run_id``; one summary report goes to the worker's reporter.
+    ``claimed_by``: a name the caller gave but nobody verified, recorded on each undo request."""
     result = RunUndo(run_id=run_id, by=by)
     registry = worker.registry
     rows = worker.ledger.list(run_id=run_id)
@@ -111,7 +112,7 @@ async def undo_run(worker: Worker, run_id: str, by: str) -> RunUndo:
             elif spec is None or spec.inverse is None:
                 result.cannot_undo.append(rec)
             else:
-                await _undo_one(worker, rec, by, result)
+                await _undo_one(worker, rec, by, result, claimed_by)
     finally:
         outbox.reporter = reporter
     if result.undone or result.failed:
@@ -121,10 +122,10 @@ async def undo_run(worker: Worker, run_id: str, by: str) -> RunUndo:
     return result
 
 
-async def _undo_one(worker: Worker, rec: Record, by: str, result: RunUndo) -> None:
+async def _undo_one(worker: Worker, rec: Record, by: str, result: RunUndo, claimed_by: str | None) -> None:
     """One target; whatever goes wrong is recorded against it and the run goes on."""
     try:
-        outcome = await worker.undo(rec.request_id, by)
+        outcome = await worker.undo(rec.request_id, by, claimed_by=claimed_by)
     except WorkerError as exc:
         result.failed.append(replace(rec.outcome(), error=str(exc)))
         return

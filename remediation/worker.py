@@ -293,12 +293,12 @@ class Worker:
     async def reject(self, request_id: str, by: str, *, claimed_by: str | None = None) -> Outcome:
         return await self.decisions.reject(request_id, by, claimed_by=claimed_by)
 
-    async def undo(self, request_id: str, by: str = "") -> Outcome:
-        return await self.decisions.undo(request_id, by)
+    async def undo(self, request_id: str, by: str = "", *, claimed_by: str | None = None) -> Outcome:
+        return await self.decisions.undo(request_id, by, claimed_by=claimed_by)
 
-    async def undo_run(self, run_id: str, by: str) -> RunUndo:
+    async def undo_run(self, run_id: str, by: str, *, claimed_by: str | None = None) -> RunUndo:
         """Undo everything ``run_id`` did that the platform can undo, with one summary report."""
-        return await undo_run(self, run_id, by)
+        return await undo_run(self, run_id, by, claimed_by=claimed_by)
 
     async def flush_reports(self) -> None:
         await self._flush()

@@ -21,7 +21,8 @@ QUEUE = "%RESPONDER_REQUESTS_QUEUE%"
 HTTP = {"scan": ("scan", ["POST"], "FUNCTION"), "health": ("health", ["GET"], "ANONYMOUS"),
         "approve": ("requests/{id}/approve", ["POST"], "FUNCTION"),
         "reject": ("requests/{id}/reject", ["POST"], "FUNCTION"),
-        "stop": ("stop", ["POST"], "FUNCTION"), "stop_clear": ("stop/clear", ["POST"], "FUNCTION")}
+        "stop": ("stop", ["POST"], "FUNCTION"), "stop_clear": ("stop/clear", ["POST"], "FUNCTION"),
+        "undo_run": ("runs/{id}/undo", ["POST"], "FUNCTION")}
 
 
 def bindings(fn: Any) -> dict[str, dict[str, Any]]:
