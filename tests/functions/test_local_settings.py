@@ -79,7 +79,8 @@ def test_example_indexes_every_function(sample_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     functions = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     timers = {schedules.function_name(slug) for slug in load_catalog()}
-    fixed = {"worker", "poison", "digest", "verify", "scan", "health", "approve", "reject"}
+    fixed = {"worker", "poison", "digest", "verify", "scan", "health", "approve", "reject",
+             "stop", "stop_clear", "undo_run"}
     assert functions == timers | fixed
 
 
