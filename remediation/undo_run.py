@@ -109,8 +109,9 @@ async def undo_run(worker: Worker, run_id: str, by: str, *, claimed_by: str | No
                 result.pending.append(rec)
             elif rec.state != "confirmed":
                 result.nothing_done.append(rec)
-            elif spec is None or spec.inverse is None:
-                result.cannot_undo.append(rec)
+            elif spec is None or spec.inverse is None or \
+                    registry.run_by_hand(spec.inverse, worker.settings.connector_actions):
+                result.cannot_undo.append(rec)   # no way back, or only by hand (connectors under manual)
             else:
                 await _undo_one(worker, rec, by, result, claimed_by)
     finally:

@@ -16,7 +16,7 @@ from remediation.exchange import ExchangeClient
 from remediation.ledger import Ledger
 from remediation.reporting import Report
 from remediation.worker import Worker
-from tests.remediation.factories import PROTECTED, email_request, make_rule, user_request
+from tests.remediation.factories import PROTECTED, connector_request, email_request, make_rule, user_request
 from tests.remediation.test_worker import Clock
 
 pytestmark = pytest.mark.azurite
@@ -129,3 +129,45 @@ def test_what_cannot_be_undone_is_listed_and_nothing_done_is_counted(h: H) -> No
     assert [r.request_id for r in result.cannot_undo] == [revoke["id"]]
     assert [r.request_id for r in result.nothing_done] == [held["id"]]
     assert result.undone == [] and "cannot be undone" in result.summary()
+
+
+CONNECTOR_RULE = make_rule("connectors", (("disable_connector", "auto"), ("disable_user", "auto"),
+                                          ("revoke_sessions", "auto")), recipients_param=None)
+
+
+def test_a_disabled_connector_and_account_are_re_enabled_and_a_revoke_is_listed(h: H) -> None:
+    CATALOG[CONNECTOR_RULE.slug] = CONNECTOR_RULE
+    try:
+        h.fake.connectors.add("Partner relay", "inbound")
+        h.fake.users.add("mallory@contoso.com")
+        h.fake.users.add("eve@contoso.com")
+        reqs = [connector_request("Partner relay"), user_request("mallory@contoso.com", "disable_user"),
+                user_request("eve@contoso.com")]
+        auto = {"RESPONDER_CONNECTOR_ACTIONS": "auto"}
+        out = h.run(lambda w: w.process(reqs), **auto)
+        assert [o.state for o in out] == ["confirmed"] * 3
+        assert h.fake.connectors.get("Partner relay")["Enabled"] is False
+        assert h.fake.users.get("mallory@contoso.com").account_enabled is False
+        result = h.run(lambda w: w.undo_run("run-c", "alice"), **auto)
+        assert sorted(o.action for o in result.undone) == ["enable_connector", "enable_user"]
+        assert h.fake.connectors.get("Partner relay")["Enabled"] is True
+        assert h.fake.users.get("mallory@contoso.com").account_enabled is True
+        assert [r.action for r in result.cannot_undo] == ["revoke_sessions"]
+        [summary] = h.reports[-1:]
+        assert summary.kind == "undone" and "1 cannot be undone" in summary.summary
+    finally:
+        del CATALOG[CONNECTOR_RULE.slug]
+
+
+def test_under_manual_connector_actions_a_disabled_connector_is_listed_not_called(h: H) -> None:
+    CATALOG[CONNECTOR_RULE.slug] = CONNECTOR_RULE
+    try:
+        h.fake.connectors.add("Partner relay", "inbound")
+        req = connector_request("Partner relay")
+        h.run(lambda w: w.process([req]), RESPONDER_CONNECTOR_ACTIONS="auto")
+        calls = len(h.fake.calls)
+        result = h.run(lambda w: w.undo_run("run-c", "alice"), RESPONDER_CONNECTOR_ACTIONS="manual")
+        assert [r.request_id for r in result.cannot_undo] == [req["id"]] and result.undone == []
+        assert len(h.fake.calls) == calls and h.fake.connectors.get("Partner relay")["Enabled"] is False
+    finally:
+        del CATALOG[CONNECTOR_RULE.slug]
