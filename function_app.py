@@ -125,3 +125,21 @@ async def page_run(req: func.HttpRequest) -> func.HttpResponse:
 @app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
 async def page_run_approve(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
     return await pages.post_run_approve(runtime, req, page_auth, msgs)
+
+
+@app.function_name("stop")
+@app.route(route="api/stop", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def stop_on(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.http_stop(runtime, req, True)
+
+
+@app.function_name("stop_clear")
+@app.route(route="api/stop/clear", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def stop_clear(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.http_stop(runtime, req, False)
+
+
+@app.function_name("undo_run")
+@app.route(route="api/runs/{id}/undo", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def undo_run(req: func.HttpRequest) -> func.HttpResponse:
+    return await handlers.http_undo_run(runtime, req)

@@ -11,7 +11,7 @@ from typing import Any
 
 import azure.functions as func
 
-from app import runs, telemetry
+from app import runs, stop, telemetry, undo
 from app.http import bad_request, check_query, json_response
 from app.runtime import Runtime
 from app.scanrequest import BadRequest, parse_body, validate_scan
@@ -234,10 +234,22 @@ async def http_health(rt: Runtime, req: func.HttpRequest) -> func.HttpResponse:
         "status": "unhealthy" if not ok else "degraded" if problems else "ok",
         "config": "degraded" if problems else "loaded",
         "rules": {"valid": True, "count": len(rt.config.catalog), "scheduled": len(rt.config.timers)},
-        "storage": storage, "notifications": rt.notifications}
+        "storage": storage, "notifications": rt.notifications,
+        # Whether every action is held (remediation/stop.py): shown, but it is a choice, not a fault.
+        "emergency_stop": stop.health_field(rt) if ok else None}
     if problems:
         body["problems"] = problems
     return json_response(200 if ok and not problems else 503, body)
+
+
+async def http_stop(rt: Runtime, req: func.HttpRequest, on: bool) -> func.HttpResponse:
+    """``POST /api/stop`` (on) and ``POST /api/stop/clear`` (off): app/stop.py."""
+    return await stop.http_stop(rt, req, on)
+
+
+async def http_undo_run(rt: Runtime, req: func.HttpRequest) -> func.HttpResponse:
+    """``POST /api/runs/{id}/undo``: app/undo.py."""
+    return await undo.http_undo_run(rt, req)
 
 
 _DECIDE_KEYS = frozenset({"by", "done"})

@@ -51,6 +51,7 @@ from remediation.actions.registry import default_registry
 from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.rails import CONNECTOR_ACTIONS
 from remediation.run_counters import IN_FLIGHT, count_once, settled_for_run
+from remediation.stop import read_stop
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,20 @@ async def run_card(ledger: Ledger, notifier: Any, run: RuleRun, queued: Queued, 
     scan = RunReport.from_rule_run(run, started_at=now, backend=backend, dry_run=dry_run,
                                    partial_reason=run.partial_reason, tenant_id=tenant_id)
     scan.requests = list(queued.new)
+    scan.emergency_stop = stop_line(ledger)
     await send(notifier, lambda: scan_card(scan), f"{run.rule.slug} scan")
     return "scan"
+
+
+def stop_line(ledger: Ledger) -> str | None:
+    """The emergency stop's line for a card when it is on (one point read per card), else None; a card
+    is never lost over it."""
+    try:
+        state = read_stop(ledger)
+    except Exception:
+        log.warning("emergency stop unreadable for a card", exc_info=True)
+        return None
+    return state.describe() if state.on else None
 
 
 def waits_for_person(request: dict[str, Any], connector_actions: str) -> bool:
@@ -241,7 +254,8 @@ async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, back
     report = RunReport(rule=request["rule"], rule_name=name, severity=severity,
                        rows=int(run.get("rows") or total), requests=requests,
                        outcomes=outcomes, run_id=run_id, backend=backend,
-                       tenant_id=tenant_id, api_base=api_base, commands=commands, by_hand=by_hand)
+                       tenant_id=tenant_id, api_base=api_base, commands=commands, by_hand=by_hand,
+                       emergency_stop=stop_line(ledger))
     # One message per run (docs/function-app.md): when every request waits for a person, the outcome
     # card is the approval card (evidence, exact command, approve/reject for each id); otherwise the
     # scan card, whose held section carries the same approve commands. The worker sends no approval
@@ -249,7 +263,7 @@ async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, back
     if outcomes and all(o.state == "held" for o in outcomes):
         def build() -> dict[str, Any]:
             return approval_card(requests, outcomes=outcomes, commands=commands, api_base=api_base,
-                                 tenant_id=tenant_id, by_hand=by_hand)
+                                 tenant_id=tenant_id, by_hand=by_hand, emergency_stop=report.emergency_stop)
     else:
         def build() -> dict[str, Any]:
             return scan_card(report)

@@ -60,6 +60,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._ledger: Ledger | None = None
         self._quota: ScanQuota | None = None
+        self._stop: Any = None
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopServices] = (
             weakref.WeakKeyDictionary())
         if self.notifier is None:
@@ -111,6 +112,17 @@ class Runtime:
                 ledger.ensure_table()
                 self._ledger = ledger
             return self._ledger
+
+    def stop_switch(self) -> Any:
+        """The emergency stop as this instance sees it: one StopSwitch for every invocation, so the row is
+        read at most every 10 s per instance (remediation/stop.py)."""
+        from remediation.stop import StopSwitch
+
+        ledger = self.ledger()
+        with self._lock:
+            if self._stop is None:
+                self._stop = StopSwitch(ledger)
+            return self._stop
 
     def quota(self) -> ScanQuota:
         with self._lock:
@@ -182,7 +194,8 @@ class Runtime:
                                 api_base=self.config.api_base, held_cards=False,
                                 connector_actions=self.settings.connector_actions, rules=self.config.catalog)
         yield Worker(self.settings, self.config.tenant, self.config.catalog, self.ledger(), svc.graph,
-                     svc.exchange, reporter, mailbox_slots=svc.mailbox_slots, **self.worker_options)
+                     svc.exchange, reporter, mailbox_slots=svc.mailbox_slots,
+                     **{"stop": self.stop_switch(), **self.worker_options})
 
 
 def app_credential(settings: Settings) -> Any:

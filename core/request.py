@@ -19,17 +19,20 @@ SCHEMA_VERSION = "remediation-request/1"
 ACTIONS = (
     "move_to_junk", "move_to_inbox", "soft_delete", "move_to_deleted_items", "disable_connector",
     "revoke_sessions", "disable_user", "confirm_compromised", "notify",
+    # The undos of disable_connector and disable_user (a rule never declares them: undo runs them).
+    "enable_connector", "enable_user",
 )
 # soft_delete has Defender's meaning (the message goes to Recoverable Items, out of the user's sight);
 # move_to_deleted_items puts it in Deleted Items, where the user still sees it.
 EMAIL_ACTIONS = ("move_to_junk", "move_to_inbox", "soft_delete", "move_to_deleted_items")
-ACCOUNT_ACTIONS = ("revoke_sessions", "disable_user", "confirm_compromised")
+ACCOUNT_ACTIONS = ("revoke_sessions", "disable_user", "confirm_compromised", "enable_user")
 MODES = ("auto", "approval", "dry_run")
 
 # Which target fields each action needs. Email targets may also carry internet_message_id.
 TARGET_FIELDS: dict[str, tuple[str, ...]] = {
     **{a: ("network_message_id", "recipient") for a in EMAIL_ACTIONS},
     "disable_connector": ("connector",),
+    "enable_connector": ("connector",),
     **{a: ("user",) for a in ACCOUNT_ACTIONS},
     "notify": (),
 }
@@ -37,6 +40,7 @@ TARGET_FIELDS: dict[str, tuple[str, ...]] = {
 OPTIONAL_TARGET_FIELDS: dict[str, tuple[str, ...]] = {
     **{a: ("internet_message_id", "recipient_object_id") for a in EMAIL_ACTIONS},
     "disable_connector": ("connector_type",),
+    "enable_connector": ("connector_type",),
 }
 
 _nonempty = {"type": "string", "minLength": 1}

@@ -16,6 +16,7 @@ from notifications.common import (
     done_http,
     header,
     open_request,
+    stop_banner,
 )
 from notifications.elements import (
     Element,
@@ -38,7 +39,7 @@ from remediation.outcome import Outcome
 def approval_card(requests: Sequence[dict[str, Any]], *, outcomes: Sequence[Outcome] = (),
                   commands: Mapping[str, str] | None = None, api_base: str | None = None,
                   tenant_id: str | None = None, limit: int = MAX_MESSAGE_BYTES,
-                  by_hand: Collection[str] = ()) -> dict[str, Any]:
+                  by_hand: Collection[str] = (), emergency_stop: str | None = None) -> dict[str, Any]:
     """Requests that wait for a person: evidence, the exact command when given, how to approve.
 
     ``commands`` maps request id -> the exact command a person would run instead (e.g. the
@@ -46,13 +47,14 @@ def approval_card(requests: Sequence[dict[str, Any]], *, outcomes: Sequence[Outc
     ``by_hand``: ids the app cannot run (connectors under RESPONDER_CONNECTOR_ACTIONS=manual): the card
     says to run the command and then mark it done, never "to approve" (approving them runs nothing).
     ``api_base`` is the function app's URL, e.g. ``https://func-xdr.azurewebsites.net``.
+    ``emergency_stop``: the stop's line when it is on (a banner: approving is refused until it is cleared).
     """
     if not requests:
         raise ValueError("approval_card needs at least one request")
     reasons = {o.request_id: o.hold_reason for o in outcomes}
     manual = frozenset(by_hand)
     return fit(lambda n, w: _approval(list(requests), reasons, commands or {}, api_base, tenant_id, n, w,
-                                      manual), limit=limit)
+                                      manual, emergency_stop), limit=limit)
 
 
 def _hold_text(reason: str | None, mode: str | None) -> str:
@@ -60,6 +62,8 @@ def _hold_text(reason: str | None, mode: str | None) -> str:
         return "Held because the run went past the rule's cap on targets per run."
     if reason == "unverifiable":
         return "Held because the sender allowlist cannot be checked: the request names no sender."
+    if reason == "emergency_stop":
+        return "Held by the emergency stop: approve it once the stop is cleared, if it should still run."
     if reason == "approval" or mode == "approval":
         return "Held because this action runs in approval mode."
     return "Held for approval."
@@ -114,13 +118,15 @@ def _approval_block(r: dict[str, Any], reason: str | None, command: str | None, 
 
 def _approval(requests: list[dict[str, Any]], reasons: Mapping[str, str | None],
               commands: Mapping[str, str], api_base: str | None, tenant_id: str | None,
-              n: int, w: int, by_hand: frozenset[str] = frozenset()) -> dict[str, Any]:
+              n: int, w: int, by_hand: frozenset[str] = frozenset(),
+              emergency_stop: str | None = None) -> dict[str, Any]:
     count = len(requests)
     noun = "action waits" if count == 1 else "actions wait"
     severities = [known_severity(r.get("severity")) for r in requests]
     top = next((s for s in ("High", "Medium", "Low", "Informational") if s in severities), None)
     body: list[Element] = [header("approval", "XDR responder · approval needed",
                                    f"{count} {noun} for a person", top, "warning")]
+    body.extend(stop_banner(emergency_stop))
     if any(r["id"] in by_hand for r in requests):
         body.append(text("Nothing below has been done yet. Connector actions are manual in this deployment "
                          "(RESPONDER_CONNECTOR_ACTIONS=manual): the app has no Exchange permission, so run "

@@ -17,6 +17,7 @@ from notifications.common import (
     header,
     open_request,
     outcome_links,
+    stop_banner,
 )
 from notifications.elements import (
     Element,
@@ -157,6 +158,7 @@ def _scan(report: RunReport, n: int, w: int) -> dict[str, Any]:
     body: list[Element] = [header("scan", kicker, clip(report.rule_name, 200), report.severity,
                                    severity_style(report.severity))]
     body.append(labelled("Rule", report.rule, mono=True, spacing="Small"))
+    body.extend(stop_banner(report.emergency_stop))
     body.extend(_scan_status(report, w))
 
     counts = report.bucket_counts()

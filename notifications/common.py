@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from notifications import links
 from notifications.elements import (
     Element,
+    clip,
     container,
     known_severity,
     open_url,
@@ -82,3 +83,12 @@ def outcome_links(outcomes: Sequence[Outcome], limit: int) -> list[tuple[str, st
         if o.link and links.is_safe_link(o.link) and all(o.link != u for _, u in found):
             found.append(("Submission" if not found else f"Submission {len(found) + 1}", o.link))
     return found[:limit]
+
+
+def stop_banner(line: str | None) -> list[Element]:
+    """The emergency stop, when on: one line at the top of a card (every action is held until cleared)."""
+    if not line:
+        return []
+    return [text(f"{clip(line, 600)}. Every action is held until it is cleared (python -m responder stop "
+                 "off, or POST /api/stop/clear); approving is refused meanwhile.", weight="Bolder",
+                 color="attention", spacing="Small")]

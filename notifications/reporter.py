@@ -112,6 +112,13 @@ class CardReporter:
     async def poison(self, report: Report) -> None:
         await self._send(report)
 
+    async def run_undone(self, report: Report) -> None:
+        """One card for a whole run undone (notifications/card_undo.py)."""
+        from notifications.card_undo import undo_run_card
+
+        if not await self.notifier.send(undo_run_card(report)):
+            log.warning("the undo-run card was not delivered")
+
     async def _send(self, report: Report) -> None:
         sent = await self.notifier.send(card_for(report, tenant_id=self.tenant_id, api_base=self.api_base,
                                                  connector_actions=self.connector_actions, rules=self.rules))

@@ -98,6 +98,8 @@ class RunReport:
     # Ids the app cannot run (connectors under RESPONDER_CONNECTOR_ACTIONS=manual): run by hand, then
     # marked done; the card shows that instead of approve commands.
     by_hand: set[str] = field(default_factory=set)
+    # The emergency stop's line when it is on (remediation/stop.py StopState.describe()), else None.
+    emergency_stop: str | None = None
 
     @classmethod
     def from_rule_run(cls, run: RuleRunLike, *, outcomes: Iterable[Outcome] = (),

@@ -8,7 +8,7 @@ pipeline, which gives them to the one request they concern (remediation/worker.p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,6 +23,7 @@ from remediation.intent import StorageError
 from remediation.ledger import Ledger, Record
 from remediation.outcome import Outcome
 from remediation.rails import Decision, decide
+from remediation.stop import StopState
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,12 @@ class Rails:
     tenant: TenantConfig
     catalog: Mapping[str, Rule]
     registry: Registry
+    stop: Callable[[], StopState] | None = None   # the emergency stop (cached, remediation/stop.py)
 
     def decide(self, req: dict[str, Any], *, approved: bool = False, restore: bool = False) -> Decision:
         return decide(req, settings=self.settings, tenant=self.tenant, catalog=self.catalog,
-                      registry=self.registry, approved=approved, restore=restore)
+                      registry=self.registry, approved=approved, restore=restore,
+                      stop=self.stop() if self.stop else None)
 
 
 def admit(req: dict[str, Any], ledger: Ledger, execution: Execution, rails: Rails) -> Outcome | Record:

@@ -21,6 +21,7 @@ from remediation.expiry import expire, is_overdue, iso_duration
 from remediation.ledger import INVALID, IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 from remediation.rails import Decision, decide
+from remediation.stop import StopSwitch
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Runner(Protocol):
     tenant: TenantConfig
     catalog: Mapping[str, Rule]
     ledger: Ledger
+    stop: StopSwitch
 
     async def run_decided(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome: ...
 
@@ -75,7 +77,7 @@ class Decisions:
     def _decide(self, req: dict[str, Any], **kw: bool) -> Decision:
         r = self.runner
         return decide(req, settings=r.settings, tenant=r.tenant, catalog=r.catalog, registry=self.registry,
-                      **kw)
+                      stop=r.stop.current(), **kw)
 
     async def approve(self, request_id: str, by: str, *, claimed_by: str | None = None,
                       done: bool = False) -> Outcome:
@@ -97,6 +99,11 @@ class Decisions:
         elif rec.state != "held":
             raise WorkerError(f"request {request_id} is {rec.state}; only a held request can be approved",
                               state=rec.state)
+        stop = self.runner.stop.fresh()
+        if stop.on:
+            raise WorkerError(f"{stop.describe()}: nothing is run until it is cleared, so request "
+                              f"{request_id} stays {rec.state} (stop means stop; clear it with `python -m "
+                              "responder stop off` or POST /api/stop/clear, then approve)", state=rec.state)
         if settings.dry_run:
             raise WorkerError("the global dry run (RESPONDER_DRY_RUN) is on: nothing would run, so the "
                               "request stays held", state=rec.state)
@@ -230,6 +237,9 @@ class Decisions:
         if spec is None or spec.inverse is None:
             undoable = ", ".join(d.name for d in self.registry if d.inverse) or "nothing"
             raise WorkerError(f"request {request_id} is {rec.action}; only {undoable} can be undone")
+        if rec.state == "expired":
+            raise WorkerError(f"request {request_id} expired without being approved: nothing was done, so "
+                              "there is nothing to undo", state=rec.state)
         if rec.state != "confirmed":
             raise WorkerError(f"request {request_id} is {rec.state}; only a confirmed move can be undone",
                               state=rec.state)
@@ -242,7 +252,7 @@ class Decisions:
                             undo_of={"request_id": request_id, "undo": rec.undo or {}, "by": by},
                             severity=original.get("severity", ""), rule_name=original.get("rule_name", ""))
 
-    async def undo(self, request_id: str, by: str = "") -> Outcome:
+    async def undo(self, request_id: str, by: str = "", *, claimed_by: str | None = None) -> Outcome:
         """Reverse a confirmed action with its declared inverse (move_to_junk: back to the Inbox or the
         recorded original folder), as a new request in the ledger linked both ways to the original."""
         rec, ledger = self.find(request_id), self.runner.ledger
@@ -265,7 +275,7 @@ class Decisions:
                                 undo_of={"request_id": request_id, "undo": rec.undo or {}, "by": by},
                                 severity=original.get("severity", ""),
                                 rule_name=original.get("rule_name", ""))
-        new, created = ledger.receive(undo_req, undo_of=request_id)
+        new, created = ledger.receive(undo_req, undo_of=request_id, **_claimed(claimed_by))
         if not created and new.state != "received":
             raise WorkerError(f"this message was already restored once (request {new.request_id} is "
                               f"{new.state})")

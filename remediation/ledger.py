@@ -262,10 +262,12 @@ class Ledger:
         return [rec for _, rec in zip(range(limit), rows, strict=False)]
 
     def list(self, rule: str | None = None, state: str | None = None, *, run_id: str | None = None,
-             action: str | None = None, dry_run_run_id: str | None = None) -> list[Record]:
+             action: str | None = None, dry_run_run_id: str | None = None,
+             hold_reason: str | None = None) -> list[Record]:
         clauses, params = ["PartitionKey ne @m"], {"m": MARKERS}
         for column, value in (("PartitionKey", rule), ("state", state), ("run_id", run_id),
-                              ("action", action), ("dry_run_run_id", dry_run_run_id)):
+                              ("action", action), ("dry_run_run_id", dry_run_run_id),
+                              ("hold_reason", hold_reason)):
             if value is not None:
                 clauses.append(f"{column} eq @{column.lower()}")
                 params[column.lower()] = value

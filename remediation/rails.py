@@ -23,7 +23,10 @@ Order matters and is deliberate:
    numbers its requests (scans, the function app's runs, ``remediate --queue-file`` for hand-written
    input, undo), so only a message written to the queue by something else lands there, and a person
    approving it lifts the hold;
-5. the global dry-run switch last, turning every would-be execution or hold into ``dry_run`` so that
+5. the emergency stop (remediation/stop.py): while it is on, every would-be execution is ``hold``
+   (``emergency_stop``), approved or not; only an undo (``restore``) still runs, because putting back what
+   a misfiring rule did is why on-call pulls the switch;
+6. the global dry-run switch last, turning every would-be execution or hold into ``dry_run`` so that
    a dry run still shows what each rail would have done.
 """
 
@@ -38,6 +41,8 @@ from core.tenant import TenantConfig
 from detections.catalog import Rule
 from detections.params import ParamError, resolve_params
 from remediation.actions.registry import Registry, default_registry
+from remediation.stop import HOLD_REASON as STOP_HOLD_REASON
+from remediation.stop import StopState
 
 KINDS = ("execute", "dry_run", "hold", "skip")
 _STRICTNESS = {"auto": 0, "approval": 1, "dry_run": 2}
@@ -69,18 +74,20 @@ RAILS_EVIDENCE_COLUMNS = (*SENDER_COLUMNS, *SENDER_DOMAIN_COLUMNS, *ACCOUNT_COLU
 class Decision:
     kind: str                       # execute | dry_run | hold | skip
     reason: str
-    hold_reason: str | None = None  # "approval" | "cap" | "unverifiable" when kind == "hold"
+    hold_reason: str | None = None  # "approval" | "cap" | "unverifiable" | "emergency_stop" when held
     notify: bool = False            # on-call should hear of it (cap reached, scope surprise, approval)
 
 
 def decide(request: Mapping[str, Any], *, settings: Settings, tenant: TenantConfig,
            catalog: Mapping[str, Rule], approved: bool = False, restore: bool = False,
-           registry: Registry | None = None) -> Decision:
+           registry: Registry | None = None, stop: StopState | None = None) -> Decision:
     """``approved``: a person approved this request. ``restore``: an undo that puts mail back; the
     allowlists exist to keep mail from being *removed*, so they do not stop an undo. ``registry``: the
-    actions' declarations (default: remediation/actions/)."""
+    actions' declarations (default: remediation/actions/). ``stop``: the emergency stop as last read."""
     decision = _decide(request, tenant=tenant, catalog=catalog, settings=settings, approved=approved,
                        restore=restore, reg=registry or _REGISTRY)
+    if stop is not None and stop.on and decision.kind == "execute" and not restore:
+        decision = Decision("hold", stop.describe(), hold_reason=STOP_HOLD_REASON, notify=True)
     if settings.dry_run and decision.kind in ("execute", "hold"):
         would = "execute" if decision.kind == "execute" else f"hold ({decision.reason})"
         return Decision("dry_run", f"global dry run (RESPONDER_DRY_RUN): would {would}")

@@ -22,14 +22,15 @@ from remediation.outcome import Outcome
 
 log = logging.getLogger(__name__)
 
-REPORT_KINDS = ("failed", "held", "skipped", "poison")
+# undone: one run's undo (remediation/undo_run.py), one summary for the whole run.
+REPORT_KINDS = ("failed", "held", "skipped", "poison", "undone")
 
 
 @dataclass
 class Report:
     """Something on-call should hear about: failures, holds (approval or cap), scope surprises."""
 
-    kind: str                   # "failed" | "held" | "skipped" | "poison"
+    kind: str                   # "failed" | "held" | "skipped" | "poison" | "undone"
     summary: str
     outcomes: list[Outcome] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -50,11 +51,17 @@ class OutcomeReporter(Protocol):
     async def poison(self, report: Report) -> None:
         """A message that failed every delivery and went to the poison queue."""
 
+    async def run_undone(self, report: Report) -> None:
+        """One run undone (remediation/undo_run.py): each request of the run, tagged with its fate."""
+
 
 async def report_to(reporter: OutcomeReporter, report: Report) -> None:
     """Call the reporter's method for ``report.kind``."""
     method = {"held": reporter.approval_needed, "skipped": reporter.out_of_scope, "failed": reporter.failed,
-              "poison": reporter.poison}.get(report.kind)
+              "poison": reporter.poison, "undone": getattr(reporter, "run_undone", None)}.get(report.kind)
+    if method is None and report.kind == "undone":
+        log.info("the reporter takes no run-undone summaries: %s", report.summary)   # an older reporter
+        return
     if method is None:
         raise ValueError(f"unknown report kind {report.kind!r} (expected one of {REPORT_KINDS})")
     await method(report)
@@ -76,6 +83,9 @@ class HookReporter:
         await self.hook(report)
 
     async def poison(self, report: Report) -> None:
+        await self.hook(report)
+
+    async def run_undone(self, report: Report) -> None:
         await self.hook(report)
 
 

@@ -102,4 +102,5 @@ def _decide(worker: Worker, rec: Record, req: dict[str, Any]) -> Any:
     rails = worker.rails
     undo = bool(rec.extra.get("undo_of"))
     return decide(req, settings=rails.settings, tenant=rails.tenant, catalog=rails.catalog,
-                  registry=rails.registry, approved=bool(rec.extra.get("approved_by")) or undo, restore=undo)
+                  registry=rails.registry, approved=bool(rec.extra.get("approved_by")) or undo, restore=undo,
+                  stop=rails.stop() if rails.stop else None)

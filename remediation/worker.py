@@ -65,6 +65,8 @@ from remediation.poison import mark_failed, reason_for
 from remediation.rails import Decision
 from remediation.reporting import HookReporter, OutcomeReporter, Report, ReportQueue
 from remediation.resubmit import UNCONFIRMED_GRACE, resubmit
+from remediation.stop import StopSwitch
+from remediation.undo_run import RunUndo, undo_run
 from remediation.verify import verify_submitted
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,7 @@ class Worker:
                  verify_grace: timedelta = timedelta(hours=2), mailbox_slots: Any = None,
                  registry: Registry | None = None, budget: timedelta | None = None,
                  monotonic: Callable[[], float] = time.monotonic, poison_retries: int = 5,
-                 unconfirmed_grace: timedelta = UNCONFIRMED_GRACE) -> None:
+                 unconfirmed_grace: timedelta = UNCONFIRMED_GRACE, stop: StopSwitch | None = None) -> None:
         self.settings, self.tenant, self.catalog, self.ledger = settings, tenant, catalog, ledger
         self.graph, self.exchange = graph, exchange
         self._ctx: ActionContext | None = None
@@ -108,6 +110,8 @@ class Worker:
         self.poison_retries = poison_retries
         self.verify_grace, self.unconfirmed_grace = verify_grace, unconfirmed_grace   # resubmit.py
         self.registry = registry or default_registry()
+        # The emergency stop, read at most every 10 s (remediation/stop.py); the app shares one per instance.
+        self.stop = stop or StopSwitch(ledger)
         self.contract = self.registry.contract()   # the request contract for the registry's actions
         self.decisions = Decisions(self, self.registry)
         self.execution = Execution(ledger, self.registry, self.outbox, email_strategy=settings.email_strategy,
@@ -123,7 +127,7 @@ class Worker:
     @property
     def rails(self) -> Rails:
         """What the rails decide with (read each time: settings, tenant and catalog may be replaced)."""
-        return Rails(self.settings, self.tenant, self.catalog, self.registry)
+        return Rails(self.settings, self.tenant, self.catalog, self.registry, self.stop.current)
 
     @property
     def ctx(self) -> ActionContext:
@@ -289,8 +293,15 @@ class Worker:
     async def reject(self, request_id: str, by: str, *, claimed_by: str | None = None) -> Outcome:
         return await self.decisions.reject(request_id, by, claimed_by=claimed_by)
 
-    async def undo(self, request_id: str, by: str = "") -> Outcome:
-        return await self.decisions.undo(request_id, by)
+    async def undo(self, request_id: str, by: str = "", *, claimed_by: str | None = None) -> Outcome:
+        return await self.decisions.undo(request_id, by, claimed_by=claimed_by)
+
+    async def undo_run(self, run_id: str, by: str, *, claimed_by: str | None = None) -> RunUndo:
+        """Undo everything ``run_id`` did that the platform can undo, with one summary report."""
+        return await undo_run(self, run_id, by, claimed_by=claimed_by)
+
+    async def flush_reports(self) -> None:
+        await self._flush()
 
     async def run_decided(self, rec: Record, req: dict[str, Any], decision: Decision) -> Outcome:
         """One request a person decided on: settled, or claimed and run through the action."""

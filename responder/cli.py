@@ -20,6 +20,7 @@ import responder.commands.demo
 import responder.commands.remediate
 import responder.commands.rules
 import responder.commands.scan
+import responder.commands.stop
 from core import logsafe
 from responder.commands import BAD_INPUT_ERRORS, EXIT_CODES, CredentialFailure, HelpFormatter, OneLineParser
 from responder.commands.storage import StorageFailure, first_line

@@ -48,8 +48,9 @@ from remediation.actions.registry import ActionDef
 # https://learn.microsoft.com/graph/api/user-update#permissions ("Who can perform sensitive actions"),
 # https://learn.microsoft.com/graph/api/user-revokesigninsessions#permissions
 PRIVILEGED_ROLE = "Privileged Authentication Administrator"
-_VERB = {"revoke_sessions": "revoke the sessions of", "disable_user": "disable"}
-_PERMISSION = {"revoke_sessions": "User.RevokeSessions.All", "disable_user": "User.EnableDisableAccount.All"}
+_VERB = {"revoke_sessions": "revoke the sessions of", "disable_user": "disable", "enable_user": "re-enable"}
+_PERMISSION = {"revoke_sessions": "User.RevokeSessions.All", "disable_user": "User.EnableDisableAccount.All",
+               "enable_user": "User.EnableDisableAccount.All"}
 
 # confirmCompromised takes a list of object ids; 60 per call stays inside what Identity Protection's
 # bulk risky-user actions accept, and one call per batch keeps the audit log readable.
@@ -170,6 +171,23 @@ class DisableUser(_PerUser):
                             undo={"account_enabled": True})
 
 
+class EnableUser(_PerUser):
+    """``enable_user``, the undo of ``disable_user``: ``PATCH /users/{id}`` with ``accountEnabled: true``
+    (https://learn.microsoft.com/graph/api/user-update). An account enabled already is ``confirmed``: the
+    undo's end state holds."""
+
+    name = "enable_user"
+
+    async def one(self, req: dict[str, Any], user: str, ctx: ActionContext) -> ActionResult:
+        q = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=["id", "accountEnabled"])
+        current = await ctx.graph.users.by_user_id(user).get(RequestConfiguration(query_parameters=q))
+        if current is not None and current.account_enabled is True:
+            return ActionResult(req["id"], "confirmed", detail=f"account {user} is enabled already: "
+                                                               "nothing to undo")
+        await ctx.graph.users.by_user_id(user).patch(User(account_enabled=True))
+        return ActionResult(req["id"], "confirmed", detail=f"account {user} re-enabled")
+
+
 class ConfirmCompromised:
     """``POST /identityProtection/riskyUsers/confirmCompromised`` with the targets' object ids, in as few
     calls as possible.
@@ -248,7 +266,10 @@ DECLARES = (
     ActionDef(name="revoke_sessions", family="account", label="Revoke sign-in sessions",
               executor=lambda _strategy: RevokeSessions(), required=("user",), features=("revokeSessions",)),
     ActionDef(name="disable_user", family="account", label="Disable account",
-              executor=lambda _strategy: DisableUser(), required=("user",), features=("disableUser",)),
+              executor=lambda _strategy: DisableUser(), required=("user",), features=("disableUser",),
+              inverse="enable_user"),
+    ActionDef(name="enable_user", family="account", label="Re-enable account",
+              executor=lambda _strategy: EnableUser(), required=("user",), features=("disableUser",)),
     ActionDef(name="confirm_compromised", family="account", label="Confirm user compromised",
               executor=lambda _strategy: ConfirmCompromised(), required=("user",),
               features=("confirmCompromised",)),

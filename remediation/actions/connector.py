@@ -26,6 +26,7 @@ from remediation.exchange import render_command
 
 class DisableConnector:
     name = "disable_connector"
+    enabled = False   # the state this action sets (EnableConnector: True, the undo)
 
     def __init__(self, *, concurrency: int = TARGET_CONCURRENCY, timeout: float = TARGET_TIMEOUT):
         self.concurrency, self.timeout = concurrency, timeout
@@ -34,7 +35,7 @@ class DisableConnector:
         return await each_bounded(
             requests, lambda r: self._one(r, ctx), concurrency=self.concurrency, timeout=self.timeout,
             timed_out=lambda r, t: timeout_result(
-                r["id"], f"disable connector {(r.get('target') or {}).get('connector')}", t))
+                r["id"], f"{self.name} {(r.get('target') or {}).get('connector')}", t))
 
     async def _one(self, req: dict[str, Any], ctx: ActionContext) -> ActionResult:
         if req.get("action") != self.name:
@@ -43,24 +44,29 @@ class DisableConnector:
         name = str(target.get("connector") or "").strip()
         if not name:
             return failed(req, "target needs the connector's name")
-        kind = target.get("connector_type")
+        # An undo takes the direction the original found (its undo information) when the target omits it.
+        undo = ((req.get("undo_of") or {}).get("undo") or {}) if self.enabled else {}
+        kind = target.get("connector_type") or (undo.get("connector_type") if isinstance(undo, dict)
+                                                else None)
         if kind not in (None, "", "inbound", "outbound"):
             return failed(req, f"connector_type must be inbound or outbound, not {kind!r}")
         if ctx.settings.connector_actions == "manual":
             # Second line of defence (Worker.approve refuses first): no call that cannot succeed.
             return failed(req, "RESPONDER_CONNECTOR_ACTIONS is manual: the app has no Exchange permission; "
                                "run the command by hand, then mark the request done",
-                          detail=f"not run: {_command(kind or 'inbound', name)}")
+                          detail=f"not run: {_command(kind or 'inbound', name, self.enabled)}")
         if ctx.exchange is None:
             return failed(req, "no Exchange admin client is configured (RESPONDER_TENANT_ID and a credential "
                                "are needed); run the command by hand",
-                          detail=f"not run: {_command(kind or 'inbound', name)}")
+                          detail=f"not run: {_command(kind or 'inbound', name, self.enabled)}")
         kinds = [kind] if kind else ["inbound", "outbound"]
         try:
             for direction in kinds:
                 found = await ctx.exchange.get_connector(direction, name)
                 if found is None:
                     continue
+                if self.enabled:
+                    return await self._enable(req, ctx, direction, name, found)
                 command = _command(direction, name)
                 undo = {"connector": name, "connector_type": direction, "enabled": True}
                 if found.get("Enabled") is False:
@@ -72,16 +78,32 @@ class DisableConnector:
                 await ctx.exchange.set_connector_enabled(direction, name, False)
                 return ActionResult(req["id"], "confirmed", detail=f"ran {command}", undo=undo)
         except Exception as exc:
-            return describe(exc).result(req["id"], f"disable connector {name}")
+            return describe(exc).result(req["id"], f"{self.name} {name}")
         reason = f"no {' or '.join(kinds)} connector named {name!r} exists"
         return ActionResult(req["id"], "failed", detail=reason, error=reason)
 
 
-def _command(direction: str, name: str) -> str:
+class EnableConnector(DisableConnector):
+    """``enable_connector``: the undo of ``disable_connector`` (``-Enabled:$true``). A connector already
+    enabled is ``confirmed``: the undo's end state holds (re-enabled by somebody or an earlier attempt)."""
+
+    name = "enable_connector"
+    enabled = True
+
+    async def _enable(self, req: dict[str, Any], ctx: ActionContext, direction: str, name: str,
+                      found: Mapping[str, Any]) -> ActionResult:
+        if found.get("Enabled") is True:
+            return ActionResult(req["id"], "confirmed", detail=f"{direction} connector {name} is enabled "
+                                                               "already: nothing to undo")
+        await ctx.exchange.set_connector_enabled(direction, name, True)
+        return ActionResult(req["id"], "confirmed", detail=f"ran {_command(direction, name, True)}")
+
+
+def _command(direction: str, name: str, enabled: bool = False) -> str:
     """The PowerShell for the ledger detail, or why there is none: a name that cannot be quoted safely
     (control characters) still executes through InvokeCommand, whose JSON body keeps it one value."""
     try:
-        return render_command(direction, name)
+        return render_command(direction, name, enabled=enabled)
     except ValueError as exc:
         return f"(no command shown: {exc})"
 
@@ -89,13 +111,14 @@ def _command(direction: str, name: str) -> str:
 def manual_command(request: Mapping[str, Any]) -> str | None:
     """The exact Exchange Online PowerShell a person runs for a connector request (None for other actions,
     or a name that cannot be quoted safely)."""
-    if request.get("action") != DisableConnector.name:
+    if request.get("action") not in (DisableConnector.name, EnableConnector.name):
         return None
+    enabled = request.get("action") == EnableConnector.name
     target = request.get("target") or {}
     name = str(target.get("connector") or "")
     kinds = [target["connector_type"]] if target.get("connector_type") else ["inbound", "outbound"]
     try:
-        return " or ".join(render_command(k, name) for k in kinds)
+        return " or ".join(render_command(k, name, enabled=enabled) for k in kinds)
     except ValueError:
         return None
 
@@ -105,6 +128,10 @@ def manual_command(request: Mapping[str, Any]) -> str | None:
 DECLARES = (
     ActionDef(name="disable_connector", family="connector", label="Disable connector",
               executor=lambda _strategy: DisableConnector(), required=("connector",),
+              optional=("connector_type",), features=("exchangeConnectors",), manual=True,
+              command=manual_command, inverse="enable_connector"),
+    ActionDef(name="enable_connector", family="connector", label="Re-enable connector",
+              executor=lambda _strategy: EnableConnector(), required=("connector",),
               optional=("connector_type",), features=("exchangeConnectors",), manual=True,
               command=manual_command),
 )

@@ -88,6 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "are listed)"})
     p.add_argument("--rule", metavar="SLUG")
     p.add_argument("--state", choices=STATES)
+    p.add_argument("--hold-reason", metavar="REASON",
+                   help="only rows held for this reason (approval, cap, unverifiable, emergency_stop)")
     common(p)
     p.set_defaults(func=_ledger, ledger_command=None)
     sub = p.add_subparsers(dest="ledger_command", metavar="{show}")
@@ -109,9 +111,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "its managed identity, exactly once (a request approved by someone else or "
                          "rejected is refused). --local runs it here instead."),
              "reject": ("reject a held request", "Reject a held request: it is never run."),
-             "undo": ("reverse a confirmed move (back to the inbox or its original folder)",
+             "undo": ("reverse a confirmed move, or everything a run did (--run)",
                       "Reverse a confirmed email move with its declared inverse, as a new request linked "
-                      "both ways to the original, queued for the app's worker (--local: run it here).")}
+                      "both ways to the original, queued for the app's worker (--local: run it here). "
+                      "With --run RUN_ID instead of an ID: every undoable request of that run, one by one "
+                      "(a failure never stops the others; run again, nothing more is undone), listing "
+                      "what cannot be undone (revokes, confirm compromised) and sending one summary card.")}
     for name, (helptext, description) in helps.items():
         p = command(subparsers, name, help=helptext,
                     description=f"{description} ID may be any unique beginning of a request id.",
@@ -119,7 +124,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                          "or storage could not be reached",
                            2: "refused (not in a state that allows it), an ambiguous id (the candidates are "
                               "listed), or bad input or configuration"})
-        p.add_argument("id", metavar="ID", help="request id or any unique beginning of one (see `ledger`)")
+        if name == "undo":
+            p.add_argument("id", metavar="ID", nargs="?",
+                           help="request id or any unique beginning of one (see `ledger`)")
+            p.add_argument("--run", metavar="RUN_ID",
+                           help="undo everything this run did (whole run id): every confirmed move back, "
+                                "listing what cannot be undone; one summary card "
+                                "(RESPONDER_TEAMS_WEBHOOK_URL)")
+        else:
+            p.add_argument("id", metavar="ID",
+                           help="request id or any unique beginning of one (see `ledger`)")
         p.add_argument("--by", default=None, help="who decides (default: the login name)")
         if name == "approve":
             p.add_argument("--done", action="store_true",
@@ -448,6 +462,10 @@ def _person(verb: str) -> Callable[..., Any]:
     async def act(args: argparse.Namespace, worker: Any) -> int:
         from remediation.decisions import WorkerError
 
+        if verb == "undo" and (args.run is None) == (args.id is None):
+            raise UsageError("undo takes a request ID or --run RUN_ID (one of them)")
+        if verb == "undo" and args.run is not None:
+            return await _undo_run(args, worker)
         try:
             found = find(worker.ledger, args.id, invalid=False)
             if isinstance(found, int):
@@ -470,6 +488,33 @@ def _person(verb: str) -> Callable[..., Any]:
         print_outcomes([outcome], as_json=args.json)
         return 1 if outcome.state == "failed" or outcome.extra.get("transient") else 0
     return act
+
+
+async def _undo_run(args: argparse.Namespace, worker: Any) -> int:
+    """``undo --run RUN_ID``: Worker.undo_run, its one summary card to the Teams channel when configured."""
+    from notifications.reporter import CardReporter
+    from notifications.teams import notifier_from_settings
+
+    if worker.outbox.reporter is None:
+        worker.outbox.reporter = CardReporter(notifier_from_settings(worker.settings),
+                                              tenant_id=worker.settings.tenant_id or None)
+    try:
+        result = await worker.undo_run(args.run.strip(), _who(args))
+    except AzureError as exc:
+        failure = storage_failure(exc, worker.ledger)
+        print(f"error: {failure}; check what was recorded with `python -m responder ledger`", file=sys.stderr)
+        return failure.code
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        print(result.summary())
+        for o in result.failed:
+            print(f"  failed {o.request_id}: {o.error}")
+        for r in result.cannot_undo:
+            print(f"  cannot be undone {r.request_id}: {r.action} {_target(r.target)}")
+        for r in result.pending:
+            print(f"  not confirmed yet {r.request_id}: {r.action} {_target(r.target)} ({r.state})")
+    return 1 if result.failed or not result.found else 0
 
 
 async def _verify(args: argparse.Namespace, worker: Any) -> int:
@@ -499,7 +544,7 @@ def _ledger(args: argparse.Namespace) -> int:
     try:
         if args.ledger_command == "show":
             return _show(args, ledger)
-        records = ledger.list(rule=args.rule, state=args.state)
+        records = ledger.list(rule=args.rule, state=args.state, hold_reason=args.hold_reason)
     except AzureError as exc:
         raise storage_failure(exc, ledger) from None
     if args.json:

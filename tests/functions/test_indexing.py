@@ -26,7 +26,9 @@ HTTP = {"scan": ("api/scan", ["POST"], "FUNCTION"), "health": ("api/health", ["G
         "page_approve": ("requests/{id}/approve", ["POST"], "ANONYMOUS"),
         "page_reject": ("requests/{id}/reject", ["POST"], "ANONYMOUS"),
         "page_run": ("runs/{id}", ["GET"], "ANONYMOUS"),
-        "page_run_approve": ("runs/{id}/approve", ["POST"], "ANONYMOUS")}
+        "page_run_approve": ("runs/{id}/approve", ["POST"], "ANONYMOUS"),
+        "stop": ("api/stop", ["POST"], "FUNCTION"), "stop_clear": ("api/stop/clear", ["POST"], "FUNCTION"),
+        "undo_run": ("api/runs/{id}/undo", ["POST"], "FUNCTION")}
 # Anonymous to the Functions host: App Service authentication (Easy Auth) signs people in in front of
 # them, and the app refuses them unless Easy Auth is configured (app/signin.py).
 PAGES = frozenset(n for n in HTTP if n.startswith("page_"))

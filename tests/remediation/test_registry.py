@@ -99,14 +99,19 @@ def test_what_the_registry_declares_about_families_undo_and_manual_actions() -> 
     reg = default_registry()
     email = {"move_to_junk", "move_to_inbox", "soft_delete", "move_to_deleted_items"}
     assert set(reg.family("email")) == email
-    assert reg.family("connector") == ("disable_connector",) and reg.family("notify") == ("notify",)
-    assert {d.name: d.inverse for d in reg if d.inverse} == {"move_to_junk": "move_to_inbox"}
-    assert [d.name for d in reg if d.manual] == ["disable_connector"]
+    assert reg.family("connector") == ("disable_connector", "enable_connector")
+    assert reg.family("notify") == ("notify",)
+    assert {d.name: d.inverse for d in reg if d.inverse} == {"move_to_junk": "move_to_inbox",
+                                                             "disable_connector": "enable_connector",
+                                                             "disable_user": "enable_user"}
+    assert [d.name for d in reg if d.manual] == ["disable_connector", "enable_connector"]
     assert [d.name for d in reg if not d.capped] == ["notify"]
     assert reg.run_by_hand("disable_connector", "manual") and not reg.run_by_hand("disable_connector", "auto")
     assert not reg.run_by_hand("revoke_sessions", "manual") and not reg.run_by_hand(None, "manual")
     request = {"action": "disable_connector", "target": {"connector": "Relay", "connector_type": "inbound"}}
     assert reg.manual_command(request) == "Set-InboundConnector -Identity 'Relay' -Enabled:$false"
+    assert reg.manual_command({**request, "action": "enable_connector"}) == (
+        "Set-InboundConnector -Identity 'Relay' -Enabled:$true")
     assert reg.manual_command({"action": "notify", "target": {}}) is None
 
 
