@@ -253,8 +253,9 @@ def chaos_table(r: dict[str, Any]) -> list[str]:
         extra = f"{injected} Graph/Exchange" if injected else ""
         if s.get("workers_killed"):
             extra = (extra + ", " if extra else "") + f"{s['workers_killed']} workers killed"
-        out.append(f"| {s['name']} | {s['requests']} | {s['lost']} | {s['acted_twice']} | {s['mismatched']} | "
-                   f"{s['confirmed_without_undo']} | {s['resubmissions']} | {s['undrained']} | "
+        out.append(f"| {s['name']} | {s['requests']} | {s['lost']} | {s['acted_twice']} | "
+                   f"{s['mismatched']} | {s['confirmed_without_undo']} | {s['resubmissions']} | "
+                   f"{s['undrained']} | "
                    f"{_f(s['calls'])} | {extra or '-'} | {_f(s['wall_s'], 0)} |")
     return out
 

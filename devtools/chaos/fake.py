@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from devtools.fakegraph import Fault, FakeGraph, _Handler, _Reply, _Server
+from devtools.fakegraph import FakeGraph, Fault, _Handler, _Reply, _Server
 
 BEFORE = ("429", "500", "503", "timeout", "reset")
 AFTER = ("500-after", "503-after", "timeout-after", "reset-after")
@@ -129,8 +129,9 @@ class ChaosFake(FakeGraph):
                 return None
             return [Applied("move", f"{user.user_principal_name.lower()}|{msg.internet_message_id}|{dest}")]
         if "analyzedEmails" in path and isinstance(body, dict):
-            return [Applied("remediate", f"{e.get('networkMessageId')}|{str(e.get('recipientEmailAddress')).lower()}")
-                    for e in body.get("analyzedEmails") or [] if isinstance(e, dict)]
+            emails = [e for e in body.get("analyzedEmails") or [] if isinstance(e, dict)]
+            return [Applied("remediate", f"{e.get('networkMessageId')}|"
+                                         f"{str(e.get('recipientEmailAddress')).lower()}") for e in emails]
         if m := re.match(r"^/v1\.0/users/([^/]+)/(microsoft\.graph\.)?revokeSignInSessions$", path):
             user = self.users.get(m.group(1))
             return [Applied("revoke", user.id)] if user else None

@@ -63,6 +63,7 @@ class FlakyTable:
             if self._draw() < 0.5:
                 raise ServiceResponseError("injected: connection aborted after the request was sent")
             raise _http_error(500, "OperationTimedOut", "The operation could not be completed within the "
-                              "permitted time. The operation may or may not have succeeded on the server side.")
+                              "permitted time. The operation may or may not have succeeded on the server "
+                              "side.")
 
         return call
