@@ -104,6 +104,8 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
         result = chaos.run(requests=args.chaos_requests, rate=args.chaos_fault_rate,
                            workers=args.chaos_workers)
+        for scenario in result["scenarios"]:
+            scenario.pop("ids", None)
         result["command"] = (f"python -m responder.bench chaos --requests {args.chaos_requests} "
                              f"--fault-rate {args.chaos_fault_rate} --workers {args.chaos_workers}")
         return result

@@ -96,7 +96,11 @@ def _count(conn: str, names: list[str]) -> int:
 
 
 def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tuple[str, ...], workers: int,
-                 seed: int, plant: str | None = None, drain_timeout: float = 600.0) -> dict[str, Any]:
+                 seed: int, plant: str | None = None, drain_timeout: float = 600.0,
+                 fault_timeout: float = 900.0, timing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One scenario (module doc). The fault phase ends when every message was delivered once, or after
+    ``fault_timeout`` seconds; the drain after it is bounded by ``drain_timeout``. ``timing`` overrides
+    ``TIMING`` (the harness's own tests shorten the waits)."""
     from azure.storage.queue import QueueClient
 
     from devtools.chaos.fake import ChaosFake
@@ -131,7 +135,7 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
                "queues": queues, "graph": fake.base_url, "exchange": fake.exchange_base_url,
                "tenant_id": fake.tenant_id, "tenant": tenant_mapping(requests), "graph_retries": 3,
                "duplicate_rate": faults["duplicate"], "ledger_fault_rate": faults["ledger"],
-               "plant": plant, **TIMING}
+               "plant": plant, **TIMING, **(timing or {})}
         config = tmp / "config.json"
         config.write_text(json.dumps(cfg), encoding="utf-8")
         (tmp / "faults_on").touch()
@@ -147,8 +151,9 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
                 if fault_phase_s is None:
                     if faults["kill"] and time.monotonic() >= next_kill:
                         pool.kill(rng)
-                        next_kill = time.monotonic() + 1.0 + rng.expovariate(faults["kill"])
-                    if _delivered(tmp) >= requests:
+                        # At least 2 s apart: a worker needs about that long to start and take a message.
+                        next_kill = time.monotonic() + 2.0 + rng.expovariate(faults["kill"])
+                    if _delivered(tmp) >= requests or time.perf_counter() - start > fault_timeout:
                         fault_phase_s = time.perf_counter() - start
                         fake.chaos(0.0)
                         (tmp / "faults_on").unlink()
@@ -174,7 +179,7 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
 def _public(v: Any) -> dict[str, Any]:
     return {**{k: getattr(v, k) for k in ("requests", "lost", "acted_twice", "mismatched",
                                           "confirmed_without_undo", "resubmissions")},
-            "states": dict(v.states), "examples": v.examples}
+            "states": dict(v.states), "examples": v.examples, "ids": v.ids}
 
 
 def _delivered(tmp: Path) -> int:
@@ -187,7 +192,8 @@ def _delivered(tmp: Path) -> int:
 def run(*, requests: int = 500, rate: float = 0.3, kinds: tuple[str, ...] | None = None, workers: int = 4,
         seed: int = 0, scenarios: tuple[str, ...] = ("faults", "duplicate-delivery", "worker-killed",
                                                     "ledger-errors"),
-        plant: str | None = None, drain_timeout: float = 600.0) -> dict[str, Any]:
+        plant: str | None = None, drain_timeout: float = 600.0, fault_timeout: float = 900.0
+        ) -> dict[str, Any]:
     from devtools.azurite import running_azurite
     from devtools.chaos.fake import FAULT_KINDS
 
@@ -199,7 +205,7 @@ def run(*, requests: int = 500, rate: float = 0.3, kinds: tuple[str, ...] | None
             print(f"chaos: {name} ...", file=sys.stderr, flush=True)
             out["scenarios"].append(run_scenario(name, az.connection_string, requests=requests, rate=rate,
                                                  kinds=kinds, workers=workers, seed=seed, plant=plant,
-                                                 drain_timeout=drain_timeout))
+                                                 drain_timeout=drain_timeout, fault_timeout=fault_timeout))
     return out
 
 
@@ -217,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these (repeatable; default every scenario but 'all')")
     p.add_argument("--plant", choices=PLANTS, help="make the workers misbehave on purpose (to check the "
                    "harness itself counts it)")
-    p.add_argument("--drain-timeout", type=float, default=600.0)
+    p.add_argument("--drain-timeout", type=float, default=600.0,
+                   help="seconds the workers may take to empty the queues once faults stop (default 600)")
+    p.add_argument("--fault-timeout", type=float, default=900.0,
+                   help="longest fault phase in seconds, if not every message was delivered by then")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
@@ -230,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--requests must be at least 10 and --workers at least 1")
     scenarios = tuple(args.scenario or SCENARIOS[:-1])
     result = run(requests=args.requests, rate=args.fault_rate, kinds=kinds, workers=args.workers,
-                 seed=args.seed, scenarios=scenarios, plant=args.plant, drain_timeout=args.drain_timeout)
+                 seed=args.seed, scenarios=scenarios, plant=args.plant, drain_timeout=args.drain_timeout,
+                 fault_timeout=args.fault_timeout)
+    for s in result["scenarios"]:
+        s.pop("ids", None)   # every counted request id: for the harness's tests, too long to print
     if args.json:
         print(json.dumps(result))
     else:

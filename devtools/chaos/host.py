@@ -44,9 +44,13 @@ from remediation.ledger import Ledger
 from remediation.worker import Worker
 
 
-def planted(request_id: str, plant: str | None) -> bool:
-    """The requests a plant misbehaves on: about one in five, the same in the parent's judge."""
-    return bool(plant) and int(request_id[:2], 16) % 5 == 0
+def planted(request: dict[str, Any], strategy: str, plant: str | None) -> bool:
+    """The requests a plant misbehaves on: about one in five, by id (the harness's tests compute the same
+    set). ``lose`` leaves Defender moves alone: a sibling's delivery submits those with its own (grouping),
+    so dropping their message loses nothing."""
+    if not plant or int(str(request.get("id", "0"))[:2] or "0", 16) % 5:
+        return False
+    return not (plant == "lose" and request.get("action") == "move_to_junk" and strategy == "defender")
 
 
 class Host:
@@ -125,10 +129,15 @@ class Host:
             return True
         body: str = msg.content
         rid = _id(body)
+        strategy = worker.settings.email_strategy
+        try:
+            req = json.loads(body)
+        except ValueError:
+            req = {}
         if count == 1:
             self.delivered.write(rid + "\n")
         plant = cfg.get("plant")
-        if plant == "lose" and planted(rid, plant):
+        if plant == "lose" and planted(req, strategy, plant):
             await queue.delete_message(msg)
             return True
         holder = {"msg": msg}
@@ -152,9 +161,9 @@ class Host:
         msg = holder["msg"]
         with contextlib.suppress(Exception):
             if ok:
+                if plant in ("act-twice", "mismatch") and planted(req, strategy, plant):
+                    await self._misbehave(worker, req, plant)
                 await queue.delete_message(msg)
-                if plant in ("act-twice", "mismatch") and planted(rid, plant):
-                    await self._misbehave(worker, json.loads(body), plant)
             elif count >= cfg["max_dequeue"]:
                 await self._to_poison(queue, poison, msg)
             else:

@@ -45,8 +45,10 @@ class Verdict:
     resubmissions: int = 0
     states: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    ids: dict[str, list[str]] = field(default_factory=dict)   # kind -> every request id counted
 
-    def note(self, kind: str, text: str) -> None:
+    def note(self, kind: str, text: str, request_id: str) -> None:
+        self.ids.setdefault(kind, []).append(request_id)
         found = self.examples.setdefault(kind, [])
         if len(found) < EXAMPLES:
             found.append(text)
@@ -89,13 +91,13 @@ def judge(queues: dict[str, list[dict[str, Any]]], fake: Any, ledger: Ledger) ->
             what = f"{req['action']}/{strategy} {req['id'][:12]}: ledger {state}"
             if times > 1:
                 v.acted_twice += 1
-                v.note("acted_twice", f"{what}, applied {times} times")
+                v.note("acted_twice", f"{what}, applied {times} times", req["id"])
             if req["action"] == "move_to_junk" and strategy == "defender":
                 v.resubmissions += max(0, times - 1)
             reason = bool(rec and (rec.error or rec.detail))
             if not changed and not (state in ACCOUNTED and reason):
                 v.lost += 1
-                v.note("lost", f"{what}, target unchanged")
+                v.note("lost", f"{what}, target unchanged", req["id"])
             wrong = None
             if changed and state not in DONE:
                 wrong = "target changed by us"
@@ -106,5 +108,5 @@ def judge(queues: dict[str, list[dict[str, Any]]], fake: Any, ledger: Ledger) ->
                 v.confirmed_without_undo += 1
             if wrong:
                 v.mismatched += 1
-                v.note("mismatched", f"{what}, {wrong}")
+                v.note("mismatched", f"{what}, {wrong}", req["id"])
     return v
