@@ -206,6 +206,8 @@ def run(*, requests: int = 500, rate: float = 0.3, kinds: tuple[str, ...] | None
             out["scenarios"].append(run_scenario(name, az.connection_string, requests=requests, rate=rate,
                                                  kinds=kinds, workers=workers, seed=seed, plant=plant,
                                                  drain_timeout=drain_timeout, fault_timeout=fault_timeout))
+            done = {k: v for k, v in out["scenarios"][-1].items() if k != "ids"}
+            print(f"chaos: {name} done: {json.dumps(done)}", file=sys.stderr, flush=True)
     return out
 
 
@@ -229,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="longest fault phase in seconds, if not every message was delivered by then")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    # SIGTERM ends the run through ``finally`` blocks, so the worker processes and Azurite are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
     unknown = set(kinds) - set(FAULT_KINDS)
     if unknown:

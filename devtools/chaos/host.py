@@ -134,8 +134,9 @@ class Host:
             req = json.loads(body)
         except ValueError:
             req = {}
-        if count == 1:
-            self.delivered.write(rid + "\n")
+        # Every delivery, not only the first: a worker killed before writing a message's first line
+        # must not keep the fault phase open forever.
+        self.delivered.write(rid + "\n")
         plant = cfg.get("plant")
         if plant == "lose" and planted(req, strategy, plant):
             await queue.delete_message(msg)
