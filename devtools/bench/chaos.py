@@ -103,7 +103,7 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
     ``TIMING`` (the harness's own tests shorten the waits)."""
     from azure.storage.queue import QueueClient
 
-    from devtools.chaos.fake import ChaosFake
+    from devtools.chaos.fake import FAULT_KINDS, ChaosFake
     from devtools.chaos.judge import judge
     from devtools.chaos.workload import build, seed_fake, tenant_mapping
     from remediation.ledger import Ledger
@@ -167,7 +167,10 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
         wall = time.perf_counter() - start
         left = _count(conn, names)
         verdict = judge(w.queues, fake, ledger)
-        out = {"name": name + (f" (planted: {plant})" if plant else ""), **_public(verdict),
+        label = name
+        if faults["graph"] and set(kinds) != set(FAULT_KINDS):
+            label += f" ({', '.join(kinds)})"   # e.g. "faults (503-after)"
+        out = {"name": label + (f" (planted: {plant})" if plant else ""), **_public(verdict),
                "undrained": left, "wall_s": round(wall, 1),
                "fault_phase_s": round(fault_phase_s or wall, 1), "calls": len(fake.calls),
                "faults_injected": dict(fake.faults_by_kind), "workers_killed": pool.kills,
