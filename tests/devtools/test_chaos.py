@@ -120,3 +120,18 @@ def test_cli_refuses_unknown_fault_kinds() -> None:
         chaos.main(["--faults", "503,meteor"])
 
 
+
+
+def test_benchmarks_section_names_the_command_and_each_scenario() -> None:
+    from devtools.bench.report import render
+
+    scenario = {"name": "faults", "requests": 500, "lost": 1, "acted_twice": 22, "mismatched": 33,
+                "confirmed_without_undo": 4, "resubmissions": 55, "undrained": 0, "calls": 4321,
+                "faults_injected": {"503": 7, "reset": 3}, "workers_killed": 0, "wall_s": 98.0,
+                "examples": {"lost": ["move_to_junk/mailbox abc: ledger received, target unchanged"]}}
+    result = {"requests": 500, "fault_rate": 0.3, "workers": 4, "seed": 0, "scenarios": [scenario],
+              "command": "python -m responder.bench chaos --requests 500 --fault-rate 0.3 --workers 4"}
+    text = render({"chaos": result}, command="python -m responder.bench", machine={}, elapsed_s=1.0)
+    assert "`python -m responder.bench chaos --requests 500 --fault-rate 0.3 --workers 4`" in text
+    assert "| faults | 500 | 1 | 22 | 33 | 4 | 55 | 0 | 4,321 | 10 Graph/Exchange | 98 |" in text
+    assert "- faults, lost: move_to_junk/mailbox abc" in text
