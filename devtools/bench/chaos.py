@@ -12,8 +12,9 @@ queues are empty (bounded by ``--drain-timeout``). The judge (devtools/chaos/jud
 ledger with the fake.
 
 Scenarios: ``faults`` (a fault on a share R of all Graph and Exchange calls, kinds from ``--faults``),
-``duplicate-delivery`` (a share R of deliveries doubled at the same time), ``worker-killed`` (a random
-worker SIGKILLed about every 1/R seconds and restarted: a real process kill, at whatever point it was),
+``duplicate-delivery`` (a share R of deliveries doubled at the same time), ``worker-killed`` (a share R
+of deliveries ends with the worker process SIGKILLed at a random moment within 1.5 s of its start,
+unless it finished first; a new process takes its place),
 ``ledger-errors`` (a share R of the ledger's Table calls fail, before or after the write),
 ``all`` (everything at once). Timings (lease, visibility) are the app's divided by 15, see ``TIMING``.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import signal
 import subprocess
@@ -54,7 +54,7 @@ def _scenario_faults(name: str, rate: float) -> dict[str, float]:
 
 
 class _Pool:
-    """W worker processes; ``kill`` SIGKILLs one and starts its replacement."""
+    """W worker processes; one that died (killed itself: worker-killed) is replaced."""
 
     def __init__(self, config: Path, log: Path, n: int) -> None:
         self.config, self.log = config, log
@@ -66,16 +66,10 @@ class _Pool:
             return subprocess.Popen([sys.executable, "-m", "devtools.chaos.host", str(self.config)],
                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
 
-    def kill(self, rng: random.Random) -> None:
-        i = rng.randrange(len(self.procs))
-        self.procs[i].send_signal(signal.SIGKILL)
-        self.procs[i].wait()
-        self.procs[i] = self._start()
-        self.kills += 1
-
     def respawn_dead(self) -> None:
         for i, p in enumerate(self.procs):
             if p.poll() is not None:
+                self.kills += p.returncode == -signal.SIGKILL
                 self.procs[i] = self._start()
 
     def stop(self) -> None:
@@ -109,7 +103,6 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
     from remediation.ledger import Ledger
 
     faults = _scenario_faults(name, rate)
-    rng = random.Random(seed)
     w = build(requests, seed)
     tag = uuid.uuid4().hex[:10]
     ledger_name, slots = f"chaos{tag}", f"chaosslots{tag}"
@@ -134,7 +127,8 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
         cfg = {"dir": str(tmp), "seed": seed, "conn": conn, "ledger": ledger_name, "slots": slots,
                "queues": queues, "graph": fake.base_url, "exchange": fake.exchange_base_url,
                "tenant_id": fake.tenant_id, "tenant": tenant_mapping(requests), "graph_retries": 3,
-               "duplicate_rate": faults["duplicate"], "ledger_fault_rate": faults["ledger"],
+               "duplicate_rate": faults["duplicate"], "kill_rate": faults["kill"],
+               "ledger_fault_rate": faults["ledger"],
                "plant": plant, **TIMING, **(timing or {})}
         config = tmp / "config.json"
         config.write_text(json.dumps(cfg), encoding="utf-8")
@@ -144,22 +138,17 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
         pool = _Pool(config, tmp / "workers.log", workers)
         names = [q for base in queues.values() for q in (base, base + "-poison")]
         fault_phase_s = None
-        next_kill = time.monotonic() + (rng.expovariate(faults["kill"]) if faults["kill"] else 1e9)
         try:
             while True:
                 time.sleep(0.5)
+                pool.respawn_dead()   # a worker that killed itself (worker-killed) is replaced at once
                 if fault_phase_s is None:
-                    if faults["kill"] and time.monotonic() >= next_kill:
-                        pool.kill(rng)
-                        # At least 2 s apart: a worker needs about that long to start and take a message.
-                        next_kill = time.monotonic() + 2.0 + rng.expovariate(faults["kill"])
                     if _delivered(tmp) >= requests or time.perf_counter() - start > fault_timeout:
                         fault_phase_s = time.perf_counter() - start
                         fake.chaos(0.0)
                         (tmp / "faults_on").unlink()
                         drain_until = time.monotonic() + drain_timeout
                     continue
-                pool.respawn_dead()
                 if _count(conn, names) == 0 or time.monotonic() > drain_until:
                     break
         finally:
@@ -193,8 +182,7 @@ def _delivered(tmp: Path) -> int:
 
 
 def run(*, requests: int = 500, rate: float = 0.3, kinds: tuple[str, ...] | None = None, workers: int = 4,
-        seed: int = 0, scenarios: tuple[str, ...] = ("faults", "duplicate-delivery", "worker-killed",
-                                                    "ledger-errors"),
+        seed: int = 0, scenarios: tuple[str, ...] = SCENARIOS,
         plant: str | None = None, drain_timeout: float = 600.0, fault_timeout: float = 900.0
         ) -> dict[str, Any]:
     from devtools.azurite import running_azurite
@@ -225,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scenario", action="append", choices=SCENARIOS,
-                   help="run only these (repeatable; default every scenario but 'all')")
+                   help="run only these (repeatable; default every scenario)")
     p.add_argument("--plant", choices=PLANTS, help="make the workers misbehave on purpose (to check the "
                    "harness itself counts it)")
     p.add_argument("--drain-timeout", type=float, default=600.0,
@@ -244,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--fault-rate must be between 0 and 1")
     if args.requests < 10 or args.workers < 1:
         p.error("--requests must be at least 10 and --workers at least 1")
-    scenarios = tuple(args.scenario or SCENARIOS[:-1])
+    scenarios = tuple(args.scenario or SCENARIOS)
     result = run(requests=args.requests, rate=args.fault_rate, kinds=kinds, workers=args.workers,
                  seed=args.seed, scenarios=scenarios, plant=args.plant, drain_timeout=args.drain_timeout,
                  fault_timeout=args.fault_timeout)

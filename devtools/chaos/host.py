@@ -15,10 +15,11 @@ worker so a worker can be SIGKILLed mid-call). For each strategy's queue it:
 
 While the fault phase lasts (the parent removes the file ``faults_on``): a delivery is doubled with
 probability ``duplicate_rate`` (the same body at the same time, dequeue count + 1, as a queue whose
-visibility lapsed would deliver it), and the ledger's table client fails at ``ledger_fault_rate``
-(ledgerfaults.FlakyTable). ``plant`` makes the worker misbehave on purpose, for the harness's own tests:
-``lose`` deletes some messages unprocessed, ``act-twice`` runs some actions a second time,
-``mismatch`` rewrites some recorded states.
+visibility lapsed would deliver it), the process SIGKILLs itself at a random moment of a delivery with
+probability ``kill_rate`` (the parent starts a new one), and the ledger's table client fails at
+``ledger_fault_rate`` (ledgerfaults.FlakyTable). ``plant`` makes the worker misbehave on purpose, for
+the harness's own tests: ``lose`` deletes some messages unprocessed, ``act-twice`` runs some actions a
+second time, ``mismatch`` rewrites some recorded states.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -143,6 +145,12 @@ class Host:
             return True
         holder = {"msg": msg}
         renew = asyncio.create_task(self._renew(queue, holder))
+        kill = None
+        if self.faults_on and self.rng.random() < cfg.get("kill_rate", 0.0):
+            # Die at a random moment of this delivery (mid-call, between the action and the ledger write,
+            # ...): SIGKILL, no clean-up, exactly like a host instance that is recycled or crashes.
+            kill = asyncio.get_running_loop().call_later(self.rng.uniform(0.0, cfg.get("kill_within_s", 1.5)),
+                                                         os.kill, os.getpid(), signal.SIGKILL)
         twin = None
         if self.faults_on and self.rng.random() < cfg["duplicate_rate"]:
             twin = asyncio.create_task(worker.process_message(body, count + 1))
@@ -153,6 +161,8 @@ class Host:
             ok = False
             print(f"delivery {count} of {rid}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
         finally:
+            if kill is not None:
+                kill.cancel()
             renew.cancel()
             with contextlib.suppress(BaseException):
                 await renew
