@@ -12,9 +12,9 @@ queues are empty (bounded by ``--drain-timeout``). The judge (devtools/chaos/jud
 ledger with the fake.
 
 Scenarios: ``faults`` (a fault on a share R of all Graph and Exchange calls, kinds from ``--faults``),
-``duplicate-delivery`` (a share R of deliveries doubled at the same time), ``worker-killed`` (a share R
-of deliveries ends with the worker process SIGKILLed at a random moment within 1.5 s of its start,
-unless it finished first; a new process takes its place),
+``duplicate-delivery`` (a share R of deliveries doubled at the same time), ``worker-killed`` (in a share R
+of deliveries the worker process SIGKILLs itself at its 1st, 2nd or 3rd Graph/Exchange call, just before
+sending it or just after the answer; a new process takes its place),
 ``ledger-errors`` (a share R of the ledger's Table calls fail, before or after the write),
 ``all`` (everything at once). Timings (lease, visibility) are the app's divided by 15, see ``TIMING``.
 """

@@ -15,8 +15,9 @@ worker so a worker can be SIGKILLed mid-call). For each strategy's queue it:
 
 While the fault phase lasts (the parent removes the file ``faults_on``): a delivery is doubled with
 probability ``duplicate_rate`` (the same body at the same time, dequeue count + 1, as a queue whose
-visibility lapsed would deliver it), the process SIGKILLs itself at a random moment of a delivery with
-probability ``kill_rate`` (the parent starts a new one), and the ledger's table client fails at
+visibility lapsed would deliver it), with probability ``kill_rate`` the process SIGKILLs itself at the
+1st, 2nd or 3rd Graph/Exchange call of a delivery, just before sending it or just after its answer (the
+parent starts a new process), and the ledger's table client fails at
 ``ledger_fault_rate`` (ledgerfaults.FlakyTable). ``plant`` makes the worker misbehave on purpose, for
 the harness's own tests: ``lose`` deletes some messages unprocessed, ``act-twice`` runs some actions a
 second time, ``mismatch`` rewrites some recorded states.
@@ -61,6 +62,8 @@ class Host:
         self.dir = Path(cfg["dir"])
         self.rng = random.Random(f"{cfg['seed']}-{os.getpid()}")
         self.delivered = (self.dir / f"delivered-{os.getpid()}.txt").open("a", buffering=1)
+        self.kill_at: tuple[str, int] | None = None   # (request|response, n-th call of the delivery)
+        self.calls_since_armed = 0
 
     @property
     def faults_on(self) -> bool:
@@ -78,6 +81,9 @@ class Host:
         graph = make_graph_client(base_url=cfg["graph"], max_retries=cfg["graph_retries"],
                                   timeout=cfg["client_timeout"])
         exchange = ExchangeClient(cfg["tenant_id"], base_url=cfg["exchange"], timeout=cfg["client_timeout"])
+        for http in (graph.request_adapter._http_client, exchange._http):
+            http.event_hooks["request"].append(self._on_request)
+            http.event_hooks["response"].append(self._on_response)
         workers: dict[str, Worker] = {}
         slots_client = None
         for strategy in cfg["queues"]:
@@ -112,6 +118,20 @@ class Host:
             if slots_client is not None:
                 await slots_client.close()
 
+    async def _on_request(self, _request: Any) -> None:
+        self._maybe_die("request")
+
+    async def _on_response(self, _response: Any) -> None:
+        self._maybe_die("response")
+
+    def _maybe_die(self, point: str) -> None:
+        if self.kill_at is None:
+            return
+        if point == "request":
+            self.calls_since_armed += 1
+        if self.kill_at == (point, self.calls_since_armed):
+            os.kill(os.getpid(), signal.SIGKILL)
+
     async def _receive(self, queue: QueueClient) -> Any:
         async for msg in queue.receive_messages(max_messages=1, visibility_timeout=self.cfg["invisible_s"]):
             return msg
@@ -145,12 +165,11 @@ class Host:
             return True
         holder = {"msg": msg}
         renew = asyncio.create_task(self._renew(queue, holder))
-        kill = None
         if self.faults_on and self.rng.random() < cfg.get("kill_rate", 0.0):
-            # Die at a random moment of this delivery (mid-call, between the action and the ledger write,
-            # ...): SIGKILL, no clean-up, exactly like a host instance that is recycled or crashes.
-            kill = asyncio.get_running_loop().call_later(self.rng.uniform(0.0, cfg.get("kill_within_s", 1.5)),
-                                                         os.kill, os.getpid(), signal.SIGKILL)
+            # Die at a random service call of this delivery: just before it is sent, or just after its
+            # answer arrived (the service acted, the ledger does not know yet). SIGKILL, no clean-up.
+            self.kill_at = (self.rng.choice(("request", "response")), self.rng.randint(1, 3))
+            self.calls_since_armed = 0
         twin = None
         if self.faults_on and self.rng.random() < cfg["duplicate_rate"]:
             twin = asyncio.create_task(worker.process_message(body, count + 1))
@@ -161,8 +180,7 @@ class Host:
             ok = False
             print(f"delivery {count} of {rid}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
         finally:
-            if kill is not None:
-                kill.cancel()
+            self.kill_at = None   # the delivery made fewer calls than drawn: it lives
             renew.cancel()
             with contextlib.suppress(BaseException):
                 await renew
