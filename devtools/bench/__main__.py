@@ -1,6 +1,9 @@
 """``python -m responder.bench [NAME]... [--write BENCHMARKS.md] [--only NAME]... [--moves N] [--trials N]``.
 
-``python -m responder.bench quality`` runs only the detection-quality section (as ``--only quality``)."""
+``python -m responder.bench quality`` runs only the detection-quality section (as ``--only quality``).
+``python -m responder.bench chaos [--requests N] [--fault-rate R] ... [--json]`` is the fault-injection
+harness on its own (devtools/bench/chaos.py, its own options); in a full run (``make bench``) its table
+is the section ``chaos``, at ``--chaos-requests`` (500) and ``--chaos-fault-rate`` (0.3)."""
 
 from __future__ import annotations
 
@@ -14,10 +17,15 @@ from typing import Any
 
 from devtools.bench import machine, report
 
-NAMES = ("ttr", "pipeline", "throughput", "engine", "coldstart", "quality")
+NAMES = ("ttr", "pipeline", "throughput", "engine", "coldstart", "quality", "chaos")
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["chaos"] and not any(a.startswith("--write") for a in args_in):
+        from devtools.bench import chaos
+
+        return chaos.main(args_in[1:])
     p = argparse.ArgumentParser(prog="python -m responder.bench", description="Run the benchmarks.")
     p.add_argument("--write", type=Path, metavar="FILE", help="write the Markdown report here")
     p.add_argument(
@@ -37,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=30, help="time-to-remediate trials (default 30)")
     p.add_argument("--moves", type=int, default=10_000, help="throughput moves, spread over 100 mailboxes")
     p.add_argument("--engine-sizes", default="10000,100000,1000000", help="EmailEvents rows, comma-separated")
+    p.add_argument("--chaos-requests", type=int, default=500, help="chaos harness requests per scenario")
+    p.add_argument("--chaos-fault-rate", type=float, default=0.3, help="chaos harness fault rate")
+    p.add_argument("--chaos-workers", type=int, default=4, help="chaos harness worker processes")
     args = p.parse_args(argv)
     argv_used = sys.argv[1:] if argv is None else argv
     command = "python -m responder.bench " + " ".join(shlex.quote(a) for a in argv_used)
@@ -88,6 +99,16 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         from devtools.bench import quality
 
         return quality.run(args.quality_size)
+    if name == "chaos":
+        from devtools.bench import chaos
+
+        result = chaos.run(requests=args.chaos_requests, rate=args.chaos_fault_rate,
+                           workers=args.chaos_workers)
+        for scenario in result["scenarios"]:
+            scenario.pop("ids", None)
+        result["command"] = (f"python -m responder.bench chaos --requests {args.chaos_requests} "
+                             f"--fault-rate {args.chaos_fault_rate} --workers {args.chaos_workers}")
+        return result
     from devtools.bench import coldstart
 
     return coldstart.run()

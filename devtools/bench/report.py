@@ -38,6 +38,7 @@ def render(results: dict[str, Any], *, command: str, machine: dict[str, str], el
         ("engine", _engine),
         ("coldstart", _coldstart),
         ("quality", _quality),
+        ("chaos", _chaos),
     ):
         if name in results:
             lines += section(results[name])
@@ -239,4 +240,43 @@ def _quality(r: dict[str, Any]) -> list[str]:
             f"| {x['slug']} | {x['positive']} / {x['negative']} | {classes} | {x['scans']} | "
             f"{x['found']} / {x['expected']} | {x['false_positives']}{err} | {rate} | {by_class} |"
         )
+    return out
+
+
+def chaos_table(r: dict[str, Any]) -> list[str]:
+    """The chaos harness's table (devtools/bench/chaos.py); also what the CLI prints without --json."""
+    out = ["| scenario | requests | lost | acted twice | mismatched | confirmed without undo "
+           "| Defender resubmissions | left in queue | calls | faults injected | wall (s) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in r["scenarios"]:
+        injected = sum(s["faults_injected"].values())
+        extra = f"{injected} Graph/Exchange" if injected else ""
+        if s.get("workers_killed"):
+            extra = (extra + ", " if extra else "") + f"{s['workers_killed']} workers killed"
+        out.append(f"| {s['name']} | {s['requests']} | {s['lost']} | {s['acted_twice']} | "
+                   f"{s['mismatched']} | {s['confirmed_without_undo']} | {s['resubmissions']} | "
+                   f"{s['undrained']} | "
+                   f"{_f(s['calls'])} | {extra or '-'} | {_f(s['wall_s'], 0)} |")
+    return out
+
+
+def _chaos(r: dict[str, Any]) -> list[str]:
+    out = [
+        "## Exactly once under faults (chaos harness)",
+        "",
+        f"`{r.get('command', 'python -m responder.bench chaos')}`: {r['requests']} remediation requests "
+        f"(Defender and mailbox-strategy moves, connector disables, session revokes, account disables, "
+        f"confirm-compromised) per scenario through `Worker.process_message`, {r['workers']} worker "
+        f"processes driven like the Functions host (Azurite queue, poison queue and ledger; fake Graph and "
+        f"Exchange), fault rate {r['fault_rate']:.0%}, seed {r['seed']}. Definitions of lost, acted twice "
+        "and mismatched: docs/remediation.md, \"Fault-injection harness\". Target: 0 in those three "
+        "columns for every scenario.",
+        "",
+        *chaos_table(r),
+    ]
+    examples = [(s["name"], k, e) for s in r["scenarios"] for k, es in s.get("examples", {}).items()
+                for e in es[:2]]
+    if examples:
+        out += ["", "Examples (two per kind and scenario):", ""]
+        out += [f"- {name}, {kind}: {e}" for name, kind, e in examples]
     return out
