@@ -399,7 +399,8 @@ def recorded(ledger: Ledger, bodies: list[str]) -> list[Outcome]:
 def _decide(args: argparse.Namespace, verb: str) -> int:
     """approve/reject/undo: recorded in the ledger and (approve, undo) queued for the worker in Azure,
     which needs only storage data roles here; --local runs in this process as before."""
-    if args.local:
+    # undo --run runs here (Worker.undo_run with its summary card); the id checks live in _run too.
+    if args.local or (verb == "undo" and (args.run is not None or args.id is None)):
         return _run(args, _person(verb))
     settings = Settings.from_env(require=False)
     ledger = open_ledger(args, settings)
