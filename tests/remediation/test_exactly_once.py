@@ -297,11 +297,11 @@ def test_no_retry_sleep_passes_the_deadline(rig: Rig, clock: Clock) -> None:
     assert (rec.state, rec.claim_token, rec.attempts) == ("received", None, 3)
 
 
-def test_the_sdk_retry_waits_inside_one_call_are_bounded_by_the_deadline(fake: FakeGraph,
-                                                                         ledger: Ledger) -> None:
-    """The SDK RetryHandler honours Retry-After inside the call (up to 180 s each, three times): the
-    deadline cancels the call instead. A 429 was never processed, so nothing was revoked. (The
-    Defender remediate POST has the SDK retry switched off, so a revoke is the call that shows it.)"""
+def test_a_429_on_a_state_changing_call_is_the_workers_to_wait_for(fake: FakeGraph,
+                                                                    ledger: Ledger) -> None:
+    """The SDK RetryHandler is off for the revoke POST (remediation/actions/accounts.py), so a 429 comes
+    back to the worker at once, whose wait (Retry-After 5 s) does not fit the deadline: the row is given
+    back. A 429 was never processed, so nothing was revoked, and the POST went out once."""
     fake.users.add("alice@contoso.com")
     fake.inject("POST", r"revokeSignInSessions$", 429, retry_after=5, times=None)
     req = user_request("alice@contoso.com")
@@ -315,8 +315,9 @@ def test_the_sdk_retry_waits_inside_one_call_are_bounded_by_the_deadline(fake: F
     with pytest.raises(TransientFailure):
         asyncio.run(main())
     rec = ledger.get(req["id"])
-    assert rec.state == "received" and rec.claim_token is None and "budget" in (rec.error or "")
+    assert rec.state == "received" and rec.claim_token is None and "429" in (rec.error or "")
     assert len(fake.calls_to("POST", r"revokeSignInSessions$")) == 1 and fake.revoked == []
+    assert rec.extra["released_by"] == rec.extra["intent_by"]   # given back after the action's answer
 
 
 def test_the_budget_must_be_shorter_than_the_lease(rig: Rig) -> None:
