@@ -23,7 +23,14 @@ from remediation.actions.base import ActionContext, ActionResult
 from remediation.actions.registry import Registry
 from remediation.claims import Claimed, duplicate, in_flight, storage_failure
 from remediation.deadline import Deadline, DeadlinePassed
-from remediation.intent import StorageError, describe, prior_intent, record_result, write_intent
+from remediation.intent import (
+    StorageError,
+    ambiguous_prior,
+    describe,
+    prior_intent,
+    record_result,
+    write_intent,
+)
 from remediation.ledger import IllegalTransition, Ledger, LedgerConflict, Record
 from remediation.outcome import Outcome
 from remediation.rails import Decision
@@ -82,17 +89,23 @@ class Execution:
         action = self.registry.executor(action_name, self.email_strategy)
         # Requests an earlier delivery may have carried out: their rows had an intent before ours.
         prior = {i.request["id"]: at for i in items if (at := prior_intent(i.record))}
+        # ... and those whose earlier attempt's fate is unknown (crash, lost result, call cut off), as
+        # opposed to given back after the action answered transient (intent.ambiguous_prior).
+        unknown = {i.request["id"] for i in items if ambiguous_prior(i.record)}
         pending = [i for i in items if self._intend(i, done, leftover)]
         attempt = 0
         while pending:
             attempt += 1
             ctx = replace(self.ctx(), prior_attempts={i.request["id"]: prior[i.request["id"]]
-                                                      for i in pending if i.request["id"] in prior})
-            results = await self._call(action, [i.request for i in pending], ctx, deadline)
+                                                      for i in pending if i.request["id"] in prior},
+                          ambiguous_prior=frozenset(i.request["id"] for i in pending
+                                                    if i.request["id"] in unknown))
+            results, why = await self._call(action, [i.request for i in pending], ctx, deadline)
+            # No answer from the action for these (cut off, raised, or left out): their fate is unknown.
+            unknown.update(i.request["id"] for i in pending if i.request["id"] not in results)
             retry: list[tuple[Claimed, ActionResult]] = []
             for item in pending:
-                res = results.get(item.request["id"]) or transient(
-                    item.request["id"], "the action returned no result for this request")
+                res = results.get(item.request["id"]) or transient(item.request["id"], why)
                 if res.transient:
                     retry.append((item, res))
                     continue
@@ -105,7 +118,8 @@ class Execution:
             delay = hint or self.backoff * (2 ** (attempt - 1))
             if attempt >= self.max_attempts or delay > self.max_delay or not deadline.allows(delay):
                 for item, res in retry:
-                    done[item.request["id"]] = self._give_back(item, res, attempt)
+                    done[item.request["id"]] = self._give_back(item, res, attempt,
+                                                               answered=item.request["id"] not in unknown)
                 return done, leftover + [i.request["id"] for i, _ in retry], hint or None
             log.info("transient failure on %s for %d request(s); retrying in %.1fs",
                      action_name, len(retry), delay)
@@ -132,16 +146,18 @@ class Execution:
         return False
 
     async def _call(self, action: Any, requests: list[dict[str, Any]], ctx: ActionContext,
-                    deadline: Deadline) -> dict[str, ActionResult]:
+                    deadline: Deadline) -> tuple[dict[str, ActionResult], str]:
+        """The action's answers by request id, and why a request is absent from them (the caller records
+        it transient, with its fate unknown: intent.ambiguous_prior)."""
         try:
             results = await deadline.run(action.execute(requests, ctx))
         except DeadlinePassed as exc:
             # Not finished in time: released for the next delivery, which knows (intent) it may be done.
-            return {r["id"]: transient(r["id"], f"{exc}; released for the next delivery") for r in requests}
+            return {}, f"{exc}; released for the next delivery"
         except Exception as exc:  # an action bug or an unforeseen transport error: retry, then poison
             log.exception("action %s raised", type(action).__name__)
-            return {r["id"]: transient(r["id"], f"{type(exc).__name__}: {exc}") for r in requests}
-        return {r.request_id: r for r in results}
+            return {}, f"{type(exc).__name__}: {exc}"
+        return {r.request_id: r for r in results}, "the action returned no result for this request"
 
     async def _finish(self, item: Claimed, res: ActionResult, attempt: int) -> tuple[Outcome, bool]:
         """The result recorded; True as second value when it could not be (the request stays open)."""
@@ -185,12 +201,14 @@ class Execution:
         except StorageError:
             return rec
 
-    def _give_back(self, item: Claimed, res: ActionResult, attempt: int) -> Outcome:
-        """Transient failure that persisted: release the claim, keep the row ``received``."""
+    def _give_back(self, item: Claimed, res: ActionResult, attempt: int, *, answered: bool) -> Outcome:
+        """Transient failure that persisted: release the claim, keep the row ``received``. ``answered``:
+        every call of this delivery got the action's own answer (``released_by``: intent.ambiguous_prior)."""
         rec = item.record
+        fields: dict[str, Any] = {"released_by": rec.claim_token} if answered else {}
         try:
             rec = self.ledger.release(rec, error=res.error or res.detail or "transient failure",
-                                      attempts=rec.attempts + attempt - 1)
+                                      attempts=rec.attempts + attempt - 1, **fields)
         except LedgerConflict:
             rec = self._fresh(rec)
         except StorageError as exc:   # the claim stays until its lease ends; the message comes back

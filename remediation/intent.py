@@ -60,6 +60,19 @@ def prior_intent(rec: Record) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def ambiguous_prior(rec: Record) -> bool:
+    """The latest delivery that was about to act on this row (``intent_by``) ended without the action's
+    answer being recorded: it crashed, its result write was lost, or its call was cut off (deadline, an
+    exception). Not when it recorded a result (``executed_by``) or gave the row back after the action
+    answered transient (``released_by``: a 429 or a connection never made, so nothing was processed).
+    Actions with no state to check (Defender's remediate) treat these as "maybe done", the others as
+    prior attempts (docs/remediation.md, "Work done before an error")."""
+    owner = rec.extra.get("intent_by")
+    if prior_intent(rec) is None:
+        return False
+    return not owner or owner not in (rec.extra.get("executed_by"), rec.extra.get("released_by"))
+
+
 async def record_result(ledger: Ledger, rec: Record, state: str, fields: dict[str, Any], *,
                         sleep: Callable[[float], Awaitable[Any]],
                         delays: tuple[float, ...] = RESULT_RETRY_DELAYS) -> Record:

@@ -164,6 +164,9 @@ _EXTRA = ("approved_by", "rejected_by", "undone_by", "undo_of", "network_message
           # intent_at: when a delivery was first about to call the action (kept across deliveries);
           # intent_by: the claim owner of the latest delivery that wrote it (remediation/intent.py).
           "intent_at", "intent_by",
+          # released_by: the claim owner that gave the row back after the action ANSWERED transient (a 429,
+          # no connection), not after a crash or deadline: its intent is settled (intent.ambiguous_prior).
+          "released_by",
           # unconfirmed_submission: submitted after an ambiguous answer (the service may not have taken it);
           # resubmitted_at/first_submitted_at: verification reopened it once to resubmit it
           # (remediation/resubmit.py).

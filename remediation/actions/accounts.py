@@ -1,7 +1,11 @@
 """Account actions through Graph: revoke sign-in sessions, disable the account, confirm compromised.
 
-Each converges on one end state, so running one again (a redelivered message, an SDK retry after a
-503 that was in fact processed) is harmless. Work an earlier attempt did (``ctx.prior_attempts``: a
+Each converges on one end state, so running one again (a redelivered message) leaves the same state, but
+the service still acts (and audits) twice. So the SDK's RetryHandler, which replays a 503/504 of any
+method inside one call whether or not it was processed, is switched off for the state-changing calls
+(revoke POST, disable/enable PATCH, confirmCompromised POST; ``_no_replay``): the worker's own retry
+(Execution) does the retry instead, with the request in ``ctx.prior_attempts``, so the check below runs
+first. Work an earlier attempt did (``ctx.prior_attempts``: a
 crash, or an error answered after the service applied the change) is recognised and recorded
 ``confirmed``, with its undo information, instead of being done again or reported ``skipped``:
 
@@ -14,8 +18,10 @@ crash, or an error answered after the service applied the change) is recognised 
   (403) the revoke is sent again, as before (the detail says so).
 * confirm compromised: sent again, and the detail says so. It is idempotent (the user's risk stays
   high), while checking ``riskState`` would cost one ``GET /identityProtection/riskyUsers/{id}`` per user
-  and a permission this feature does not hold (IdentityRiskyUser.Read.All, the only one the Get lists:
-  https://learn.microsoft.com/graph/api/riskyuser-get#permissions).
+  and a permission this feature does not hold: the Get lists IdentityRiskyUser.Read.All as least
+  privileged and "Not available." as higher privileged, for delegated and application alike, so
+  IdentityRiskyUser.ReadWrite.All is not documented to cover it
+  (https://learn.microsoft.com/graph/api/riskyuser-get#permissions, checked 2026-12).
 
 Targets go out in bounded batches with a per-target timeout (remediation/actions/bounded.py). Break-glass
 accounts never reach this module: the safety rails (remediation/rails.py) stop them first.
@@ -30,6 +36,7 @@ from typing import Any
 
 from kiota_abstractions.api_error import APIError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_http.middleware.options import RetryHandlerOption
 from msgraph.generated.identity_protection.risky_users.confirm_compromised.confirm_compromised_post_request_body import (  # noqa: E501
     ConfirmCompromisedPostRequestBody,
 )
@@ -58,6 +65,11 @@ MAX_USERS_PER_CALL = 60
 # How far before an earlier attempt's intent a revoke still counts as that attempt's: the intent time is
 # this app's clock, signInSessionsValidFromDateTime Entra's (whole seconds).
 CLOCK_SKEW = timedelta(minutes=2)
+
+
+def _no_replay() -> RequestConfiguration:
+    """Per-request options: no SDK RetryHandler replay of a state-changing call (module doc)."""
+    return RequestConfiguration(options=[RetryHandlerOption(max_retries=0, should_retry=False)])
 
 
 def _user(req: dict[str, Any]) -> str | None:
@@ -129,7 +141,7 @@ class RevokeSessions(_PerUser):
                 return ActionResult(req["id"], "confirmed",
                                     detail=f"sign-in sessions of {user} were revoked by an earlier attempt "
                                            f"(valid from {valid_from.isoformat()}; recorded now)")
-        resp = await ctx.graph.users.by_user_id(user).revoke_sign_in_sessions.post()
+        resp = await ctx.graph.users.by_user_id(user).revoke_sign_in_sessions.post(_no_replay())
         if resp is not None and resp.value is False:
             reason = "Graph answered value=false: sessions were not revoked"
             return ActionResult(req["id"], "failed", detail=reason, error=reason)
@@ -166,7 +178,7 @@ class DisableUser(_PerUser):
             return ActionResult(req["id"], "skipped", detail=f"account {user} is already disabled")
         # The SDK adds "@odata.type": "#microsoft.graph.user" (Graph accepts it). Passing odata_type=None
         # to drop it is worse: the backing store then sends a literal "odata_type": null.
-        await ctx.graph.users.by_user_id(user).patch(User(account_enabled=False))
+        await ctx.graph.users.by_user_id(user).patch(User(account_enabled=False), _no_replay())
         return ActionResult(req["id"], "confirmed", detail=f"account {user} disabled",
                             undo={"account_enabled": True})
 
@@ -184,7 +196,7 @@ class EnableUser(_PerUser):
         if current is not None and current.account_enabled is True:
             return ActionResult(req["id"], "confirmed", detail=f"account {user} is enabled already: "
                                                                "nothing to undo")
-        await ctx.graph.users.by_user_id(user).patch(User(account_enabled=True))
+        await ctx.graph.users.by_user_id(user).patch(User(account_enabled=True), _no_replay())
         return ActionResult(req["id"], "confirmed", detail=f"account {user} re-enabled")
 
 
@@ -234,7 +246,7 @@ class ConfirmCompromised:
         object_ids = list(dict.fromkeys((_user(r) or "").lower() for r in chunk))
         try:
             await asyncio.wait_for(ctx.graph.identity_protection.risky_users.confirm_compromised.post(
-                ConfirmCompromisedPostRequestBody(user_ids=object_ids)), self.timeout)
+                ConfirmCompromisedPostRequestBody(user_ids=object_ids), _no_replay()), self.timeout)
         except TimeoutError:
             return {r["id"]: timeout_result(r["id"], f"confirm compromised ({len(object_ids)} users)",
                                             self.timeout) for r in chunk}

@@ -62,6 +62,11 @@ class ActionContext:
     # service. An action checks the service's state for these first, and records an end state that
     # already holds as ``confirmed`` (with undo information), never ``skipped``, never acting again.
     prior_attempts: dict[str, str] = field(default_factory=dict)
+    # The subset of ``prior_attempts`` whose earlier attempt's fate is unknown: a delivery that crashed,
+    # lost its result write or was cut off mid-call (remediation/intent.py ``ambiguous_prior``). Not a
+    # retry after the action itself answered transient (429, no connection). Used by actions that have
+    # no state to check before acting again (Defender's remediate: remediation/actions/email_defender.py).
+    ambiguous_prior: frozenset[str] = frozenset()
 
 
 class Action(Protocol):

@@ -43,10 +43,13 @@ when Defender takes longer than the short grace to apply it (it documents no bou
 to a few hours to remediate", https://learn.microsoft.com/defender-office-365/remediate-malicious-email-delivered-office-365;
 a second submission of a moved email is "Already in destination" there).
 
-A request in ``ctx.prior_attempts`` (an earlier delivery crashed, or its first
-attempt got a 429) is submitted again: there is no status API to ask, a 429 was not processed, and a
-crash between the POST and the ledger write costs at most one duplicate entry per crash (the emails'
-end state is the same). docs/remediation.md states this.
+A request in ``ctx.ambiguous_prior`` (an earlier delivery was about to submit it and never recorded an
+answer: it crashed between the POST and the ledger write, lost its result write, or was cut off mid-call)
+is treated like an ambiguous answer: recorded ``submitted`` with ``unconfirmed=True`` and NOT sent again
+(there is no status API to ask; verification resubmits it once after the short grace if the message did
+not move). Before this, a crash cost one duplicate Action-center entry per email of the call. A request
+only in ``ctx.prior_attempts`` (a retry after this action itself answered transient: a 429 or a connection
+never made, so nothing was processed) is submitted again at once. docs/remediation.md states this.
 
 Failure isolation: a target that cannot be valid (no NetworkMessageId, recipient without "@") fails
 alone before any call. The API answers for the call as a whole and says nothing per email, so a 400
@@ -148,6 +151,14 @@ class DefenderEmailAction:
             if pair is None:
                 results[req["id"]] = failed(req, "target needs network_message_id and a recipient address")
                 continue
+            if req["id"] in ctx.ambiguous_prior:   # module doc: maybe submitted already; verify settles it
+                results[req["id"]] = ActionResult(
+                    req["id"], "submitted", unconfirmed=True, undo=self._undo(),
+                    detail=f"{VERB[self.name]}: an earlier attempt may have submitted it (it ended before "
+                           "recording Defender's answer); not sent again now (that would add a duplicate "
+                           "Action-center entry): confirmed later from LatestDeliveryLocation, or "
+                           "resubmitted once if the message has not moved")
+                continue
             key = (pair[0].lower(), pair[1].lower())
             groups.setdefault(req["rule"], OrderedDict()).setdefault(key, []).append(req)
         for rule, by_pair in groups.items():
@@ -156,6 +167,10 @@ class DefenderEmailAction:
                 chunk = items[start:start + MAX_EMAILS_PER_CALL]
                 results.update(await self._submit_isolating(ctx, rule, [rs for _, rs in chunk]))
         return [results[r["id"]] for r in requests]
+
+    def _undo(self) -> dict[str, Any] | None:
+        return ({"strategy": "defender", "restore_action": "move_to_inbox"}
+                if self.name == "move_to_junk" else None)
 
     async def _submit_isolating(self, ctx: ActionContext, rule: str,
                                 chunk: list[list[dict[str, Any]]]) -> dict[str, ActionResult]:
@@ -177,8 +192,7 @@ class DefenderEmailAction:
         keep = _KeepLocation(ctx.graph.request_adapter)
         # No SDK replay of this POST (module doc): a 503/504 may have been processed.
         no_replay = RetryHandlerOption(max_retries=0, should_retry=False)
-        undo = ({"strategy": "defender", "restore_action": "move_to_inbox"}
-                if self.name == "move_to_junk" else None)
+        undo = self._undo()
         try:
             await ctx.graph.security.collaboration.analyzed_emails.microsoft_graph_security_remediate.post(
                 body, RequestConfiguration(options=[ResponseHandlerOption(keep), no_replay]))

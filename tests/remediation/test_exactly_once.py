@@ -297,11 +297,11 @@ def test_no_retry_sleep_passes_the_deadline(rig: Rig, clock: Clock) -> None:
     assert (rec.state, rec.claim_token, rec.attempts) == ("received", None, 3)
 
 
-def test_the_sdk_retry_waits_inside_one_call_are_bounded_by_the_deadline(fake: FakeGraph,
-                                                                         ledger: Ledger) -> None:
-    """The SDK RetryHandler honours Retry-After inside the call (up to 180 s each, three times): the
-    deadline cancels the call instead. A 429 was never processed, so nothing was revoked. (The
-    Defender remediate POST has the SDK retry switched off, so a revoke is the call that shows it.)"""
+def test_a_429_on_a_state_changing_call_is_the_workers_to_wait_for(fake: FakeGraph,
+                                                                    ledger: Ledger) -> None:
+    """The SDK RetryHandler is off for the revoke POST (remediation/actions/accounts.py), so a 429 comes
+    back to the worker at once, whose wait (Retry-After 5 s) does not fit the deadline: the row is given
+    back. A 429 was never processed, so nothing was revoked, and the POST went out once."""
     fake.users.add("alice@contoso.com")
     fake.inject("POST", r"revokeSignInSessions$", 429, retry_after=5, times=None)
     req = user_request("alice@contoso.com")
@@ -315,8 +315,9 @@ def test_the_sdk_retry_waits_inside_one_call_are_bounded_by_the_deadline(fake: F
     with pytest.raises(TransientFailure):
         asyncio.run(main())
     rec = ledger.get(req["id"])
-    assert rec.state == "received" and rec.claim_token is None and "budget" in (rec.error or "")
+    assert rec.state == "received" and rec.claim_token is None and "429" in (rec.error or "")
     assert len(fake.calls_to("POST", r"revokeSignInSessions$")) == 1 and fake.revoked == []
+    assert rec.extra["released_by"] == rec.extra["intent_by"]   # given back after the action's answer
 
 
 def test_the_budget_must_be_shorter_than_the_lease(rig: Rig) -> None:
@@ -511,3 +512,54 @@ def test_a_storage_error_while_reporting_costs_a_card_not_the_batch(rig: Rig,
     req = user_request("alice@contoso.com")
     [out] = asyncio.run(rig.worker().process([req]))
     assert out.state == "failed" and rig.row(req).state == "failed" and rig.reports == []
+
+
+# --- 6. Defender: a prior attempt of unknown fate is not submitted again; one after a 429 is -------------
+
+class Killed(BaseException):
+    """The worker process dying: nothing after it runs (not an Exception, so nothing catches it)."""
+
+
+def defender_worker(fake: FakeGraph, ledger: Ledger, clock: Clock) -> Worker:
+    return Worker(graph_settings(fake), TENANT, CATALOG, ledger,
+                  make_graph_client(base_url=fake.base_url, max_retries=0, timeout=30), None,
+                  sleep=clock.sleep, lease=LEASE)
+
+
+def test_a_worker_killed_after_the_defender_post_does_not_submit_again(
+        fake: FakeGraph, ledger: Ledger, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between the remediate POST and the ledger write: the next delivery (after the lease) cannot
+    ask Defender whether it took the call, so it records an unconfirmed submission (verification settles
+    it) instead of a second Action-center entry."""
+    reqs = [email_request(f"nm-{i}", index=i) for i in range(3)]
+    real = ledger.transition
+
+    def killed(rec: Record, state: str, **fields: Any) -> Record:
+        if state == "submitted":
+            raise Killed()
+        return real(rec, state, **fields)
+
+    monkeypatch.setattr(ledger, "transition", killed)
+    with pytest.raises(Killed):
+        asyncio.run(defender_worker(fake, ledger, clock).process(reqs))
+    monkeypatch.setattr(ledger, "transition", real)
+    assert len(fake.remediations) == 1
+    clock.now += LEASE
+    outcomes = asyncio.run(defender_worker(fake, ledger, clock).process(reqs))
+    assert len(fake.remediations) == 1                        # not submitted twice
+    assert [o.state for o in outcomes] == ["submitted"] * 3
+    assert all(ledger.get(r["id"]).extra.get("unconfirmed_submission") is True for r in reqs)
+
+
+def test_a_defender_call_given_back_after_a_429_is_submitted_at_once_next_time(
+        fake: FakeGraph, ledger: Ledger, clock: Clock) -> None:
+    """A 429 was never processed: the row is given back after the action's answer, and the next delivery
+    submits it at once (not an unconfirmed submission left to verification)."""
+    req = email_request("nm-1")
+    fake.inject("POST", REMEDIATE, 429, retry_after=600, times=1)   # longer than the worker waits
+    with pytest.raises(TransientFailure):
+        asyncio.run(defender_worker(fake, ledger, clock).process_message(body(req), 1))
+    assert fake.remediations == [] and ledger.get(req["id"]).extra["intent_at"]
+    [out] = asyncio.run(defender_worker(fake, ledger, clock).process_message(body(req), 2))
+    assert out.state == "submitted" and len(fake.remediations) == 1
+    assert ledger.get(req["id"]).extra.get("unconfirmed_submission") is None

@@ -178,6 +178,25 @@ def test_confirm_compromised_is_resent_and_says_so() -> None:
     assert res.state == "confirmed" and "sent again" in res.detail
 
 
+@pytest.mark.parametrize(("action", "method", "path"), [
+    ("revoke_sessions", "POST", r"/revokeSignInSessions$"),
+    ("disable_user", "PATCH", rf"/users/{USER}$"),
+    ("confirm_compromised", "POST", r"/riskyUsers/(microsoft\.graph\.)?confirmCompromised$"),
+])
+def test_an_account_call_applied_before_a_503_is_not_replayed_by_the_sdk(action: str, method: str,
+                                                                         path: str) -> None:
+    """The SDK's RetryHandler (on in production) replays a 503 of any method; for these calls it must not:
+    the worker's retry comes back with the request in prior_attempts, so the check runs first."""
+    with FakeGraph() as fake:
+        user = fake.users.add(USER)
+        req = user_request(user.id if action == "confirm_compromised" else USER, action)
+        fake.inject(method, path, 503, applied=True, times=None)     # every answer lost after applying
+        [res] = run(fake, action, [req], max_retries=2)
+        sent = len(fake.calls_to(method, path))
+    assert (res.state, res.transient) == ("failed", True)
+    assert sent == 1
+
+
 # --- 2. Defender: an ambiguous answer never makes a second submission -------------------------------------
 
 async def worker_like(fake: FakeGraph, reqs: list[dict[str, Any]], *, attempts: int = 3,
