@@ -455,6 +455,8 @@ class FakeGraph:
             ("POST", re.compile(r"^/v1\.0/identityProtection/riskyUsers/"
                                 r"(microsoft\.graph\.)?confirmCompromised$"),
              self._confirm_compromised),
+            ("GET", re.compile(r"^/v1\.0/identityProtection/riskyUsers/(?P<rid>[0-9a-fA-F-]{36})$"),
+             self._get_risky_user),
             ("POST", re.compile(r"^/adminapi/beta/(?P<tenant>[^/]+)/InvokeCommand$"), self._invoke_command),
         ]
 
@@ -850,6 +852,22 @@ class FakeGraph:
         with self._lock:
             self.compromised.update(ids)
         return _Reply(204)
+
+    def _get_risky_user(self, m: re.Match[str], _q: dict[str, str], _b: Any) -> _Reply:
+        """riskyUser Get (https://learn.microsoft.com/graph/api/riskyuser-get; shape from the riskyUser
+        resource page). A user never flagged risky is not in the collection: 404, as for any missing item."""
+        rid = m.group("rid").lower()
+        user = self.users.get(rid)
+        with self._lock:
+            confirmed = rid in {c.lower() for c in self.compromised}
+        if user is None or not confirmed:
+            raise _error(404, f"Resource '{rid}' does not exist.", "ResourceNotFound")
+        return _Reply(200, {
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#identityProtection/riskyUsers/$entity",
+            "id": user.id, "isDeleted": False, "isProcessing": False, "riskLevel": "high",
+            "riskState": "confirmedCompromised", "riskDetail": "adminConfirmedUserCompromised",
+            "riskLastUpdatedDateTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "userDisplayName": user.display_name, "userPrincipalName": user.user_principal_name})
 
     # --- Exchange admin API ---------------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ param enableRevokeSessions bool = true
 @description('disable_user: grants User.EnableDisableAccount.All and User.Read.All.')
 param enableDisableUser bool = false
 
-@description('confirm_compromised: grants IdentityRiskyUser.ReadWrite.All (needs Entra ID P2).')
+@description('confirm_compromised: grants IdentityRiskyUser.ReadWrite.All and .Read.All (needs Entra ID P2).')
 param enableConfirmCompromised bool = false
 
 @description('Exchange connector actions. manual: nothing granted, on-call runs the command the card shows. approval: Exchange.ManageAsApp granted, an approval in the app runs it. auto: as approval, and connector rules in auto mode run without waiting. The app gets the same value as RESPONDER_CONNECTOR_ACTIONS.')

@@ -16,12 +16,12 @@ crash, or an error answered after the service applied the change) is recognised 
   https://learn.microsoft.com/graph/api/resources/user#properties) at or after the earlier attempt's
   intent, less ``CLOCK_SKEW`` -> confirmed, not revoked again. Reading it needs User.Read.All: without it
   (403) the revoke is sent again, as before (the detail says so).
-* confirm compromised: sent again, and the detail says so. It is idempotent (the user's risk stays
-  high), while checking ``riskState`` would cost one ``GET /identityProtection/riskyUsers/{id}`` per user
-  and a permission this feature does not hold: the Get lists IdentityRiskyUser.Read.All as least
-  privileged and "Not available." as higher privileged, for delegated and application alike, so
-  IdentityRiskyUser.ReadWrite.All is not documented to cover it
-  (https://learn.microsoft.com/graph/api/riskyuser-get#permissions, checked 2026-12).
+* confirm compromised: ``GET /identityProtection/riskyUsers/{id}``; ``riskState`` already
+  ``confirmedCompromised`` -> confirmed, not sent again. The Get lists IdentityRiskyUser.Read.All as least
+  privileged and "Not available." as higher privileged (ReadWrite.All is not documented to cover it:
+  https://learn.microsoft.com/graph/api/riskyuser-get#permissions, checked 2026-12), so the feature grants
+  Read.All beside ReadWrite.All (infra/permissions.json). Unreadable (403 without it, 404 for a user never
+  risky, a timeout): sent again, as before (confirming is idempotent; the detail says so).
 
 Targets go out in bounded batches with a per-target timeout (remediation/actions/bounded.py). Break-glass
 accounts never reach this module: the safety rails (remediation/rails.py) stop them first.
@@ -206,7 +206,7 @@ class ConfirmCompromised:
 
     The API takes object ids (``userIds``), and the rules map them (AccountObjectId, SenderObjectId), so
     nothing is looked up: resolving a UPN (``GET /users/{upn}``) would need User.Read.All, which the
-    confirmCompromised feature does not grant (IdentityRiskyUser.ReadWrite.All only, infra/permissions.json;
+    confirmCompromised feature does not grant (IdentityRiskyUser.*.All only, infra/permissions.json;
     https://learn.microsoft.com/graph/api/riskyuser-confirmcompromised#permissions). A target that is not
     an object id fails alone, saying so. The service answers for the call as a whole, so a 400 on a call
     with several ids (one id it refuses) is bisected down to the id it refuses."""
@@ -230,6 +230,16 @@ class ConfirmCompromised:
                 results[req["id"]] = bad
             else:
                 ready.append(req)
+        # An earlier attempt may have confirmed them already (an answer lost after the service applied it):
+        # the user's riskState says so, and a second confirmation is not sent (docs/remediation.md).
+        recognised = await self._already_confirmed([r for r in ready if r["id"] in ctx.prior_attempts], ctx)
+        for req in ready:
+            if req["id"] in recognised:
+                results[req["id"]] = ActionResult(
+                    req["id"], "confirmed",
+                    detail=f"{_user(req)} already confirmed compromised: done by an earlier attempt "
+                           "(recorded now)")
+        ready = [r for r in ready if r["id"] not in recognised]
         # Calls of up to 60 users each, at most ``concurrency`` at once, each within ``timeout``.
         slots = asyncio.Semaphore(self.concurrency)
 
@@ -241,6 +251,27 @@ class ConfirmCompromised:
         for part in await asyncio.gather(*(call(c) for c in chunks)):
             results.update(part)
         return [results[r["id"]] for r in requests]
+
+    async def _already_confirmed(self, reqs: list[dict[str, Any]], ctx: ActionContext) -> set[str]:
+        """Ids of requests whose user's riskState is already confirmedCompromised
+        (``GET /identityProtection/riskyUsers/{id}``, IdentityRiskyUser.Read.All:
+        https://learn.microsoft.com/graph/api/riskyuser-get). Any failure to read (403 without the
+        permission, 404 for a user never risky, a timeout) means: send it again, as before."""
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def state(req: dict[str, Any]) -> str | None:
+            async with slots:
+                try:
+                    risky = await asyncio.wait_for(
+                        ctx.graph.identity_protection.risky_users.by_risky_user_id((_user(req) or "").lower())
+                        .get(), self.timeout)
+                except Exception:   # unreadable: fall back to sending again
+                    return None
+            value = getattr(risky, "risk_state", None)
+            return str(getattr(value, "value", value)) if value is not None else None
+
+        states = await asyncio.gather(*(state(r) for r in reqs))
+        return {r["id"] for r, st in zip(reqs, states, strict=True) if st == "confirmedCompromised"}
 
     async def _submit(self, chunk: list[dict[str, Any]], ctx: ActionContext) -> dict[str, ActionResult]:
         object_ids = list(dict.fromkeys((_user(r) or "").lower() for r in chunk))

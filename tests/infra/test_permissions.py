@@ -27,7 +27,7 @@ EMAIL_ROLES = {"defender": {"SecurityAnalyzedMessage.ReadWrite.All"}, "mailbox":
 ACCOUNT_ROLES = {
     "revoke_sessions": {"User.RevokeSessions.All"},
     "disable_user": {"User.EnableDisableAccount.All", "User.Read.All"},
-    "confirm_compromised": {"IdentityRiskyUser.ReadWrite.All"},
+    "confirm_compromised": {"IdentityRiskyUser.ReadWrite.All", "IdentityRiskyUser.Read.All"},
 }
 CONNECTOR_ROLES = {"Exchange.ManageAsApp"}
 
@@ -218,7 +218,8 @@ def test_email_strategy_default_matches_the_code() -> None:
 FEATURES = [
     ({"enableRevokeSessions": True}, {"User.RevokeSessions.All"}, set()),
     ({"enableDisableUser": True}, {"User.EnableDisableAccount.All", "User.Read.All"}, set()),
-    ({"enableConfirmCompromised": True}, {"IdentityRiskyUser.ReadWrite.All"}, set()),
+    ({"enableConfirmCompromised": True},
+     {"IdentityRiskyUser.ReadWrite.All", "IdentityRiskyUser.Read.All"}, set()),
     ({"connectorActions": "approval"}, set(), {"Exchange.ManageAsApp"}),
     ({"connectorActions": "auto"}, set(), {"Exchange.ManageAsApp"}),
     (

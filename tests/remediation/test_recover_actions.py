@@ -169,13 +169,29 @@ def test_a_disable_applied_before_a_503_is_confirmed_with_undo() -> None:
     assert "earlier attempt" in again.detail
 
 
-def test_confirm_compromised_is_resent_and_says_so() -> None:
+def test_confirm_compromised_applied_before_a_503_is_recognised_not_sent_again() -> None:
+    """The answer was lost after the service confirmed the user: riskState says so (riskyUser Get)."""
+    with FakeGraph() as fake:
+        user = fake.users.add(USER)
+        req = user_request(user.id, "confirm_compromised")
+        fake.inject("POST", r"/riskyUsers/(microsoft\.graph\.)?confirmCompromised$", 503, applied=True)
+        [first] = run(fake, "confirm_compromised", [req])
+        assert first.transient and fake.compromised == {user.id}
+        [again] = run(fake, "confirm_compromised", [req], prior_attempts={req["id"]: now_iso()})
+        posts = fake.calls_to("POST", r"/riskyUsers/(microsoft\.graph\.)?confirmCompromised$")
+    assert again.state == "confirmed" and "earlier attempt" in again.detail
+    assert len(posts) == 1
+
+
+def test_confirm_compromised_not_yet_applied_is_sent_on_the_retry() -> None:
+    """A prior attempt the service never applied (riskyUser Get: 404, not risky): sent now."""
     with FakeGraph() as fake:
         user = fake.users.add(USER)
         req = user_request(user.id, "confirm_compromised")
         [res] = run(fake, "confirm_compromised", [req], prior_attempts={req["id"]: now_iso()})
-    assert fake.compromised == {user.id}
-    assert res.state == "confirmed" and "sent again" in res.detail
+        posts = fake.calls_to("POST", r"/riskyUsers/(microsoft\.graph\.)?confirmCompromised$")
+    assert fake.compromised == {user.id} and len(posts) == 1
+    assert res.state == "confirmed" and "already confirmed" not in res.detail
 
 
 @pytest.mark.parametrize(("action", "method", "path"), [
