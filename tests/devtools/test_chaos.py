@@ -34,9 +34,17 @@ def _planted(kinds: tuple[str, ...] | None = None, plant: str = "act-twice") -> 
 FAST = {"lease_s": 6.0, "retry_visibility_s": 2, "invisible_s": 10}
 
 
-def _scenario(conn: str, name: str, plant: str, rate: float = 0.3) -> dict[str, Any]:
+def _scenario(conn: str, name: str, plant: str | None, rate: float = 0.3,
+              inject: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return chaos.run_scenario(name, conn, requests=N, rate=rate, kinds=("503", "500-after"), workers=2,
-                              seed=0, plant=plant, drain_timeout=30, fault_timeout=20, timing=FAST)
+                              seed=0, plant=plant, drain_timeout=30, fault_timeout=20, timing=FAST,
+                              inject=inject)
+
+
+# A 503 before the service acts, on the Defender POST: the first grouped submission holds every Defender
+# request of the workload (one run), so all of them are left submitted, unconfirmed, their mail not moved.
+DEFENDER_503 = [{"method": "POST", "path_regex": r"analyzedEmails/", "status": 503, "applied": False}]
+DEFENDER = sum(1 for r in build(N, 0).queues["defender"] if r["action"] == "move_to_junk")
 
 
 def test_a_worker_acting_twice_is_counted_and_nothing_else_is(storage_conn: str) -> None:
@@ -47,7 +55,23 @@ def test_a_worker_acting_twice_is_counted_and_nothing_else_is(storage_conn: str)
     assert must and must <= set(out["ids"].get("acted_twice", []))
     assert set(out["ids"].get("acted_twice", [])) <= _planted()
     assert out["lost"] == 0 and out["mismatched"] == 0 and out["undrained"] == 0
-    assert out["resubmissions"] == len(_planted(("move_to_junk/defender",)))
+    # Every submission got a clear answer, so verification confirmed each one and resubmitted none.
+    assert out["resubmissions"] == 0 and out["pending"] == 0 and "submitted" not in out["states"]
+
+
+def test_a_submission_refused_before_it_was_applied_is_resubmitted_by_verification(storage_conn: str) -> None:
+    # The verify timer's rounds resubmit each once; after them nothing is lost or pending, and the
+    # resubmissions are counted (each a first application, so none acted twice).
+    out = _scenario(storage_conn, "faults", None, rate=0.0, inject=DEFENDER_503)
+    assert out["lost"] == 0 and out["pending"] == 0 and out["mismatched"] == 0, out["examples"]
+    assert out["resubmissions"] == DEFENDER and not out["ids"].get("acted_twice")
+    assert out["states"] == {"confirmed": N} and out["verify_rounds"] == 2
+
+
+def test_a_lost_request_is_still_counted_after_verification(storage_conn: str) -> None:
+    out = _scenario(storage_conn, "faults", "lose", rate=0.0, inject=DEFENDER_503)
+    assert out["resubmissions"] == DEFENDER
+    assert _planted(plant="lose") <= set(out["ids"].get("lost", []))
 
 
 def test_a_lost_request_is_counted_under_duplicate_deliveries(storage_conn: str) -> None:
