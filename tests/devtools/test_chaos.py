@@ -134,9 +134,16 @@ def test_judge_definitions_on_a_hand_made_end_state(storage_conn: str, unique_na
         d = reqs["move_to_junk/defender"]
         email = f"{d['target']['network_message_id']}|{d['target']['recipient'].lower()}"
         fake.applied += [Applied("remediate", email)] * 2
+        # Another Defender email: unconfirmed, resubmitted by verification, still submitted (pending: lost).
+        d2 = next(r for r in w.queues["defender"] if r["action"] == "move_to_junk" and r["id"] != d["id"])
+        row = ledger.transition(ledger.read(d2["rule"], d2["id"]), "submitted", unconfirmed_submission=True,
+                                undo={"action": "move_to_inbox"})
+        row = ledger.reopen_unconfirmed(row, "resubmitting once")
+        ledger.transition(row, "submitted", unconfirmed_submission=True, undo={"action": "move_to_inbox"})
         v = judge(w.queues, fake, ledger)
     assert set(v.ids["mismatched"]) == {move["id"], revoke["id"], d["id"]}
-    assert v.ids["acted_twice"] == [d["id"]] and v.resubmissions == 1
+    assert v.ids["acted_twice"] == [d["id"]] and v.resubmissions == 1 and v.ids["pending"] == [d2["id"]]
+    assert d2["id"] in v.ids["lost"]
     assert move["id"] not in v.ids["lost"] and d["id"] not in v.ids["lost"]
     assert revoke["id"] in v.ids["lost"] and v.lost == len(w.requests) - 2
 
@@ -151,13 +158,14 @@ def test_cli_refuses_unknown_fault_kinds() -> None:
 def test_benchmarks_section_names_the_command_and_each_scenario() -> None:
     from devtools.bench.report import render
 
-    scenario = {"name": "faults", "requests": 500, "lost": 1, "acted_twice": 22, "mismatched": 33,
-                "confirmed_without_undo": 4, "resubmissions": 55, "undrained": 0, "calls": 4321,
+    scenario = {"name": "faults", "requests": 500, "lost": 1, "pending": 1, "acted_twice": 22,
+                "mismatched": 33, "confirmed_without_undo": 4, "resubmissions": 55, "undrained": 0,
+                "calls": 4321,
                 "faults_injected": {"503": 7, "reset": 3}, "workers_killed": 0, "wall_s": 98.0,
                 "examples": {"lost": ["move_to_junk/mailbox abc: ledger received, target unchanged"]}}
     result = {"requests": 500, "fault_rate": 0.3, "workers": 4, "seed": 0, "scenarios": [scenario],
               "command": "python -m responder.bench chaos --requests 500 --fault-rate 0.3 --workers 4"}
     text = render({"chaos": result}, command="python -m responder.bench", machine={}, elapsed_s=1.0)
     assert "`python -m responder.bench chaos --requests 500 --fault-rate 0.3 --workers 4`" in text
-    assert "| faults | 500 | 1 | 22 | 33 | 4 | 55 | 0 | 4,321 | 10 Graph/Exchange | 98 |" in text
+    assert "| faults | 500 | 1 | 1 | 22 | 33 | 4 | 55 | 0 | 4,321 | 10 Graph/Exchange | 98 |" in text
     assert "- faults, lost: move_to_junk/mailbox abc" in text
