@@ -22,6 +22,7 @@ sending it or just after the answer; a new process takes its place),
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import signal
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,10 @@ PLANTS = ("lose", "act-twice", "mismatch")
 # inside the lease, which only makes the harness kinder to the worker. maxDequeueCount stays 5.
 TIMING = {"lease_s": 20.0, "retry_visibility_s": 8, "invisible_s": 30, "client_timeout": 2.0,
           "max_dequeue": 5}
+# The verify timer (app/bootstrap.py VERIFY_DEFAULT: every 5 minutes) on a fake clock, so no waiting: the
+# first round just past the short grace (Worker's unconfirmed_grace), then one period apart.
+VERIFY_PERIOD = timedelta(minutes=5)
+VERIFY_ROUNDS = 4
 
 
 def _scenario_faults(name: str, rate: float) -> dict[str, float]:
@@ -91,10 +97,12 @@ def _count(conn: str, names: list[str]) -> int:
 
 def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tuple[str, ...], workers: int,
                  seed: int, plant: str | None = None, drain_timeout: float = 600.0,
-                 fault_timeout: float = 900.0, timing: dict[str, Any] | None = None) -> dict[str, Any]:
+                 fault_timeout: float = 900.0, timing: dict[str, Any] | None = None,
+                 inject: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One scenario (module doc). The fault phase ends when every message was delivered once, or after
     ``fault_timeout`` seconds; the drain after it is bounded by ``drain_timeout``. ``timing`` overrides
-    ``TIMING`` (the harness's own tests shorten the waits)."""
+    ``TIMING`` (the harness's own tests shorten the waits); ``inject``: faults aimed at one call
+(``FakeGraph.inject`` keyword arguments), for the harness's own tests."""
     from azure.storage.queue import QueueClient
 
     from devtools.chaos.fake import FAULT_KINDS, ChaosFake
@@ -117,6 +125,8 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
     tmp = Path(tempfile.mkdtemp(prefix="chaos-"))
     with ChaosFake(client_timeout=TIMING["client_timeout"]) as fake:
         seed_fake(fake, w)
+        for f in inject or []:
+            fake.inject(**f)
         for reqs in w.queues.values():   # the app registers a run before enqueueing it (app/runs.py)
             for r in reqs:
                 ledger.receive(r)
@@ -153,14 +163,20 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
                     break
         finally:
             pool.stop()
-        wall = time.perf_counter() - start
         left = _count(conn, names)
+        fake.chaos(faults["graph"], kinds, seed + 1)   # a resubmission meets the scenario's faults too
+        try:
+            rounds = asyncio.run(verify_rounds(fake, conn, ledger_name, w, requests,
+                                               timing={**TIMING, **(timing or {})}))
+        finally:
+            fake.chaos(0.0)
+        wall = time.perf_counter() - start
         verdict = judge(w.queues, fake, ledger)
         label = name
         if faults["graph"] and set(kinds) != set(FAULT_KINDS):
             label += f" ({', '.join(kinds)})"   # e.g. "faults (503-after)"
         out = {"name": label + (f" (planted: {plant})" if plant else ""), **_public(verdict),
-               "undrained": left, "wall_s": round(wall, 1),
+               "undrained": left, "verify_rounds": rounds, "wall_s": round(wall, 1),
                "fault_phase_s": round(fault_phase_s or wall, 1), "calls": len(fake.calls),
                "faults_injected": dict(fake.faults_by_kind), "workers_killed": pool.kills,
                "fault_rate": rate, "workers": workers}
@@ -168,8 +184,59 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
     return out
 
 
+class _Clock:
+    """The ledger's clock during verification: real time plus whatever the rounds advanced it by."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+async def verify_rounds(fake: Any, conn: str, ledger_name: str, w: Any, requests: int, *,
+                        timing: dict[str, Any]) -> int:
+    """The verify timer's rounds (module doc) with the real ``Worker.verify``; how many ran."""
+    from core.graph import make_graph_client
+    from core.settings import Settings
+    from core.tenant import TenantConfig
+    from devtools.chaos.workload import DETECTED_AT, _catalog, tenant_mapping
+    from devtools.emailevents import EmailEvents
+    from remediation.ledger import Ledger
+    from remediation.worker import Worker
+
+    clock = _Clock()
+    ledger = Ledger.from_connection_string(conn, ledger_name, create=False, clock=clock)
+    emails = [(r["target"]["network_message_id"], r["target"]["recipient"]) for r in w.queues["defender"]
+              if r["action"] == "move_to_junk"]
+    backend = EmailEvents(lambda: fake.email_events(emails, DETECTED_AT), clock)
+    settings = Settings.from_env({"RESPONDER_GRAPH_BASE_URL": fake.base_url, "RESPONDER_EMAIL_STRATEGY":
+                                  "defender", "RESPONDER_TENANT_ID": fake.tenant_id}, require=False)
+    graph = make_graph_client(base_url=fake.base_url, max_retries=3, timeout=timing["client_timeout"])
+    worker = Worker(settings, TenantConfig.from_mapping(tenant_mapping(requests), source="chaos harness"),
+                    _catalog(), ledger, graph, None, lease=timedelta(seconds=timing["lease_s"]))
+    clock.offset = worker.unconfirmed_grace
+    for n in range(1, VERIFY_ROUNDS + 1):
+        clock.offset += VERIFY_PERIOD
+        await worker.verify(backend)
+        if not open_rows(ledger):
+            return n
+    # Still open (a resubmission that met a fault too): the timer's round once the verify grace has passed
+    # settles it as the app would, not_applied with its reason and a report, or confirmed.
+    clock.offset += worker.verify_grace
+    await worker.verify(backend)
+    return VERIFY_ROUNDS + 1
+
+
+def open_rows(ledger: Any) -> list[Any]:
+    """Defender requests verification has not settled: still ``submitted``, or a resubmission left
+    ``received``."""
+    return [r for r in ledger.list() if r.action == "move_to_junk" and (
+        r.state == "submitted" or (r.state == "received" and r.extra.get("resubmitted_at")))]
+
+
 def _public(v: Any) -> dict[str, Any]:
-    return {**{k: getattr(v, k) for k in ("requests", "lost", "acted_twice", "mismatched",
+    return {**{k: getattr(v, k) for k in ("requests", "lost", "pending", "acted_twice", "mismatched",
                                           "confirmed_without_undo", "resubmissions")},
             "states": dict(v.states), "examples": v.examples, "ids": v.ids}
 

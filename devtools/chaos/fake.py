@@ -12,6 +12,9 @@
 * ``applied``: every change the service made, counted per target (``applications()``), read from the
   route's own answer before any injected fault replaces it: so an action applied under a 503 or a reset
   still counts. This is the ground truth the judge compares the ledger with.
+* ``email_events(emails)``: where Defender left each (NetworkMessageId, recipient): an accepted
+  ``analyzedEmails/remediate`` moves the email to Junk (``on_remediate``), so verification
+  (devtools/emailevents.py) sees what the service did.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import struct
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from devtools.emailevents import location_rows
 from devtools.fakegraph import FakeGraph, Fault, _Handler, _Reply, _Server
 
 BEFORE = ("429", "500", "503", "timeout", "reset")
@@ -58,6 +63,8 @@ class _ChaosHandler(_Handler):
 
 class ChaosFake(FakeGraph):
     def __init__(self, *, client_timeout: float = 2.0, **kw: Any) -> None:
+        self.defender_junk: set[tuple[str, str]] = set()   # (NetworkMessageId, recipient lower case)
+        kw.setdefault("on_remediate", self._remediated)
         super().__init__(**kw)
         self.client_timeout = client_timeout
         self._rate, self._kinds, self._rng = 0.0, FAULT_KINDS, random.Random(0)
@@ -71,6 +78,17 @@ class ChaosFake(FakeGraph):
             raise ValueError(f"unknown fault kind(s) {sorted(unknown)}; choose from {', '.join(FAULT_KINDS)}")
         with self._lock:
             self._rate, self._kinds, self._rng = rate, tuple(kinds), random.Random(seed)
+
+    def _remediated(self, _action: str, emails: list[dict[str, str]]) -> None:
+        with self._lock:
+            self.defender_junk |= {(e["networkMessageId"], e["recipientEmailAddress"].lower())
+                                   for e in emails}
+
+    def email_events(self, emails: list[tuple[str, str]], timestamp: datetime) -> list[dict[str, str]]:
+        """EmailEvents rows for ``emails`` (NetworkMessageId, recipient) as Defender left them."""
+        with self._lock:
+            junk = {(n, r) for n, r in self.defender_junk}
+        return location_rows([(n, r.lower()) for n, r in emails], junk, timestamp)
 
     def applications(self) -> Counter[Applied]:
         with self._lock:

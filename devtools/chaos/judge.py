@@ -7,16 +7,22 @@ user's sessions were revoked, the user is confirmed compromised) and how many ti
 *applied* the action to it (ChaosFake.applications: each accepted move, submission entry, PATCH,
 revoke, confirmCompromised, Set-*Connector, counted even when a fault then replaced the answer).
 
-* **lost**: the target did not change and the ledger does not record the request as ``failed`` or
-  ``held`` with a reason (a row still ``received``, ``skipped``, or ``confirmed``/``submitted`` for
-  nothing): nobody would know it was not done.
+The judge runs after the verification rounds (devtools/bench/chaos.py), so a Defender request's
+``submitted`` has had the verify timer's chance to become ``confirmed``, ``not_applied`` or a resubmission.
+
+* **lost**: the target did not change and the ledger does not record the request as ``failed``,
+  ``held`` or ``not_applied`` with a reason (a row still ``received``, ``skipped``, or ``confirmed`` for
+  nothing); or the request is *pending*.
+* **pending** (also counted lost): a Defender request verification left open: still ``submitted``, or a
+  resubmission still ``received``. Nobody knows yet whether it was done.
 * **acted twice**: the service applied the action more than once to one target.
 * **mismatched**: the ledger disagrees with the fake: the target changed but the row is not
   ``confirmed``/``submitted`` (recorded skipped, failed or still received: done by us, undo impossible
   from the ledger), or the row is ``confirmed``/``submitted`` but nothing changed, or it is
   ``confirmed``/``submitted`` without undo information for an action whose results carry it
   (``confirmed_without_undo``, also counted on its own).
-* **resubmissions**: Defender submission entries beyond the first for one email.
+* **resubmissions**: Defender requests verification resubmitted (the row's ``resubmitted_at``). Only
+  when the first submission had been applied is a resubmission a second application (acted twice).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from devtools.chaos.fake import Applied
 from remediation.ledger import Ledger, Record
 
 DONE = frozenset({"confirmed", "submitted"})
-ACCOUNTED = frozenset({"failed", "held"})
+ACCOUNTED = frozenset({"failed", "held", "not_applied"})
 # Actions whose confirmed/submitted result carries undo information (remediation/actions/*).
 WITH_UNDO = frozenset({"move_to_junk", "disable_user", "disable_connector"})
 EXAMPLES = 5
@@ -39,6 +45,7 @@ EXAMPLES = 5
 class Verdict:
     requests: int = 0
     lost: int = 0
+    pending: int = 0
     acted_twice: int = 0
     mismatched: int = 0
     confirmed_without_undo: int = 0
@@ -92,16 +99,22 @@ def judge(queues: dict[str, list[dict[str, Any]]], fake: Any, ledger: Ledger) ->
             if times > 1:
                 v.acted_twice += 1
                 v.note("acted_twice", f"{what}, applied {times} times", req["id"])
-            if req["action"] == "move_to_junk" and strategy == "defender":
-                v.resubmissions += max(0, times - 1)
+            defender = req["action"] == "move_to_junk" and strategy == "defender"
+            if rec and defender and rec.extra.get("resubmitted_at"):
+                v.resubmissions += 1
+            pending = defender and (state == "submitted" or (
+                state == "received" and bool(rec and rec.extra.get("resubmitted_at"))))
+            if pending:
+                v.pending += 1
+                v.note("pending", f"{what}, not settled by verification", req["id"])
             reason = bool(rec and (rec.error or rec.detail))
-            if not changed and not (state in ACCOUNTED and reason):
+            if pending or (not changed and not (state in ACCOUNTED and reason)):
                 v.lost += 1
                 v.note("lost", f"{what}, target unchanged", req["id"])
             wrong = None
             if changed and state not in DONE:
                 wrong = "target changed by us"
-            elif not changed and state in DONE:
+            elif not changed and state in DONE and not pending:
                 wrong = "target unchanged"
             elif state in DONE and req["action"] in WITH_UNDO and not (rec and rec.undo):
                 wrong = "no undo information"

@@ -34,9 +34,17 @@ def _planted(kinds: tuple[str, ...] | None = None, plant: str = "act-twice") -> 
 FAST = {"lease_s": 6.0, "retry_visibility_s": 2, "invisible_s": 10}
 
 
-def _scenario(conn: str, name: str, plant: str, rate: float = 0.3) -> dict[str, Any]:
+def _scenario(conn: str, name: str, plant: str | None, rate: float = 0.3,
+              inject: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return chaos.run_scenario(name, conn, requests=N, rate=rate, kinds=("503", "500-after"), workers=2,
-                              seed=0, plant=plant, drain_timeout=30, fault_timeout=20, timing=FAST)
+                              seed=0, plant=plant, drain_timeout=30, fault_timeout=20, timing=FAST,
+                              inject=inject)
+
+
+# A 503 before the service acts, on the Defender POST: the first grouped submission holds every Defender
+# request of the workload (one run), so all of them are left submitted, unconfirmed, their mail not moved.
+DEFENDER_503 = [{"method": "POST", "path_regex": r"analyzedEmails/", "status": 503, "applied": False}]
+DEFENDER = sum(1 for r in build(N, 0).queues["defender"] if r["action"] == "move_to_junk")
 
 
 def test_a_worker_acting_twice_is_counted_and_nothing_else_is(storage_conn: str) -> None:
@@ -47,7 +55,23 @@ def test_a_worker_acting_twice_is_counted_and_nothing_else_is(storage_conn: str)
     assert must and must <= set(out["ids"].get("acted_twice", []))
     assert set(out["ids"].get("acted_twice", [])) <= _planted()
     assert out["lost"] == 0 and out["mismatched"] == 0 and out["undrained"] == 0
-    assert out["resubmissions"] == len(_planted(("move_to_junk/defender",)))
+    # Every submission got a clear answer, so verification confirmed each one and resubmitted none.
+    assert out["resubmissions"] == 0 and out["pending"] == 0 and "submitted" not in out["states"]
+
+
+def test_a_submission_refused_before_it_was_applied_is_resubmitted_by_verification(storage_conn: str) -> None:
+    # The verify timer's rounds resubmit each once; after them nothing is lost or pending, and the
+    # resubmissions are counted (each a first application, so none acted twice).
+    out = _scenario(storage_conn, "faults", None, rate=0.0, inject=DEFENDER_503)
+    assert out["lost"] == 0 and out["pending"] == 0 and out["mismatched"] == 0, out["examples"]
+    assert out["resubmissions"] == DEFENDER and not out["ids"].get("acted_twice")
+    assert out["states"] == {"confirmed": N} and out["verify_rounds"] == 2
+
+
+def test_a_lost_request_is_still_counted_after_verification(storage_conn: str) -> None:
+    out = _scenario(storage_conn, "faults", "lose", rate=0.0, inject=DEFENDER_503)
+    assert out["resubmissions"] == DEFENDER
+    assert _planted(plant="lose") <= set(out["ids"].get("lost", []))
 
 
 def test_a_lost_request_is_counted_under_duplicate_deliveries(storage_conn: str) -> None:
@@ -110,9 +134,16 @@ def test_judge_definitions_on_a_hand_made_end_state(storage_conn: str, unique_na
         d = reqs["move_to_junk/defender"]
         email = f"{d['target']['network_message_id']}|{d['target']['recipient'].lower()}"
         fake.applied += [Applied("remediate", email)] * 2
+        # Another Defender email: unconfirmed, resubmitted by verification, still submitted (pending: lost).
+        d2 = next(r for r in w.queues["defender"] if r["action"] == "move_to_junk" and r["id"] != d["id"])
+        row = ledger.transition(ledger.read(d2["rule"], d2["id"]), "submitted", unconfirmed_submission=True,
+                                undo={"action": "move_to_inbox"})
+        row = ledger.reopen_unconfirmed(row, "resubmitting once")
+        ledger.transition(row, "submitted", unconfirmed_submission=True, undo={"action": "move_to_inbox"})
         v = judge(w.queues, fake, ledger)
     assert set(v.ids["mismatched"]) == {move["id"], revoke["id"], d["id"]}
-    assert v.ids["acted_twice"] == [d["id"]] and v.resubmissions == 1
+    assert v.ids["acted_twice"] == [d["id"]] and v.resubmissions == 1 and v.ids["pending"] == [d2["id"]]
+    assert d2["id"] in v.ids["lost"]
     assert move["id"] not in v.ids["lost"] and d["id"] not in v.ids["lost"]
     assert revoke["id"] in v.ids["lost"] and v.lost == len(w.requests) - 2
 
@@ -127,13 +158,14 @@ def test_cli_refuses_unknown_fault_kinds() -> None:
 def test_benchmarks_section_names_the_command_and_each_scenario() -> None:
     from devtools.bench.report import render
 
-    scenario = {"name": "faults", "requests": 500, "lost": 1, "acted_twice": 22, "mismatched": 33,
-                "confirmed_without_undo": 4, "resubmissions": 55, "undrained": 0, "calls": 4321,
+    scenario = {"name": "faults", "requests": 500, "lost": 1, "pending": 1, "acted_twice": 22,
+                "mismatched": 33, "confirmed_without_undo": 4, "resubmissions": 55, "undrained": 0,
+                "calls": 4321,
                 "faults_injected": {"503": 7, "reset": 3}, "workers_killed": 0, "wall_s": 98.0,
                 "examples": {"lost": ["move_to_junk/mailbox abc: ledger received, target unchanged"]}}
     result = {"requests": 500, "fault_rate": 0.3, "workers": 4, "seed": 0, "scenarios": [scenario],
               "command": "python -m responder.bench chaos --requests 500 --fault-rate 0.3 --workers 4"}
     text = render({"chaos": result}, command="python -m responder.bench", machine={}, elapsed_s=1.0)
     assert "`python -m responder.bench chaos --requests 500 --fault-rate 0.3 --workers 4`" in text
-    assert "| faults | 500 | 1 | 22 | 33 | 4 | 55 | 0 | 4,321 | 10 Graph/Exchange | 98 |" in text
+    assert "| faults | 500 | 1 | 1 | 22 | 33 | 4 | 55 | 0 | 4,321 | 10 Graph/Exchange | 98 |" in text
     assert "- faults, lost: move_to_junk/mailbox abc" in text

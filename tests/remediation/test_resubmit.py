@@ -22,6 +22,8 @@ from core.graph import make_graph_client
 from core.settings import Settings
 from core.tenant import TenantConfig
 from detections.backends.local import LocalBackend
+from devtools.emailevents import EmailEvents as HuntingEmailEvents
+from devtools.emailevents import location_rows
 from devtools.fakegraph import FakeGraph
 from remediation.ledger import TRANSITIONS, IllegalTransition, Ledger
 from remediation.outcome import Outcome
@@ -71,22 +73,14 @@ class Mailboxes:
 
     def rows(self) -> list[dict[str, str]]:
         with self.lock:
-            return [{"Timestamp": T0.isoformat(), "NetworkMessageId": n, "RecipientEmailAddress": r,
-                     "LatestDeliveryLocation": "Junk folder" if (n, r) in self.junk else "Inbox/folder"}
-                    for n, r in EMAILS]
+            return location_rows(EMAILS, set(self.junk), T0)
 
 
-class EmailEvents:
-    """A hunting backend reading EmailEvents from the fake's state (the local KQL engine runs the query)."""
-
-    name = "local"
+class EmailEvents(HuntingEmailEvents):
+    """A hunting backend reading EmailEvents from the fake's state (devtools/emailevents.py)."""
 
     def __init__(self, mailboxes: Mailboxes, clock: Clock) -> None:
-        self.mailboxes, self.clock = mailboxes, clock
-
-    async def run(self, query: str, *, timespan: timedelta, shape: str = "defender") -> Any:
-        backend = LocalBackend.from_rows({"EmailEvents": self.mailboxes.rows()}, self.clock.now, source="t")
-        return await backend.run(query, timespan=timespan)
+        super().__init__(mailboxes.rows, clock)
 
 
 @pytest.fixture
