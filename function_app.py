@@ -114,6 +114,20 @@ async def page_reject(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -
     return await pages.post_decision(runtime, req, page_auth, "reject", msgs)
 
 
+@app.function_name("page_undo")
+@app.route(route="requests/{id}/undo", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
+async def page_undo(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
+    return await pages.post_decision(runtime, req, page_auth, "undo", msgs)
+
+
+@app.function_name("page_done")
+@app.route(route="requests/{id}/done", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
+async def page_done(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
+    return await pages.post_decision(runtime, req, page_auth, "done", msgs)
+
+
 @app.function_name("page_run")
 @app.route(route="runs/{id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def page_run(req: func.HttpRequest) -> func.HttpResponse:
@@ -125,6 +139,13 @@ async def page_run(req: func.HttpRequest) -> func.HttpResponse:
 @app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
 async def page_run_approve(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
     return await pages.post_run_approve(runtime, req, page_auth, msgs)
+
+
+@app.function_name("page_run_undo")
+@app.route(route="runs/{id}/undo", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
+async def page_run_undo(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
+    return await pages.post_run_undo(runtime, req, page_auth, msgs)
 
 
 @app.function_name("stop")

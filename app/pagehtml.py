@@ -66,8 +66,13 @@ def request_page(view: Mapping[str, Any], *, who: str, token: str | None, messag
     if view.get("run_id"):
         parts.append(f"<p><a href=\"/runs/{e(view['run_id'])}\">All requests of this run</a></p>")
     if token and view["state"] == "held":
-        parts.append(form(f"/requests/{rid}/approve", "Approve", token, "approve")
-                     + form(f"/requests/{rid}/reject", "Reject", token, "reject"))
+        approve = "" if view.get("by_hand") else form(f"/requests/{rid}/approve", "Approve", token, "approve")
+        parts.append(approve + form(f"/requests/{rid}/reject", "Reject", token, "reject"))
+    if token and view["state"] == "held" and view.get("by_hand"):
+        parts.append("<p>The app runs nothing for this action here: run the command above, then</p>"
+                     + form(f"/requests/{rid}/done", "Mark done", token, "done"))
+    if token and view.get("can_undo"):
+        parts.append(form(f"/requests/{rid}/undo", "Undo", token, "undo"))
     return page(f"Request {rid}", "".join(parts))
 
 
@@ -87,6 +92,8 @@ def run_page(run_id: str, rows: list[Mapping[str, Any]], *, who: str, token: str
     held = sum(r["state"] == "held" for r in rows)
     if token and held:
         parts.append(form(f"/runs/{run_id}/approve", f"Approve all held ({held})", token, "approve"))
+    if token and any(r["state"] == "confirmed" for r in rows):
+        parts.append(form(f"/runs/{run_id}/undo", "Undo all done", token, "undo"))
     return page(f"Run {run_id}", "".join(parts))
 
 

@@ -21,7 +21,8 @@ from app.runtime import Runtime
 from app.signin import PageAuth, Principal, Refused, check_post, csrf_token, signed_in
 from remediation.actions.registry import default_registry
 from remediation.decisions import Decisions, NotFound, RecordOnly, WorkerError
-from remediation.ledger import INVALID, Record
+from remediation.ledger import INVALID, LedgerConflict, Record
+from remediation.undo_run import classify
 
 log = logging.getLogger(__name__)
 REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -59,7 +60,9 @@ def view(rt: Runtime, rec: Record) -> dict[str, Any]:
             "severity": req.get("severity", ""), "action": rec.action, "mode": rec.mode, "state": rec.state,
             "hold_reason": rec.hold_reason, "detail": rec.detail, "run_id": rec.run_id,
             "target": dict(rec.target), "evidence": dict(req.get("evidence") or {}),
-            "command": default_registry().manual_command(req) if req else None, "history": history}
+            "command": default_registry().manual_command(req) if req else None, "history": history,
+            "can_undo": classify(rec, default_registry(), rt.settings.connector_actions) == "undo",
+            "by_hand": default_registry().run_by_hand(rec.action, rt.settings.connector_actions)}
 
 
 def _find(rt: Runtime, request_id: str) -> Record | None:
@@ -117,6 +120,15 @@ async def post_decision(rt: Runtime, req: func.HttpRequest, auth: PageAuth, verb
         if verb == "approve":
             rec = decisions(rt).record_approval(request_id, who.name, **_who_fields(who))
             msgs.set([json.dumps(rec.request)])
+        elif verb == "undo":
+            # The undo is a new request linked to this one; the worker runs it (restore) in Azure.
+            undo, undo_req = decisions(rt).record_undo(request_id, who.name, **_who_fields(who))
+            msgs.set([json.dumps(undo_req)])
+            rec = rt.ledger().get(request_id) or undo
+        elif verb == "done":
+            # A connector command a person ran by hand (manual mode): recorded, nothing runs.
+            await decisions(rt).approve(request_id, who.name, done=True)
+            rec = _with_who(rt, request_id, who)
         else:
             rec = decisions(rt).record_rejection(request_id, who.name, **_who_fields(who))
     except NotFound:
@@ -125,9 +137,23 @@ async def post_decision(rt: Runtime, req: func.HttpRequest, auth: PageAuth, verb
         return html(409, pagehtml.message_page("Already decided" if exc.state and exc.state != "held"
                                                else "Not possible", str(exc), state=exc.state, link=back))
     log.info("request %s: %s by %s (%s) from %s via the page", request_id, verb, who.name, who.oid, who.ip)
-    message = ("Approved: the app runs it now with its own identity; reload to see the result."
-               if verb == "approve" else "Rejected: nothing will be done.")
+    message = {"approve": "Approved: the app runs it now with its own identity; reload to see the result.",
+               "reject": "Rejected: nothing will be done.",
+               "undo": "Undo recorded and queued: the app restores it with its own identity; reload to see "
+                       "the result.",
+               "done": "Marked done: recorded as run by hand by you; the app ran nothing."}[verb]
     return html(200, pagehtml.request_page(view(rt, rec), who=who.name, token=None, message=message))
+
+
+def _with_who(rt: Runtime, request_id: str, who: Principal) -> Record:
+    """Add who/where to a row ``Decisions.approve(done=True)`` recorded (it takes only a name)."""
+    rec = rt.ledger().get(request_id)
+    assert rec is not None
+    try:
+        return rt.ledger().update(rec, **_who_fields(who))
+    except LedgerConflict:
+        log.warning("request %s: could not record who marked it done", request_id)
+        return rec
 
 
 async def get_run(rt: Runtime, req: func.HttpRequest, auth: PageAuth) -> func.HttpResponse:
@@ -176,5 +202,42 @@ async def post_run_approve(rt: Runtime, req: func.HttpRequest, auth: PageAuth,
              who.oid, who.ip)
     message = f"{len(bodies)} request(s) approved and queued." + (
         f" Not approved: {'; '.join(problems)}" if problems else "")
+    return html(200, pagehtml.run_page(run_id, _run_rows(rt, run_id), who=who.name, token=None,
+                                       message=message))
+
+
+async def post_run_undo(rt: Runtime, req: func.HttpRequest, auth: PageAuth,
+                        msgs: func.Out[Any]) -> func.HttpResponse:
+    """``POST /runs/{id}/undo``: every confirmed undoable request of the run gets an undo recorded and
+    enqueued (the worker restores them with its own identity; nothing here calls Graph). The same
+    classification as the worker's undo-run (remediation/undo_run.py), summarised on the page."""
+    run_id = req.route_params.get("id", "")
+    try:
+        who = signed_in(req, auth)
+        check_post(req, auth, who, f"run:{run_id}", _form(req).get("csrf", ""))
+    except Refused as exc:
+        return refused(exc)
+    if not _run_rows(rt, run_id):
+        return _not_found("such run")
+    d, registry, bodies, problems = decisions(rt), default_registry(), [], []
+    counts: dict[str, int] = {}
+    for rec in rt.ledger().list(run_id=run_id):
+        category = classify(rec, registry, rt.settings.connector_actions)
+        if category != "undo":
+            counts[category] = counts.get(category, 0) + 1
+            continue
+        try:
+            _, undo_req = d.record_undo(rec.request_id, who.name, **_who_fields(who))
+            bodies.append(json.dumps(undo_req))
+        except WorkerError as exc:
+            problems.append(str(exc))
+    msgs.set(bodies)
+    log.info("run %s: %d undo(s) queued by %s (%s) from %s via the page", run_id, len(bodies), who.name,
+             who.oid, who.ip)
+    words = {"already_undone": "undone before", "cannot_undo": "cannot be undone",
+             "pending": "not confirmed yet", "nothing_done": "had done nothing"}
+    parts = [f"{len(bodies)} undo(s) recorded and queued"] + [
+        f"{n} {words[c]}" for c, n in sorted(counts.items())]
+    message = ", ".join(parts) + "." + (f" Not undone: {'; '.join(problems)}" if problems else "")
     return html(200, pagehtml.run_page(run_id, _run_rows(rt, run_id), who=who.name, token=None,
                                        message=message))

@@ -26,9 +26,10 @@ from app.runtime import Runtime
 from app.signin import PRINCIPAL, PRINCIPAL_ID, PRINCIPAL_NAME, PageAuth
 
 ROUTES = [("GET", re.compile(r"^/requests/([^/]+)$"), "request"),
-          ("POST", re.compile(r"^/requests/([^/]+)/(approve|reject)$"), "decide"),
+          ("POST", re.compile(r"^/requests/([^/]+)/(approve|reject|undo|done)$"), "decide"),
           ("GET", re.compile(r"^/runs/([^/]+)$"), "run"),
-          ("POST", re.compile(r"^/runs/([^/]+)/approve$"), "run_approve")]
+          ("POST", re.compile(r"^/runs/([^/]+)/approve$"), "run_approve"),
+          ("POST", re.compile(r"^/runs/([^/]+)/undo$"), "run_undo")]
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class PageServer:
             return await pages.get_run(self.runtime, req, self.auth)
         if kind == "decide":
             resp = await pages.post_decision(self.runtime, req, self.auth, m.group(2), out)
+        elif kind == "run_undo":
+            resp = await pages.post_run_undo(self.runtime, req, self.auth, out)
         else:
             resp = await pages.post_run_approve(self.runtime, req, self.auth, out)
         if out.value:

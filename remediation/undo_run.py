@@ -29,6 +29,7 @@ from remediation.outcome import Outcome
 from remediation.reporting import Report
 
 if TYPE_CHECKING:
+    from remediation.actions.registry import Registry
     from remediation.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,21 @@ class RunUndo:
         return Report("undone", self.summary(), outcomes)
 
 
+def classify(rec: Record, registry: Registry, connector_actions: str) -> str:
+    """What undoing ``rec`` as part of its run means: ``undo`` (do it), or the RunUndo list it goes in.
+    Shared with the approval page's "undo all done" (app/pages.py), which records and enqueues instead."""
+    spec = registry.find(rec.action)
+    if rec.extra.get("undone_by"):
+        return "already_undone"
+    if rec.state in ("submitted", "received", "approved"):
+        return "pending"
+    if rec.state != "confirmed":
+        return "nothing_done"
+    if spec is None or spec.inverse is None or registry.run_by_hand(spec.inverse, connector_actions):
+        return "cannot_undo"   # no way back, or only by hand (connectors under manual)
+    return "undo"
+
+
 async def undo_run(worker: Worker, run_id: str, by: str, *, claimed_by: str | None = None) -> RunUndo:
     """Undo every undoable request of ``run_id``; one summary report goes to the worker's reporter.
     ``claimed_by``: a name the caller gave but nobody verified, recorded on each undo request."""
@@ -102,18 +118,11 @@ async def undo_run(worker: Worker, run_id: str, by: str, *, claimed_by: str | No
     reporter, outbox.reporter = outbox.reporter, None   # the per-undo reports: summarised below instead
     try:
         for rec in rows:
-            spec = registry.find(rec.action)
-            if rec.extra.get("undone_by"):
-                result.already_undone.append(rec)
-            elif rec.state in ("submitted", "received", "approved"):
-                result.pending.append(rec)
-            elif rec.state != "confirmed":
-                result.nothing_done.append(rec)
-            elif spec is None or spec.inverse is None or \
-                    registry.run_by_hand(spec.inverse, worker.settings.connector_actions):
-                result.cannot_undo.append(rec)   # no way back, or only by hand (connectors under manual)
-            else:
+            category = classify(rec, registry, worker.settings.connector_actions)
+            if category == "undo":
                 await _undo_one(worker, rec, by, result, claimed_by)
+            else:
+                getattr(result, category).append(rec)
     finally:
         outbox.reporter = reporter
     if result.undone or result.failed:

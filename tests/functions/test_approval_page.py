@@ -206,3 +206,128 @@ def test_run_page_lists_requests_and_approves_all_held(on: Env) -> None:
     assert resp.status_code == 200
     assert sorted(json.loads(m)["id"] for m in msgs.value) == sorted([a, b])
     assert {on.rt.ledger().read(RULE, r).state for r in (a, b)} == {"approved"}
+
+
+def confirmed_move(env: Env, fake: FakeGraph, nmid: str = "held-1") -> str:
+    """A held move approved on the page and run by the worker (mailbox strategy: confirmed at once)."""
+    imid = f"<{nmid}@mail.gmail.com>"
+    fake.mailboxes.add(PROTECTED[0], imid, "inbox")
+    req = make_request(rule=RULE, action="move_to_junk", mode="approval",
+                       target={"network_message_id": nmid, "recipient": PROTECTED[0],
+                               "internet_message_id": imid},
+                       evidence={"Subject": "s"}, detected_at=NOW,
+                       run={"id": "run-page", "index": 0, "total": 1}, severity="Medium", rule_name="r")
+    env.call("worker", QueueMessage(id="q", body=json.dumps(req).encode(), dequeue_count=1))
+    _, _, msgs = post(env, "approve", req["id"])
+    (body,) = msgs.value
+    env.call("worker", QueueMessage(id="q2", body=body.encode(), dequeue_count=1))
+    assert env.rt.ledger().read(RULE, req["id"]).state == "confirmed"
+    assert fake.mailboxes.folder_of(PROTECTED[0], imid) == "junkemail"
+    return req["id"]
+
+
+@pytest.fixture
+def mailbox(make_env: Any, fake: FakeGraph, monkeypatch: pytest.MonkeyPatch) -> Env:
+    env = make_env(graph_base_url=fake.base_url, email_strategy="mailbox")
+    monkeypatch.setattr(env.fa, "page_auth", ON)
+    return env
+
+
+def test_undo_from_the_page_is_recorded_and_the_worker_restores(mailbox: Env, fake: FakeGraph) -> None:
+    rid = confirmed_move(mailbox, fake)
+    status, page = get(mailbox, rid)
+    assert status == 200 and f'action="/requests/{rid}/undo"' in page
+    moves = len(fake.calls_to("POST", "/move$"))
+    assert moves == 1
+    status, page, msgs = post(mailbox, "undo", rid)
+    assert status == 200, page
+    assert len(fake.calls_to("POST", "/move$")) == moves     # nothing ran in the page's process
+    (body,) = msgs.value
+    undo = json.loads(body)
+    assert (undo["action"], undo["undo_of"]["request_id"], undo["undo_of"]["by"]) == (
+        "move_to_inbox", rid, "alice@contoso.com")
+    row = mailbox.rt.ledger().read(RULE, rid)
+    assert row.extra["undone_by"] == undo["id"]
+    new = mailbox.rt.ledger().get(undo["id"])
+    assert (new.extra["undo_of"], new.extra["decided_by_id"], new.extra["decided_via"]) == (rid, OID, "page")
+    mailbox.call("worker", QueueMessage(id="q3", body=body.encode(), dequeue_count=1))
+    assert fake.mailboxes.folder_of(PROTECTED[0], "<held-1@mail.gmail.com>") == "inbox"
+    assert mailbox.rt.ledger().get(undo["id"]).state == "confirmed"
+    # Undone once: no second undo, and the button is gone.
+    status, page, msgs = post(mailbox, "undo", rid)
+    assert status == 409 and msgs.value is None
+    assert f'action="/requests/{rid}/undo"' not in get(mailbox, rid)[1]
+
+
+def test_undo_of_a_held_request_is_409(on: Env) -> None:
+    rid = held(on)
+    assert f'action="/requests/{rid}/undo"' not in get(on, rid)[1]
+    status, page, msgs = post(on, "undo", rid)
+    assert status == 409 and "held" in page and msgs.value is None
+
+
+def test_undo_needs_csrf(mailbox: Env, fake: FakeGraph) -> None:
+    rid = confirmed_move(mailbox, fake)
+    status, _, msgs = post(mailbox, "undo", rid, csrf="0" * 64)
+    assert status == 403 and msgs.value is None
+    assert not mailbox.rt.ledger().read(RULE, rid).extra.get("undone_by")
+
+
+def test_mark_done_records_a_connector_command_run_by_hand(on: Env) -> None:
+    req = make_request(rule="connector-sender-mismatch", action="disable_connector", mode="approval",
+                       target={"connector": "Partner relay"}, evidence={"Connector": "Partner relay"},
+                       detected_at=NOW, run={"id": "run-conn", "index": 0, "total": 1}, severity="High",
+                       rule_name="c")
+    on.call("worker", QueueMessage(id="q", body=json.dumps(req).encode(), dequeue_count=1))
+    rid = req["id"]
+    status, page = get(on, rid)
+    assert status == 200 and f'action="/requests/{rid}/done"' in page
+    assert f'action="/requests/{rid}/approve"' not in page     # approving could run nothing here
+    assert "Set-InboundConnector" in page or "Set-OutboundConnector" in page
+    status, page, msgs = post(on, "done", rid)
+    assert status == 200, page
+    assert msgs.value is None                                  # nothing to run, nothing queued
+    row = on.rt.ledger().get(rid)
+    assert (row.state, row.extra["approved_by"], row.extra["executed_by"], row.extra["decided_by_id"],
+            row.extra["decided_via"]) == ("confirmed", "alice@contoso.com", "person", OID, "page")
+    status, page, _ = post(on, "done", rid)
+    assert status == 409 and "confirmed" in page
+
+
+def test_mark_done_is_refused_for_an_action_the_app_runs(on: Env) -> None:
+    rid = held(on)
+    status, _, msgs = post(on, "done", rid)
+    assert status == 409 and msgs.value is None
+    assert on.rt.ledger().read(RULE, rid).state == "held"
+
+
+def test_run_page_undoes_all_done_by_queueing_one_undo_each(mailbox: Env, fake: FakeGraph) -> None:
+    a, b = confirmed_move(mailbox, fake), confirmed_move(mailbox, fake, "held-2")
+    other = held(mailbox, "held-3")
+    resp = mailbox.call("page_run", http("GET", f"https://{HOST}/runs/run-page",
+                                         route_params={"id": "run-page"}, headers=principal()))
+    assert 'action="/runs/run-page/undo"' in resp.get_body().decode()
+    hdrs = {**principal(), "Origin": f"https://{HOST}"}
+
+    def undo_all(csrf: str) -> tuple[int, str, Out]:
+        msgs = Out()
+        resp = mailbox.call("page_run_undo", http("POST", f"https://{HOST}/runs/run-page/undo",
+                                                  urlencode({"csrf": csrf}).encode(),
+                                                  route_params={"id": "run-page"}, headers=hdrs), msgs)
+        return resp.status_code, resp.get_body().decode(), msgs
+
+    assert undo_all("0" * 64)[0] == 403
+    moves = len(fake.calls_to("POST", "/move$"))
+    assert moves == 2
+    status, page, msgs = undo_all(token("run:run-page"))
+    assert status == 200, page
+    assert "2 undo(s) recorded and queued" in page and "1 had done nothing" in page
+    assert len(fake.calls_to("POST", "/move$")) == moves
+    assert sorted(json.loads(m)["undo_of"]["request_id"] for m in msgs.value) == sorted([a, b])
+    assert mailbox.rt.ledger().read(RULE, other).state == "held"
+    for i, body in enumerate(msgs.value):
+        mailbox.call("worker", QueueMessage(id=f"u{i}", body=body.encode(), dequeue_count=1))
+    assert {fake.mailboxes.folder_of(PROTECTED[0], f"<{n}@mail.gmail.com>") for n in ("held-1", "held-2")} \
+        == {"inbox"}
+    status, page, msgs = undo_all(token("run:run-page"))
+    assert status == 200 and "0 undo(s)" in page and "2 undone before" in page and msgs.value == []

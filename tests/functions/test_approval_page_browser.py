@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 from azure.functions.queue import QueueMessage
 
+from core.request import make_request
 from core.settings import ROOT
 from devtools.cardrender.render import chromium_path
 from devtools.fakegraph import FakeGraph
 from devtools.pageserver import Identity, PageServer
-from tests.functions.conftest import RULE
-from tests.functions.test_approval_page import EVIL, OID, ON, ONCALL, held
+from remediation.stop import set_stop
+from tests.functions.conftest import NOW, PROTECTED, RULE
+from tests.functions.test_approval_page import EVIL, OID, ON, ONCALL, confirmed_move, held
 
 CLICK = ROOT / "devtools" / "pagebrowser" / "click.mjs"
 
@@ -69,3 +71,43 @@ def test_someone_outside_on_call_gets_403_in_the_browser(make_env: Any,
         seen = browse(f"{server.base_url}/requests/{rid}")
     assert seen["status"] == 403 and "not in the on-call group" in seen["text"]
     assert env.rt.ledger().read(RULE, rid).state == "held"
+
+
+def test_the_emergency_stop_holds_a_new_auto_run_and_the_page_says_so(
+        make_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeGraph() as fake:
+        env = make_env(graph_base_url=fake.base_url)
+        monkeypatch.setattr(env.fa, "page_auth", ON)
+        set_stop(env.rt.ledger(), True, "alice@contoso.com", "rule misfires")
+        req = make_request(rule=RULE, action="move_to_junk", mode="auto",
+                           target={"network_message_id": "auto-1", "recipient": PROTECTED[0]},
+                           evidence={"Subject": "s"}, detected_at=NOW,
+                           run={"id": "run-auto", "index": 0, "total": 1}, severity="High", rule_name="r")
+        env.call("worker", QueueMessage(id="q", body=json.dumps(req).encode(), dequeue_count=1))
+        alice = Identity("alice@contoso.com", OID, (ONCALL,))
+        with PageServer(env.rt, ON, alice) as server:
+            seen = browse(f"{server.base_url}/requests/{req['id']}")
+        assert fake.remediations == []                               # nothing ran
+        assert seen["status"] == 200 and "held" in seen["text"]
+        assert "emergency stop" in seen["text"].lower() and "rule misfires" in seen["text"]
+        assert env.rt.ledger().read(RULE, req["id"]).state == "held"
+
+
+def test_undo_in_chromium_and_the_worker_restores_the_message(make_env: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeGraph() as fake:
+        env = make_env(graph_base_url=fake.base_url, email_strategy="mailbox")
+        monkeypatch.setattr(env.fa, "page_auth", ON)
+        rid = confirmed_move(env, fake)
+        queued: list[str] = []
+        alice = Identity("alice@contoso.com", OID, (ONCALL,))
+        with PageServer(env.rt, ON, alice, on_queue=queued.extend) as server:
+            seen = browse(f"{server.base_url}/requests/{rid}", "Undo")
+        assert seen["status"] == 200 and "confirmed" in seen["text"]
+        assert seen["after"]["status"] == 200 and "Undo recorded and queued" in seen["after"]["text"]
+        assert fake.mailboxes.folder_of(PROTECTED[0], "<held-1@mail.gmail.com>") == "junkemail"
+        (body,) = queued
+        env.call("worker", QueueMessage(id="u", body=body.encode(), dequeue_count=1))
+        assert fake.mailboxes.folder_of(PROTECTED[0], "<held-1@mail.gmail.com>") == "inbox"
+        undo = env.rt.ledger().get(json.loads(body)["id"])
+        assert (undo.state, undo.extra["undo_of"], undo.extra["decided_via"]) == ("confirmed", rid, "page")
