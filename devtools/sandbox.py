@@ -25,7 +25,7 @@ from app.runtime import Runtime
 from app.signin import PageAuth
 from detections.scan import scan
 from devtools.azurite import running_azurite
-from devtools.demo import DEMO_TENANT_ID, MAX_DELIVERIES, _fake_graph
+from devtools.demo import DEMO_TENANT_ID, MAX_DELIVERIES, _fake_graph, _write_records
 from devtools.demo_queue import AzuriteQueue
 from devtools.pageserver import Identity, PageServer
 from devtools.sample import DEFAULT_SEED, generate
@@ -47,6 +47,7 @@ class Sandbox:
     held: list[str]           # request ids held for approval
     run_ids: list[str]
     env: dict[str, str]       # what the CLI needs (RESPONDER_...)
+    records: Path             # ledger.json, graph-accounts.json, ... written on the way out
 
 
 def _app_env(conn: str, tenant_path: Path, graph_url: str, group: str) -> dict[str, str]:
@@ -126,6 +127,8 @@ def running_sandbox(upn: str = DEFAULT_UPN, group: str = DEFAULT_GROUP, port: in
                 if not drain_once(rt, queue):
                     stop.wait(0.5)
 
+        # On the way out (after the worker stopped): what the ledger holds and what the fake was asked to do.
+        stack.callback(_write_records, work, rt.ledger(), fake)
         worker = threading.Thread(target=loop, name="sandbox-worker", daemon=True)
         worker.start()
         stack.callback(worker.join, 30)
@@ -133,4 +136,4 @@ def running_sandbox(upn: str = DEFAULT_UPN, group: str = DEFAULT_GROUP, port: in
         cli_env = {"RESPONDER_STORAGE_CONNECTION": az.connection_string,
                    "RESPONDER_TENANT_CONFIG": str(gen.tenant_path),
                    "RESPONDER_GRAPH_BASE_URL": fake.base_url, "RESPONDER_TENANT_ID": DEMO_TENANT_ID}
-        yield Sandbox(server.base_url, fake.base_url, held, run_ids, cli_env), stop
+        yield Sandbox(server.base_url, fake.base_url, held, run_ids, cli_env, work), stop

@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
             out = [f"Approval page (signed in as {args.upn or DEFAULT_UPN}):"]
             out += [f"  held request: {sb.page_url}/requests/{rid}" for rid in sb.held]
             out += [f"  run:          {sb.page_url}/runs/{rid}" for rid in sb.run_ids]
-            out += [f"Fake Graph:     {sb.graph_url}", "",
+            out += [f"Fake Graph:     {sb.graph_url}",
+                    f"Records:        {sb.records} (ledger.json, graph-accounts.json: written on Ctrl-C)",
+                    "",
                     "For the CLI (python -m responder ledger | approve ID | stop status), in another shell:"]
             out += [f"export {k}={shlex.quote(v)}" for k, v in sb.env.items()]
             out += ["", "The worker runs here: what you approve is done on the fake Graph. Ctrl-C stops all."]

@@ -5,6 +5,7 @@ fake Graph through the Azurite queue, and stops everything it started on Ctrl-C 
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import signal
@@ -139,3 +140,7 @@ def test_approve_from_the_page_is_done_and_ctrl_c_stops_everything(sandbox: subp
     while time.monotonic() < deadline and any(alive(p) for p in children):
         time.sleep(0.2)
     assert [children[p] for p in children if alive(p)] == []
+    # What the fake Graph was asked to do, written by the sandbox on the way out.
+    records = Path(next(ln for ln in lines if ln.startswith("Records:")).split()[1])
+    accounts = json.loads((records / "graph-accounts.json").read_text(encoding="utf-8"))
+    assert rec.target["user"] in accounts["revoked"]
