@@ -134,6 +134,18 @@ def test_approve_from_the_page_is_done_and_ctrl_c_stops_everything(sandbox: subp
                            env={**os.environ, **cli_env}, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "carol@contoso.com" in shown.stdout, shown.stderr
 
+    # ... and `approve` from the CLI is queued and executed by the sandbox's worker too.
+    other = next(r for r in ledger.list(state="held") if r.action == "revoke_sessions")
+    approved = subprocess.run([sys.executable, "-m", "responder", "approve", other.request_id, "--by",
+                               "dave@contoso.com"], cwd=ROOT, env={**os.environ, **cli_env},
+                              capture_output=True, text=True, timeout=120)
+    assert approved.returncode == 0, approved.stderr
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and ledger.get(other.request_id).state in ("held", "approved"):
+        time.sleep(0.5)
+    done = ledger.get(other.request_id)
+    assert done.state == rec.state and done.extra["approved_by"] == "dave@contoso.com", done.state
+
     sandbox.send_signal(signal.SIGINT)
     assert sandbox.wait(timeout=30) == 0
     deadline = time.monotonic() + 15
