@@ -85,7 +85,8 @@ def unquote_shell(v: str) -> str:
 def sandbox() -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESPONDER_")}
     proc = subprocess.Popen([sys.executable, "-m", "responder", "sandbox", "--as", "carol@contoso.com"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)   # its own process group, as in a terminal
     try:
         yield proc
     finally:
@@ -146,8 +147,9 @@ def test_approve_from_the_page_is_done_and_ctrl_c_stops_everything(sandbox: subp
     done = ledger.get(other.request_id)
     assert done.state == rec.state and done.extra["approved_by"] == "dave@contoso.com", done.state
 
-    sandbox.send_signal(signal.SIGINT)
-    assert sandbox.wait(timeout=30) == 0
+    # Ctrl-C in a terminal: SIGINT to the whole foreground process group, children included.
+    os.killpg(sandbox.pid, signal.SIGINT)
+    assert sandbox.wait(timeout=30) == 0, sandbox.stderr.read() if sandbox.stderr else ""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(alive(p) for p in children):
         time.sleep(0.2)
