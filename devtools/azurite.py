@@ -75,7 +75,10 @@ def running_azurite(timeout: float = 30.0) -> Iterator[Azurite]:
            "--tableHost", "127.0.0.1", "--tablePort", str(tport)]
     # In-memory and run from a temporary cwd: Azurite writes its debug log and config files there.
     cwd = tempfile.mkdtemp(prefix="azurite-")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
+    # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground group) reaches only the
+    # Python process, which stops Azurite below after it is done with it (the sandbox still writes then).
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd,
+                            start_new_session=True)
     try:
         _wait_port(qport, proc, timeout)
         _wait_port(tport, proc, timeout)

@@ -19,6 +19,7 @@ import responder.commands
 import responder.commands.demo
 import responder.commands.remediate
 import responder.commands.rules
+import responder.commands.sandbox
 import responder.commands.scan
 import responder.commands.stop
 from core import logsafe
