@@ -232,14 +232,9 @@ class ConfirmCompromised:
                 ready.append(req)
         # An earlier attempt may have confirmed them already (an answer lost after the service applied it):
         # the user's riskState says so, and a second confirmation is not sent (docs/remediation.md).
-        recognised = await self._already_confirmed([r for r in ready if r["id"] in ctx.prior_attempts], ctx)
-        for req in ready:
-            if req["id"] in recognised:
-                results[req["id"]] = ActionResult(
-                    req["id"], "confirmed",
-                    detail=f"{_user(req)} already confirmed compromised: done by an earlier attempt "
-                           "(recorded now)")
-        ready = [r for r in ready if r["id"] not in recognised]
+        checked = await self._already_confirmed([r for r in ready if r["id"] in ctx.prior_attempts], ctx)
+        results.update({rid: res for rid, res in checked.items() if res is not None})
+        ready = [r for r in ready if r["id"] not in results]
         # Calls of up to 60 users each, at most ``concurrency`` at once, each within ``timeout``.
         slots = asyncio.Semaphore(self.concurrency)
 
@@ -252,26 +247,39 @@ class ConfirmCompromised:
             results.update(part)
         return [results[r["id"]] for r in requests]
 
-    async def _already_confirmed(self, reqs: list[dict[str, Any]], ctx: ActionContext) -> set[str]:
-        """Ids of requests whose user's riskState is already confirmedCompromised
-        (``GET /identityProtection/riskyUsers/{id}``, IdentityRiskyUser.Read.All:
-        https://learn.microsoft.com/graph/api/riskyuser-get). Any failure to read (403 without the
-        permission, 404 for a user never risky, a timeout) means: send it again, as before."""
+    async def _already_confirmed(self, reqs: list[dict[str, Any]],
+                                 ctx: ActionContext) -> dict[str, ActionResult | None]:
+        """For each request: ``None`` when it is to be sent, else its result without sending: confirmed
+        when the user's riskState is already confirmedCompromised (``GET /identityProtection/riskyUsers/
+        {id}``, IdentityRiskyUser.Read.All: https://learn.microsoft.com/graph/api/riskyuser-get), or a
+        transient result when the read failed transiently (5xx, 429, timeout: read again on the retry,
+        rather than confirming twice). 403 (permission not granted) and 404 (a user never risky) mean:
+        send it, as before."""
         slots = asyncio.Semaphore(self.concurrency)
 
-        async def state(req: dict[str, Any]) -> str | None:
+        async def check(req: dict[str, Any]) -> ActionResult | None:
             async with slots:
                 try:
                     risky = await asyncio.wait_for(
                         ctx.graph.identity_protection.risky_users.by_risky_user_id((_user(req) or "").lower())
                         .get(), self.timeout)
-                except Exception:   # unreadable: fall back to sending again
-                    return None
+                except TimeoutError:
+                    return ActionResult(req["id"], "failed", error="reading riskState timed out",
+                                        transient=True)
+                except Exception as exc:
+                    failure = describe(exc)
+                    if failure.status in (403, 404) or not failure.transient:
+                        return None
+                    return failure.result(req["id"], "reading riskState before confirming again")
             value = getattr(risky, "risk_state", None)
-            return str(getattr(value, "value", value)) if value is not None else None
+            if str(getattr(value, "value", value)) != "confirmedCompromised":
+                return None
+            return ActionResult(req["id"], "confirmed",
+                                detail=f"{_user(req)} already confirmed compromised: done by an earlier "
+                                       "attempt (recorded now)")
 
-        states = await asyncio.gather(*(state(r) for r in reqs))
-        return {r["id"] for r, st in zip(reqs, states, strict=True) if st == "confirmedCompromised"}
+        found = await asyncio.gather(*(check(r) for r in reqs))
+        return {r["id"]: res for r, res in zip(reqs, found, strict=True)}
 
     async def _submit(self, chunk: list[dict[str, Any]], ctx: ActionContext) -> dict[str, ActionResult]:
         object_ids = list(dict.fromkeys((_user(r) or "").lower() for r in chunk))

@@ -183,6 +183,19 @@ def test_confirm_compromised_applied_before_a_503_is_recognised_not_sent_again()
     assert len(posts) == 1
 
 
+def test_confirm_compromised_whose_state_cannot_be_read_now_is_retried_not_sent_twice() -> None:
+    """A 503 on the riskState read after a lost answer: transient (read again later), no second POST."""
+    with FakeGraph() as fake:
+        user = fake.users.add(USER)
+        req = user_request(user.id, "confirm_compromised")
+        fake.inject("POST", r"/riskyUsers/(microsoft\.graph\.)?confirmCompromised$", 503, applied=True)
+        run(fake, "confirm_compromised", [req])
+        fake.inject("GET", r"/riskyUsers/[0-9a-f-]{36}$", 503)
+        [again] = run(fake, "confirm_compromised", [req], prior_attempts={req["id"]: now_iso()})
+        posts = fake.calls_to("POST", r"/riskyUsers/(microsoft\.graph\.)?confirmCompromised$")
+    assert again.transient and len(posts) == 1
+
+
 def test_confirm_compromised_not_yet_applied_is_sent_on_the_retry() -> None:
     """A prior attempt the service never applied (riskyUser Get: 404, not risky): sent now."""
     with FakeGraph() as fake:
