@@ -148,6 +148,24 @@ async def page_run_undo(req: func.HttpRequest, msgs: func.Out[typing.List[str]])
     return await pages.post_run_undo(runtime, req, page_auth, msgs)
 
 
+@app.function_name("page_stop")
+@app.route(route="stop", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def page_stop(req: func.HttpRequest) -> func.HttpResponse:
+    return await pages.get_stop(runtime, req, page_auth)
+
+
+@app.function_name("page_stop_on")
+@app.route(route="stop", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def page_stop_on(req: func.HttpRequest) -> func.HttpResponse:
+    return await pages.post_stop(runtime, req, page_auth, True)
+
+
+@app.function_name("page_stop_clear")
+@app.route(route="stop/clear", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def page_stop_clear(req: func.HttpRequest) -> func.HttpResponse:
+    return await pages.post_stop(runtime, req, page_auth, False)
+
+
 @app.function_name("stop")
 @app.route(route="api/stop", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def stop_on(req: func.HttpRequest) -> func.HttpResponse:

@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from remediation.stop import StopState
 
 STYLE = """body{font-family:Segoe UI,system-ui,sans-serif;margin:2rem;max-width:60rem;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;
 vertical-align:top}pre,code{font-family:Consolas,monospace;white-space:pre-wrap;word-break:break-all}
 .state{font-weight:bold}form{display:inline-block;margin-right:1rem}button{padding:.5rem 1.2rem}
-.msg{padding:.6rem;border:1px solid #c88;background:#fee}"""
+.msg{padding:.6rem;border:1px solid #c88;background:#fee}
+.stop{padding:.8rem;border:2px solid #b00;background:#fdd;font-weight:bold}"""
 
 
 def e(value: Any) -> str:
@@ -46,9 +50,19 @@ def form(action: str, label: str, token: str, name: str) -> str:
             "</button></form>")
 
 
-def request_page(view: Mapping[str, Any], *, who: str, token: str | None, message: str | None = None) -> str:
+def stop_banner(stop: StopState | None) -> str:
+    """Shown on every page while the emergency stop is on: nothing approved here runs until it is cleared."""
+    if stop is None or not stop.on:
+        return ""
+    return (f"<p class=\"stop\" role=\"alert\">{e(stop.describe())}: every action is held. "
+            "<a href=\"/stop\">Emergency stop</a></p>")
+
+
+def request_page(view: Mapping[str, Any], *, who: str, token: str | None, message: str | None = None,
+                 stop: StopState | None = None) -> str:
     rid = view["id"]
-    parts = [f"<h1>{e(view['action'])} &mdash; <span class=\"state\">{e(view['state'])}</span></h1>"]
+    parts = [stop_banner(stop),
+             f"<h1>{e(view['action'])} &mdash; <span class=\"state\">{e(view['state'])}</span></h1>"]
     if message:
         parts.append(f"<p class=\"msg\">{e(message)}</p>")
     parts.append(f"<p>Signed in as {e(who)}.</p>")
@@ -77,8 +91,8 @@ def request_page(view: Mapping[str, Any], *, who: str, token: str | None, messag
 
 
 def run_page(run_id: str, rows: list[Mapping[str, Any]], *, who: str, token: str | None,
-             message: str | None = None) -> str:
-    parts = [f"<h1>Run {e(run_id)}</h1>"]
+             message: str | None = None, stop: StopState | None = None) -> str:
+    parts = [stop_banner(stop), f"<h1>Run {e(run_id)}</h1>"]
     if message:
         parts.append(f"<p class=\"msg\">{e(message)}</p>")
     parts.append(f"<p>Signed in as {e(who)}.</p>")
@@ -97,10 +111,32 @@ def run_page(run_id: str, rows: list[Mapping[str, Any]], *, who: str, token: str
     return page(f"Run {run_id}", "".join(parts))
 
 
-def message_page(title: str, message: str, *, state: str | None = None, link: str | None = None) -> str:
+def message_page(title: str, message: str, *, state: str | None = None, link: str | None = None,
+                 link_text: str = "Back to the request") -> str:
     body = f"<h1>{e(title)}</h1><p class=\"msg\">{e(message)}</p>"
     if state:
         body += f"<p>Current state: <span class=\"state\">{e(state)}</span></p>"
     if link:
-        body += f"<p><a href=\"{e(link)}\">Back to the request</a></p>"
+        body += f"<p><a href=\"{e(link)}\">{e(link_text)}</a></p>"
     return page(title, body)
+
+
+def stop_page(stop: StopState, *, who: str, token: str, message: str | None = None) -> str:
+    """``GET /stop``: the switch, who set it, when and why, and the one form that flips it."""
+    parts = [stop_banner(stop), "<h1>Emergency stop</h1>"]
+    if message:
+        parts.append(f"<p class=\"msg\">{e(message)}</p>")
+    parts.append(f"<p>Signed in as {e(who)}.</p>")
+    parts.append(kv_table([("State", "on" if stop.on else "off"), ("Set by", stop.by), ("At", stop.at),
+                           ("Reason", stop.reason)]))
+    if stop.on:
+        parts.append("<p>Clearing it lets new actions run; requests it held stay held.</p>"
+                     + form("/stop/clear", "Clear the emergency stop", token, "clear"))
+    else:
+        parts.append(
+            "<p>Turning it on holds every action (auto and approved) until it is cleared.</p>"
+            "<form method=\"post\" action=\"/stop\"><input type=\"hidden\" name=\"csrf\" "
+            f"value=\"{e(token)}\"><label>Reason <input name=\"reason\" required maxlength=\"500\" "
+            "size=\"60\"></label> <button type=\"submit\" name=\"on\" value=\"1\">Turn the emergency stop on"
+            "</button></form>")
+    return page("Emergency stop", "".join(parts))

@@ -22,6 +22,7 @@ from app.signin import PageAuth, Principal, Refused, check_post, csrf_token, sig
 from remediation.actions.registry import default_registry
 from remediation.decisions import Decisions, NotFound, RecordOnly, WorkerError
 from remediation.ledger import INVALID, LedgerConflict, Record
+from remediation.stop import MAX_TEXT, StopState, read_stop, set_stop
 from remediation.undo_run import classify
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ async def get_request(rt: Runtime, req: func.HttpRequest, auth: PageAuth) -> fun
     if rec is None:
         return _not_found("such request")
     token = csrf_token(auth, who, rec.request_id)
-    return html(200, pagehtml.request_page(view(rt, rec), who=who.name, token=token))
+    return html(200, pagehtml.request_page(view(rt, rec), who=who.name, token=token, stop=_stop(rt)))
 
 
 def _form(req: func.HttpRequest) -> dict[str, str]:
@@ -166,7 +167,7 @@ async def get_run(rt: Runtime, req: func.HttpRequest, auth: PageAuth) -> func.Ht
     if not rows:
         return _not_found("such run")
     token = csrf_token(auth, who, f"run:{run_id}")
-    return html(200, pagehtml.run_page(run_id, rows, who=who.name, token=token))
+    return html(200, pagehtml.run_page(run_id, rows, who=who.name, token=token, stop=_stop(rt)))
 
 
 def _run_rows(rt: Runtime, run_id: str) -> list[dict[str, Any]]:
@@ -241,3 +242,49 @@ async def post_run_undo(rt: Runtime, req: func.HttpRequest, auth: PageAuth,
     message = ", ".join(parts) + "." + (f" Not undone: {'; '.join(problems)}" if problems else "")
     return html(200, pagehtml.run_page(run_id, _run_rows(rt, run_id), who=who.name, token=None,
                                        message=message))
+
+
+# --- the emergency stop (remediation/stop.py), flipped by a signed-in on-call person ---------------
+STOP_SUBJECT = "stop"
+
+
+def _stop(rt: Runtime) -> StopState | None:
+    """The switch for the page's banner; None when unreadable (the page still shows the request)."""
+    try:
+        return read_stop(rt.ledger())
+    except Exception as exc:
+        log.error("page: emergency stop unreadable: %s", type(exc).__name__)
+        return None
+
+
+async def get_stop(rt: Runtime, req: func.HttpRequest, auth: PageAuth) -> func.HttpResponse:
+    """``GET /stop``: the switch's state and the form to turn it on (reason required) or clear it."""
+    try:
+        who = signed_in(req, auth)
+    except Refused as exc:
+        return refused(exc)
+    return html(200, pagehtml.stop_page(read_stop(rt.ledger()), who=who.name,
+                                        token=csrf_token(auth, who, STOP_SUBJECT)))
+
+
+async def post_stop(rt: Runtime, req: func.HttpRequest, auth: PageAuth, on: bool) -> func.HttpResponse:
+    """``POST /stop`` (on, ``reason`` required) and ``POST /stop/clear`` (off)."""
+    try:
+        who = signed_in(req, auth)
+        form = _form(req)
+        check_post(req, auth, who, STOP_SUBJECT, form.get("csrf", ""))
+    except Refused as exc:
+        return refused(exc)
+    reason = form.get("reason", "").strip() if on else ""
+    if on and not 0 < len(reason) <= MAX_TEXT:
+        return html(400, pagehtml.message_page(
+            "Reason required", f"reason: say why the stop is turned on (1 to {MAX_TEXT} characters)",
+            link="/stop", link_text="Back to the emergency stop"))
+    state = set_stop(rt.ledger(), on, who.name, reason, by_id=who.oid, by_from=who.ip)
+    rt.stop_switch().forget()   # this instance sees it at once; the others within 10 s
+    log.warning("emergency stop turned %s by %s (%s) from %s via the page", "on" if on else "off", who.name,
+                who.oid, who.ip)
+    message = ("Emergency stop is ON: every action is held until it is cleared." if on else
+               "Emergency stop cleared. Requests held by it stay held: approve them one by one.")
+    return html(200, pagehtml.stop_page(state, who=who.name, token=csrf_token(auth, who, STOP_SUBJECT),
+                                        message=message))

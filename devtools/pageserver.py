@@ -29,7 +29,10 @@ ROUTES = [("GET", re.compile(r"^/requests/([^/]+)$"), "request"),
           ("POST", re.compile(r"^/requests/([^/]+)/(approve|reject|undo|done)$"), "decide"),
           ("GET", re.compile(r"^/runs/([^/]+)$"), "run"),
           ("POST", re.compile(r"^/runs/([^/]+)/approve$"), "run_approve"),
-          ("POST", re.compile(r"^/runs/([^/]+)/undo$"), "run_undo")]
+          ("POST", re.compile(r"^/runs/([^/]+)/undo$"), "run_undo"),
+          ("GET", re.compile(r"^/(stop)$"), "stop"),
+          ("POST", re.compile(r"^/(stop)$"), "stop_on"),
+          ("POST", re.compile(r"^/stop/(clear)$"), "stop_clear")]
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,10 @@ class PageServer:
             return await pages.get_request(self.runtime, req, self.auth)
         if kind == "run":
             return await pages.get_run(self.runtime, req, self.auth)
+        if kind == "stop":
+            return await pages.get_stop(self.runtime, req, self.auth)
+        if kind in ("stop_on", "stop_clear"):
+            return await pages.post_stop(self.runtime, req, self.auth, kind == "stop_on")
         if kind == "decide":
             resp = await pages.post_decision(self.runtime, req, self.auth, m.group(2), out)
         elif kind == "run_undo":

@@ -39,11 +39,14 @@ class StopState:
     at: str = ""
     reason: str = ""
     claimed_by: str = ""
+    by_id: str = ""      # the signed-in person's object id (the page), else empty
+    by_from: str = ""    # the client address the page saw (audit only), else empty
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if not self.claimed_by:
-            out.pop("claimed_by")
+        for key in ("claimed_by", "by_id", "by_from"):
+            if not out[key]:
+                out.pop(key)
         return out
 
     def describe(self) -> str:
@@ -61,12 +64,14 @@ def read_stop(ledger: Ledger) -> StopState:
     except ResourceNotFoundError:
         return StopState()
     return StopState(on=row.get("on") is True, by=str(row.get("by") or ""), at=str(row.get("at") or ""),
-                     reason=str(row.get("reason") or ""), claimed_by=str(row.get("claimed_by") or ""))
+                     reason=str(row.get("reason") or ""), claimed_by=str(row.get("claimed_by") or ""),
+                     by_id=str(row.get("by_id") or ""), by_from=str(row.get("by_from") or ""))
 
 
 def set_stop(ledger: Ledger, on: bool, by: str, reason: str = "", *,
-             claimed_by: str | None = None) -> StopState:
-    """Turn the stop on or off (an upsert: the last writer wins, which is what a switch means)."""
+             claimed_by: str | None = None, by_id: str = "", by_from: str = "") -> StopState:
+    """Turn the stop on or off (an upsert: the last writer wins, which is what a switch means).
+    ``by_id`` / ``by_from``: the signed-in person's object id and address (the page), for the audit."""
     if not isinstance(on, bool):
         raise ValueError("on must be true or false")
     by = (by or "").strip()
@@ -77,10 +82,12 @@ def set_stop(ledger: Ledger, on: bool, by: str, reason: str = "", *,
         raise ValueError("reason: say why the stop is turned on (it is shown on every card)")
     if len(reason) > MAX_TEXT or len(by) > 200:
         raise ValueError(f"reason: at most {MAX_TEXT} characters; by: at most 200")
-    state = StopState(on=on, by=by, at=ledger.iso_now(), reason=reason, claimed_by=(claimed_by or "").strip())
+    state = StopState(on=on, by=by, at=ledger.iso_now(), reason=reason, claimed_by=(claimed_by or "").strip(),
+                      by_id=(by_id or "").strip()[:100], by_from=(by_from or "").strip()[:100])
     ledger.table.upsert_entity({"PartitionKey": MARKERS, "RowKey": STOP_KEY, "key": STOP_KEY, "on": on,
                                 "by": state.by, "at": state.at, "reason": state.reason,
-                                "claimed_by": state.claimed_by}, mode=UpdateMode.REPLACE)
+                                "claimed_by": state.claimed_by, "by_id": state.by_id,
+                                "by_from": state.by_from}, mode=UpdateMode.REPLACE)
     return state
 
 

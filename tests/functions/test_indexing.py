@@ -30,6 +30,9 @@ HTTP = {"scan": ("api/scan", ["POST"], "FUNCTION"), "health": ("api/health", ["G
         "page_done": ("requests/{id}/done", ["POST"], "ANONYMOUS"),
         "page_run_approve": ("runs/{id}/approve", ["POST"], "ANONYMOUS"),
         "page_run_undo": ("runs/{id}/undo", ["POST"], "ANONYMOUS"),
+        "page_stop": ("stop", ["GET"], "ANONYMOUS"),
+        "page_stop_on": ("stop", ["POST"], "ANONYMOUS"),
+        "page_stop_clear": ("stop/clear", ["POST"], "ANONYMOUS"),
         "stop": ("api/stop", ["POST"], "FUNCTION"), "stop_clear": ("api/stop/clear", ["POST"], "FUNCTION"),
         "undo_run": ("api/runs/{id}/undo", ["POST"], "FUNCTION")}
 # Anonymous to the Functions host: App Service authentication (Easy Auth) signs people in in front of
