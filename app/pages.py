@@ -23,7 +23,7 @@ from remediation.actions.registry import default_registry
 from remediation.decisions import Decisions, NotFound, RecordOnly, WorkerError
 from remediation.ledger import INVALID, LedgerConflict, Record
 from remediation.stop import MAX_TEXT, StopState, read_stop, set_stop
-from remediation.undo_run import classify
+from remediation.undo_run import classify, record_run_undo
 
 log = logging.getLogger(__name__)
 REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -220,26 +220,13 @@ async def post_run_undo(rt: Runtime, req: func.HttpRequest, auth: PageAuth,
         return refused(exc)
     if not _run_rows(rt, run_id):
         return _not_found("such run")
-    d, registry, bodies, problems = decisions(rt), default_registry(), [], []
-    counts: dict[str, int] = {}
-    for rec in rt.ledger().list(run_id=run_id):
-        category = classify(rec, registry, rt.settings.connector_actions)
-        if category != "undo":
-            counts[category] = counts.get(category, 0) + 1
-            continue
-        try:
-            _, undo_req = d.record_undo(rec.request_id, who.name, **_who_fields(who))
-            bodies.append(json.dumps(undo_req))
-        except WorkerError as exc:
-            problems.append(str(exc))
-    msgs.set(bodies)
-    log.info("run %s: %d undo(s) queued by %s (%s) from %s via the page", run_id, len(bodies), who.name,
-             who.oid, who.ip)
-    words = {"already_undone": "undone before", "cannot_undo": "cannot be undone",
-             "pending": "not confirmed yet", "nothing_done": "had done nothing"}
-    parts = [f"{len(bodies)} undo(s) recorded and queued"] + [
-        f"{n} {words[c]}" for c, n in sorted(counts.items())]
-    message = ", ".join(parts) + "." + (f" Not undone: {'; '.join(problems)}" if problems else "")
+    result = record_run_undo(decisions(rt), run_id, who.name, rt.settings.connector_actions,
+                             **_who_fields(who))
+    msgs.set([json.dumps(undo_req) for _, undo_req in result.queued])
+    log.info("run %s: %d undo(s) queued by %s (%s) from %s via the page", run_id, len(result.queued),
+             who.name, who.oid, who.ip)
+    message = result.summary() + "." + (
+        f" Not undone: {'; '.join(err for _, err in result.problems)}" if result.problems else "")
     return html(200, pagehtml.run_page(run_id, _run_rows(rt, run_id), who=who.name, token=None,
                                        message=message))
 

@@ -30,6 +30,7 @@ from remediation.reporting import Report
 
 if TYPE_CHECKING:
     from remediation.actions.registry import Registry
+    from remediation.decisions import Decisions
     from remediation.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,57 @@ def classify(rec: Record, registry: Registry, connector_actions: str) -> str:
     if spec is None or spec.inverse is None or registry.run_by_hand(spec.inverse, connector_actions):
         return "cannot_undo"   # no way back, or only by hand (connectors under manual)
     return "undo"
+
+
+@dataclass
+class QueuedRunUndo:
+    """``record_run_undo``'s answer: the undos recorded for the caller to enqueue, and the rest listed."""
+    run_id: str
+    by: str
+    queued: list[tuple[Record, dict[str, Any]]] = field(default_factory=list)   # (original, undo request)
+    problems: list[tuple[str, str]] = field(default_factory=list)               # (original id, why not)
+    others: dict[str, list[Record]] = field(default_factory=dict)               # category -> originals
+
+    @property
+    def found(self) -> int:
+        return len(self.queued) + len(self.problems) + sum(len(v) for v in self.others.values())
+
+    def summary(self) -> str:
+        if not self.found:
+            return f"run {self.run_id}: no request of this run is in the ledger"
+        words = {"already_undone": "undone before", "cannot_undo": "cannot be undone",
+                 "pending": "not confirmed yet", "nothing_done": "had done nothing"}
+        parts = [f"{len(self.queued)} undo(s) recorded and queued"] + [
+            f"{len(recs)} {words[c]}" for c, recs in sorted(self.others.items())]
+        if self.problems:
+            parts.append(f"{len(self.problems)} not undone")
+        return f"run {self.run_id} by {self.by}: {', '.join(parts)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "by": self.by, "summary": self.summary(),
+                "queued": [{"request_id": u["id"], "undo_of": rec.request_id} for rec, u in self.queued],
+                "not_undone": [{"request_id": rid, "error": err} for rid, err in self.problems],
+                **{c: [r.request_id for r in recs] for c, recs in sorted(self.others.items())}}
+
+
+def record_run_undo(decisions: Decisions, run_id: str, by: str, connector_actions: str,
+                    **fields: Any) -> QueuedRunUndo:
+    """Undo a run through the queue: one undo recorded (``Decisions.record_undo``) per request ``classify``
+    says to undo, for the caller to enqueue; the worker in Azure runs each with its own identity. The
+    approval page's "undo all done" and the CLI's ``undo --run`` share it; nothing here calls Graph."""
+    result = QueuedRunUndo(run_id=run_id, by=by)
+    for rec in decisions.runner.ledger.list(run_id=run_id):
+        category = classify(rec, decisions.registry, connector_actions)
+        if category != "undo":
+            result.others.setdefault(category, []).append(rec)
+            continue
+        try:
+            _, undo_req = decisions.record_undo(rec.request_id, by, **fields)
+        except WorkerError as exc:
+            result.problems.append((rec.request_id, str(exc)))
+            continue
+        result.queued.append((rec, undo_req))
+    return result
 
 
 async def undo_run(worker: Worker, run_id: str, by: str, *, claimed_by: str | None = None) -> RunUndo:
