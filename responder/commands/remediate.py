@@ -114,9 +114,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              "undo": ("reverse a confirmed move, or everything a run did (--run)",
                       "Reverse a confirmed email move with its declared inverse, as a new request linked "
                       "both ways to the original, queued for the app's worker (--local: run it here). "
-                      "With --run RUN_ID instead of an ID: every undoable request of that run, one by one "
-                      "(a failure never stops the others; run again, nothing more is undone), listing "
-                      "what cannot be undone (revokes, confirm compromised) and sending one summary card.")}
+                      "With --run RUN_ID instead of an ID: one undo recorded and queued per confirmed "
+                      "undoable request of that run (run again, nothing more is undone), listing what "
+                      "cannot be undone (revokes, confirm compromised) or is not confirmed yet; --local "
+                      "undoes them here one by one and sends one summary card.")}
     for name, (helptext, description) in helps.items():
         p = command(subparsers, name, help=helptext,
                     description=f"{description} ID may be any unique beginning of a request id.",
@@ -128,9 +129,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("id", metavar="ID", nargs="?",
                            help="request id or any unique beginning of one (see `ledger`)")
             p.add_argument("--run", metavar="RUN_ID",
-                           help="undo everything this run did (whole run id): every confirmed move back, "
-                                "listing what cannot be undone; one summary card "
-                                "(RESPONDER_TEAMS_WEBHOOK_URL)")
+                           help="undo everything this run did (whole run id): an undo queued for every "
+                                "confirmed move, listing what cannot be undone (--local: run here, one "
+                                "summary card to RESPONDER_TEAMS_WEBHOOK_URL)")
         else:
             p.add_argument("id", metavar="ID",
                            help="request id or any unique beginning of one (see `ledger`)")
@@ -399,12 +400,59 @@ def recorded(ledger: Ledger, bodies: list[str]) -> list[Outcome]:
 def _decide(args: argparse.Namespace, verb: str) -> int:
     """approve/reject/undo: recorded in the ledger and (approve, undo) queued for the worker in Azure,
     which needs only storage data roles here; --local runs in this process as before."""
-    # undo --run runs here (Worker.undo_run with its summary card); the id checks live in _run too.
-    if args.local or (verb == "undo" and (args.run is not None or args.id is None)):
+    if verb == "undo" and (args.run is None) == (args.id is None):
+        raise UsageError("undo takes a request ID or --run RUN_ID (one of them)")
+    if args.local:
         return _run(args, _person(verb))
     settings = Settings.from_env(require=False)
     ledger = open_ledger(args, settings)
+    if verb == "undo" and args.run is not None:
+        return _queued_run_undo(args, settings, ledger)
     return _queued(args, verb, settings, ledger)
+
+
+def _queued_run_undo(args: argparse.Namespace, settings: Settings, ledger: Ledger) -> int:
+    """``undo --run RUN_ID``: one undo recorded per confirmed undoable request of the run and queued for
+    the app's worker (remediation/undo_run.record_run_undo, as the page's "undo all done"); what cannot
+    be undone is listed. Needs only the storage data roles; --local runs Worker.undo_run here instead."""
+    from remediation.decisions import Decisions, RecordOnly
+    from remediation.undo_run import record_run_undo
+
+    tenant = load_tenant_config(args.config.resolve() if args.config else settings.tenant_config_path,
+                                settings.params_json)
+    decisions = Decisions(RecordOnly(settings, tenant, load_catalog(), ledger))
+    run_id = args.run.strip()
+    try:
+        result = record_run_undo(decisions, run_id, _who(args), settings.connector_actions,
+                                 decided_via="cli")
+        unqueued: list[str] = []
+        if result.queued:
+            queue = open_queue(args, settings)
+            for _, undo_req in result.queued:
+                try:
+                    enqueue(queue, json.dumps(undo_req))
+                except AzureError as exc:
+                    unqueued.append(f"{undo_req['id']} ({first_line(exc)})")
+    except AzureError as exc:
+        failure = storage_failure(exc, ledger)
+        print(f"error: {failure}; check what was recorded with `python -m responder ledger`",
+              file=sys.stderr)
+        return failure.code
+    if args.json:
+        sys.stdout.write(json.dumps({**result.to_dict(), "not_queued": unqueued}, indent=2,
+                                    ensure_ascii=False) + "\n")
+    else:
+        print(result.summary())
+        for rec, undo_req in result.queued:
+            print(f"  queued undo {undo_req['id']} of {rec.request_id}: {rec.action} {_target(rec.target)}")
+        for rid, err in result.problems:
+            print(f"  not undone {rid}: {err}")
+        for category, label in (("cannot_undo", "cannot be undone"), ("pending", "not confirmed yet")):
+            for r in result.others.get(category, []):
+                print(f"  {label} {r.request_id}: {r.action} {_target(r.target)} ({r.state})")
+    for line in unqueued:
+        print(f"error: undo {line} is recorded but could not be queued", file=sys.stderr)
+    return 1 if unqueued or result.problems or not result.found else 0
 
 
 def _queued(args: argparse.Namespace, verb: str, settings: Settings, ledger: Ledger) -> int:
@@ -463,8 +511,6 @@ def _person(verb: str) -> Callable[..., Any]:
     async def act(args: argparse.Namespace, worker: Any) -> int:
         from remediation.decisions import WorkerError
 
-        if verb == "undo" and (args.run is None) == (args.id is None):
-            raise UsageError("undo takes a request ID or --run RUN_ID (one of them)")
         if verb == "undo" and args.run is not None:
             return await _undo_run(args, worker)
         try:
