@@ -2,6 +2,7 @@
 // clicks a button by its visible name, and prints what the page showed as JSON:
 // {"status", "text", "dialogs", "scripts", "pageErrors", "after": {"status", "text"}}.
 // Usage: node click.mjs <chromium> <url> [button name] [screenshot.png]
+// PAGE_FILL='{"Label": "text"}' fills those labelled fields before the click (the stop's reason).
 import { chromium } from "playwright-core";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -26,6 +27,9 @@ try {
   out.text = await page.innerText("body");
   out.scripts = await page.locator("script").count();
   if (png) await page.screenshot({ path: png, fullPage: true });
+  for (const [label, value] of Object.entries(JSON.parse(process.env.PAGE_FILL || "{}"))) {
+    await page.getByLabel(label).fill(value);
+  }
   if (button) {
     const [nav] = await Promise.all([page.waitForNavigation(), page.getByRole("button", { name: button }).click()]);
     out.after = { status: nav ? nav.status() : null, text: await page.innerText("body") };

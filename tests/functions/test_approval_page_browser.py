@@ -5,6 +5,7 @@ devtools/pageserver.py, which sets the principal headers the way App Service aut
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,20 +19,22 @@ from core.settings import ROOT
 from devtools.cardrender.render import chromium_path
 from devtools.fakegraph import FakeGraph
 from devtools.pageserver import Identity, PageServer
-from remediation.stop import set_stop
+from remediation.stop import read_stop, set_stop
 from tests.functions.conftest import NOW, PROTECTED, RULE
 from tests.functions.test_approval_page import EVIL, OID, ON, ONCALL, confirmed_move, held
 
 CLICK = ROOT / "devtools" / "pagebrowser" / "click.mjs"
 
 
-def browse(url: str, button: str | None = None, png: Path | None = None) -> dict[str, Any]:
+def browse(url: str, button: str | None = None, png: Path | None = None,
+           fill: dict[str, str] | None = None) -> dict[str, Any]:
     node = shutil.which("node")
     assert node, "node is needed for the browser tests"
     args = [node, str(CLICK), chromium_path(), url] + ([button] if button else [""] if png else [])
     if png:
         args.append(str(png))
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    env = {**os.environ, "PAGE_FILL": json.dumps(fill or {})}
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
 
@@ -111,3 +114,21 @@ def test_undo_in_chromium_and_the_worker_restores_the_message(make_env: Any,
         assert fake.mailboxes.folder_of(PROTECTED[0], "<held-1@mail.gmail.com>") == "inbox"
         undo = env.rt.ledger().get(json.loads(body)["id"])
         assert (undo.state, undo.extra["undo_of"], undo.extra["decided_via"]) == ("confirmed", rid, "page")
+
+
+def test_oncall_turns_the_emergency_stop_on_and_clears_it_in_chromium(
+        make_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = make_env()
+    monkeypatch.setattr(env.fa, "page_auth", ON)
+    rid = held(env)
+    alice = Identity("alice@contoso.com", OID, (ONCALL,))
+    with PageServer(env.rt, ON, alice) as server:
+        seen = browse(f"{server.base_url}/stop", "Turn the emergency stop on",
+                      fill={"Reason": "rule misfires"})
+        assert seen["status"] == 200 and seen["after"]["status"] == 200
+        state = read_stop(env.rt.ledger())
+        assert (state.on, state.by, state.reason) == (True, "alice@contoso.com", "rule misfires")
+        assert "rule misfires" in browse(f"{server.base_url}/requests/{rid}")["text"]
+        seen = browse(f"{server.base_url}/stop", "Clear the emergency stop")
+        assert seen["after"]["status"] == 200 and "cleared" in seen["after"]["text"]
+    assert read_stop(env.rt.ledger()).on is False
