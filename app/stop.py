@@ -56,4 +56,6 @@ def health_field(rt: Runtime) -> dict[str, Any] | None:
     except Exception as exc:
         log.error("health: emergency stop unreadable: %s", type(exc).__name__)
         return None
-    return {"on": state.on, "by": state.by, "at": state.at, "reason": state.reason}
+    # Anonymous endpoint: yes/no and since when only; who and why are for signed-in people (/stop, the
+    # CLI's `stop status`), never for anyone who can reach the health URL.
+    return {"on": state.on, "at": state.at}

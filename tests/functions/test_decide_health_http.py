@@ -165,7 +165,7 @@ def test_health_reports_counts_and_reachability_only(env: Env) -> None:
     assert doc == {"status": "ok", "config": "loaded", "storage": "reachable", "notifications": True,
                    "rules": {"valid": True, "count": len(env.rt.config.catalog),
                              "scheduled": len(env.rt.config.timers)},
-                   "emergency_stop": {"on": False, "by": "", "at": "", "reason": ""}}
+                   "emergency_stop": {"on": False, "at": ""}}
 
 
 WEBHOOK = "https://prod-01.westeurope.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?sig=SECRETSIG"
