@@ -14,12 +14,12 @@ Two entry points share one pipeline: ``process_message`` (the queue trigger, one
   work: a deadline of ``budget`` (half the lease by default) bounds every action call and retry sleep
   (deadline.py). Before each action call the row gets a write-ahead intent, and a row that had one is
   passed to the action as a prior attempt, which checks the service before acting again (intent.py).
-* **Transport level (the SDK's RetryHandler).** msgraph-sdk retries 429/503/504 on every method,
-  POST included, honouring Retry-After, below this code. Decision: keep it (a 429 was never processed
-  by the service, so replaying it is exact; a 503/504 may have been processed, and then the action
-  recognises its own work or converges on the same end state, possibly one more Action-center entry).
-  Those replays are invisible to the ledger by design: ``attempts`` counts the worker's attempts, not
-  HTTP calls, and their waits count against the delivery's deadline. What the SDK gives up on reaches
+* **Transport level (the SDK's RetryHandler).** msgraph-sdk retries 429/503/504 on every method, below
+  this code and invisibly to it. It is kept for reads, and switched off per request for every
+  state-changing call (the Defender remediate POST, revoke, disable/enable, confirmCompromised): a
+  503/504 there may have been processed, so the worker's own retry, which checks the service first
+  (``prior_attempts``), does it instead. ``attempts`` counts the worker's attempts, not HTTP calls,
+  and every wait counts against the delivery's deadline. What the SDK gives up on reaches
   this worker as a transient ActionResult; the worker retries at most ``max_attempts`` times per
   delivery (Retry-After honoured, capped at ``max_delay`` and by the deadline: a longer wait ends the
   delivery instead of sleeping), then releases its claim, keeps the row ``received`` with the error,
