@@ -256,25 +256,7 @@ class Decisions:
         """Reverse a confirmed action with its declared inverse (move_to_junk: back to the Inbox or the
         recorded original folder), as a new request in the ledger linked both ways to the original."""
         rec, ledger = self.find(request_id), self.runner.ledger
-        spec = self.registry.find(rec.action)
-        if spec is None or spec.inverse is None:
-            undoable = ", ".join(d.name for d in self.registry if d.inverse) or "nothing"
-            raise WorkerError(f"request {request_id} is {rec.action}; only {undoable} can be undone")
-        if rec.state == "expired":
-            raise WorkerError(f"request {request_id} expired without being approved: nothing was done, so "
-                              "there is nothing to undo", state=rec.state)
-        if rec.state != "confirmed":
-            raise WorkerError(f"request {request_id} is {rec.state}; only a confirmed move can be undone",
-                              state=rec.state)
-        if rec.extra.get("undone_by"):
-            raise WorkerError(f"request {request_id} was already undone by {rec.extra['undone_by']}")
-        original = rec.request or {}
-        undo_req = make_request(rule=rec.rule, action=spec.inverse, mode="auto", target=rec.target,
-                                evidence=original.get("evidence", {}), detected_at=ledger.clock(),
-                                run={"id": f"undo-{request_id}", "index": 0, "total": 1},
-                                undo_of={"request_id": request_id, "undo": rec.undo or {}, "by": by},
-                                severity=original.get("severity", ""),
-                                rule_name=original.get("rule_name", ""))
+        undo_req = self._undo_request(rec, by)   # the same refusals as a recorded (queued) undo
         new, created = ledger.receive(undo_req, undo_of=request_id, **_claimed(claimed_by))
         if not created and new.state != "received":
             raise WorkerError(f"this message was already restored once (request {new.request_id} is "
