@@ -88,6 +88,20 @@ APP_SETTINGS: tuple[AppSetting, ...] = (
                "to use the approval page.", default=""),
     AppSetting("RESPONDER_PAGE_KEY", "The approval page's CSRF key (Key Vault reference to the "
                "`approval-page-key` secret).", default="", secret=True),
+    # Push path (issue 15, docs/push.md): Graph change notifications on the protected mailboxes.
+    AppSetting("RESPONDER_PUSH", "`on` runs the push path (Graph change notifications on the protected "
+               "mailboxes, docs/push.md) beside the scheduled rules; `off` (the default) turns it off for "
+               "this tenant: no subscriptions are made and the notification endpoint answers 404.",
+               default="off"),
+    AppSetting("RESPONDER_PUSH_NOTIFICATION_URL", "Public HTTPS URL of the notification endpoint "
+               "(`https://<app>.azurewebsites.net/api/push/notifications`); Graph posts change and "
+               "lifecycle notifications there.", default=""),
+    AppSetting("RESPONDER_PUSH_CLIENT_STATE", "The subscriptions' clientState (Key Vault reference to the "
+               "`push-client-state` secret): every notification must carry it.", default="", secret=True),
+    AppSetting("RESPONDER_PUSH_QUEUE", "Storage queue that carries accepted notifications to the push "
+               "worker.", default="push-notifications"),
+    AppSetting("RESPONDER_PUSH_TABLE", "Table storage table with the subscriptions, their delta links and "
+               "the streaming rules' per-sender state.", default="pushstate"),
     AppSetting("AzureWebJobsStorage__accountName", "Storage account of the app (identity-based "
                "connection); queues and the ledger table live here.", default=""),
 )
@@ -233,3 +247,44 @@ def parse_held_expiry(raw: str) -> timedelta:
 def is_key_vault_reference(value: str) -> bool:
     """The setting still holds ``@Microsoft.KeyVault(...)``: App Service could not resolve it."""
     return value.strip().lower().startswith(KEY_VAULT_REFERENCE_PREFIX)
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    """The push path's settings (issue 15). ``enabled`` False: nothing of the push path runs."""
+
+    enabled: bool
+    notification_url: str
+    client_state: str = field(repr=False)   # a secret: never in repr, logs or errors
+    queue: str = "push-notifications"
+    table: str = "pushstate"
+
+    @property
+    def poison_queue(self) -> str:
+        return f"{self.queue}-poison"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PushSettings:
+        """Read RESPONDER_PUSH*. When the push path is on, its URL must be HTTPS and the clientState a
+        resolved secret of at least 32 characters (Graph allows up to 255); otherwise a ConfigError
+        names the setting. When it is off, the other settings are not checked."""
+        env = os.environ if env is None else env
+        defaults = {s.name: s.default or "" for s in APP_SETTINGS}
+
+        def get(name: str) -> str:
+            return env.get(name, defaults[name]) or defaults[name]
+
+        enabled = _bool("RESPONDER_PUSH", get("RESPONDER_PUSH"))
+        url, state = get("RESPONDER_PUSH_NOTIFICATION_URL").strip(), get("RESPONDER_PUSH_CLIENT_STATE")
+        if enabled:
+            if not url.lower().startswith("https://"):
+                raise ConfigError("app setting RESPONDER_PUSH_NOTIFICATION_URL: Graph delivers change "
+                                  "notifications to HTTPS URLs only; expected https://...")
+            if is_key_vault_reference(state):
+                raise ConfigError("app setting RESPONDER_PUSH_CLIENT_STATE: unresolved Key Vault reference "
+                                  "(see docs/deploy.md)")
+            if not 32 <= len(state) <= 255:
+                raise ConfigError("app setting RESPONDER_PUSH_CLIENT_STATE: expected a secret of 32 to 255 "
+                                  "characters")
+        return cls(enabled=enabled, notification_url=url, client_state=state,
+                   queue=get("RESPONDER_PUSH_QUEUE"), table=get("RESPONDER_PUSH_TABLE"))

@@ -21,13 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED: dict[str, frozenset[str]] = {
     "function_app": frozenset({"app"}),
     # dev tools use anything of the product, never the CLI
-    "devtools": frozenset({"app", "notifications", "remediation", "detections", "core"}),
+    "devtools": frozenset({"app", "notifications", "remediation", "push", "detections", "core"}),
     # the command line may run the dev tools (demo, sandbox, bench)
-    "responder": frozenset({"devtools", "app", "notifications", "remediation", "detections", "core"}),
-    "app": frozenset({"notifications", "remediation", "detections", "core"}),
+    "responder": frozenset({"devtools", "app", "notifications", "remediation", "push", "detections", "core"}),
+    "app": frozenset({"notifications", "remediation", "push", "detections", "core"}),
     # cards read remediation's outcome and record types; remediation reports through an interface
     "notifications": frozenset({"remediation", "detections", "core"}),
     "remediation": frozenset({"detections", "core"}),
+    # the push path (issue 15): subscriptions, notifications, the streaming rules' state; it hands
+    # remediation requests to the app, which queues them like the scheduled path's
+    "push": frozenset({"detections", "core"}),
     "detections": frozenset({"core"}),
     "core": frozenset(),
 }
