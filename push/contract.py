@@ -17,6 +17,27 @@ Every message carries ``received_at`` (when the endpoint or the resync queued it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 SCHEMA = "push-notification/1"
 KINDS = ("change", "lifecycle", "message")
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One Graph subscription as the push table records it (push/subscriptions.py owns the table)."""
+
+    subscription_id: str
+    mailbox: str            # protected mailbox address, lower case
+    user_id: str            # its Entra object id (Graph resource paths use it)
+    folder: str             # "inbox" or "sentitems"
+    expires_at: str         # ISO UTC
+    delta_link: str = ""    # the last delta link of this folder ("" before the first resync)
+
+
+class SubscriptionLookup(Protocol):
+    """What the push worker needs of the subscription table: is this subscription ours, and whose."""
+
+    async def by_id(self, subscription_id: str) -> Subscription | None: ...
