@@ -180,6 +180,8 @@ def run_scenario(name: str, conn: str, *, requests: int, rate: float, kinds: tup
                "fault_phase_s": round(fault_phase_s or wall, 1), "calls": len(fake.calls),
                "faults_injected": dict(fake.faults_by_kind), "workers_killed": pool.kills,
                "fault_rate": rate, "workers": workers}
+        if plant == "mismatch":
+            out["falsified"] = sorted(_ids(tmp, "falsified-*.txt"))
     shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -241,11 +243,16 @@ def _public(v: Any) -> dict[str, Any]:
             "states": dict(v.states), "examples": v.examples, "ids": v.ids}
 
 
-def _delivered(tmp: Path) -> int:
+def _ids(tmp: Path, pattern: str) -> set[str]:
+    """Request ids the workers wrote, one per line, to files matching ``pattern``."""
     ids: set[str] = set()
-    for f in tmp.glob("delivered-*.txt"):
+    for f in tmp.glob(pattern):
         ids.update(line for line in f.read_text(encoding="utf-8").split("\n") if line)
-    return len(ids)
+    return ids
+
+
+def _delivered(tmp: Path) -> int:
+    return len(_ids(tmp, "delivered-*.txt"))
 
 
 def run(*, requests: int = 500, rate: float = 0.3, kinds: tuple[str, ...] | None = None, workers: int = 4,

@@ -36,6 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from azure.core import MatchConditions
 from azure.storage.queue.aio import QueueClient
 
 from core.graph import make_graph_client
@@ -227,9 +228,18 @@ class Host:
             action = worker.registry.executor(req["action"], worker.settings.email_strategy)
             await action.execute([req], worker.ctx)
             return
-        table = self.flaky._table
+        # Falsify only a row that says the work was done (confirmed/submitted): that is what contradicts
+        # the fake (target changed, ledger says skipped). A row the faults left failed, held or received
+        # says the target did not change, which is true; rewriting it would test nothing. The ids written
+        # are reported (run_scenario "falsified") so the harness's test checks each one was counted.
+        table = self.flaky._table   # the real table: the plant itself must not meet the injected faults
         with contextlib.suppress(Exception):
-            table.update_entity({"PartitionKey": req["rule"], "RowKey": req["id"], "state": "skipped"})
+            row = table.get_entity(req["rule"], req["id"])
+            if row.get("state") in ("confirmed", "submitted"):
+                table.update_entity({"PartitionKey": req["rule"], "RowKey": req["id"], "state": "skipped"},
+                                    etag=row.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+                with (self.dir / f"falsified-{os.getpid()}.txt").open("a", encoding="utf-8") as f:
+                    f.write(req["id"] + "\n")
 
 
 def _id(body: str) -> str:
