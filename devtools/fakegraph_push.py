@@ -908,13 +908,13 @@ class PushService:
             if rest:
                 tok = secrets.token_urlsafe(18)
                 self._tokens[tok] = {**state, "kind": "skip", "items": rest}
-                out["@odata.nextLink"] = link + urlencode({"$skiptoken": tok})
+                out["@odata.nextLink"] = f"{link}$skiptoken={tok}"   # token_urlsafe: no escaping
             else:
                 tok = secrets.token_urlsafe(18)
                 self._tokens[tok] = {"kind": "delta", "user": user.id, "folder": folder.lower(),
                                      "select": state["select"], "change_type": state["change_type"],
                                      "seq": state["seq"]}
-                out["@odata.deltaLink"] = link + urlencode({"$deltatoken": tok})
+                out["@odata.deltaLink"] = f"{link}$deltatoken={tok}"
             out["value"] = value
         return _Reply(200, out)
 
