@@ -334,6 +334,7 @@ class PushService:
                 self._clock = _Clock(self._clock.now(),
                                      manual=self._clock.manual if manual is None else manual,
                                      time_scale=self._clock.time_scale if time_scale is None else time_scale)
+            self._ensure_thread()
             self._cond.notify_all()
         return self
 
@@ -385,11 +386,15 @@ class PushService:
     def _schedule(self, due: datetime, kind: str, item: Any) -> None:
         """Under the lock."""
         heapq.heappush(self._heap, (due, next(self._seq), kind, item))
-        if not self._clock.manual and self._thread is None and not self._stopped:
+        self._ensure_thread()
+        self._cond.notify_all()
+
+    def _ensure_thread(self) -> None:
+        """Under the lock: the scaled clock's delivery thread, started on first need."""
+        if self._heap and not self._clock.manual and self._thread is None and not self._stopped:
             self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fakegraph-push-post")
             self._thread = threading.Thread(target=self._loop, name="fakegraph-push", daemon=True)
             self._thread.start()
-        self._cond.notify_all()
 
     def _loop(self) -> None:
         while True:

@@ -67,7 +67,8 @@ class Endpoint:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
 
     def _validate(self, h: BaseHTTPRequestHandler, token: str, raw_query: str) -> None:
         self.tokens.append(token)
@@ -486,8 +487,9 @@ def test_without_a_lifecycle_url_drops_are_silent(fake: FakeGraph, endpoint: End
 
 def test_scaled_clock_delivers_in_the_background(endpoint: Endpoint) -> None:
     with FakeGraph() as f, httpx.Client(base_url=f.base_url, timeout=30) as c:
+        f.push.configure(manual=True)
+        _subscribe(c, f, endpoint, minutes=10)
         f.push.configure(manual=False, time_scale=0.002)   # 3 simulated minutes = 0.36 s
-        _subscribe(c, f, endpoint)
         start = time.monotonic()
         for i in range(5):
             f.push.deliver_inbound(MAILBOX, sender="a@outlook.com", subject=str(i))
@@ -495,6 +497,11 @@ def test_scaled_clock_delivers_in_the_background(endpoint: Endpoint) -> None:
         assert len(endpoint.change_posts()) == 5 and time.monotonic() - start < 5
         with pytest.raises(RuntimeError):
             f.push.advance(1)
+        # The expiry scheduled under the manual clock fires under the scaled one (10 min = 1.2 s).
+        deadline = time.monotonic() + 10
+        while not endpoint.lifecycle_posts() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [p["lifecycleEvent"] for p in endpoint.lifecycle_posts()] == ["subscriptionRemoved"]
 
 
 # --- 4. delta -----------------------------------------------------------------------------------------------
