@@ -565,3 +565,28 @@ def test_delta_with_change_type_created_skips_removals(fake: FakeGraph, http: ht
     new = fake.push.deliver_inbound(MAILBOX, sender="a@outlook.com")
     assert [m["id"] for m in http.get(link).json()["value"]] == [new.id]
 
+
+
+def test_a_plugged_transport_replaces_http(fake: FakeGraph, http: httpx.Client) -> None:
+    """For an in-process endpoint (a function app's handler called directly)."""
+    got: list[tuple[str, dict[str, str], bytes]] = []
+
+    def handler(url: str, headers: dict[str, str], body: bytes, _timeout: float) -> tuple[int, str, str]:
+        got.append((url, headers, body))
+        token = parse_qs(urlsplit(url).query).get("validationToken")
+        return (200, "text/plain", token[0]) if token else (202, "", "")
+
+    fake.push.configure(transport=handler, latency=lambda _rng: 1.0)
+    uid = fake.users.add(MAILBOX).id
+    r = http.post("/subscriptions", json={
+        "changeType": "created", "notificationUrl": "https://push.contoso.com/api/push/notifications?code=x",
+        "resource": f"users/{uid}/mailFolders('inbox')/messages", "clientState": "s3cret",
+        "expirationDateTime": (fake.push.now() + timedelta(days=2)).isoformat()})
+    assert r.status_code == 201
+    assert got[0][0].startswith("https://push.contoso.com/api/push/notifications?code=x&validationToken=")
+    msg = fake.push.deliver_inbound(MAILBOX, sender="a@outlook.com")
+    fake.push.advance(1)
+    url, headers, body = got[-1]
+    assert url == "https://push.contoso.com/api/push/notifications?code=x"   # query string kept
+    assert headers["Content-Type"].startswith("application/json")
+    assert json.loads(body)["value"][0]["resourceData"]["id"] == msg.id and fake.push.stats["delivered"] == 1
