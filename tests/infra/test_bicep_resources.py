@@ -323,7 +323,7 @@ def check_key_vault(file: bm.BicepFile) -> None:
     assert "empty" in bm.text(secrets["teamsWebhookSecretName"].condition), (
         "no secret is written when the URL is empty"
     )
-    # The clientState is written only when the push path is on (main.bicep: writePushClientState: pushEnabled).
+    # The clientState is written only when the push path is on (main.bicep passes pushEnabled).
     assert bm.text(secrets["pushClientStateSecretName"].condition) == "(writePushClientState)"
 
 

@@ -384,10 +384,10 @@ def test_push_permissions_are_documented_where_an_admin_reads_them() -> None:
 
 def test_push_permission_docs_check_fails_on_a_gap() -> None:
     deploy, push, script = _push_docs()
-    with pytest.raises(AssertionError, match="cannot grant Application Mail.Read"):
+    with pytest.raises(AssertionError, match=re.escape("cannot grant Application Mail.Read")):
         check_push_permission_docs(deploy, push, script.replace("'Application Mail.Read'", "'x'"))
     without_row = "\n".join(line for line in deploy.splitlines() if "`Application Mail.Read`" not in line)
-    with pytest.raises(AssertionError, match="no permission-table row for Application Mail.Read"):
+    with pytest.raises(AssertionError, match=re.escape("no permission-table row for Application Mail.Read")):
         check_push_permission_docs(without_row, push, script)
-    with pytest.raises(AssertionError, match="docs/push.md does not list"):
+    with pytest.raises(AssertionError, match=re.escape("docs/push.md does not list")):
         check_push_permission_docs(deploy, push.replace("`GET /users/{id}/messages/{id}", "`GET"), script)

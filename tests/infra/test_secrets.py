@@ -46,7 +46,8 @@ SECRET_PATTERNS: dict[str, re.Pattern[str]] = {
 # The deployment doc explains what must never be used; those explanatory lines are allowed there.
 DOC_ALLOWED = re.compile(r"never|not |no |must not|instead of", re.I)
 
-SECRET_NAMED = re.compile(r"secret|password|webhook|token|connectionstring|apikey|accountkey|clientstate", re.I)
+SECRET_NAMED = re.compile(r"secret|password|webhook|token|connectionstring|apikey|accountkey|clientstate",
+                          re.I)
 # The one default a secure parameter may have: a value generated at deployment by newGuid() (Bicep linter
 # rule secure-parameter-default: "unless it's an empty string or an expression calling the newGuid()
 # function", https://learn.microsoft.com/azure/azure-resource-manager/bicep/linter-rule-secure-parameter-default).
