@@ -45,8 +45,8 @@ def _rendered(file: bm.BicepFile, name: str, **deployment: str) -> str:
 
 def check_push_settings(file: bm.BicepFile) -> None:
     off = _settings(file)
-    assert (off["RESPONDER_PUSH"], off["RESPONDER_PUSH_NOTIFICATION_URL"], off["RESPONDER_PUSH_CLIENT_STATE"]) == (
-        "off", "", ""), "a default deployment leaves the push path off"
+    names = ("RESPONDER_PUSH", "RESPONDER_PUSH_NOTIFICATION_URL", "RESPONDER_PUSH_CLIENT_STATE")
+    assert tuple(off[n] for n in names) == ("off", "", ""), "a default deployment leaves the push path off"
     on = _settings(file, pushEnabled=True)
     assert on["RESPONDER_PUSH"] == "on"
     assert on["RESPONDER_PUSH_QUEUE"] == off["RESPONDER_PUSH_QUEUE"] == "push-notifications"
@@ -54,11 +54,12 @@ def check_push_settings(file: bm.BicepFile) -> None:
     host = "func-xdr-abc.azurewebsites.net"
     url = _rendered(file, "RESPONDER_PUSH_NOTIFICATION_URL", **{"site.properties.defaultHostName": host})
     assert url == f"https://{host}/{ROUTE}", url
-    ref = _rendered(file, "RESPONDER_PUSH_CLIENT_STATE", **{"vault.name": "kv-x",
-                                                             "pushClientStateSecretName": "push-client-state"})
+    ref = _rendered(file, "RESPONDER_PUSH_CLIENT_STATE",
+                    **{"vault.name": "kv-x", "pushClientStateSecretName": "push-client-state"})
     assert ref == "@Microsoft.KeyVault(VaultName=kv-x;SecretName=push-client-state)", ref
     # What the app reads once App Service has resolved the reference: accepted by the code's own check.
-    push = PushSettings.from_env({"RESPONDER_PUSH": on["RESPONDER_PUSH"], "RESPONDER_PUSH_NOTIFICATION_URL": url,
+    push = PushSettings.from_env({"RESPONDER_PUSH": on["RESPONDER_PUSH"],
+                                  "RESPONDER_PUSH_NOTIFICATION_URL": url,
                                   "RESPONDER_PUSH_CLIENT_STATE": "a" * 64})
     assert push.enabled and push.notification_url == url
     # Unresolved (the literal reference reaches the app): refused, naming the setting.
@@ -76,7 +77,8 @@ def test_push_settings_follow_the_switch_and_point_graph_at_the_route() -> None:
 @pytest.mark.parametrize(("name", "replacement"), [
     ("pushNotificationUrl", "'https://${site.properties.defaultHostName}/api/notifications'"),
     ("pushNotificationUrl", "'http://${site.properties.defaultHostName}/api/push/notifications'"),
-    ("pushClientStateReference", "'@Microsoft.KeyVault(VaultName=${vault.name};SecretName=teams-webhook-url)'"),
+    ("pushClientStateReference",
+     "'@Microsoft.KeyVault(VaultName=${vault.name};SecretName=teams-webhook-url)'"),
 ])
 def test_push_settings_check_fails_on_a_wrong_url_or_secret(name: str, replacement: str) -> None:
     file = bm.load(FUNCTION)
