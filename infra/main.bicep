@@ -94,13 +94,18 @@ param pushEnabled bool = false
 // The subscriptions' clientState, written to Key Vault as push-client-state when the push path is on.
 // newGuid() is the one default a secure parameter may have (Bicep linter secure-parameter-default:
 // https://learn.microsoft.com/azure/azure-resource-manager/bicep/linter-rule-secure-parameter-default):
-// two GUIDs without dashes, 64 characters (Graph allows clientState up to 255). A deployment that does
-// not pass it writes a new value: the subscriptions timer then recreates the subscriptions (docs/push.md).
+// two GUIDs without dashes, 64 characters (Graph allows clientState up to 255). A deployment that writes
+// it rotates it: the subscriptions timer then recreates the subscriptions (docs/push.md). Not azd's
+// $(secretOrRandomPassword): it makes 15 characters (5 lower, 5 upper, 5 digits; Azure/azure-dev
+// cli/azd/pkg/cmdsubst/secretOrRandomPassword.go), under the 32 the app requires.
 @secure()
 @minLength(32)
 @maxLength(255)
 @description('clientState Graph echoes in every notification (a shared secret; Key Vault secret push-client-state). Default: generated at each deployment.')
 param pushClientState string = '${replace(newGuid(), '-', '')}${replace(newGuid(), '-', '')}'
+
+@description('The push-client-state secret is already in Key Vault (written by an earlier deployment or by hand): keep it instead of writing a new value, so a deployment does not rotate it.')
+param pushClientStateInKeyVault bool = false
 
 // --- Teams -------------------------------------------------------------------------------------
 
@@ -250,7 +255,7 @@ module keyVault 'app/keyvault.bicep' = {
     teamsWebhookUrl: teamsWebhookUrl
     pushClientStateSecretName: pushClientStateSecretName
     pushClientState: pushClientState
-    writePushClientState: pushEnabled
+    writePushClientState: pushEnabled && !pushClientStateInKeyVault
   }
 }
 

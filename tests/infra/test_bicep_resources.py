@@ -351,10 +351,14 @@ def test_key_vault_check_fails_without_secure_or_with_a_literal_secret(which: in
 
 def test_main_writes_the_client_state_secret_only_with_the_push_path_on() -> None:
     main = bm.load("infra/main.bicep")
-    for on in (False, True):
-        params = bm.module_params(main, "keyVault", main.environment({"pushEnabled": on}))
-        assert params["writePushClientState"] is on
+    cases = ((False, False, False), (True, False, True), (True, True, False), (False, True, False))
+    for on, kept, write in cases:
+        values = {"pushEnabled": on, "pushClientStateInKeyVault": kept}
+        params = bm.module_params(main, "keyVault", main.environment(values))
+        assert params["writePushClientState"] is write, values
         assert params["pushClientStateSecretName"] == "push-client-state"
+    # azd: off by default, so a first deployment with the push path on writes the secret.
+    assert bm.azd_parameter_values()["pushClientStateInKeyVault"] == "false"
     # The value is the secure parameter itself, passed through (never built from public values).
     assert bm.text(main.modules["keyVault"].prop("params", "pushClientState")) == "pushClientState"
 
