@@ -44,7 +44,7 @@ param emailRemediation bool = true
 ])
 param emailStrategy string = 'defender'
 
-@description('Mailbox strategy only. exchangeRbac: Mail.ReadWrite is granted by Exchange Online RBAC for Applications on the protected mailboxes only (infra/scripts/Set-MailboxScope.ps1), never in Entra. tenantWide: Mail.ReadWrite in Entra, every mailbox in the tenant (not recommended).')
+@description('Mailbox strategy and push path. exchangeRbac: Mail.ReadWrite (mailbox strategy) and Mail.Read (push path) are granted by Exchange Online RBAC for Applications on the protected mailboxes only (infra/scripts/Set-MailboxScope.ps1), never in Entra. tenantWide: granted in Entra, every mailbox in the tenant (not recommended).')
 @allowed([
   'exchangeRbac'
   'tenantWide'
@@ -85,6 +85,27 @@ param heldExpiry string = 'P7D'
 param approvalPageClientId string = ''
 @description('Approval page: object id of the on-call Entra group allowed to approve and reject.')
 param onCallGroupId string = ''
+
+// --- push path (docs/push.md) ------------------------------------------------------------------
+
+@description('The push path: Graph change notifications on the protected mailboxes act within a minute or two of delivery, beside the scheduled rules. Off by default: the per-tenant off switch (RESPONDER_PUSH). Needs Mail.Read on the protected mailboxes (Set-MailboxScope.ps1 -Role \'Application Mail.Read\', or the mailbox strategy\'s Application Mail.ReadWrite).')
+param pushEnabled bool = false
+
+// The subscriptions' clientState, written to Key Vault as push-client-state when the push path is on.
+// newGuid() is the one default a secure parameter may have (Bicep linter secure-parameter-default:
+// https://learn.microsoft.com/azure/azure-resource-manager/bicep/linter-rule-secure-parameter-default):
+// two GUIDs without dashes, 64 characters (Graph allows clientState up to 255). A deployment that writes
+// it rotates it: the subscriptions timer then recreates the subscriptions (docs/push.md). Not azd's
+// $(secretOrRandomPassword): it makes 15 characters (5 lower, 5 upper, 5 digits; Azure/azure-dev
+// cli/azd/pkg/cmdsubst/secretOrRandomPassword.go), under the 32 the app requires.
+@secure()
+@minLength(32)
+@maxLength(255)
+@description('clientState Graph echoes in every notification (a shared secret; Key Vault secret push-client-state). Default: generated at each deployment.')
+param pushClientState string = '${replace(newGuid(), '-', '')}${replace(newGuid(), '-', '')}'
+
+@description('The push-client-state secret is already in Key Vault (written by an earlier deployment or by hand): keep it instead of writing a new value, so a deployment does not rotate it.')
+param pushClientStateInKeyVault bool = false
 
 // --- Teams -------------------------------------------------------------------------------------
 
@@ -145,10 +166,13 @@ var tags = {
 var functionAppName = 'func-xdr-${resourceToken}'
 var deploymentContainerName = 'app-package-${resourceToken}'
 var teamsWebhookSecretName = 'teams-webhook-url'
+var pushClientStateSecretName = 'push-client-state'
 
 // Names the code defaults to (APP_SETTINGS in core/settings.py); the app is told them anyway.
 var requestsQueueName = 'remediation-requests'
 var ledgerTableName = 'ledger'
+var pushQueueName = 'push-notifications'
+var pushTableName = 'pushstate'
 
 // --- application permissions: infra/permissions.json maps each feature to its roles -----------
 var permissions = loadJsonContent('permissions.json')
@@ -156,10 +180,14 @@ var sentinelEnabled = queryBackend == 'sentinel'
 var grantDefenderEmail = emailRemediation && emailStrategy == 'defender'
 var grantMailboxTenantWide = emailRemediation && emailStrategy == 'mailbox' && mailboxAccessScope == 'tenantWide'
 var grantExchangeConnectors = connectorActions != 'manual'
+// The push path reads messages (Mail.Read); tenant-wide only when asked, and not when Mail.ReadWrite,
+// which includes reading, is granted tenant-wide already.
+var grantPushTenantWide = pushEnabled && mailboxAccessScope == 'tenantWide' && !grantMailboxTenantWide
 var graphAppRoles = flatten([
   permissions.features.hunting.roles
   grantDefenderEmail ? permissions.features.defenderEmail.roles : []
   grantMailboxTenantWide ? permissions.features.mailboxTenantWide.roles : []
+  grantPushTenantWide ? permissions.features.pushTenantWide.roles : []
   enableRevokeSessions ? permissions.features.revokeSessions.roles : []
   enableDisableUser ? permissions.features.disableUser.roles : []
   enableConfirmCompromised ? permissions.features.confirmCompromised.roles : []
@@ -197,6 +225,8 @@ module storage 'app/storage.bicep' = {
     deploymentContainerName: deploymentContainerName
     requestsQueueName: requestsQueueName
     ledgerTableName: ledgerTableName
+    pushQueueName: pushQueueName
+    pushTableName: pushTableName
   }
 }
 
@@ -223,6 +253,9 @@ module keyVault 'app/keyvault.bicep' = {
     tags: tags
     teamsWebhookSecretName: teamsWebhookSecretName
     teamsWebhookUrl: teamsWebhookUrl
+    pushClientStateSecretName: pushClientStateSecretName
+    pushClientState: pushClientState
+    writePushClientState: pushEnabled && !pushClientStateInKeyVault
   }
 }
 
@@ -294,6 +327,10 @@ module functionApp 'app/function.bicep' = {
     heldExpiry: heldExpiry
     approvalPageClientId: approvalPageClientId
     onCallGroupId: onCallGroupId
+    pushEnabled: pushEnabled
+    pushQueueName: pushQueueName
+    pushTableName: pushTableName
+    pushClientStateSecretName: pushClientStateSecretName
     alwaysReady: alwaysReady
     extraAppSettings: checkedOperatorAppSettings
     maximumInstanceCount: maximumInstanceCount

@@ -42,6 +42,12 @@ param approvalPageClientId string = ''
 param onCallGroupId string = ''
 @description('Key Vault secret holding the approval page CSRF key (RESPONDER_PAGE_KEY); put in by hand, see docs/approval.md.')
 param approvalPageKeySecretName string = 'approval-page-key'
+@description('The push path (RESPONDER_PUSH, docs/push.md). false: off, the app makes no subscriptions.')
+param pushEnabled bool = false
+param pushQueueName string = 'push-notifications'
+param pushTableName string = 'pushstate'
+@description('Key Vault secret holding the subscriptions\' clientState (keyvault.bicep writes it when the push path is on).')
+param pushClientStateSecretName string = 'push-client-state'
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -118,6 +124,11 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
 var approvalPage = !empty(approvalPageClientId)
 var approvalPageKeyReference = '@Microsoft.KeyVault(VaultName=${vault.name};SecretName=${approvalPageKeySecretName})'
 var teamsWebhookReference = '@Microsoft.KeyVault(VaultName=${vault.name};SecretName=${teamsWebhookSecretName})'
+var pushClientStateReference = '@Microsoft.KeyVault(VaultName=${vault.name};SecretName=${pushClientStateSecretName})'
+// Graph posts change and lifecycle notifications here: the HTTP function push_notifications, route
+// api/push/notifications (host.json routePrefix is ""), anonymous at the Functions level because Graph
+// cannot send a function key; the clientState is the check (docs/push.md, Security).
+var pushNotificationUrl = 'https://${site.properties.defaultHostName}/api/push/notifications'
 
 // This resource replaces the whole set of settings on every deployment: settings added by hand in the
 // portal are lost at the next one, so operator settings come in through extraAppSettings.
@@ -153,6 +164,12 @@ var settings = {
   RESPONDER_EASY_AUTH: approvalPage ? 'entra' : ''
   RESPONDER_ONCALL_GROUP: approvalPage ? onCallGroupId : ''
   RESPONDER_PAGE_KEY: approvalPage ? approvalPageKeyReference : ''
+  // The push path (docs/push.md); its queue and table exist either way (storage.bicep).
+  RESPONDER_PUSH: pushEnabled ? 'on' : 'off'
+  RESPONDER_PUSH_NOTIFICATION_URL: pushEnabled ? pushNotificationUrl : ''
+  RESPONDER_PUSH_CLIENT_STATE: pushEnabled ? pushClientStateReference : ''
+  RESPONDER_PUSH_QUEUE: pushQueueName
+  RESPONDER_PUSH_TABLE: pushTableName
 }
 
 resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
@@ -166,8 +183,9 @@ output defaultHostName string = site.properties.defaultHostName
 
 // App Service authentication (Easy Auth) in front of the approval page (/requests/..., /runs/...):
 // sign-in with Entra ID required, only the on-call group let through. /api/* (function-key routes for
-// automation, and the anonymous /api/health) is excluded so a SOAR or a probe still works without a
-// browser sign-in; "/folder/*" is the wildcard form Microsoft gives for excludedPaths
+// automation, the anonymous /api/health, and /api/push/notifications, where Graph posts without any
+// sign-in and the clientState is the check) is excluded so a SOAR, a probe or Graph still gets through;
+// "/folder/*" is the wildcard form Microsoft gives for excludedPaths
 // (MicrosoftDocs/azure-docs#86514; https://learn.microsoft.com/azure/app-service/configure-authentication-file-based).
 // No client secret: sign-in uses the OpenID Connect implicit flow (ID tokens on the app registration;
 // https://learn.microsoft.com/azure/app-service/configure-authentication-provider-aad).

@@ -7,6 +7,10 @@ param deploymentContainerName string
 @description('Queue of remediation requests; the host moves failing messages to <name>-poison.')
 param requestsQueueName string
 param ledgerTableName string
+@description('Queue of accepted Graph notifications (push path); failing messages go to <name>-poison.')
+param pushQueueName string = 'push-notifications'
+@description('Table of push subscriptions, delta links and the streaming rules\' state.')
+param pushTableName string = 'pushstate'
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name
@@ -51,6 +55,16 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     resource poisonQueue 'queues' = {
       name: '${requestsQueueName}-poison'
     }
+
+    // Made whether or not the push path is on: empty queues cost nothing, and turning the path on later
+    // then needs no storage change.
+    resource pushQueue 'queues' = {
+      name: pushQueueName
+    }
+
+    resource pushPoisonQueue 'queues' = {
+      name: '${pushQueueName}-poison'
+    }
   }
 
   resource tableService 'tableServices' = {
@@ -64,6 +78,10 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     // (app/runtime.py quota_table: the ledger's name + 'quota', at most 63 characters).
     resource quotaTable 'tables' = {
       name: take('${ledgerTableName}quota', 63)
+    }
+
+    resource pushTable 'tables' = {
+      name: pushTableName
     }
   }
 }

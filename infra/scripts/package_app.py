@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # never devtools/ or responder/ (the command line): docs/architecture.md
 APP = ("function_app.py", "host.json", "requirements.txt", "core", "detections", "remediation",
-       "notifications", "app")
+       "notifications", "push", "app")
 # The tenant config the app reads by default (RESPONDER_TENANT_CONFIG=tenant.yaml), when there is one.
 OPTIONAL = ("tenant.yaml",)
 DEFAULT_OUT = "out/app.zip"

@@ -91,12 +91,19 @@ def _queue_and_table_names(file: bm.BicepFile, env: bm.Env) -> tuple[set[str], s
     return queues, tables
 
 
-def check_storage_names(file: bm.BicepFile, env: bm.Env, queue: str, ledger: str) -> None:
+_DEFAULTS = {s.name: str(s.default) for s in APP_SETTINGS}
+PUSH_QUEUE, PUSH_TABLE = _DEFAULTS["RESPONDER_PUSH_QUEUE"], _DEFAULTS["RESPONDER_PUSH_TABLE"]
+
+
+def check_storage_names(file: bm.BicepFile, env: bm.Env, queue: str, ledger: str,
+                        push_queue: str = PUSH_QUEUE, push_table: str = PUSH_TABLE) -> None:
     """Every queue and table the code uses exists in the Bicep, named as the code names it."""
     queues, tables = _queue_and_table_names(file, env)
-    assert queues == {queue, f"{queue}-poison"}, queues
-    # The ledger, and the re-scan quota table the app derives from it (app/runtime.py).
-    assert tables == {ledger, quota_table(ledger)}, tables
+    # The push path's queue (and the poison queue the host moves failing messages to) exists whether or
+    # not the path is on, so turning it on needs no storage change.
+    assert queues == {queue, f"{queue}-poison", push_queue, f"{push_queue}-poison"}, queues
+    # The ledger, the re-scan quota table the app derives from it (app/runtime.py), the push table.
+    assert tables == {ledger, quota_table(ledger), push_table}, tables
 
 
 def test_queues_and_tables_match_the_code_defaults() -> None:
@@ -131,7 +138,28 @@ def test_queue_check_fails_without_the_poison_queue() -> None:
     )
     mutated = bm.BicepFile(file.path, bm.replace_node(file, poison.prop("name"), "'other'"))
     queues, _ = _queue_and_table_names(mutated, mutated.environment(env.param_values))
-    assert queues != {"remediation-requests", "remediation-requests-poison"}
+    assert "remediation-requests-poison" not in queues
+    with pytest.raises(AssertionError):
+        check_storage_names(mutated, mutated.environment(env.param_values), "remediation-requests", "ledger")
+
+
+@pytest.mark.parametrize("name", ["push-notifications", "push-notifications-poison", "pushstate"])
+def test_storage_names_check_fails_without_a_push_queue_or_table(name: str) -> None:
+    file, env = _module("storage")
+    kinds = ("Microsoft.Storage/storageAccounts/queueServices/queues",
+             "Microsoft.Storage/storageAccounts/tableServices/tables")
+    (decl,) = [r for kind in kinds for r in file.resources(kind) if env.eval(r.prop("name")) == name]
+    mutated = bm.BicepFile(file.path, bm.replace_node(file, decl.prop("name"), "'other'"))
+    with pytest.raises(AssertionError, match=name):
+        check_storage_names(mutated, mutated.environment(env.param_values), "remediation-requests", "ledger")
+
+
+def test_main_gives_storage_and_the_app_the_same_push_names() -> None:
+    main = bm.load("infra/main.bicep")
+    env = main.environment({})
+    storage, app = bm.module_params(main, "storage", env), bm.module_params(main, "functionApp", env)
+    assert storage["pushQueueName"] == app["pushQueueName"] == PUSH_QUEUE
+    assert storage["pushTableName"] == app["pushTableName"] == PUSH_TABLE
 
 
 def test_deployment_container_is_created_private_and_used_by_the_app() -> None:
@@ -283,15 +311,20 @@ def check_key_vault(file: bm.BicepFile) -> None:
         assert _value(file, vault, "properties", prop) == expected, (
             f"Key Vault properties.{prop} must be {expected}"
         )
-    secret = file.resource("Microsoft.KeyVault/vaults/secrets")
-    value = secret.prop("properties", "value")
-    assert value is not None and value.type == "identifier", "the secret's value must be a parameter"
-    param = file.params[bm.text(value)]
-    assert param.decorator("secure") is not None, f"parameter {param.name} must be @secure()"
-    assert file.evaluate(param.value) == "", "the webhook parameter's default must be empty"
-    assert secret.condition is not None and "empty" in bm.text(secret.condition), (
+    secrets = {bm.text(s.prop("name")): s for s in file.resources("Microsoft.KeyVault/vaults/secrets")}
+    assert set(secrets) == {"teamsWebhookSecretName", "pushClientStateSecretName"}, set(secrets)
+    for secret in secrets.values():
+        value = secret.prop("properties", "value")
+        assert value is not None and value.type == "identifier", "the secret's value must be a parameter"
+        param = file.params[bm.text(value)]
+        assert param.decorator("secure") is not None, f"parameter {param.name} must be @secure()"
+        assert file.evaluate(param.value) == "", f"the parameter {param.name}'s default must be empty"
+        assert secret.condition is not None, f"{param.name}: a secret is written only when it is wanted"
+    assert "empty" in bm.text(secrets["teamsWebhookSecretName"].condition), (
         "no secret is written when the URL is empty"
     )
+    # The clientState is written only when the push path is on (main.bicep passes pushEnabled).
+    assert bm.text(secrets["pushClientStateSecretName"].condition) == "(writePushClientState)"
 
 
 @pytest.mark.parametrize("prop", sorted(KEY_VAULT))
@@ -302,9 +335,10 @@ def test_key_vault_is_rbac_mode_with_purge_protection(prop: str) -> None:
     _must_fail(check_key_vault, file, bm.without_property(file, vault, "properties", prop), prop)
 
 
-def test_key_vault_check_fails_without_secure_or_with_a_literal_secret() -> None:
+@pytest.mark.parametrize("which", [0, 1])
+def test_key_vault_check_fails_without_secure_or_with_a_literal_secret(which: int) -> None:
     file = bm.load("infra/app/keyvault.bicep")
-    secret = file.resource("Microsoft.KeyVault/vaults/secrets")
+    secret = file.resources("Microsoft.KeyVault/vaults/secrets")[which]
     param = file.params[bm.text(secret.prop("properties", "value"))]
     _must_fail(check_key_vault, file, bm.without_decorator(file, param, "secure"), "@secure")
     _must_fail(
@@ -313,6 +347,20 @@ def test_key_vault_check_fails_without_secure_or_with_a_literal_secret() -> None
         bm.replace_node(file, secret.prop("properties", "value"), "'https://x'"),
         "literal",
     )
+
+
+def test_main_writes_the_client_state_secret_only_with_the_push_path_on() -> None:
+    main = bm.load("infra/main.bicep")
+    cases = ((False, False, False), (True, False, True), (True, True, False), (False, True, False))
+    for on, kept, write in cases:
+        values = {"pushEnabled": on, "pushClientStateInKeyVault": kept}
+        params = bm.module_params(main, "keyVault", main.environment(values))
+        assert params["writePushClientState"] is write, values
+        assert params["pushClientStateSecretName"] == "push-client-state"
+    # azd: off by default, so a first deployment with the push path on writes the secret.
+    assert bm.azd_parameter_values()["pushClientStateInKeyVault"] == "false"
+    # The value is the secure parameter itself, passed through (never built from public values).
+    assert bm.text(main.modules["keyVault"].prop("params", "pushClientState")) == "pushClientState"
 
 
 # --- role assignments ---------------------------------------------------------------------------

@@ -50,8 +50,13 @@ def test_mailbox_script_scopes_and_verifies() -> None:
         "Test-ServicePrincipalAuthorization",
     ):
         assert cmdlet in SCRIPT, cmdlet
-    assert "$role = 'Application Mail.ReadWrite'" in SCRIPT
-    assert "Mail.ReadWrite is ALSO granted in Entra ID" in SCRIPT
+    # The mailbox strategy's role by default; the push path alone needs only the read role.
+    assert "[ValidateSet('Application Mail.ReadWrite', 'Application Mail.Read')]" in SCRIPT
+    assert "[string] $Role = 'Application Mail.ReadWrite'" in SCRIPT
+    assert "-Role $Role" in SCRIPT and "-CustomResourceScope $ScopeName" in SCRIPT
+    # Either Entra grant would defeat the scope.
+    assert "foreach ($permission in 'Mail.ReadWrite', 'Mail.Read')" in SCRIPT
+    assert "$permission is ALSO granted in Entra ID" in SCRIPT
     assert "exit 1" in SCRIPT, "a failed verification must fail the script"
 
 

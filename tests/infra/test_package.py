@@ -126,7 +126,7 @@ def test_zip_ships_nothing_from_the_working_copy_but_the_app(built: tuple[Path, 
     assert not leaked, leaked
     top = {n.split("/", 1)[0] for n in shipped}
     assert top == {"function_app.py", "host.json", "requirements.txt", "tenant.yaml", "core", "detections",
-                   "remediation", "notifications", "app"}
+                   "remediation", "notifications", "push", "app"}
 
 
 def test_zip_python_modules_are_exactly_what_function_app_imports(built: tuple[Path, Path]) -> None:
@@ -212,8 +212,8 @@ import function_app
 names = sorted(f.get_function_name() for f in function_app.app.get_functions())
 print(json.dumps({"functions": names, "loaded": sorted({m.split(".")[0] for m in sys.modules})}))
 """
-OURS = {"core", "detections", "remediation", "notifications", "app", "responder", "devtools", "function_app",
-        "tests"}
+OURS = {"core", "detections", "remediation", "notifications", "push", "app", "responder", "devtools",
+        "function_app", "tests"}
 
 
 def _requirements(path: Path) -> list[tuple[str, set[str]]]:

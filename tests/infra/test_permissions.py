@@ -30,6 +30,12 @@ ACCOUNT_ROLES = {
     "confirm_compromised": {"IdentityRiskyUser.ReadWrite.All", "IdentityRiskyUser.Read.All"},
 }
 CONNECTOR_ROLES = {"Exchange.ManageAsApp"}
+# The push path reads each new message's body (links) and headers: Mail.Read. Mail.ReadBasic "includes all
+# properties except body, previewBody, attachments and any extended properties"
+# (https://learn.microsoft.com/graph/permissions-reference#mailreadbasicall).
+PUSH_ROLES = {"Mail.Read"}
+# Features that serve no action: what they are for instead.
+NO_ACTION_NEEDS = {"hunting": {HUNTING}, "pushTenantWide": PUSH_ROLES}
 
 
 def permission_map() -> dict[str, Any]:
@@ -92,10 +98,12 @@ def test_permission_map_rows_match_what_each_action_needs() -> None:
                 needed |= ACCOUNT_ROLES[action]
             elif action == "disable_connector":
                 needed |= CONNECTOR_ROLES
-        if name != "hunting":
-            assert set(feature["roles"]) == needed, (
-                f"feature {name}: roles {feature['roles']}, needs {needed}"
-            )
+        if not feature["actions"]:
+            assert name in NO_ACTION_NEEDS, f"feature {name} serves no action: say what it is for"
+            needed = NO_ACTION_NEEDS[name]
+        assert set(feature["roles"]) == needed, (
+            f"feature {name}: roles {feature['roles']}, needs {needed}"
+        )
     assert permission_map()["resources"] == {
         "microsoftGraph": GRAPH_APP_ID,
         "exchangeOnline": EXCHANGE_APP_ID,
@@ -128,6 +136,7 @@ def check_grants_only_documented_roles(main: bm.BicepFile) -> None:
         enableDisableUser=True,
         enableConfirmCompromised=True,
         connectorActions="auto",
+        pushEnabled=True,
     )
     for strategy, scope in (
         ("defender", "exchangeRbac"),
@@ -232,6 +241,17 @@ FEATURES = [
         {"SecurityAnalyzedMessage.ReadWrite.All"},
         set(),
     ),
+    # The push path: nothing in Entra by default (Exchange RBAC scopes Mail.Read to the protected
+    # mailboxes); Mail.Read tenant-wide only when asked; nothing more when Mail.ReadWrite, which
+    # includes reading, is granted tenant-wide already.
+    ({"pushEnabled": True}, set(), set()),
+    ({"pushEnabled": True, "mailboxAccessScope": "tenantWide"}, {"Mail.Read"}, set()),
+    (
+        {"pushEnabled": True, "emailRemediation": True, "emailStrategy": "mailbox",
+         "mailboxAccessScope": "tenantWide"},
+        {"Mail.ReadWrite"},
+        set(),
+    ),
 ]
 
 
@@ -318,3 +338,56 @@ def test_graph_module_check_fails_on_a_literal_role_or_wrong_service_principal()
         )
     with pytest.raises(AssertionError):
         check_graph_module(bm.BicepFile(file.path, bm.without_property(file, grant, "principalId")))
+
+
+# --- the push path ---------------------------------------------------------------------------------
+
+
+def test_push_calls_need_no_more_than_mail_read() -> None:
+    push = permission_map()["pushCalls"]
+    assert set([push["needs"]]) == PUSH_ROLES
+    order = ["Mail.ReadBasic", "Mail.Read"]      # least to most (message-get, permissions)
+    calls = push["calls"]
+    assert any("body" in c["call"] and c["least"] == "Mail.Read" for c in calls), (
+        "reading the body (links) is why the push path needs Mail.Read"
+    )
+    for call in calls:
+        assert call["least"] in order, call
+        assert call["source"].startswith("https://learn.microsoft.com/graph/"), call
+
+
+def check_push_permission_docs(deploy: str, push: str, script: str) -> None:
+    for call in permission_map()["pushCalls"]["calls"]:
+        verb, path = call["call"].split(" ", 1)
+        assert f"`{verb} {path.split(' ')[0]}" in push, f"docs/push.md does not list {call['call']}"
+    rbac = permission_map()["exchangeRbac"]
+    assert rbac["source"] == "https://learn.microsoft.com/exchange/permissions-exo/application-rbac"
+    rows = [line for line in deploy.splitlines() if line.startswith("|")]
+    for role, spec in rbac["roles"].items():
+        assert f"'{role}'" in script, f"Set-MailboxScope.ps1 cannot grant {role}"
+        documented = [r for r in rows if f"`{role}`" in r]
+        assert documented, f"docs/deploy.md has no permission-table row for {role}"
+        assert any(f"`{spec['graphPermission']}`" in r for r in documented), role
+        assert f"`{role}`" in push, f"docs/push.md does not name {role}"
+    assert rbac["source"] in push and rbac["source"] in deploy
+
+
+def _push_docs() -> tuple[str, str, str]:
+    return ((bm.ROOT / "docs" / "deploy.md").read_text(encoding="utf-8"),
+            (bm.ROOT / "docs" / "push.md").read_text(encoding="utf-8"),
+            (bm.INFRA / "scripts" / "Set-MailboxScope.ps1").read_text(encoding="utf-8"))
+
+
+def test_push_permissions_are_documented_where_an_admin_reads_them() -> None:
+    check_push_permission_docs(*_push_docs())
+
+
+def test_push_permission_docs_check_fails_on_a_gap() -> None:
+    deploy, push, script = _push_docs()
+    with pytest.raises(AssertionError, match=re.escape("cannot grant Application Mail.Read")):
+        check_push_permission_docs(deploy, push, script.replace("'Application Mail.Read'", "'x'"))
+    without_row = "\n".join(line for line in deploy.splitlines() if "`Application Mail.Read`" not in line)
+    with pytest.raises(AssertionError, match=re.escape("no permission-table row for Application Mail.Read")):
+        check_push_permission_docs(without_row, push, script)
+    with pytest.raises(AssertionError, match=re.escape("docs/push.md does not list")):
+        check_push_permission_docs(deploy, push.replace("`GET /users/{id}/messages/{id}", "`GET"), script)

@@ -55,3 +55,15 @@ def test_pycep_agrees_on_graph_and_secrets() -> None:
     for rel in ("infra/main.bicep", "infra/app/keyvault.bicep"):
         param = pycep(rel)["parameters"]["teamsWebhookUrl"]
         assert {"type": "secure"} in param["decorators"] and param["default"] == ""
+
+
+def test_pycep_agrees_on_the_push_client_state() -> None:
+    main = pycep("infra/main.bicep")["parameters"]["pushClientState"]
+    assert {"type": "secure"} in main["decorators"]
+    assert {"type": "min_length", "argument": 32} in main["decorators"]
+    assert "newGuid()" in main["default"] and "'" not in main["default"].replace("'-', ''", "")
+    vault = pycep("infra/app/keyvault.bicep")["parameters"]["pushClientState"]
+    assert {"type": "secure"} in vault["decorators"] and vault["default"] == ""
+    storage = pycep("infra/app/storage.bicep")["parameters"]
+    assert storage["pushQueueName"]["default"] == "push-notifications"
+    assert storage["pushTableName"]["default"] == "pushstate"
