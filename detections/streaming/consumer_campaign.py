@@ -17,6 +17,7 @@ throw-away-senders-one-content campaign is left to the scheduled path.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -168,12 +169,19 @@ def _flagging(copies: list[dict[str, Any]], stamps: Mapping[int, datetime],
     """The KQL's self-join: each copy opens a window of correlation_window; count the distinct
     mailboxes in it. Returns the largest count and the latest anchor whose window is over the threshold."""
     best, anchor = 0, None
-    for i, first in enumerate(copies):
+    in_window: Counter[str] = Counter()
+    end = 0
+    for first in copies:  # copies are in time order: a two-pointer sweep
         start = stamps[id(first)]
-        mailboxes = {c["mb"] for c in copies[i:] if stamps[id(c)] <= start + p.correlation_window}
-        best = max(best, len(mailboxes))
-        if len(mailboxes) > p.threshold:
+        while end < len(copies) and stamps[id(copies[end])] <= start + p.correlation_window:
+            in_window[copies[end]["mb"]] += 1
+            end += 1
+        best = max(best, len(in_window))
+        if len(in_window) > p.threshold:
             anchor = start
+        in_window[first["mb"]] -= 1
+        if not in_window[first["mb"]]:
+            del in_window[first["mb"]]
     return best, anchor
 
 
