@@ -10,9 +10,15 @@ as it arrives, while the flagging burst is within ``window`` (the KQL's lookback
 projection's columns, so ``requests_from_rows`` gives the scheduled path's request ids.
 
 State per campaign key (``sender:<normalised sender>`` / ``cluster:<EmailClusterId>``): the copies,
-pruned to ``window`` before the newest and at most :data:`MAX_COPIES` (the newest kept), each marked
-once returned. Graph has no EmailClusterId, so on the push path only the sender key is used; the
-throw-away-senders-one-content campaign is left to the scheduled path.
+pruned to ``window`` before the newest and at most :data:`MAX_COPIES` and STATE_BUDGET characters
+(the newest kept), each marked once returned. Older copies dropped by those bounds (a flood from one
+sender) are left to the scheduled path, which reads the whole lookback. Graph has no EmailClusterId,
+so on the push path only the sender key is used: the throw-away-senders-one-content campaign is left
+to the scheduled path.
+
+Window edges: the streaming window runs back from the newest copy seen, the KQL's lookback from the
+run time, so a burst is acted on as it arrives even when a run at a later `now` no longer reads all of
+it (tests/detections/test_streaming_rules.py, "window edge").
 """
 
 from __future__ import annotations
@@ -36,12 +42,12 @@ from detections.streaming.mailmatch import (
     sender_domain,
     trim,
 )
-from detections.streaming.update import update
+from detections.streaming.update import STATE_BUDGET, SUBJECT_KEPT, size, update
 
 SLUG = "consumer-sender-to-shared-mailboxes"
 # Copies kept per campaign: far above any threshold (the protected list is a handful of shared
-# mailboxes) and small enough for one Table storage entity (1 MiB; ~400 bytes a copy).
-MAX_COPIES = 200
+# mailboxes); at ~300 characters a copy they fit STATE_BUDGET.
+MAX_COPIES = 100
 PARAMS = ("window", "correlation_window", "threshold", "sender_domains", "extra_sender_domains",
           "excluded_sender_domains", "dotless_domains", "correlate_content", "protected_recipients")
 
@@ -109,7 +115,8 @@ async def observe(fact: MailFact, params: Mapping[str, Any], state: StreamState)
         "t": iso(fact.timestamp), "mb": mailbox, "nm": fact.network_message_id,
         "rcpt": recipient_as_written(mailbox, fact.recipients), "ro": fact.recipient_object_id,
         "im": fact.internet_message_id, "smf": fact.sender_mail_from, "sf": fact.sender_from,
-        "sk": norm_sender(fact.sender_mail_from, p.dotless), "sub": fact.subject, "rep": fact.report_id,
+        "sk": norm_sender(fact.sender_mail_from, p.dotless), "sub": fact.subject[:SUBJECT_KEPT],
+        "rep": fact.report_id,
         "in": bool(fact.in_inbox), "e": False,
     }
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -150,6 +157,8 @@ def _apply(value: Mapping[str, Any], key: str, copy: dict[str, Any],
     kept = [c for c in copies if stamps[id(c)] > newest - p.window]  # Timestamp > ago(window)
     kept.sort(key=lambda c: stamps[id(c)])
     kept = kept[-MAX_COPIES:]
+    while kept and size(kept) > STATE_BUDGET:  # hostile-sized fields: the oldest copies go first
+        kept.pop(0)
     changed = changed or len(kept) != len(copies)
     distinct, anchor = _flagging(kept, stamps, p)
     rows = []

@@ -22,7 +22,7 @@ from detections.streaming import MailFact, MemoryState, consumer_campaign, reply
 from detections.streaming.conformance import observe_case, streaming_tests
 from detections.streaming.registry import STREAMING, active_rules, protected_mailboxes, rule_params
 from detections.streaming.tables import facts_from_tables
-from detections.streaming.update import StateConflict, update
+from detections.streaming.update import STATE_BUDGET, StateConflict, size, update
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CAMPAIGN = consumer_campaign.SLUG
@@ -238,13 +238,13 @@ def test_a_copy_for_a_mailbox_outside_the_protected_list_or_sent_by_the_mailbox_
 def test_campaign_state_is_pruned_to_the_window_and_bounded() -> None:
     p = params_of(CAMPAIGN)
     state = MemoryState()
-    # 500 copies, one every 30 s over 250 minutes: 240 are in the last 2 h, and the newest 200 are kept
+    # 500 copies, one every 30 s over 250 minutes: 240 are in the last 2 h, and the newest 100 are kept
     flood = [fact(f"f{i}", "support@contoso.com", 250 - i / 2) for i in range(500)]
     asyncio.run(observe_all(CAMPAIGN, flood, p, state))
     value, _ = asyncio.run(state.load("sender:eve@gmail.com"))
     names = [c["nm"] for c in value["copies"]]
-    assert len(names) == consumer_campaign.MAX_COPIES == 200
-    assert names[0] == "f300" and names[-1] == "f499"
+    assert len(names) == consumer_campaign.MAX_COPIES == 100
+    assert names[0] == "f400" and names[-1] == "f499"
     assert value["expires_at"] == "2026-11-20T13:59:30Z"   # the newest (11:59:30) + window (2 h)
 
 
@@ -399,3 +399,53 @@ def test_tables_fold_a_sent_message_into_one_outbound_fact_and_skip_other_mailbo
         ("b", "Inbound", "sales@contoso.com"), ("r", "Outbound", "support@contoso.com")]
     assert facts[0].recipients == ("Sales@Contoso.com",) and facts[0].cluster_id == "42"
     assert facts[1].recipients == ("eve@gmail.com", "bob@gmail.com") and not facts[1].in_inbox
+
+
+# --- hostile sizes: state stays within one Table property, the mail is still acted on ---------------------
+
+def test_huge_subjects_and_long_lure_urls_neither_overflow_the_state_nor_hide_the_mail() -> None:
+    p = params_of(CAMPAIGN)
+    state = MemoryState()
+    big = "A" * 100_000
+    out = asyncio.run(observe_all(CAMPAIGN, [fact(f"m{i}", m, 30 - i, subject=big)
+                                             for i, m in enumerate(MAILBOXES[:3])], p, state))
+    assert sorted(r["NetworkMessageId"] for r in out[2]) == ["m0", "m1", "m2"]
+    assert size(asyncio.run(state.load("sender:eve@gmail.com"))[0]) <= STATE_BUDGET
+
+    chain = params_of(CHAIN)
+    state = MemoryState()
+    urls = tuple(f"https://dl.dropboxusercontent.com/{i}/" + "x" * 5000 for i in range(40))
+    out = asyncio.run(observe_all(CHAIN, [reply("rep", "support@contoso.com", "eve@gmail.com", 60, big),
+                                          fact("link", "support@contoso.com", 1, urls=urls, subject=big)],
+                                  chain, state))
+    assert [r["Stage"] for r in out[1]] == ["link", "reply"]
+    assert len(out[1][0]["FileShareUrls"]) == 10 and all(len(u) < 600 for u in out[1][0]["FileShareUrls"])
+    value, _ = asyncio.run(state.load(reply_chain.chain_key("support@contoso.com", "eve@gmail.com")))
+    assert size(value) <= STATE_BUDGET
+
+
+# --- where the two forms legitimately differ (window edges: the KQL's lookback ends at `now`) ------------
+
+def test_window_edge_a_burst_that_left_the_lookback_was_acted_on_when_it_arrived() -> None:
+    # Reason: the push path saw the burst as it arrived (2 h ago); a scheduled run at `now` no longer
+    # reads its first copy. (The scheduled runs of two hours ago flagged it then, with the same ids.)
+    tables = {"EmailEvents": [copy_row("b1", "eve@gmail.com", "support@contoso.com", "now-125m"),
+                              copy_row("b2", "eve@gmail.com", "sales@contoso.com", "now-118m"),
+                              copy_row("b3", "eve@gmail.com", "info@contoso.com", "now-115m")]}
+    streamed, scheduled = both(CAMPAIGN, tables)
+    assert scheduled == set()
+    assert streamed == junk(("b1", "support@contoso.com"), ("b2", "sales@contoso.com"),
+                            ("b3", "info@contoso.com"))
+
+
+def test_window_edge_a_reply_just_under_7_days_before_the_link_arms_the_chain_at_arrival() -> None:
+    # Reason: the streaming window runs back from the link mail's arrival; the KQL's from the run time,
+    # 10 minutes later here, by when the reply has left the 7 days.
+    tables = {
+        "EmailEvents": [reply_row("r1", "support@contoso.com", "eve@gmail.com", "now-10085m"),
+                        copy_row("l1", "eve@gmail.com", "support@contoso.com", "now-10m")],
+        "EmailUrlInfo": [{"Timestamp": "now-10m", "NetworkMessageId": "l1", "Url": "https://we.tl/t-1"}],
+    }
+    streamed, scheduled = both(CHAIN, tables)
+    assert scheduled == set()
+    assert streamed == {("move_to_junk", "l1", "support@contoso.com"), ("notify", "r1", "eve@gmail.com")}
