@@ -108,8 +108,8 @@ async def observe(fact: MailFact, params: Mapping[str, Any], state: StreamState)
     flagged, then every remembered Inbox copy once, then each new one as it comes."""
     p = prepare(params)
     keys = campaign_keys(fact, p)
-    if not keys:
-        return []
+    if not keys or not fact.network_message_id.strip():
+        return []  # without the id no request can be made (nor told apart from another copy)
     mailbox = trim(fact.mailbox).lower()
     copy = {
         "t": iso(fact.timestamp), "mb": mailbox, "nm": fact.network_message_id,

@@ -18,7 +18,9 @@ returns them: ``link`` (moved to Junk), and the ``reply`` and ``earlier`` rows b
 (on-call is told); each row once. A link mail arriving with an armed chain gets its row at once; a
 reply arriving after a link mail it precedes (notifications out of order) returns that link then.
 
-Left to the scheduled path: ``earlier`` rows beyond the newest :data:`MAX_INBOUND` mails of a chain
+Left to the scheduled path: rows of mails without a Network Message ID (a Sent Items copy may have
+none: the reply still arms the chain, its ``reply`` row comes from the scheduled run with the id the
+request needs); ``earlier`` rows beyond the newest :data:`MAX_INBOUND` mails of a chain
 (or beyond STATE_BUDGET characters of state),
 and a mail moved out of the Inbox after it was seen (the push path acts on what it saw; the move
 verifies the message's folder).
@@ -164,14 +166,25 @@ def _entries(value: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
     return out
 
 
+def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """One mail notified twice. A Sent Items copy may carry no Network Message ID (it never went through
+    transport into that folder; push/mailfacts.py), so then the Internet Message ID, or the time and
+    subject, tell two replies apart."""
+    if str(a.get("rcpt", "")).lower() != str(b.get("rcpt", "")).lower():
+        return False
+    for field in ("nm", "im"):
+        if a.get(field) or b.get(field):
+            return a.get(field) == b.get(field)
+    return (a["t"], a.get("sub")) == (b["t"], b.get("sub"))
+
+
 def _apply(value: Mapping[str, Any], key: str, kind: str, entry: dict[str, Any],
            p: Prepared) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     mailbox, peer = json.loads(key.removeprefix("chain:"))
     chain = {k: _entries(value, k) for k in ("inbound", "replies")}
     before = sum(len(v) for v in chain.values())
     changed = False
-    if not any(e["nm"] == entry["nm"] and e.get("rcpt", "").lower() == entry["rcpt"].lower()
-               for e in chain[kind]):
+    if not any(_same(e, entry) for e in chain[kind]):
         chain[kind].append(dict(entry))
         changed = True
     stamps = {id(e): parse_iso(e["t"]) for v in chain.values() for e in v}
@@ -214,7 +227,8 @@ def _rows(chain: Mapping[str, list[dict[str, Any]]], stamps: Mapping[int, dateti
                                         if stamps[id(e)] < last_link and id(e) not in link_ids]),
                            ("reply", [r for r in human if stamps[id(r)] < last_link])):
         for e in entries:
-            if stage in e["e"]:
+            # No Network Message ID, no request with the scheduled path's id: that row is left to it.
+            if stage in e["e"] or not e["nm"]:
                 continue
             e["e"].append(stage)
             rows.append({

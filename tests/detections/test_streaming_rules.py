@@ -449,3 +449,22 @@ def test_window_edge_a_reply_just_under_7_days_before_the_link_arms_the_chain_at
     streamed, scheduled = both(CHAIN, tables)
     assert scheduled == set()
     assert streamed == {("move_to_junk", "l1", "support@contoso.com"), ("notify", "r1", "eve@gmail.com")}
+
+
+def test_sent_items_copies_without_a_network_message_id_still_arm_the_chain() -> None:
+    # push/mailfacts.py: a Sent Items copy may carry no transport headers, so no Network Message ID.
+    # An auto-acknowledgement and, hours later, a person's answer are two replies, not one seen twice;
+    # the answer arms the chain, and its reply row is left to the scheduled run (which has the id).
+    p = params_of(CHAIN)
+    facts = [fact("first", "support@contoso.com", 600),
+             reply("", "support@contoso.com", "eve@gmail.com", 599.5, "RE: Question"),   # 30 s: automatic
+             reply("", "support@contoso.com", "eve@gmail.com", 300, "RE: Question"),     # a person
+             fact("link", "support@contoso.com", 1, urls=("https://1drv.ms/u/s!x",))]
+    out = asyncio.run(observe_all(CHAIN, facts, p))
+    assert [(r["Stage"], r["NetworkMessageId"]) for r in out[3]] == [("link", "link"), ("earlier", "first")]
+
+
+def test_a_copy_without_a_network_message_id_is_not_counted() -> None:
+    p = params_of(CAMPAIGN)
+    facts = [fact("", m, 30 - i) for i, m in enumerate(MAILBOXES)]
+    assert asyncio.run(observe_all(CAMPAIGN, facts, p)) == [[], [], [], []]
