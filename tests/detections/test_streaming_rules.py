@@ -284,6 +284,28 @@ def test_two_observes_racing_on_one_campaign_return_each_copy_exactly_once() -> 
     assert sorted(returned) == ["m1", "m2", "m3", "m4"]  # threshold met once; every copy exactly once
 
 
+def test_the_race_test_catches_a_state_that_ignores_versions() -> None:
+    # The same race on a last-writer-wins store returns the remembered copies twice: what the version
+    # check (and the retry loop) prevents.
+    class Blind(RacingState):
+        async def save(self, key: str, value: dict[str, Any], version: str | None) -> bool:
+            await asyncio.sleep(0)
+            _, current = await MemoryState.load(self, key)
+            return await MemoryState.save(self, key, value, current)
+
+    p = params_of(CAMPAIGN)
+    state = Blind()
+
+    async def go() -> list[list[dict[str, Any]]]:
+        await observe_all(CAMPAIGN, [fact("m1", "support@contoso.com", 30),
+                                     fact("m2", "sales@contoso.com", 25)], p, state)
+        return await asyncio.gather(STREAMING[CAMPAIGN](fact("m3", "info@contoso.com", 20), p, state),
+                                    STREAMING[CAMPAIGN](fact("m4", "jobs@contoso.com", 19), p, state))
+
+    returned = [r["NetworkMessageId"] for rows in asyncio.run(go()) for r in rows]
+    assert sorted(returned) == ["m1", "m1", "m2", "m2", "m3", "m4"]
+
+
 def test_all_four_copies_racing_still_return_each_copy_once() -> None:
     p = params_of(CAMPAIGN)
     state = RacingState()
