@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from push.contract import KINDS, LIFECYCLE_EVENTS, SCHEMA
+from push.contract import LIFECYCLE_EVENTS, SCHEMA
 from push.graphjson import reason, status_of
 from push.resync import ResyncResult, parse_time
 from push.subscriptions import SUBSCRIPTION_ID, StoreConflict, SubscriptionManager
@@ -61,7 +61,7 @@ def parse_lifecycle(item: Any) -> tuple[str, str]:
         raise LifecycleError(f"{sorted(unknown)[0]}: unknown field")
     if item.get("schema") != SCHEMA:
         raise LifecycleError(f"schema: expected {SCHEMA!r}")
-    if item.get("kind") != "lifecycle" or item.get("kind") not in KINDS:
+    if item.get("kind") != "lifecycle":
         raise LifecycleError("kind: expected 'lifecycle'")
     sid = item.get("subscription_id")
     if not isinstance(sid, str) or not SUBSCRIPTION_ID.match(sid):

@@ -14,7 +14,7 @@ real msgraph-sdk client) with what the docs say these endpoints do:
   pages of ``Prefer: odata.maxpagesize`` (default 10), ``@odata.nextLink`` (``$skiptoken``) and
   ``@odata.deltaLink`` (``$deltatoken``) as absolute URLs; a round from a delta link returns the messages
   that arrived in the folder since. ``delta_extra`` items are added to the next first page (``@removed``
-  entries, malformed answers).
+  entries, malformed items); ``delta_answer`` is the whole body of the next answer (malformed answers).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class StandInGraph(FakeGraph):
         super().__init__(**kw)
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.delta_extra: list[Any] = []
+        self.delta_answer: dict[str, Any] | None = None   # the next delta request gets this body, as given
         sid = r"^/v1\.0/subscriptions/(?P<sid>[^/]+)"
         self._routes[:0] = [
             ("POST", re.compile(r"^/v1\.0/subscriptions$"), self._create_sub),
@@ -120,6 +121,9 @@ class StandInGraph(FakeGraph):
 
     def _delta(self, m: re.Match[str], q: dict[str, str], _b: Any) -> _Reply:
         user = self._user(m)
+        if self.delta_answer is not None:
+            answer, self.delta_answer = self.delta_answer, None
+            return _Reply(200, answer)
         folder = (m.group("folder") or m.group("qfolder")).lower()
         if "$deltatoken" in q:
             state = self._decode(q["$deltatoken"])
