@@ -12,7 +12,7 @@ entries even with ``changeType=created``) and is skipped.
 * A new subscription's *baseline*: no stored link yet, so the first round is filtered to messages
   received in the last ``BASELINE_LOOKBACK`` (not the whole folder: a shared mailbox may hold years of
   mail); its deltaLink marks "now", so a later resync returns exactly what arrived after the subscription
-  was made.
+  was made. If the service refuses the filter (400), the round runs unfiltered (more pages, same items).
 * A *resync* (``missed``, a recreated subscription, an interrupted resync): one round from the stored
   link, every created message turned into a ``message`` queue item (push/contract.py), processed by the
   push worker like a change notification.
@@ -30,11 +30,14 @@ is under the Graph client's own base URL, so a forged row cannot send the app's 
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kiota_abstractions.api_error import APIError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_abstractions.request_information import RequestInformation
 from msgraph.generated.users.item.mail_folders.item.messages.delta.delta_request_builder import (
@@ -42,7 +45,9 @@ from msgraph.generated.users.item.mail_folders.item.messages.delta.delta_request
 )
 
 from push.contract import SCHEMA, Subscription
-from push.graphjson import GraphResponseError, send_json
+from push.graphjson import GraphResponseError, reason, send_json
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 50                  # Prefer: odata.maxpagesize (a preference: Graph may send fewer)
 MAX_PAGES = 10                  # pages per call
@@ -110,6 +115,8 @@ async def delta_round(graph: Any, sub: Subscription, *, now: datetime, max_pages
         raise ValueError("max_pages, max_items and page_size must be at least 1")
     adapter = graph.request_adapter
     base = adapter.base_url
+    oldest = now - max_age
+    baseline: Callable[[bool], RequestInformation] | None = None
     if sub.delta_link:
         if not link_allowed(sub.delta_link, base):
             raise ResyncError(f"stored delta link of {sub.mailbox}/{sub.folder} is not under the Graph base "
@@ -117,17 +124,33 @@ async def delta_round(graph: Any, sub: Subscription, *, now: datetime, max_pages
         info = _raw(adapter, sub.delta_link)
     else:
         since = (baseline_since or now - BASELINE_LOOKBACK).replace(microsecond=0)
-        q = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(
-            change_type="created", select=SELECT, filter=f"receivedDateTime ge {iso(since)}")
-        info = (graph.users.by_user_id(sub.user_id).mail_folders.by_mail_folder_id(sub.folder).messages
-                .delta.to_get_request_information(RequestConfiguration(query_parameters=q)))
+        oldest = max(oldest, since)
+
+        def baseline(filtered: bool) -> RequestInformation:
+            q = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(
+                change_type="created", select=SELECT,
+                filter=f"receivedDateTime ge {iso(since)}" if filtered else None)
+            return (graph.users.by_user_id(sub.user_id).mail_folders.by_mail_folder_id(sub.folder).messages
+                    .delta.to_get_request_information(RequestConfiguration(query_parameters=q)))
+
+        info = baseline(True)
     items: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}
-    oldest = now - max_age
     pages = 0
     while True:
         info.headers.try_add("Prefer", f"odata.maxpagesize={page_size}")
-        page = await send_json(adapter, info)
+        try:
+            page = await send_json(adapter, info)
+        except APIError as exc:
+            if baseline is None or pages or exc.response_status_code != 400:
+                raise
+            # The docs list receivedDateTime ge as the one $filter message delta supports ("limited
+            # support"); a service that refuses it still does the unfiltered round, only in more pages.
+            # Messages older than the lookback are then skipped (too_old), so the outcome is the same.
+            log.info("delta of %s/%s refused the receivedDateTime filter (%s); baseline without it",
+                     sub.mailbox, sub.folder, reason(exc))
+            info, baseline = baseline(False), None
+            continue
         pages += 1
         if page is None or not isinstance(page.get("value"), list):
             raise GraphResponseError(f"delta of {sub.mailbox}/{sub.folder} answered no `value` list")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from push.contract import SCHEMA
+from push.resync import parse_time
 from push.subscriptions import (
     INDEX_PARTITION,
     PARTITION,
@@ -15,7 +16,7 @@ from push.subscriptions import (
     protected_mailboxes,
     row_key,
 )
-from tests.push.conftest import CLIENT_STATE, NOTIFY_URL, Harness
+from tests.push.conftest import CLIENT_STATE, Harness, drop_in_graph, graph_subs
 
 pytestmark = pytest.mark.azurite
 
@@ -31,27 +32,28 @@ def test_reconcile_creates_one_subscription_per_mailbox_and_folder_as_documented
     assert summary.failed == [] and summary.renewed == [] and summary.removed == []
 
 
-def test_new_subscriptions_carry_the_documented_properties(harness: Any, fake: Any) -> None:
-    started = datetime.now(UTC)
+def test_new_subscriptions_carry_the_documented_properties(harness: Any, fake: Any, receiver: Any) -> None:
+    started = fake.push.now()
     harness(lambda h: h.manager.reconcile([SUPPORT]))
-    subs = sorted(fake.subscriptions.values(), key=lambda s: s["resource"])
+    subs = sorted(graph_subs(fake).values(), key=lambda s: s["resource"])
     uid = fake.users.get(SUPPORT).id
     assert [s["resource"] for s in subs] == [f"users/{uid}/mailFolders('inbox')/messages",
                                              f"users/{uid}/mailFolders('sentitems')/messages"]
     for s in subs:
         assert s["changeType"] == "created"
-        assert s["notificationUrl"] == s["lifecycleNotificationUrl"] == NOTIFY_URL
+        assert s["notificationUrl"] == s["lifecycleNotificationUrl"] == receiver.url
         assert s["clientState"] == CLIENT_STATE
-        expires = datetime.fromisoformat(s["expirationDateTime"].replace("Z", "+00:00"))
+        expires = parse_time(s["expirationDateTime"])
         # Outlook messages: at most 10,080 minutes; we ask for that minus a small margin.
-        latest = datetime.now(UTC) + timedelta(minutes=10_080)
-        assert started + timedelta(minutes=10_080 - 60) < expires <= latest
+        assert started + timedelta(minutes=10_080 - 60) < expires <= started + timedelta(minutes=10_080)
+    # Graph validated both URLs before creating each subscription (the handshake the receiver answered).
+    assert len(fake.push.validations) == 4 and all(v.ok for v in fake.push.validations)
 
 
 def test_rows_and_index_make_by_id_a_point_read(harness: Any, fake: Any) -> None:
     async def body(h: Harness) -> tuple[Any, Any, list[Any]]:
         await h.manager.reconcile([SUPPORT])
-        sid = next(s["id"] for s in fake.subscriptions.values() if "inbox" in s["resource"])
+        sid = next(i for i, s in graph_subs(fake).items() if "inbox" in s["resource"])
         index = [e async for e in h.table.query_entities("PartitionKey eq @p",
                                                          parameters={"p": INDEX_PARTITION})]
         return await h.store.by_id(sid), await h.store.by_id("5b1f6f5e-0000-4000-8000-000000000000"), index
@@ -82,15 +84,14 @@ def test_a_new_subscription_records_a_baseline_so_the_next_resync_returns_only_l
     assert len(later) == 1 and later[0]["message_id"] == later[0]["new"]
     item = later[0]
     assert item["schema"] == SCHEMA and item["kind"] == "message"
-    assert item["user_id"] == fake.users.get(SUPPORT).id and item["subscription_id"] in fake.subscriptions
+    assert item["user_id"] == fake.users.get(SUPPORT).id and item["subscription_id"] in graph_subs(fake)
 
 
 def test_a_subscription_expiring_within_the_threshold_is_renewed(harness: Any, fake: Any) -> None:
     async def body(h: Harness) -> tuple[ReconcileSummary, str, Any]:
         await h.manager.reconcile([SUPPORT])
         entry = await h.store.get(h.user_id(SUPPORT), "inbox")
-        soon = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        fake.subscriptions[entry.sub.subscription_id]["expirationDateTime"] = soon
+        soon = (fake.push.now() + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
         row = await h.table.get_entity(PARTITION, entry.key)
         row["ExpiresAt"] = soon
         await h.table.update_entity(row)
@@ -105,9 +106,8 @@ def test_a_subscription_expiring_within_the_threshold_is_renewed(harness: Any, f
     assert [c.path for c in patches] == [f"/v1.0/subscriptions/{sid}"]
     assert set(patches[0].json) == {"expirationDateTime"}
     assert after.sub.subscription_id == sid
-    assert after.sub.expires_at == fake.subscriptions[sid]["expirationDateTime"]
-    renewed_to = datetime.fromisoformat(after.sub.expires_at.replace("Z", "+00:00"))
-    assert renewed_to > datetime.now(UTC) + timedelta(days=6)
+    assert parse_time(after.sub.expires_at) == parse_time(graph_subs(fake)[sid]["expirationDateTime"])
+    assert parse_time(after.sub.expires_at) > fake.push.now() + timedelta(days=6)
 
 
 @pytest.mark.parametrize("expiring", [False, True], ids=["found-by-get", "404-on-renew"])
@@ -117,10 +117,10 @@ def test_a_subscription_graph_no_longer_has_is_recreated_and_the_gap_resynced(
         await h.manager.reconcile([SUPPORT])
         entry = await h.store.get(h.user_id(SUPPORT), "inbox")
         old = entry.sub.subscription_id
-        fake.subscriptions.pop(old)                                 # Graph dropped it
+        drop_in_graph(fake, old)                                    # Graph no longer has it
         if expiring:
             row = await h.table.get_entity(PARTITION, entry.key)
-            row["ExpiresAt"] = (datetime.now(UTC) + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            row["ExpiresAt"] = (fake.push.now() + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
             await h.table.update_entity(row)
         gap = fake.mailboxes.add(SUPPORT, "<during-the-gap@x>")    # no notification for this one
         h.queued.clear()
@@ -130,7 +130,7 @@ def test_a_subscription_graph_no_longer_has_is_recreated_and_the_gap_resynced(
 
     summary, old, by_old, new, queued, gap = harness(body)
     assert summary.repaired == [f"{SUPPORT}/inbox"] and summary.failed == []
-    assert by_old is None and new.sub.subscription_id != old and new.sub.subscription_id in fake.subscriptions
+    assert by_old is None and new.sub.subscription_id != old and new.sub.subscription_id in graph_subs(fake)
     assert [i["message_id"] for i in queued] == [gap]
     assert all(i["subscription_id"] == new.sub.subscription_id for i in queued)
     assert new.pending is False
@@ -146,8 +146,8 @@ def test_mailboxes_no_longer_protected_lose_their_subscriptions(harness: Any, fa
     summary, rows = harness(body)
     assert summary.removed == [f"{SALES}/inbox", f"{SALES}/sentitems"]
     sales = fake.users.get(SALES).id
-    assert all(sales not in s["resource"] for s in fake.subscriptions.values())
-    assert len(fake.subscriptions) == 2
+    assert all(sales not in s["resource"] for s in graph_subs(fake).values())
+    assert len(graph_subs(fake)) == 2
     assert sorted(r["PartitionKey"] for r in rows) == [PARTITION] * 2 + [INDEX_PARTITION] * 2
     assert len(fake.calls_to("DELETE", r"/subscriptions/")) == 2
 
@@ -174,7 +174,7 @@ def test_a_mailbox_that_fails_to_resolve_keeps_its_subscriptions(harness: Any, f
 
     summary = harness(body)
     assert summary.removed == [] and [w for w, _ in summary.failed] == [SALES]
-    assert len(fake.subscriptions) == 4 and fake.calls_to("DELETE", r"/subscriptions/") == []
+    assert len(graph_subs(fake)) == 4 and fake.calls_to("DELETE", r"/subscriptions/") == []
 
 
 def test_unreadable_rows_are_reported_never_followed_and_replaced(harness: Any, fake: Any) -> None:
@@ -199,7 +199,7 @@ def test_unreadable_rows_are_reported_never_followed_and_replaced(harness: Any, 
     assert "SubscriptionId" in reasons[row_key(fake.users.get(SUPPORT).id, "inbox")]
     assert "UserId" in reasons["junk"]
     assert f"{SUPPORT}/inbox" in summary.created
-    assert inbox.sub.subscription_id in fake.subscriptions and inbox.sub.delta_link.startswith(fake.base_url)
+    assert inbox.sub.subscription_id in graph_subs(fake) and inbox.sub.delta_link.startswith(fake.base_url)
     assert not [c for c in fake.calls if "steal" in c.url or "../" in c.path]
 
 
