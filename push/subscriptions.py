@@ -68,6 +68,7 @@ CONCURRENCY = 4                               # mailboxes worked on at once
 SUBSCRIPTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$")
 ADDRESS = re.compile(r"^[^@\s\x00-\x1f\"'<>/\\]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 MAX_LINK = 8192
+ROW_KEY = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}:(" + "|".join(FOLDERS) + ")$")
 
 Enqueue = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
@@ -171,8 +172,8 @@ class SubscriptionStore:
         try:
             index = await self.table.get_entity(INDEX_PARTITION, subscription_id)
             key = index.get("Key")
-            if not isinstance(key, str) or len(key) > 300:
-                raise RowError("Key: expected a row key")
+            if not isinstance(key, str) or not ROW_KEY.match(key):
+                raise RowError("Key: expected '{user id}:{folder}'")
             entry = entry_from_row(await self.table.get_entity(PARTITION, key))
         except ResourceNotFoundError:
             return None

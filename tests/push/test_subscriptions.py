@@ -189,7 +189,10 @@ def test_unreadable_rows_are_reported_never_followed_and_replaced(harness: Any, 
                                      "Key": row_key(uid, "inbox")})
         # ... and junk under another key.
         await h.table.create_entity({"PartitionKey": PARTITION, "RowKey": "junk", "UserId": "nope"})
+        await h.table.create_entity({"PartitionKey": INDEX_PARTITION, "RowKey": "odd-key",
+                                     "Key": "x' or PartitionKey ne 'y"})
         by_forged = await h.store.by_id("forged-id")
+        assert await h.store.by_id("odd-key") is None
         summary = await h.manager.reconcile([SUPPORT])
         return summary, by_forged, await h.store.get(uid, "inbox")
 
