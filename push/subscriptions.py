@@ -312,14 +312,19 @@ class SubscriptionManager:
 
     ``graph``: the msgraph-sdk client (core/graph.py). ``enqueue``: puts ``message`` items on the push
     queue; it is awaited before a delta link is stored, so a failure to queue never skips messages.
+    ``verify``: each reconcile also GETs every subscription not due for renewal, so one Graph dropped
+    without a lifecycle notification is repaired within a timer period instead of at its renewal.
     """
 
     def __init__(self, graph: Any, store: SubscriptionStore, settings: PushSettings, enqueue: Enqueue, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 renew_within: timedelta = RENEW_WITHIN, verify: bool = True) -> None:
+                 renew_within: timedelta = RENEW_WITHIN, verify: bool = True,
+                 resync_bounds: dict[str, int] | None = None) -> None:
         self.graph, self.store, self.settings, self.enqueue = graph, store, settings, enqueue
         self.adapter = graph.request_adapter
         self.clock, self.renew_within, self.verify = clock, renew_within, verify
+        # delta_round's max_pages / max_items / page_size (push/resync.py defaults otherwise)
+        self.resync_bounds = dict(resync_bounds or {})
 
     # --- Graph calls ----------------------------------------------------------------------------------
 
@@ -426,7 +431,7 @@ class SubscriptionManager:
         (logged; the row keeps owing a resync, so the timer tries again)."""
         sub = entry.sub
         try:
-            result = await delta_round(self.graph, sub, now=self.clock())
+            result = await delta_round(self.graph, sub, now=self.clock(), **self.resync_bounds)
             if result.items:
                 await self.enqueue(result.items)
         except Exception as exc:

@@ -237,3 +237,22 @@ def test_protected_mailboxes_are_the_union_of_the_mail_rules_protected_recipient
                                                "consumer-reply-chain-file-link": {"enabled": False}}},
                                     source="test")
     assert protected_mailboxes(load_catalog(), off) == []
+
+
+def test_a_resync_cut_short_by_its_bound_is_continued_by_the_next_runs(harness: Any, fake: Any) -> None:
+    async def body(h: Harness) -> tuple[list[Any], set[str], set[str]]:
+        await h.manager.reconcile([SUPPORT])
+        entry = await h.store.get(h.user_id(SUPPORT), "inbox")
+        h.queued.clear()
+        sent = {fake.mailboxes.add(SUPPORT, f"<burst{i}@x>") for i in range(12)}
+        first = await h.manager.resync(entry)                 # e.g. after `missed`: 2 pages of 5
+        states = [(first.complete, (await h.store.get(h.user_id(SUPPORT), "inbox")).pending)]
+        for _ in range(2):
+            summary = await h.manager.reconcile([SUPPORT])
+            after = await h.store.get(h.user_id(SUPPORT), "inbox")
+            states.append((summary.resynced, after.pending))
+        return states, sent, {i["message_id"] for i in h.queued}
+
+    states, sent, queued = harness(body, resync_bounds={"page_size": 5, "max_pages": 2})
+    assert states == [(False, True), ([f"{SUPPORT}/inbox"], False), ([], False)]
+    assert queued == sent
