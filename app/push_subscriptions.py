@@ -72,11 +72,10 @@ async def on_timer(rt: Any, timer: Any = None, *,
     if not push.enabled:
         _off("the subscription timer does nothing")
         return None
-    backend = await rt.backend()
-
     async def lookup(mailboxes: list[str]) -> dict[str, str]:
-        # Object ids Graph would not give (no directory permission): EmailEvents' RecipientObjectId.
-        return await ids_from_email_events(backend, mailboxes)
+        # Object ids Graph would not give (no directory permission): EmailEvents' RecipientObjectId. The
+        # backend is only built when needed (reconcile logs a failure here and goes on without the ids).
+        return await ids_from_email_events(await rt.backend(), mailboxes)
 
     async with _services(rt, push) as services:
         summary = await services.manager.reconcile(protected_mailboxes(rt.config.catalog, rt.config.tenant),
