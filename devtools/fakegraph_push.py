@@ -900,7 +900,7 @@ class PushService:
         folder = self._fake._resolve_folder(user, ref)
         if folder is None:
             raise _error(404, "The specified folder could not be found in the store.", "ErrorItemNotFound")
-        allowed = {"$select", "$skiptoken", "$deltatoken", "changeType", "$top"}
+        allowed = {"$select", "$skiptoken", "$deltatoken", "changeType", "$top", "$filter"}
         extra = sorted(set(q) - allowed)
         if extra:
             raise _error(400, f"Query option(s) {', '.join(extra)} are not supported by this fake's delta "
@@ -922,7 +922,8 @@ class PushService:
                 change_type = q.get("changeType")
                 if change_type is not None and change_type not in CHANGE_TYPES:
                     raise _error(400, f"changeType must be one of {', '.join(CHANGE_TYPES)}.", "BadRequest")
-                state = self._round(user.id, folder.lower(), q.get("$select"), change_type, since=None)
+                state = self._round(user.id, folder.lower(), q.get("$select"), change_type, since=None,
+                                    received=_delta_filter(q.get("$filter")))
             items, rest = state["items"][:page], state["items"][page:]
             value = []
             for what, mid in items:
@@ -963,14 +964,15 @@ class PushService:
         return max(size, 1)
 
     def _round(self, user_id: str, folder: str, select: str | None, change_type: str | None,
-               since: int | None) -> dict[str, Any]:
+               since: int | None, received: tuple[str, datetime] | None = None) -> dict[str, Any]:
         """Under the lock: the items of a round and the log position it ends at."""
         log = self._log.get((user_id, folder), [])
         seq = log[-1][0] if log else 0
         if since is None:
-            # Initial round: every message in the folder ("an initial full synchronization").
+            # Initial round: every message in the folder ("an initial full synchronization"), or those the
+            # initial $filter on receivedDateTime keeps.
             items = [("message", x.id) for x in self._fake.mailboxes.messages(user_id)
-                     if x.folder.lower() == folder]
+                     if x.folder.lower() == folder and _received_ok(x.received, received)]
         else:
             net: dict[str, str] = {}
             for s, event, mid in log:
@@ -989,3 +991,28 @@ class PushService:
             message_json(user_id, probe, select)
         return {"kind": "round", "user": user_id, "folder": folder, "select": select,
                 "change_type": change_type, "items": items, "seq": seq}
+
+
+# message: delta "supports $filter ... only receivedDateTime ge|gt {value}" on the initial request
+# (https://learn.microsoft.com/graph/delta-query-messages#use-query-parameters-in-a-delta-query-for-messages).
+_FILTER = re.compile(r"^\s*receivedDateTime\s+(ge|gt)\s+(\d{4}-\d\d-\d\dT[0-9:.]+(?:Z|[+-]\d\d:\d\d))\s*$",
+                     re.IGNORECASE)
+
+
+def _delta_filter(text: str | None) -> tuple[str, datetime] | None:
+    if text is None:
+        return None
+    m = _FILTER.match(text)
+    if m is None:
+        raise _error(400, "Only receivedDateTime ge|gt <date-time> is supported in a message delta $filter.",
+                     "BadRequest")
+    return m.group(1).lower(), datetime.fromisoformat(m.group(2).replace("Z", "+00:00"))
+
+
+def _received_ok(received: str, flt: tuple[str, datetime] | None) -> bool:
+    if flt is None:
+        return True
+    if not received:
+        return False
+    when = datetime.fromisoformat(received.replace("Z", "+00:00"))
+    return when >= flt[1] if flt[0] == "ge" else when > flt[1]

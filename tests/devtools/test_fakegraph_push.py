@@ -567,6 +567,18 @@ def test_delta_with_change_type_created_skips_removals(fake: FakeGraph, http: ht
 
 
 
+def test_initial_delta_honours_the_received_date_filter_and_nothing_else(fake: FakeGraph,
+                                                                         http: httpx.Client) -> None:
+    # delta-query-messages: the one $filter message delta takes is receivedDateTime ge|gt <value>.
+    uid = fake.users.add(MAILBOX).id
+    fake.mailboxes.add(MAILBOX, "<old@x>", received="2026-11-01T10:00:00Z")
+    fake.mailboxes.add(MAILBOX, "<new@x>", received="2026-11-30T10:00:00Z")
+    url = f"/users/{uid}/mailFolders/inbox/messages/delta"
+    got = http.get(url, params={"$filter": "receivedDateTime ge 2026-11-15T00:00:00Z"}).json()
+    assert [m["internetMessageId"] for m in got["value"]] == ["<new@x>"]
+    assert http.get(url, params={"$filter": "subject eq 'x'"}).status_code == 400
+
+
 def test_a_plugged_transport_replaces_http(fake: FakeGraph, http: httpx.Client) -> None:
     """For an in-process endpoint (a function app's handler called directly)."""
     got: list[tuple[str, dict[str, str], bytes]] = []
