@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         help="sample tenant the detection-quality section scans (default large)",
     )
     p.add_argument("--trials", type=int, default=30, help="time-to-remediate trials (default 30)")
+    p.add_argument("--push-trials", type=int, default=1000,
+                   help="time-to-remediate traces for the push variants alone (default 1000; the first "
+                   "--trials of them are the ones every variant runs)")
     p.add_argument("--json", action="store_true",
                    help='with ttr alone: print {"variants": [...]} as JSON instead of the report')
     p.add_argument("--moves", type=int, default=10_000, help="throughput moves, spread over 100 mailboxes")
@@ -91,7 +94,7 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name == "ttr":
         from devtools.bench import ttr
 
-        return ttr.run(args.trials)
+        return ttr.run(args.trials, push_trials=args.push_trials)
     if name == "pipeline":
         from devtools.bench import pipeline
 

@@ -79,6 +79,7 @@ class PushOutcome:
     copies: list[InboxCopy]
     notifications: int = 0  # change notifications Graph meant to send
     dropped: int = 0
+    dropped_campaign: int = 0  # of which the campaign's copies
     missed_resyncs: int = 0
     resync_messages: int = 0  # messages the delta resyncs handed to the worker again
     false_positive_rows: int = 0
@@ -151,6 +152,7 @@ async def simulate_push(
         out.notifications += 1
         if drop_rate and drop_rng.random() < drop_rate:
             out.dropped += 1
+            out.dropped_campaign += c.campaign
             # Graph tells of the loss with a `missed` lifecycle notification (no message id in it).
             at(c.arrived + timedelta(seconds=draw_latency(drop_rng)), "missed", c.fact.mailbox)
         else:

@@ -41,7 +41,7 @@ def rule_params(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str
 def bench_json() -> dict[str, Any]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert bench_main.main(["ttr", "--json", "--trials", "1"]) == 0
+        assert bench_main.main(["ttr", "--json", "--trials", "1", "--push-trials", "3"]) == 0
     return json.loads(out.getvalue())
 
 
@@ -82,14 +82,16 @@ def test_json_is_the_issue_shape_with_push_variants(bench_json: dict[str, Any]) 
     assert [v["dropped_notifications"] for v in pushed] == [0.0, 0.05]
     assert all(v["notifications"] >= 6 for v in pushed)  # the campaign's six copies at least
     assert pushed[0]["dropped_notifications_count"] == 0
+    assert [v["push_alone_more_traces"]["trials"] for v in pushed] == [3, 3]
 
 
 def test_report_shows_every_variant_and_the_push_targets(bench_json: dict[str, Any]) -> None:
-    result = ttr.run(1)
+    result = ttr.run(1, push_trials=2)
     text = render({"ttr": result}, command="python -m responder.bench ttr", machine={}, elapsed_s=1.0)
     for v in result["variants"]:
         assert f"| {v['name']}" in text
     assert "Targets (issue 15)" in text and "with the schedule beside it" in text
+    assert "| this app, push, mailbox strategy, 5% notifications dropped | 2 |" in text
     assert [v["name"] for v in result["variants"]] == [v["name"] for v in bench_json["variants"]]
 
 
