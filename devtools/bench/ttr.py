@@ -36,14 +36,15 @@ from detections.backends.local import LocalBackend
 from detections.catalog import load_catalog
 from detections.params import bind_query, resolve_params
 from detections.streaming import Observe
-from devtools.bench.ttr_push import InboxCopy, fact_from_row, simulate_push, standin_observe
+from detections.streaming.registry import STREAMING
+from devtools.bench.ttr_push import InboxCopy, fact_from_row, simulate_push
 from devtools.sample import SAMPLE_NOW, generate
 from devtools.sample.bulkload import bulk_load
 from devtools.sample.rows import Mail, Recipient, email_rows
 
 RULE = "consumer-sender-to-shared-mailboxes"
 # The streaming form of RULE that the push variants run (detections.streaming, issue 15).
-OBSERVE: Observe = standin_observe
+OBSERVE: Observe = STREAMING[RULE]
 HORIZON = timedelta(hours=6)
 
 
@@ -305,16 +306,17 @@ def background_inbox_rows(tables_dir: Path, protected: list[str], planted: list[
         backend.con.close()
 
 
-def push_copies(trace: Trace, background: list[dict[str, Any]], since: datetime) -> list[InboxCopy]:
+def push_copies(trace: Trace, background: list[dict[str, Any]], since: datetime,
+                protected: list[str]) -> list[InboxCopy]:
     """The Inbox copies a push trial delivers: the campaign's and the background's from ``since`` on."""
     out = []
     for m in trace.mails:
         for row in email_rows(m):
-            out.append(InboxCopy(fact_from_row(row, m.ts), m.ts, campaign=True))
+            out.append(InboxCopy(fact_from_row(row, m.ts, protected), m.ts, campaign=True))
     for row in background:
         ts = row["Timestamp"]
         if since <= ts <= trace.first + HORIZON:
-            out.append(InboxCopy(fact_from_row(row, ts), ts, campaign=False))
+            out.append(InboxCopy(fact_from_row(row, ts, protected), ts, campaign=False))
     return out
 
 
@@ -420,7 +422,8 @@ def run(trials: int = 30, observe: Observe | None = None, push_trials: int = 100
 def run_push(v: Variant, trace: Trace, background: list[dict[str, Any]], rule: Any, observe: Observe,
              params: dict[str, Any], trial: int, evidence: datetime | None) -> dict[str, Any]:
     since = trace.first - params["window"]  # the subscriptions' last delta link predates the trial
-    res = asyncio.run(simulate_push(push_copies(trace, background, since), rule=rule, observe=observe,
+    copies = push_copies(trace, background, since, params["protected_recipients"])
+    res = asyncio.run(simulate_push(copies, rule=rule, observe=observe,
                                     params=params, drop_rate=v.drop_rate, seed=7000 + trial,
                                     horizon=trace.first + HORIZON, delta_since=since))
     campaign = [c for c in res.copies if c.campaign]

@@ -8,9 +8,9 @@ way), and the push path resynchronises that mailbox's Inbox with a delta query f
 link, which returns every message still in the Inbox that arrived since then
 (https://learn.microsoft.com/graph/change-notifications-lifecycle-events,
 https://learn.microsoft.com/graph/delta-query-overview). Each message reaches the streaming rule (the
-real ``Observe``: ``observe(fact, params, state)``) as a ``MailFact``; its rows become requests through
-``detections.findings.requests_from_rows`` exactly as the scheduled path's rows do (same ids, so a copy
-found twice is acted on once), and each new request is a mailbox-strategy move.
+real ``Observe``, ``detections.streaming.registry.STREAMING[slug]``) as a ``MailFact``; its rows become
+requests through ``detections.findings.requests_from_rows`` exactly as the scheduled path's rows do
+(same ids, so a copy found twice is acted on once), and each new request is a mailbox-strategy move.
 
 Processing latencies (``Latencies``, seconds, uniform draws; the figures and where they come from):
 
@@ -39,14 +39,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from detections.catalog import Rule
 from detections.findings import requests_from_rows
-from detections.streaming import MailFact, MemoryState, Observe, StreamState
+from detections.streaming import MailFact, MemoryState, Observe
+from detections.streaming.tables import facts_from_tables
 from devtools.pushlatency import draw_latency
 
 
@@ -87,23 +88,16 @@ class PushOutcome:
     request_ids: set[str] = field(default_factory=set)
 
 
-def fact_from_row(row: Mapping[str, Any], ts: datetime) -> MailFact:
-    """What the push worker builds from the Graph message, written from the EmailEvents row that stands
-    for it. Graph has no EmailClusterId or ReportId, so those stay empty on the push path."""
+def fact_from_row(row: Mapping[str, Any], ts: datetime, protected: Iterable[str]) -> MailFact:
+    """What the push worker builds from the Graph message of this EmailEvents row's Inbox copy: the
+    streaming rules' own rows -> facts converter, less what Graph does not have (EmailClusterId,
+    ReportId)."""
     mailbox = str(row["RecipientEmailAddress"]).lower()
-    return MailFact(
-        timestamp=ts,
-        direction=str(row.get("EmailDirection") or "Inbound"),
-        mailbox=mailbox,
-        network_message_id=str(row["NetworkMessageId"]),
-        internet_message_id=str(row.get("InternetMessageId") or ""),
-        recipient_object_id=str(row.get("RecipientObjectId") or ""),
-        sender_mail_from=str(row.get("SenderMailFromAddress") or ""),
-        sender_from=str(row.get("SenderFromAddress") or ""),
-        recipients=(mailbox,),
-        subject=str(row.get("Subject") or ""),
-        in_inbox=True,
-    )
+    facts = [f for f in facts_from_tables({"EmailEvents": [{**row, "Timestamp": ts}]}, ts, protected)
+             if f.mailbox == mailbox and f.direction.lower() != "outbound"]
+    if len(facts) != 1:
+        raise ValueError(f"{row.get('NetworkMessageId')!r}: not one protected Inbox copy for {mailbox!r}")
+    return replace(facts[0], cluster_id="", report_id="")
 
 
 def _u(rng: random.Random, bounds: tuple[float, float]) -> timedelta:
@@ -207,34 +201,3 @@ async def simulate_push(
 
 def _moved(fact: MailFact) -> MailFact:
     return replace(fact, in_inbox=False)
-
-
-async def standin_observe(fact: MailFact, params: Mapping[str, Any],
-                          state: StreamState) -> list[dict[str, Any]]:
-    """A stand-in with the ``Observe`` signature until detections.streaming's lands: copies per lower-case
-    envelope sender at a consumer domain; more than ``threshold`` mailboxes within
-    ``correlation_window`` -> a row for every copy still in an Inbox."""
-    sender = fact.sender_mail_from.lower()
-    domain = sender.rpartition("@")[2]
-    domains = {d.lower() for d in [*params["sender_domains"], *params["extra_sender_domains"]]}
-    if fact.direction != "Inbound" or not (domain in domains or domain.split(".")[0] + ".*" in domains):
-        return []
-    key = "sender:" + sender
-    while True:
-        value, version = await state.load(key)
-        seen = [c for c in value.get("copies", []) if c["nmid"] != fact.network_message_id
-                or c["mailbox"] != fact.mailbox]
-        seen.append({"ts": fact.timestamp.isoformat(), "mailbox": fact.mailbox,
-                     "nmid": fact.network_message_id, "imid": fact.internet_message_id,
-                     "in_inbox": fact.in_inbox})
-        if await state.save(key, {"copies": seen}, version):
-            break
-    window = params["correlation_window"]
-    times = sorted((datetime.fromisoformat(c["ts"]), c["mailbox"]) for c in seen)
-    most = max(len({m for t2, m in times if t <= t2 <= t + window}) for t, _ in times)
-    if most <= params["threshold"]:
-        return []
-    return [{"NetworkMessageId": c["nmid"], "RecipientEmailAddress": c["mailbox"],
-             "InternetMessageId": c["imid"], "Timestamp": c["ts"],
-             "SenderMailFromAddress": sender, "DistinctMailboxes": most}
-            for c in seen if c["in_inbox"]]

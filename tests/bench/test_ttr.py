@@ -52,7 +52,7 @@ def copies_of(sender: str, mails: list[tuple[timedelta, list[str]]], nmid: str) 
         m = Mail(T0 + offset, sender, sender, None, [Recipient(r) for r in rcpts], "Quick question")
         m.network_message_id = f"{nmid}-{k}"
         m.internet_message_id = f"<{nmid}-{k}@example.test>"
-        out += [InboxCopy(fact_from_row(row, m.ts), m.ts, campaign=True) for row in email_rows(m)]
+        out += [InboxCopy(fact_from_row(row, m.ts, BOXES), m.ts, campaign=True) for row in email_rows(m)]
     return out
 
 
