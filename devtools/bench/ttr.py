@@ -12,10 +12,15 @@ Variants on the same arrival traces:
 
 * this app, every 5 minutes, Defender strategy (the Action center applies a move minutes later);
 * this app, every 5 minutes, mailbox strategy (moved synchronously by the worker);
-* the seed's custom detection: the same query every hour, remediated by Defender's own action.
+* the seed's custom detection: the same query every hour, remediated by Defender's own action;
+* the push path (ttr_push.py: change notifications, the streaming form of the rule, mailbox-strategy
+  moves), with 0% and 5% of notifications dropped (each drop answered by `missed` and a delta resync),
+  also reported with the 5-min schedule beside it as its backstop.
 
-Reported per variant: p50/p95/max over trials of the time from the first campaign mail's arrival
-to the last copy being in Junk, and (for this app) to the last copy confirmed by verification.
+Reported per variant (``python -m responder.bench ttr --json``): p50/p95/max of the time from the
+evidence being complete (the copy that takes the campaign past the threshold) to the last copy in
+Junk, of each copy's time in the Inbox, copies never moved and the notification drop rate; the report
+adds the time from the first campaign mail to the last copy in Junk and to the last copy confirmed.
 """
 
 from __future__ import annotations
