@@ -412,6 +412,9 @@ def run(trials: int = 30, observe: Observe | None = None, push_trials: int = 100
                 "inbox_time_s": _seconds([e for r in big for e in r["inbox_s"]]),
                 "copies_never_moved": sum(r["missed"] for r in big),
                 "dropped_campaign_notifications": sum(r["dropped_campaign"] for r in big),
+                # the copies whose notification was lost: found by `missed` + delta resync (or by an
+                # earlier resync of their mailbox)
+                "dropped_copies_inbox_time_s": _seconds([e for r in big for e in r["dropped_inbox_s"]]),
             }
         else:
             row.update({
@@ -444,6 +447,7 @@ def run_push(v: Variant, trace: Trace, background: list[dict[str, Any]], rule: A
         "notifications": res.notifications,
         "dropped": res.dropped,
         "dropped_campaign": res.dropped_campaign,
+        "dropped_inbox_s": [(c.moved - c.arrived).total_seconds() for c in campaign if c.dropped and c.moved],
         "missed_resyncs": res.missed_resyncs,
         "resync_messages": res.resync_messages,
         "observe_calls": res.observe_calls,

@@ -69,6 +69,7 @@ class InboxCopy:
     campaign: bool  # one of the trace's campaign copies (the rest is background mail)
     moved: datetime | None = None
     requested: datetime | None = None
+    dropped: bool = False  # its change notification was never delivered
 
     @property
     def key(self) -> tuple[str, str]:
@@ -147,6 +148,7 @@ async def simulate_push(
         if drop_rate and drop_rng.random() < drop_rate:
             out.dropped += 1
             out.dropped_campaign += c.campaign
+            c.dropped = True
             # Graph tells of the loss with a `missed` lifecycle notification (no message id in it).
             at(c.arrived + timedelta(seconds=draw_latency(drop_rng)), "missed", c.fact.mailbox)
         else:

@@ -83,6 +83,7 @@ def test_json_is_the_issue_shape_with_push_variants(bench_json: dict[str, Any]) 
     assert all(v["notifications"] >= 6 for v in pushed)  # the campaign's six copies at least
     assert pushed[0]["dropped_notifications_count"] == 0
     assert [v["push_alone_more_traces"]["trials"] for v in pushed] == [3, 3]
+    assert set(pushed[1]["push_alone_more_traces"]["dropped_copies_inbox_time_s"]) == {"p50", "p95", "max"}
 
 
 def test_report_shows_every_variant_and_the_push_targets(bench_json: dict[str, Any]) -> None:
@@ -102,7 +103,7 @@ def test_a_dropped_notification_is_caught_by_the_missed_resync(rule_params: Any)
     assert out.missed_resyncs == 5
     assert out.resync_messages >= 5
     for c in out.copies:  # each moved, after Graph's `missed` and the delta query found it
-        assert c.moved is not None and c.moved > c.arrived, c.key
+        assert c.dropped and c.moved is not None and c.moved > c.arrived, c.key
         assert c.moved - c.arrived < timedelta(minutes=5)
     assert len(out.request_ids) == 5  # one request per copy, however often the resyncs found it
 
