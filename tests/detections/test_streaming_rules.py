@@ -284,6 +284,28 @@ def test_two_observes_racing_on_one_campaign_return_each_copy_exactly_once() -> 
     assert sorted(returned) == ["m1", "m2", "m3", "m4"]  # threshold met once; every copy exactly once
 
 
+def test_the_race_test_catches_a_state_that_ignores_versions() -> None:
+    # The same race on a last-writer-wins store returns the remembered copies twice: what the version
+    # check (and the retry loop) prevents.
+    class Blind(RacingState):
+        async def save(self, key: str, value: dict[str, Any], version: str | None) -> bool:
+            await asyncio.sleep(0)
+            _, current = await MemoryState.load(self, key)
+            return await MemoryState.save(self, key, value, current)
+
+    p = params_of(CAMPAIGN)
+    state = Blind()
+
+    async def go() -> list[list[dict[str, Any]]]:
+        await observe_all(CAMPAIGN, [fact("m1", "support@contoso.com", 30),
+                                     fact("m2", "sales@contoso.com", 25)], p, state)
+        return await asyncio.gather(STREAMING[CAMPAIGN](fact("m3", "info@contoso.com", 20), p, state),
+                                    STREAMING[CAMPAIGN](fact("m4", "jobs@contoso.com", 19), p, state))
+
+    returned = [r["NetworkMessageId"] for rows in asyncio.run(go()) for r in rows]
+    assert sorted(returned) == ["m1", "m1", "m2", "m2", "m3", "m4"]
+
+
 def test_all_four_copies_racing_still_return_each_copy_once() -> None:
     p = params_of(CAMPAIGN)
     state = RacingState()
@@ -468,3 +490,46 @@ def test_a_copy_without_a_network_message_id_is_not_counted() -> None:
     p = params_of(CAMPAIGN)
     facts = [fact("", m, 30 - i) for i, m in enumerate(MAILBOXES)]
     assert asyncio.run(observe_all(CAMPAIGN, facts, p)) == [[], [], [], []]
+
+
+@pytest.mark.parametrize(("senders", "flagged"), [
+    ((" Eve@GMAIL.COM\t", "eve@gmail.com", "EVE@gmail.com "), 3),          # whitespace and case
+    (("eve@gmail.com@evil.example", "eve@gmail.com", "eve@gmail.com"), 0),  # the domain is after the last @
+    (("eve+@gmail.com", "e.ve+a+b@gmail.com", "eve@googlemail.com"), 3),    # empty and double tags, alias
+    (("e.v.e@outlook.com", "eve@outlook.com", "e.ve@outlook.com"), 0),      # dots count outside Gmail
+    (("eve@mail.googlemail.com", "eve@mail.gmail.com", "eve@gmail.com"), 0),  # a subdomain is no alias
+    (("@gmail.com", "@gmail.com", "@gmail.com"), 3),                         # no local part: still one
+    (("eve@yahoo.co.uk", "eve@yahoo.com", "eve@yahoo.de"), 0),               # one family, three providers
+])
+def test_odd_sender_forms_are_normalised_as_the_kql_does(senders: tuple[str, str, str], flagged: int) -> None:
+    tables = {"EmailEvents": [copy_row(f"x{i}", s, m, f"now-{30 - i}m")
+                              for i, (s, m) in enumerate(zip(senders, MAILBOXES, strict=False))]}
+    streamed, scheduled = both(CAMPAIGN, tables)
+    assert streamed == scheduled and len(streamed) == flagged
+
+
+def test_the_link_host_is_the_host_a_browser_goes_to() -> None:
+    # RFC 3986 3.2: authority = [ userinfo "@" ] host [ ":" port ]. "https://evil.example@dropbox.com/x"
+    # goes to dropbox.com (a lure host); "https://dropbox.com@evil.example/x" goes to evil.example.
+    # (Defender fills EmailUrlInfo.UrlDomain with that host, which the KQL reads first.)
+    p = params_of(CHAIN)
+    for url, lure in (("https://evil.example@dropbox.com/x", True),
+                      ("https://dropbox.com@evil.example/x", False),
+                      ("HTTPS://Dl.DropboxUserContent.com:443/x", True), ("dropbox.com/x", False),
+                      ("https://evil.example/?u=https://dropbox.com/x", False), ("https://[::1/x", False)):
+        facts = [reply("rep", "support@contoso.com", "eve@gmail.com", 60),
+                 fact("link", "support@contoso.com", 1, urls=(url,))]
+        out = asyncio.run(observe_all(CHAIN, facts, p))
+        assert bool(out[1]) is lure, url
+
+
+def test_a_damaged_chain_entry_is_dropped_not_fatal() -> None:
+    p = params_of(CHAIN)
+    state = MemoryState()
+    key = reply_chain.chain_key("support@contoso.com", "eve@gmail.com")
+    asyncio.run(state.save(key, {"inbound": [{"t": "2026-11-20T11:00:00Z", "nm": "x", "e": []}, 7],
+                                 "replies": "nonsense"}, None))
+    facts = [reply("rep", "support@contoso.com", "eve@gmail.com", 60),
+             fact("link", "support@contoso.com", 1, urls=("https://bit.ly/x",))]
+    out = asyncio.run(observe_all(CHAIN, facts, p, state))
+    assert [r["Stage"] for r in out[1]] == ["link", "reply"]
