@@ -3,7 +3,9 @@
 ``python -m responder.bench quality`` runs only the detection-quality section (as ``--only quality``).
 ``python -m responder.bench chaos [--requests N] [--fault-rate R] ... [--json]`` is the fault-injection
 harness on its own (devtools/bench/chaos.py, its own options); in a full run (``make bench``) its table
-is the section ``chaos``, at ``--chaos-requests`` (500) and ``--chaos-fault-rate`` (0.3)."""
+is the section ``chaos``, at ``--chaos-requests`` (500) and ``--chaos-fault-rate`` (0.3).
+``python -m responder.bench ttr --json [--trials N]`` prints only the time-to-remediate variants as JSON
+(``{"variants": [...]}``, issue 15's shape) instead of the report."""
 
 from __future__ import annotations
 
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         help="sample tenant the detection-quality section scans (default large)",
     )
     p.add_argument("--trials", type=int, default=30, help="time-to-remediate trials (default 30)")
+    p.add_argument("--push-trials", type=int, default=1000,
+                   help="time-to-remediate traces for the push variants alone (default 1000; the first "
+                   "--trials of them are the ones every variant runs)")
+    p.add_argument("--json", action="store_true",
+                   help='with ttr alone: print {"variants": [...]} as JSON instead of the report')
     p.add_argument("--moves", type=int, default=10_000, help="throughput moves, spread over 100 mailboxes")
     p.add_argument("--engine-sizes", default="10000,100000,1000000", help="EmailEvents rows, comma-separated")
     p.add_argument("--chaos-requests", type=int, default=500, help="chaos harness requests per scenario")
@@ -55,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown benchmark {unknown[0]!r} (choose from {', '.join(NAMES)})")
     selected = list(dict.fromkeys([*args.names, *(args.only or [])])) or list(NAMES)
+    if args.json and (selected != ["ttr"] or args.write):
+        p.error("--json prints the ttr benchmark alone: `python -m responder.bench ttr --json`")
     results: dict[str, Any] = {}
     start = time.perf_counter()
     for name in selected:
@@ -63,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = _run(name, args)
         print(f"bench: {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - start
+    if args.json:
+        sys.stdout.write(json.dumps({"variants": results["ttr"]["variants"]}, default=str) + "\n")
+        return 0
     text = report.render(results, command=command.strip(), machine=machine.describe(), elapsed_s=elapsed)
     if args.write and args.append and args.write.exists():
         previous = args.write.read_text(encoding="utf-8").rstrip()
@@ -82,7 +94,7 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name == "ttr":
         from devtools.bench import ttr
 
-        return ttr.run(args.trials)
+        return ttr.run(args.trials, push_trials=args.push_trials)
     if name == "pipeline":
         from devtools.bench import pipeline
 

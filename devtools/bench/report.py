@@ -63,21 +63,107 @@ def _ttr(r: dict[str, Any]) -> list[str]:
         "and the move reaches EmailEvents after another ingestion delay, which is when verification "
         "confirms it. Same arrival traces for every variant.",
         "",
-        "| variant | first mail -> last copy in Junk (p50 / p95 / max, min) "
-        "| first mail -> last copy confirmed "
-        "| each copy's time in the Inbox (p50 / p95 / max, min) | trials with a copy never moved (6 h) |",
-        "|---|---|---|---|---|",
+        "The push variants (devtools/bench/ttr_push.py) run on the same traces: each copy that lands in a "
+        "protected Inbox (the campaign's and the background mail's) is announced by a change notification "
+        "after the documented latency model (`devtools.pushlatency`: average under 1 minute, at most 3); "
+        "a dropped notification is never delivered and a `missed` lifecycle notification (same latency "
+        "model) makes the worker resynchronise that mailbox's Inbox with a delta query from its last "
+        "delta link. Every message read goes through the streaming form of the rule "
+        f"(`{r.get('observe', 'detections.streaming')}`, parameters resolved from the rule YAML and the "
+        "sample tenant as for the scheduled variants), its rows become requests through "
+        "`requests_from_rows` (same ids as the scheduled path), each new one a mailbox-strategy move. "
+        "Queue hops 0-5 s (host.json `maxPollingInterval`), queue puts 0.03-0.3 s, Graph calls "
+        "0.1-1.0 s, Table operations 0.01-0.08 s, worker 30-40 ms a request: where each figure comes "
+        "from is in that module's docstring.",
+        "",
+        "Evidence complete is the arrival of the copy that takes the campaign past the rule's threshold "
+        "(more than `threshold` distinct protected mailboxes within `correlation_window`; here the first "
+        "message's three copies). Evidence complete -> last copy in Junk is the longest, over the "
+        "campaign's copies, of the time from when the copy could be known (the evidence, or the copy's "
+        "own arrival when it came later) to its move; over trials where every copy was moved. The plain "
+        "difference (last copy's move minus the evidence) also counts the later copies' arrival, up to "
+        "20 minutes after the first, and is in the JSON as `evidence_to_last_copy_junk_s`. Each copy's "
+        "time in the Inbox is over the copies that were moved; those never moved (within 6 hours) are "
+        "counted apart.",
+        "",
+        "| variant | evidence complete -> last copy in Junk (p50 / p95 / max, s) "
+        "| each copy's time in the Inbox (p50 / p95 / max, s) | copies never moved (6 h) "
+        "| notifications dropped | first mail -> last copy in Junk (p50 / p95 / max, min) "
+        "| first mail -> last copy confirmed (min) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for v in r["variants"]:
+        if "apply_s" in v:
+            name = f"{v['name']} (move applied {v['apply_s'][0]:.0f}-{v['apply_s'][1]:.0f} s after the run)"
+            dropped = "n/a"
+        else:
+            name = v["name"]
+            dropped = (f"{v['dropped_notifications']:.0%} ({v['dropped_notifications_count']} of "
+                       f"{v['notifications']}; {v['missed_resyncs']} delta resyncs)")
         out.append(
-            f"| {v['name']} (move applied {v['apply_s'][0]:.0f}-{v['apply_s'][1]:.0f} s after the run) | "
-            f"{_trio(v['to_junk'])} | {_trio(v['to_confirmed'])} | {_trio(v['per_copy_in_inbox'])} | "
-            f"{v['trials_with_missed_copies']} of {r['trials']} ({v['copies_never_moved']} copies) |"
+            f"| {name} | {_secs(v['evidence_to_junk_s'])} | {_secs(v['inbox_time_s'])} | "
+            f"{v['copies_never_moved']} ({v['trials_with_missed_copies']} of {r['trials']} trials) | "
+            f"{dropped} | {_trio(v['to_junk'])} | {_trio(v.get('to_confirmed'))} |"
         )
+    push = [v for v in r["variants"] if "with_schedule_backstop" in v]
+    if push:
+        out += [
+            "",
+            "The push path alone is what the table shows. In production the 5-min schedule keeps running "
+            "beside it: with it as the backstop (each copy in Junk at the earlier of the two moves, from "
+            "the mailbox-strategy scheduled variant on the same trace; the ledger dedups the second "
+            "request):",
+            "",
+            "| push variant with the schedule beside it | evidence complete -> last copy in Junk (s) "
+            "| each copy's time in the Inbox (s) | copies never moved | copies the schedule moved first "
+            "| copies push never moved that the schedule caught |",
+            "|---|---|---|---|---|---|",
+        ]
+        for v in push:
+            b = v["with_schedule_backstop"]
+            out.append(
+                f"| {v['name']} | {_secs(b['evidence_to_junk_s'])} | {_secs(b['inbox_time_s'])} | "
+                f"{b['copies_never_moved']} | {b['copies_moved_first_by_schedule']} | "
+                f"{b['copies_push_never_moved_caught_by_schedule']} |"
+            )
+        n = push[0]["push_alone_more_traces"]["trials"]
+        out += [
+            "",
+            f"With {r['trials']} trials the p95 is one of the slowest few, so the push variants (cheap to "
+            f"simulate) also ran alone on {n} traces (the first {r['trials']} the ones above):",
+            "",
+            "| push variant, alone | trials | evidence complete -> last copy in Junk (s) "
+            "| each copy's time in the Inbox (s) | copies never moved | campaign copies whose notification "
+            "was dropped | their time in the Inbox (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for v in push:
+            m = v["push_alone_more_traces"]
+            out.append(f"| {v['name']} | {m['trials']} | {_secs(m['evidence_to_junk_s'])} | "
+                       f"{_secs(m['inbox_time_s'])} | {m['copies_never_moved']} | "
+                       f"{m['dropped_campaign_notifications']} | {_secs(m['dropped_copies_inbox_time_s'])} |")
+        verdicts = []
+        for v in push:
+            for label, figures in ((f"{r['trials']} traces", v),
+                                   (f"{n} traces", v["push_alone_more_traces"])):
+                p95 = figures["evidence_to_junk_s"]["p95"]
+                met = p95 is not None and p95 <= 180 and figures["copies_never_moved"] == 0
+                verdicts.append(f"{v['name']}, {label}: p95 {_f(p95, 0)} s, {figures['copies_never_moved']} "
+                                f"copies never moved: {'met' if met else 'NOT met'}")
+        out += [
+            "",
+            "Targets (issue 15): push p95 evidence complete -> all copies in Junk <= 180 s and 0 copies "
+            "never moved, including with 5% of notifications dropped. " + "; ".join(verdicts) + ". "
+            "The tail is Graph's own latency: its documented maximum is 3 minutes and the model puts about "
+            "1.5% of notifications there, so with six copies about one campaign in twelve has a copy "
+            "announced only at 180 s, and the last copy is in Junk that plus the queue hops and Graph calls "
+            "(a few seconds, up to about 15) later. A dropped notification costs a `missed` notification "
+            "(same latency) and a delta resync instead, which finds the copy whatever else the mailbox "
+            "received.",
+        ]
     out += [
         "",
-        'The campaign itself lasts up to 20 minutes, so "first mail to last copy" cannot be shorter '
-        "than the last copy's arrival; the per-copy column is the user's exposure. The hourly custom "
+        "The hourly custom "
         "detection also misses copies outright: with a 1-hour lookback, a run that comes after the first "
         "message has aged out of the window no longer counts more than two copies for the sender. "
         "False-positive rows over all runs: "
@@ -85,6 +171,12 @@ def _ttr(r: dict[str, Any]) -> list[str]:
         + ".",
     ]
     return out
+
+
+def _secs(s: dict[str, float | None]) -> str:
+    if s["p50"] is None or s["p95"] is None or s["max"] is None:
+        return "n/a"
+    return f"{s['p50']:.0f} / {s['p95']:.0f} / {s['max']:.0f}"
 
 
 def _trio(s: dict[str, float] | None) -> str:

@@ -12,10 +12,15 @@ Variants on the same arrival traces:
 
 * this app, every 5 minutes, Defender strategy (the Action center applies a move minutes later);
 * this app, every 5 minutes, mailbox strategy (moved synchronously by the worker);
-* the seed's custom detection: the same query every hour, remediated by Defender's own action.
+* the seed's custom detection: the same query every hour, remediated by Defender's own action;
+* the push path (ttr_push.py: change notifications, the streaming form of the rule, mailbox-strategy
+  moves), with 0% and 5% of notifications dropped (each drop answered by `missed` and a delta resync),
+  also reported with the 5-min schedule beside it as its backstop.
 
-Reported per variant: p50/p95/max over trials of the time from the first campaign mail's arrival
-to the last copy being in Junk, and (for this app) to the last copy confirmed by verification.
+Reported per variant (``python -m responder.bench ttr --json``): p50/p95/max of the time from the
+evidence being complete (the copy that takes the campaign past the threshold) to the last copy in
+Junk, of each copy's time in the Inbox, copies never moved and the notification drop rate; the report
+adds the time from the first campaign mail to the last copy in Junk and to the last copy confirmed.
 """
 
 from __future__ import annotations
@@ -35,11 +40,16 @@ from detections.backends.kustonulls import fill_missing_strings
 from detections.backends.local import LocalBackend
 from detections.catalog import load_catalog
 from detections.params import bind_query, resolve_params
+from detections.streaming import Observe
+from detections.streaming.registry import STREAMING
+from devtools.bench.ttr_push import InboxCopy, fact_from_row, simulate_push
 from devtools.sample import SAMPLE_NOW, generate
 from devtools.sample.bulkload import bulk_load
 from devtools.sample.rows import Mail, Recipient, email_rows
 
 RULE = "consumer-sender-to-shared-mailboxes"
+# The streaming form of RULE that the push variants run (detections.streaming, issue 15).
+OBSERVE: Observe = STREAMING[RULE]
 HORIZON = timedelta(hours=6)
 
 
@@ -54,13 +64,22 @@ class Variant:
     # Parameter overrides: the seed's detection looks back one hour (its TimeSpan), this app's rule
     # reads its own lookback (correlation window plus an ingestion allowance).
     params: tuple[tuple[str, str], ...] = ()
+    push: bool = False  # the push path (devtools/bench/ttr_push.py) instead of a schedule
+    drop_rate: float = 0.0  # push: share of change notifications Graph never delivers
 
 
+SCHEDULED_MAILBOX = "this app, 5-min schedule, mailbox strategy"
 VARIANTS = (
     Variant("this app, 5-min schedule, Defender strategy", timedelta(minutes=5), True, False, 90.0, 300.0),
-    Variant("this app, 5-min schedule, mailbox strategy", timedelta(minutes=5), True, True, 5.0, 30.0),
+    Variant(SCHEDULED_MAILBOX, timedelta(minutes=5), True, True, 5.0, 30.0),
     Variant("seed: hourly custom detection", timedelta(hours=1), False, False, 90.0, 300.0,
             params=(("window", "1h"), ("correlation_window", "1h"))),
+    # The push path moves with the mailbox strategy (its latencies: ttr_push.Latencies); the 5-min
+    # schedule keeps running beside it in production, reported as its backstop.
+    Variant("this app, push, mailbox strategy, 0% notifications dropped", timedelta(0), True, True, 0.0, 0.0,
+            push=True),
+    Variant("this app, push, mailbox strategy, 5% notifications dropped", timedelta(0), True, True, 0.0, 0.0,
+            push=True, drop_rate=0.05),
 )
 
 
@@ -219,6 +238,7 @@ def simulate(variant: Variant, trace: Trace, world: World, query: str, trial: in
         "exposure_s": [(c.moved - c.arrived).total_seconds() if c.moved else None for c in copies.values()],
         "runs": runs,
         "false_positives": false_positives,
+        "copies": [(c.recipient, c.arrived, c.moved) for c in copies.values()],
     }
 
 
@@ -237,8 +257,79 @@ def _stats(values: list[float]) -> dict[str, float] | None:
     }
 
 
-def run(trials: int = 30) -> dict[str, Any]:
+def evidence_complete(copies: list[tuple[str, datetime]], threshold: int,
+                      window: timedelta) -> datetime | None:
+    """When the campaign crossed the rule's threshold: the arrival of the copy that made more than
+    ``threshold`` distinct mailboxes fall within ``window`` (the rule's sliding window), None if never."""
+    ordered = sorted(copies, key=lambda c: c[1])
+    for _, last in ordered:
+        if len({m for m, t in ordered if last - window <= t <= last}) > threshold:
+            return last
+    return None
+
+
+def outcome(copies: list[tuple[str, datetime, datetime | None]], evidence: datetime | None) -> dict[str, Any]:
+    """One trial's figures from its copies (mailbox, arrived, moved).
+
+    ``evidence_s``: from the evidence being complete to the last copy in Junk, each copy counted from
+    when it could be known (its own arrival when it came after the evidence): the longest over the
+    copies of moved - max(evidence, arrived). ``evidence_to_last_s``: plainly the last copy's move
+    minus the evidence, which also counts the campaign's later copies' arrival (up to 20 minutes)."""
+    done = evidence is not None and all(m is not None for _, _, m in copies)
+    return {
+        "evidence_s": max((m - max(evidence, a)).total_seconds() for _, a, m in copies)  # type: ignore[operator,type-var]
+        if done else None,
+        "evidence_to_last_s": (max(m for _, _, m in copies) - evidence).total_seconds()  # type: ignore[type-var,operator]
+        if done else None,
+        "inbox_s": [(m - a).total_seconds() for _, a, m in copies if m is not None],
+        "missed": sum(m is None for _, _, m in copies),
+    }
+
+
+def _seconds(values: list[float]) -> dict[str, float | None]:
+    if not values:  # nothing to measure (every trial left a copy unmoved): the shape stays
+        return {"p50": None, "p95": None, "max": None}
+    return {"p50": statistics.median(values), "p95": _pct(values, 0.95), "max": max(values)}
+
+
+def background_inbox_rows(tables_dir: Path, protected: list[str], planted: list[str]) -> list[dict[str, Any]]:
+    """The sample tenant's mail that lands in a protected mailbox's Inbox (what its Inbox subscription
+    hears of besides the campaign), without the tenant's own planted campaigns (as World does)."""
+    backend = LocalBackend(None, SAMPLE_NOW)
+    try:
+        bulk_load(backend, tables_dir)
+        cur = backend.con.execute(
+            'SELECT * FROM "EmailEvents" WHERE lower("RecipientEmailAddress") IN '
+            f'({", ".join("?" for _ in protected)}) AND "LatestDeliveryLocation" = \'Inbox/folder\' '
+            f'AND "EmailDirection" <> \'Outbound\' AND "SenderMailFromAddress" NOT IN '
+            f'({", ".join("?" for _ in planted)})',
+            [*protected, *planted],
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        backend.con.close()
+
+
+def push_copies(trace: Trace, background: list[dict[str, Any]], since: datetime,
+                protected: list[str]) -> list[InboxCopy]:
+    """The Inbox copies a push trial delivers: the campaign's and the background's from ``since`` on."""
+    out = []
+    for m in trace.mails:
+        for row in email_rows(m):
+            out.append(InboxCopy(fact_from_row(row, m.ts, protected), m.ts, campaign=True))
+    for row in background:
+        ts = row["Timestamp"]
+        if since <= ts <= trace.first + HORIZON:
+            out.append(InboxCopy(fact_from_row(row, ts, protected), ts, campaign=False))
+    return out
+
+
+def run(trials: int = 30, observe: Observe | None = None, push_trials: int = 1000) -> dict[str, Any]:
+    """``trials`` traces through every variant; the push variants, cheap to simulate, also run on
+    ``push_trials`` traces (the first ``trials`` of them the same) for a steadier p95."""
     rule = load_catalog()[RULE]
+    observe = observe or OBSERVE
     with tempfile.TemporaryDirectory(prefix="bench-ttr-") as tmp:
         gen = generate(Path(tmp), size="small")
         tenant = load_tenant_config(gen.tenant_path)
@@ -246,6 +337,7 @@ def run(trials: int = 30) -> dict[str, Any]:
         queries = {name: bind_query(rule, values) for name, values in bound.items()}
         protected = list(gen.truth["protected_mailboxes"])
         planted = ["recruiting.desk.eu@gmail.com", "d.okafor.orders@outlook.com"]
+        background = background_inbox_rows(gen.tables_dir, protected, planted)
         per_variant: dict[str, list[dict[str, Any]]] = {v.name: [] for v in VARIANTS}
         delays = []
         for trial in range(trials):
@@ -257,14 +349,36 @@ def run(trials: int = 30) -> dict[str, Any]:
                 if n == m.network_message_id
             ]
             for v in VARIANTS:
+                params = bound[v.name]
+                campaign = [(r.address.lower(), m.ts) for m in trace.mails for r in m.recipients]
+                evidence = evidence_complete(campaign, params["threshold"], params["correlation_window"])
+                if v.push:
+                    per_variant[v.name].append(run_push(v, trace, background, rule, observe, params, trial,
+                                                        evidence))
+                    continue
                 world = World(gen.tables_dir, trace, planted)
                 try:
-                    per_variant[v.name].append(simulate(v, trace, world, queries[v.name], trial,
-                                                        bound[v.name]["window"]))
+                    res = simulate(v, trace, world, queries[v.name], trial, params["window"])
                 finally:
                     world.close()
+                res.update(outcome(res["copies"], evidence))
+                per_variant[v.name].append(res)
+        for v in VARIANTS:  # the schedule beside the push path: each copy moved by whichever came first
+            if v.push:
+                for res, sched in zip(per_variant[v.name], per_variant[SCHEDULED_MAILBOX], strict=True):
+                    res["backstop"] = backstop(res, sched)
+        pushed = [v for v in VARIANTS if v.push]
+        more: dict[str, list[dict[str, Any]]] = {v.name: list(per_variant[v.name]) for v in pushed}
+        for trial in range(trials, push_trials):
+            trace = make_trace(trial, protected)
+            campaign = [(r.address.lower(), m.ts) for m in trace.mails for r in m.recipients]
+            for v in pushed:
+                params = bound[v.name]
+                evidence = evidence_complete(campaign, params["threshold"], params["correlation_window"])
+                more[v.name].append(run_push(v, trace, background, rule, observe, params, trial, evidence))
     out: dict[str, Any] = {
         "trials": trials,
+        "observe": f"{observe.__module__}.{observe.__qualname__}",
         "copies_per_trial": 6,
         "ingestion_delay_min": {
             "p50": statistics.median(delays) / 60,
@@ -275,18 +389,102 @@ def run(trials: int = 30) -> dict[str, Any]:
     }
     for v in VARIANTS:
         res = per_variant[v.name]
-        out["variants"].append(
-            {
-                "name": v.name,
+        row: dict[str, Any] = {
+            "name": v.name,
+            "evidence_to_junk_s": _seconds([r["evidence_s"] for r in res if r["evidence_s"] is not None]),
+            "inbox_time_s": _seconds([e for r in res for e in r["inbox_s"]]),
+            "copies_never_moved": sum(r["missed"] for r in res),
+            # the variant's drop rate (0 for the scheduled ones, which hear of no notification)
+            "dropped_notifications": v.drop_rate,
+            "evidence_to_last_copy_junk_s": _seconds([r["evidence_to_last_s"] for r in res
+                                                      if r["evidence_to_last_s"] is not None]),
+            "to_junk": _stats([r["junk_s"] for r in res if r["junk_s"] is not None]),
+            "per_copy_in_inbox": _stats([e for r in res for e in r["exposure_s"] if e is not None]),
+            "trials_with_missed_copies": sum(1 for r in res if r["missed"]),
+            "false_positive_rows": sum(r["false_positives"] for r in res),
+        }
+        if v.push:
+            row.update(push_summary(res))
+            big = more[v.name]
+            row["push_alone_more_traces"] = {
+                "trials": len(big),
+                "evidence_to_junk_s": _seconds([r["evidence_s"] for r in big if r["evidence_s"] is not None]),
+                "inbox_time_s": _seconds([e for r in big for e in r["inbox_s"]]),
+                "copies_never_moved": sum(r["missed"] for r in big),
+                "dropped_campaign_notifications": sum(r["dropped_campaign"] for r in big),
+                # the copies whose notification was lost: found by `missed` + delta resync (or by an
+                # earlier resync of their mailbox)
+                "dropped_copies_inbox_time_s": _seconds([e for r in big for e in r["dropped_inbox_s"]]),
+            }
+        else:
+            row.update({
                 "schedule_min": v.period.total_seconds() / 60,
                 "apply_s": [v.apply_min, v.apply_max],
-                "to_junk": _stats([r["junk_s"] for r in res if r["junk_s"] is not None]),
                 "to_confirmed": _stats([r["confirmed_s"] for r in res if r["confirmed_s"] is not None]),
-                "per_copy_in_inbox": _stats([e for r in res for e in r["exposure_s"] if e is not None]),
-                "trials_with_missed_copies": sum(1 for r in res if r["missed"]),
-                "copies_never_moved": sum(r["missed"] for r in res),
-                "false_positive_rows": sum(r["false_positives"] for r in res),
                 "rule_runs_median": statistics.median(r["runs"] for r in res),
-            }
-        )
+            })
+        out["variants"].append(row)
     return out
+
+
+def run_push(v: Variant, trace: Trace, background: list[dict[str, Any]], rule: Any, observe: Observe,
+             params: dict[str, Any], trial: int, evidence: datetime | None) -> dict[str, Any]:
+    since = trace.first - params["window"]  # the subscriptions' last delta link predates the trial
+    copies = push_copies(trace, background, since, params["protected_recipients"])
+    res = asyncio.run(simulate_push(copies, rule=rule, observe=observe,
+                                    params=params, drop_rate=v.drop_rate, seed=7000 + trial,
+                                    horizon=trace.first + HORIZON, delta_since=since))
+    campaign = [c for c in res.copies if c.campaign]
+    moved = [c.moved for c in campaign if c.moved is not None]
+    found = outcome([(c.fact.mailbox, c.arrived, c.moved) for c in campaign], evidence)
+    return {
+        **found,
+        "copies": [(c.fact.mailbox, c.arrived, c.moved) for c in campaign],
+        "keys": [c.key for c in campaign],
+        "junk_s": (max(moved) - trace.first).total_seconds() if len(moved) == len(campaign) else None,
+        "exposure_s": [(c.moved - c.arrived).total_seconds() if c.moved else None for c in campaign],
+        "false_positives": res.false_positive_rows,
+        "notifications": res.notifications,
+        "dropped": res.dropped,
+        "dropped_campaign": res.dropped_campaign,
+        "dropped_inbox_s": [(c.moved - c.arrived).total_seconds() for c in campaign if c.dropped and c.moved],
+        "missed_resyncs": res.missed_resyncs,
+        "resync_messages": res.resync_messages,
+        "observe_calls": res.observe_calls,
+        "evidence": evidence,
+    }
+
+
+def backstop(push: dict[str, Any], sched: dict[str, Any]) -> dict[str, Any]:
+    """The push trial with the 5-min schedule (mailbox strategy) running beside it on the same trace:
+    a copy is in Junk when the first of the two moved it (the ledger dedups the second request)."""
+    later = {(m.lower(), a): moved for m, a, moved in sched["copies"]}
+    merged, by_schedule, caught_later = [], 0, 0
+    for mailbox, arrived, moved in push["copies"]:
+        other = later.get((mailbox, arrived))
+        first = min((t for t in (moved, other) if t is not None), default=None)
+        if other is not None and (moved is None or other < moved):
+            by_schedule += 1
+            caught_later += moved is None
+        merged.append((mailbox, arrived, first))
+    return {**outcome(merged, push["evidence"]), "first_by_schedule": by_schedule,
+            "caught_by_schedule": caught_later}
+
+
+def push_summary(res: list[dict[str, Any]]) -> dict[str, Any]:
+    both = [r["backstop"] for r in res]
+    return {
+        "notifications": sum(r["notifications"] for r in res),
+        "dropped_notifications_count": sum(r["dropped"] for r in res),
+        "dropped_campaign_notifications": sum(r["dropped_campaign"] for r in res),
+        "missed_resyncs": sum(r["missed_resyncs"] for r in res),
+        "resync_messages": sum(r["resync_messages"] for r in res),
+        "observe_calls": sum(r["observe_calls"] for r in res),
+        "with_schedule_backstop": {
+            "evidence_to_junk_s": _seconds([b["evidence_s"] for b in both if b["evidence_s"] is not None]),
+            "inbox_time_s": _seconds([e for b in both for e in b["inbox_s"]]),
+            "copies_never_moved": sum(b["missed"] for b in both),
+            "copies_moved_first_by_schedule": sum(b["first_by_schedule"] for b in both),
+            "copies_push_never_moved_caught_by_schedule": sum(b["caught_by_schedule"] for b in both),
+        },
+    }
