@@ -30,8 +30,8 @@ GET or PATCH) is recreated and the folder resynchronised from its stored delta l
 
 clientState rotation (docs/push.md, "The clientState secret"): a row whose ClientStateFingerprint is not
 the current secret's (or that has none: rows written before fingerprints) is *rotated* by the timer: a new
-subscription with the current clientState, the old one deleted (404: already gone), then a resync from the
-stored delta link, which finds the mail whose notifications the endpoint refused meanwhile.
+subscription with the current clientState, a resync from the stored delta link (which finds the mail whose
+notifications the endpoint refused meanwhile), then the old subscription deleted (404: already gone).
 """
 
 from __future__ import annotations
@@ -485,12 +485,12 @@ class SubscriptionManager:
                                  previous=entry.sub)
 
     async def rotate(self, entry: Entry) -> tuple[Entry, ResyncResult | None, str | None]:
-        """``entry``'s subscription was made with another clientState: a new one with the current value
-        (recorded first, so a failure here leaves the old row and subscription as they were, and the next
-        run tries again), the old one deleted, and a resync from the stored delta link: the mail whose
-        notifications the endpoint refused meanwhile. The third value says why the old subscription could
-        not be deleted (None: deleted or already gone); it then posts with the old clientState, which the
-        endpoint refuses, until it expires."""
+        """``entry``'s subscription was made with another clientState: a new one with the current value,
+        recorded and resynced from the stored delta link (the mail whose notifications the endpoint refused
+        meanwhile) by ``create``, then the old one deleted. Created first, so a failure to create leaves
+        the old row and subscription as they were, and the next run tries again. The third value says why
+        the old subscription could not be deleted (None: deleted or already gone); it then posts until it
+        expires, with a clientState the endpoint refuses (unless the row merely predates fingerprints)."""
         new, result = await self.create(entry.sub.mailbox, entry.sub.user_id, entry.sub.folder,
                                         etag=entry.etag, previous=entry.sub)
         try:
@@ -630,8 +630,7 @@ class SubscriptionManager:
             self._count(summary, name, result)
             if undeleted is not None:
                 summary.failed.append((name, f"old subscription {entry.sub.subscription_id} not deleted "
-                                             f"({undeleted}); the endpoint refuses its clientState, and it "
-                                             f"expires at {entry.sub.expires_at}"))
+                                             f"({undeleted}); it expires at {entry.sub.expires_at}"))
             return
         expires = parse_time(entry.sub.expires_at)
         due = expires is None or expires - self.clock() <= self.renew_within
