@@ -1,7 +1,8 @@
 """The push path's subscription side in the function app (issue 15, docs/push.md).
 
 * ``on_timer`` (function ``push_subscriptions``, every 30 minutes): reconcile the Graph subscriptions with
-  the protected mailboxes (push/subscriptions.py): create, renew, repair, remove, continue owed resyncs.
+  the protected mailboxes (push/subscriptions.py): create, renew, repair, rotate (made with another
+  clientState), remove, continue owed resyncs.
   Mailbox object ids come from ``GET /users/{address}``, or, when the app has no directory permission,
   from the push table and then EmailEvents (the app's query backend).
   One summary line in the log (counts), plus one warning per failure.

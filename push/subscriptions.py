@@ -7,7 +7,8 @@ URLs the app's endpoint, clientState the Key Vault secret (docs/push.md, PUSH.md
 The table (``RESPONDER_PUSH_TABLE``, Azure Table storage) holds, per subscription:
 * PartitionKey ``subscription``, RowKey ``{user id}:{folder}``: SubscriptionId, Mailbox, UserId, Folder,
   ExpiresAt, DeltaLink (the folder's delta link, push/resync.py), ResyncPending (a resync was cut short or
-  failed: the timer runs it again).
+  failed: the timer runs it again), ClientStateFingerprint (which clientState the subscription was made
+  with: ``client_state_fingerprint``, never the secret).
 * PartitionKey ``subscription-id``, RowKey ``{subscription id}``: Key (``{user id}:{folder}``), so
   ``by_id`` (push.contract.SubscriptionLookup) is two point reads. The row is written before its index
   row; ``by_id`` answers only when both agree, so a crash between the writes is an unknown id, never a
@@ -26,12 +27,19 @@ about 48 timer runs may fail before one lapses. Create: ``POST /subscriptions`` 
 notification URL first: https://learn.microsoft.com/graph/api/subscription-post-subscriptions). Delete:
 ``DELETE /subscriptions/{id}`` (204; 404 means already gone). A subscription Graph no longer has (404 on
 GET or PATCH) is recreated and the folder resynchronised from its stored delta link, which covers the gap.
+
+clientState rotation (docs/push.md, "The clientState secret"): a row whose ClientStateFingerprint is not
+the current secret's (or that has none: rows written before fingerprints) is *rotated* by the timer: a new
+subscription with the current clientState, a resync from the stored delta link (which finds the mail whose
+notifications the endpoint refused meanwhile), then the old subscription deleted (404: already gone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -68,6 +76,9 @@ CONCURRENCY = 4                               # mailboxes worked on at once
 SUBSCRIPTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$")
 ADDRESS = re.compile(r"^[^@\s\x00-\x1f\"'<>/\\]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 MAX_LINK = 8192
+# HMAC-SHA256(key = clientState, message = this label), first 128 bits in hex (client_state_fingerprint).
+FINGERPRINT_LABEL = b"xdr-responder/push/client-state-fingerprint/v1"
+FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
 ROW_KEY = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}:(" + "|".join(FOLDERS) + ")$")
 
 Enqueue = Callable[[list[dict[str, Any]]], Awaitable[None]]
@@ -90,6 +101,7 @@ class Entry:
     sub: Subscription
     etag: str
     pending: bool = False          # a resync is owed (cut short, failed, or never done)
+    fingerprint: str = ""          # client_state_fingerprint of its clientState ("" on rows made before)
 
     @property
     def key(self) -> str:
@@ -108,6 +120,15 @@ def row_key(user_id: str, folder: str) -> str:
 
 def resource(user_id: str, folder: str) -> str:
     return f"users/{user_id}/mailFolders('{folder}')/messages"
+
+
+def client_state_fingerprint(client_state: str) -> str:
+    """Which clientState a subscription was made with, fit to store beside it: HMAC-SHA256 keyed by the
+    secret over a fixed label, truncated to 128 bits. It tells two secrets apart and nothing else: HMAC is
+    a pseudorandom function of its key, so the value says nothing about the secret, and checking a guess
+    needs the guess itself; the deployment's secret is 244 random bits (two GUIDs), beyond guessing.
+    The label keeps it from equalling any other digest of the same value (e.g. a plain SHA-256 of it)."""
+    return hmac.new(client_state.encode("utf-8"), FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:32]
 
 
 def normalise_mailbox(address: Any) -> str:
@@ -150,8 +171,12 @@ def entry_from_row(row: dict[str, Any]) -> Entry:
     pending = row.get("ResyncPending", False)
     if not isinstance(pending, bool):
         raise RowError("ResyncPending: expected a boolean")
+    fingerprint = row.get("ClientStateFingerprint")      # absent: a row made before fingerprints
+    if fingerprint is not None and (not isinstance(fingerprint, str) or not FINGERPRINT.match(fingerprint)):
+        raise RowError("ClientStateFingerprint: expected 32 lower-case hex digits")
     etag = row.metadata.get("etag", "") if hasattr(row, "metadata") else ""
-    return Entry(Subscription(sid, mailbox, user_id.lower(), folder, iso(expires), link), etag, pending)
+    return Entry(Subscription(sid, mailbox, user_id.lower(), folder, iso(expires), link), etag, pending,
+                 fingerprint or "")
 
 
 class SubscriptionStore:
@@ -213,13 +238,19 @@ class SubscriptionStore:
         return out
 
     async def save(self, sub: Subscription, *, etag: str | None, pending: bool,
-                   previous_id: str | None = None) -> Entry:
+                   previous_id: str | None = None, fingerprint: str = "") -> Entry:
         """Write ``sub``'s row (create when ``etag`` is None, else replace if unchanged since read) and its
-        index row; drop the previous subscription's index row. StoreConflict when another writer won."""
+        index row; drop the previous subscription's index row. StoreConflict when another writer won.
+        ``fingerprint``: client_state_fingerprint of the clientState ``sub`` was made with ("": unknown,
+        so the timer rotates it)."""
+        if fingerprint and not FINGERPRINT.match(fingerprint):
+            raise ValueError("fingerprint: expected client_state_fingerprint's 32 hex digits")
         row = {"PartitionKey": PARTITION, "RowKey": row_key(sub.user_id, sub.folder),
                "SubscriptionId": sub.subscription_id, "Mailbox": sub.mailbox, "UserId": sub.user_id,
                "Folder": sub.folder, "ExpiresAt": sub.expires_at, "DeltaLink": sub.delta_link,
                "ResyncPending": pending}
+        if fingerprint:
+            row["ClientStateFingerprint"] = fingerprint
         try:
             if etag is None:
                 meta = await self.table.create_entity(row)
@@ -234,7 +265,7 @@ class SubscriptionStore:
                                         "Key": row["RowKey"]}, mode=UpdateMode.REPLACE)
         if previous_id and previous_id != sub.subscription_id:
             await self._delete_index(previous_id)
-        return Entry(sub, meta.get("etag", ""), pending)
+        return Entry(sub, meta.get("etag", ""), pending, fingerprint)
 
     async def set_link(self, sub: Subscription, link: str, *, pending: bool) -> None:
         """Record the folder's delta link (merge: the link belongs to the folder, whichever subscription)."""
@@ -267,6 +298,7 @@ class ReconcileSummary:
     created: list[str] = field(default_factory=list)
     renewed: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)     # Graph no longer had it: recreated + resynced
+    rotated: list[str] = field(default_factory=list)      # another clientState: recreated + resynced
     removed: list[str] = field(default_factory=list)      # mailbox no longer protected
     resynced: list[str] = field(default_factory=list)     # an owed resync ran
     failed: list[tuple[str, str]] = field(default_factory=list)   # (what, reason)
@@ -276,7 +308,7 @@ class ReconcileSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {"created": self.created, "renewed": self.renewed, "repaired": self.repaired,
-                "removed": self.removed, "resynced": self.resynced,
+                "rotated": self.rotated, "removed": self.removed, "resynced": self.resynced,
                 "failed": [{"what": w, "reason": r} for w, r in self.failed],
                 "invalid_rows": [{"row": k, "reason": r} for k, r in self.invalid_rows],
                 "unchanged": self.unchanged, "queued": self.queued}
@@ -349,6 +381,7 @@ class SubscriptionManager:
                  resync_bounds: dict[str, int] | None = None) -> None:
         self.graph, self.store, self.settings, self.enqueue = graph, store, settings, enqueue
         self.adapter = graph.request_adapter
+        self.fingerprint = client_state_fingerprint(settings.client_state)
         self.clock, self.renew_within, self.verify = clock, renew_within, verify
         # delta_round's max_pages / max_items / page_size (push/resync.py defaults otherwise)
         self.resync_bounds = dict(resync_bounds or {})
@@ -415,7 +448,9 @@ class SubscriptionManager:
         data = await send_json(self.adapter, info)
         sub = replace(entry.sub, expires_at=self._answered_expiry(data, asked))
         try:
-            return await self.store.save(sub, etag=entry.etag, pending=entry.pending)
+            # A PATCH keeps the clientState: so does the row (a stale one stays due for rotation).
+            return await self.store.save(sub, etag=entry.etag, pending=entry.pending,
+                                         fingerprint=entry.fingerprint)
         except StoreConflict:
             return entry       # someone else rewrote the row meanwhile: their state stands
 
@@ -436,7 +471,7 @@ class SubscriptionManager:
         sid, expires = await self._create_in_graph(user_id, folder)
         sub = Subscription(sid, mailbox, user_id, folder, expires, previous.delta_link if previous else "")
         try:
-            entry = await self.store.save(sub, etag=etag, pending=True,
+            entry = await self.store.save(sub, etag=etag, pending=True, fingerprint=self.fingerprint,
                                           previous_id=previous.subscription_id if previous else None)
         except StoreConflict:
             # Another writer made this folder's subscription first: ours would be a duplicate.
@@ -448,6 +483,21 @@ class SubscriptionManager:
         """Graph no longer has ``entry``'s subscription: a new one, and a resync over the gap."""
         return await self.create(entry.sub.mailbox, entry.sub.user_id, entry.sub.folder, etag=entry.etag,
                                  previous=entry.sub)
+
+    async def rotate(self, entry: Entry) -> tuple[Entry, ResyncResult | None, str | None]:
+        """``entry``'s subscription was made with another clientState: a new one with the current value,
+        recorded and resynced from the stored delta link (the mail whose notifications the endpoint refused
+        meanwhile) by ``create``, then the old one deleted. Created first, so a failure to create leaves
+        the old row and subscription as they were, and the next run tries again. The third value says why
+        the old subscription could not be deleted (None: deleted or already gone); it then posts until it
+        expires, with a clientState the endpoint refuses (unless the row merely predates fingerprints)."""
+        new, result = await self.create(entry.sub.mailbox, entry.sub.user_id, entry.sub.folder,
+                                        etag=entry.etag, previous=entry.sub)
+        try:
+            await self._delete_in_graph(entry.sub.subscription_id)
+        except Exception as exc:
+            return new, result, reason(exc)
+        return new, result, None
 
     async def remove(self, entry: Entry) -> None:
         await self._delete_in_graph(entry.sub.subscription_id)
@@ -517,7 +567,8 @@ class SubscriptionManager:
                 summary.removed.append(name)
             except Exception as exc:
                 summary.failed.append((name, f"remove: {reason(exc)}"))
-        for name in (summary.created, summary.renewed, summary.repaired, summary.removed, summary.resynced):
+        for name in (summary.created, summary.renewed, summary.repaired, summary.rotated, summary.removed,
+                     summary.resynced):
             name.sort()
         summary.failed.sort()
         return summary
@@ -573,6 +624,14 @@ class SubscriptionManager:
             return
         if entry.sub.mailbox != mailbox:   # the same mailbox listed under another address
             entry = replace(entry, sub=replace(entry.sub, mailbox=mailbox))
+        if entry.fingerprint != self.fingerprint:     # not secret: a plain compare
+            _, result, undeleted = await self.rotate(entry)
+            summary.rotated.append(name)
+            self._count(summary, name, result)
+            if undeleted is not None:
+                summary.failed.append((name, f"old subscription {entry.sub.subscription_id} not deleted "
+                                             f"({undeleted}); it expires at {entry.sub.expires_at}"))
+            return
         expires = parse_time(entry.sub.expires_at)
         due = expires is None or expires - self.clock() <= self.renew_within
         try:

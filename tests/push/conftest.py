@@ -33,10 +33,15 @@ MAILBOXES = ("support@contoso.com", "sales@contoso.com", "info@contoso.com")
 
 
 class Receiver:
-    """A loopback notification URL: echoes validation tokens, accepts (202) and records notifications."""
+    """A loopback notification URL: echoes validation tokens, accepts (202) and records notifications.
+
+    With ``client_state`` set it checks it the way the endpoint does (push/intake.py): an item carrying
+    another value is answered 202 like the rest but not taken (recorded in ``refused``)."""
 
     def __init__(self) -> None:
         self.received: list[Any] = []
+        self.refused: list[Any] = []
+        self.client_state: str | None = None
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -49,7 +54,7 @@ class Receiver:
                 if token is not None:
                     out, status, ctype = token.encode(), 200, "text/plain"
                 else:
-                    outer.received.append(json.loads(body or b"null"))
+                    outer.take(json.loads(body or b"null"))
                     out, status, ctype = b"", 202, "text/plain"
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
@@ -62,6 +67,16 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         host, port = self.server.server_address[:2]
         self.url = f"http://{host}:{port}/api/push/notifications"
+
+    def take(self, batch: Any) -> None:
+        if self.client_state is None or not isinstance(batch, dict):
+            self.received.append(batch)
+            return
+        items = batch.get("value") or []
+        ok = [i for i in items if i.get("clientState") == self.client_state]
+        self.refused.extend(i for i in items if i.get("clientState") != self.client_state)
+        if ok:
+            self.received.append({**batch, "value": ok})
 
     def close(self) -> None:
         self.server.shutdown()

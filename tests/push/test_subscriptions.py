@@ -13,6 +13,7 @@ from push.subscriptions import (
     INDEX_PARTITION,
     PARTITION,
     ReconcileSummary,
+    client_state_fingerprint,
     protected_mailboxes,
     row_key,
 )
@@ -283,7 +284,8 @@ def test_without_directory_permission_the_ids_come_from_the_rows_then_from_email
     async def body(h: Harness) -> tuple[ReconcileSummary, ReconcileSummary]:
         support = h.user_id(SUPPORT)
         await h.store.save(Subscription("b8b1c1a4-1111-4a4a-9a9a-123456789abc", SUPPORT, support, "inbox",
-                                        "2000-01-01T00:00:00Z"), etag=None, pending=False)
+                                        "2000-01-01T00:00:00Z"), etag=None, pending=False,
+                           fingerprint=client_state_fingerprint(CLIENT_STATE))
         first = await h.manager.reconcile([SUPPORT, SALES, INFO], lookup=lookup)
         return first, await h.manager.reconcile([SUPPORT, SALES, INFO], lookup=lookup)
 
