@@ -17,6 +17,7 @@ from core.request import request_id, validate_request
 from core.tenant import TenantConfig
 from detections.catalog import load_catalog
 from detections.streaming import MailFact, MemoryState, StreamState
+from detections.streaming.registry import STREAMING
 from devtools.fakegraph import FakeGraph
 from push.contract import Subscription
 from push.graphread import GraphTransient
@@ -31,35 +32,27 @@ MAILBOX = "support@contoso.com"
 NMID = "d051c5e4-93c2-4f22-1379-08dc51643222"
 
 
-class HeaderGraph(FakeGraph):
-    """The fake Graph, its messages carrying the fields the push worker selects (headers, body, from)
-    in Graph's documented shape. Stand-in until devtools/fakegraph_push.py renders them itself."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.extra: dict[str, dict[str, Any]] = {}
-
-    def _message_json(self, user: Any, msg: Any, *args: Any) -> dict[str, Any]:
-        return {**super()._message_json(user, msg, *args), **self.extra.get(msg.id, {})}
-
-
 @pytest.fixture
-def fake() -> Iterator[HeaderGraph]:
-    with HeaderGraph() as graph:
+def fake() -> Iterator[FakeGraph]:
+    with FakeGraph() as graph:
+        graph.push.configure(manual=True)
         yield graph
 
 
-def deliver(fake: HeaderGraph, mailbox: str = MAILBOX, *, nmid: str | None = NMID,
-            sender: str = "eve@gmail.com", folder: str = "inbox") -> tuple[str, str]:
-    """A consumer mail delivered to ``mailbox``; returns (user id, message id)."""
-    mid = fake.mailboxes.add(mailbox, f"<{nmid}@mail.gmail.com>", folder, subject="Question")
-    headers = [{"name": "Return-Path", "value": f"<{sender}>"}]
-    if nmid:
-        headers.append({"name": "X-MS-Exchange-Organization-Network-Message-Id", "value": nmid})
-    fake.extra[mid] = {"internetMessageHeaders": headers, "receivedDateTime": "2026-11-20T11:59:00Z",
-                       "from": {"emailAddress": {"name": "Eve", "address": sender}},
-                       "body": {"contentType": "html", "content": "<p>hi</p>"}}
-    return fake.users.get(mailbox).id, mid
+def deliver(fake: FakeGraph, mailbox: str = MAILBOX, *, nmid: str | None = NMID,
+            sender: str = "eve@gmail.com", folder: str = "inbox",
+            links: tuple[str, ...] = ()) -> tuple[str, str]:
+    """A consumer mail delivered to ``mailbox`` as the fake Graph renders it (Return-Path, Network-Message-Id
+    header, HTML body); without ``nmid``, a message that lacks the header. Returns (user id, message id)."""
+    if nmid is None:
+        mid = fake.mailboxes.add(mailbox, "<no-nmid@mail.gmail.com>", folder, subject="Question",
+                                 sender=("Eve", sender), to=(("", mailbox),), body="<p>hi</p>",
+                                 body_type="html", headers=(("Return-Path", f"<{sender}>"),))
+        return fake.users.get(mailbox).id, mid
+    msg = fake.push.deliver_inbound(mailbox, sender=sender, subject="Question", network_message_id=nmid,
+                                    internet_message_id=f"<{nmid}@mail.gmail.com>", folder=folder,
+                                    links=links)
+    return fake.users.get(mailbox).id, msg.id
 
 
 class Subs:
@@ -120,11 +113,13 @@ class Harness:
     state and what was emitted live across calls."""
 
     def __init__(self, fake: FakeGraph, subs: Subs, *, tenant: dict[str, Any] | None = None,
-                 dry_run: bool = False, observe: Any = None, lifecycle: Any = None) -> None:
+                 dry_run: bool = False, observe: Any = None, lifecycle: Any = None,
+                 streaming: Mapping[str, Any] | None = None) -> None:
         self.fake, self.subs, self.dry_run, self.lifecycle = fake, subs, dry_run, lifecycle
         self.emitted: list[PushRun] = []
-        self.state = MemoryState()
+        self.states: dict[str, MemoryState] = {}
         self.stand_in = observe or StandIn()
+        self.streaming = streaming if streaming is not None else {RULE: self.stand_in}
         config = tenant if tenant is not None else {
             "params": {"protected_recipients": [MAILBOX, "sales@contoso.com"]}}
         self.tenant = TenantConfig.from_mapping(config, source="t")
@@ -135,8 +130,9 @@ class Harness:
     def process(self, *bodies: str) -> Any:
         async def go() -> list[Any]:
             worker = PushWorker(graph=make_graph_client(base_url=self.fake.base_url, max_retries=0),
-                                subscriptions=self.subs, state_for=lambda _slug: self.state,
-                                catalog=load_catalog(), streaming={RULE: self.stand_in}, tenant=self.tenant,
+                                subscriptions=self.subs,
+                                state_for=lambda slug: self.states.setdefault(slug, MemoryState()),
+                                catalog=load_catalog(), streaming=self.streaming, tenant=self.tenant,
                                 emit=self._emit, on_lifecycle=self.lifecycle, dry_run=self.dry_run,
                                 tenant_id=TENANT_ID, clock=lambda: NOW)
             return [await worker.process(b) for b in bodies]
@@ -149,7 +145,7 @@ def make_worker(fake: FakeGraph, subs: Subs, **kw: Any) -> tuple[Harness, list[P
     return h, h.emitted, h.stand_in
 
 
-def test_second_mailbox_copy_emits_the_scan_shaped_request_with_source_push(fake: HeaderGraph) -> None:
+def test_second_mailbox_copy_emits_the_scan_shaped_request_with_source_push(fake: FakeGraph) -> None:
     uid_a, mid_a = deliver(fake, MAILBOX, nmid=NMID)
     uid_b, mid_b = deliver(fake, "sales@contoso.com", nmid="e685b2e4-38d5-4f3e-b0cd-08d6c6fa66c9")
     subs = Subs(sub_for(uid_a), sub_for(uid_b, mailbox="sales@contoso.com",
@@ -182,7 +178,7 @@ def test_second_mailbox_copy_emits_the_scan_shaped_request_with_source_push(fake
     assert stand_in.params[0]["threshold"] == 2 and "gmail.*" in stand_in.params[0]["sender_domains"]
 
 
-def test_dry_run_and_tenant_mode_set_the_mode_as_a_scan_does(fake: HeaderGraph) -> None:
+def test_dry_run_and_tenant_mode_set_the_mode_as_a_scan_does(fake: FakeGraph) -> None:
     uid_a, mid_a = deliver(fake)
     uid_b, mid_b = deliver(fake, "sales@contoso.com", nmid="e685b2e4-38d5-4f3e-b0cd-08d6c6fa66c9")
     second = "7d1c0a1e-1111-4222-8333-944455550000"
@@ -196,7 +192,7 @@ def test_dry_run_and_tenant_mode_set_the_mode_as_a_scan_does(fake: HeaderGraph) 
         assert [r["mode"] for run in emitted for r in run.requests] == [expected]
 
 
-def test_unknown_subscription_or_user_mismatch_is_dropped_without_calling_graph(fake: HeaderGraph) -> None:
+def test_unknown_subscription_or_user_mismatch_is_dropped_without_calling_graph(fake: FakeGraph) -> None:
     uid, mid = deliver(fake)
     other_uid, _ = deliver(fake, "sales@contoso.com")
     worker, emitted, _ = make_worker(fake, Subs(sub_for(uid)))
@@ -210,7 +206,7 @@ def test_unknown_subscription_or_user_mismatch_is_dropped_without_calling_graph(
     assert fake.calls == [] and emitted == []
 
 
-def test_a_mailbox_no_rule_protects_is_not_read(fake: HeaderGraph) -> None:
+def test_a_mailbox_no_rule_protects_is_not_read(fake: FakeGraph) -> None:
     uid, mid = deliver(fake, "info@contoso.com")
     worker, _, stand_in = make_worker(fake, Subs(sub_for(uid, mailbox="info@contoso.com")))
     fake.clear_calls()
@@ -223,7 +219,7 @@ def test_a_mailbox_no_rule_protects_is_not_read(fake: HeaderGraph) -> None:
     assert worker.process(change(uid2, mid2)).outcome == "not_protected"
 
 
-def test_a_message_moved_or_deleted_before_it_is_read_is_nothing(fake: HeaderGraph) -> None:
+def test_a_message_moved_or_deleted_before_it_is_read_is_nothing(fake: FakeGraph) -> None:
     uid, mid = deliver(fake)
     fake.mailboxes.move(uid, mid, "junkemail")          # moved: the old id is gone (404)
     worker, emitted, stand_in = make_worker(fake, Subs(sub_for(uid)))
@@ -231,7 +227,7 @@ def test_a_message_moved_or_deleted_before_it_is_read_is_nothing(fake: HeaderGra
     assert result.outcome == "gone" and emitted == [] and stand_in.seen == []
 
 
-def test_no_network_message_id_gives_no_fact_and_is_counted(fake: HeaderGraph,
+def test_no_network_message_id_gives_no_fact_and_is_counted(fake: FakeGraph,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     uid, mid = deliver(fake, nmid=None)
     worker, emitted, stand_in = make_worker(fake, Subs(sub_for(uid)))
@@ -241,7 +237,7 @@ def test_no_network_message_id_gives_no_fact_and_is_counted(fake: HeaderGraph,
 
 
 @pytest.mark.parametrize("status", [429, 503, 504])
-def test_transient_graph_errors_raise_so_the_queue_retries(fake: HeaderGraph, status: int) -> None:
+def test_transient_graph_errors_raise_so_the_queue_retries(fake: FakeGraph, status: int) -> None:
     uid, mid = deliver(fake)
     fake.inject("GET", r"/messages/", status, times=None)
     worker, emitted, _ = make_worker(fake, Subs(sub_for(uid)))
@@ -250,7 +246,7 @@ def test_transient_graph_errors_raise_so_the_queue_retries(fake: HeaderGraph, st
     assert emitted == []
 
 
-def test_graph_refusing_is_an_outcome_not_a_retry(fake: HeaderGraph) -> None:
+def test_graph_refusing_is_an_outcome_not_a_retry(fake: FakeGraph) -> None:
     uid, mid = deliver(fake)
     fake.inject("GET", r"/messages/", 403, times=None)
     worker, _, _ = make_worker(fake, Subs(sub_for(uid)))
@@ -259,29 +255,28 @@ def test_graph_refusing_is_an_outcome_not_a_retry(fake: HeaderGraph) -> None:
 
 
 def test_inbox_folder_id_is_read_once_per_mailbox_and_moved_copies_are_not_in_inbox(
-        fake: HeaderGraph) -> None:
+        fake: FakeGraph) -> None:
     uid, mid = deliver(fake)
     _, mid2 = deliver(fake, nmid="e685b2e4-38d5-4f3e-b0cd-08d6c6fa66c9")
     moved = fake.mailboxes.move(uid, mid2, "archive")
     worker, _, stand_in = make_worker(fake, Subs(sub_for(uid)))
-    fake.extra[moved.id] = fake.extra[mid2]
     worker.process(change(uid, mid), change(uid, moved.id))
     assert [f.in_inbox for f in stand_in.seen] == [True, False]
     assert len(fake.calls_to("GET", r"/mailFolders/inbox$")) == 1
 
 
-def test_sent_items_subscription_gives_outbound_facts_without_reading_the_inbox(fake: HeaderGraph) -> None:
-    uid, mid = deliver(fake, folder="sentitems", nmid=None, sender=MAILBOX)
-    fake.extra[mid].update({"sentDateTime": "2026-11-20T11:00:00Z",
-                            "toRecipients": [{"emailAddress": {"address": "eve@gmail.com"}}]})
+def test_sent_items_subscription_gives_outbound_facts_without_reading_the_inbox(fake: FakeGraph) -> None:
+    sent = fake.push.add_sent(MAILBOX, to=["Eve <eve@gmail.com>"], subject="RE: Question")
+    uid, mid = fake.users.get(MAILBOX).id, sent.id
     worker, _, stand_in = make_worker(fake, Subs(sub_for(uid, folder="sentitems")))
     assert worker.process(change(uid, mid)).outcome == "no_match"
     (fact,) = stand_in.seen
     assert fact.direction == "Outbound" and fact.recipients == ("eve@gmail.com",)
+    assert fact.sender_mail_from == MAILBOX   # no Return-Path on a Sent Items copy: the mailbox sent it
     assert fake.calls_to("GET", r"/mailFolders/") == []
 
 
-def test_message_kind_from_a_resync_is_processed_like_a_change(fake: HeaderGraph) -> None:
+def test_message_kind_from_a_resync_is_processed_like_a_change(fake: FakeGraph) -> None:
     uid, mid = deliver(fake)
     worker, _, stand_in = make_worker(fake, Subs(sub_for(uid)))
     body = json.dumps({"schema": "push-notification/1", "kind": "message", "subscription_id": SUB_ID,
@@ -290,7 +285,7 @@ def test_message_kind_from_a_resync_is_processed_like_a_change(fake: HeaderGraph
     assert len(stand_in.seen) == 1
 
 
-def test_lifecycle_goes_to_its_handler(fake: HeaderGraph) -> None:
+def test_lifecycle_goes_to_its_handler(fake: FakeGraph) -> None:
     got: list[Any] = []
 
     async def handler(n: Any) -> None:
@@ -306,8 +301,60 @@ def test_lifecycle_goes_to_its_handler(fake: HeaderGraph) -> None:
     assert worker.process(body).outcome == "lifecycle_unhandled"
 
 
-def test_invalid_messages_raise_naming_the_field(fake: HeaderGraph) -> None:
+def test_invalid_messages_raise_naming_the_field(fake: FakeGraph) -> None:
     worker, _, _ = make_worker(fake, Subs())
     with pytest.raises(NotificationInvalid, match="kind"):
         worker.process(json.dumps({"schema": "push-notification/1", "kind": "delete"}))
     assert fake.calls == []
+
+
+# --- with the real streaming rules (detections.streaming.registry) -----------------------------------
+
+BOXES = ["support@contoso.com", "sales@contoso.com", "info@contoso.com"]
+
+
+def subscribed(fake: FakeGraph, folder: str = "inbox") -> tuple[Subs, dict[str, str]]:
+    """One subscription per protected mailbox (ids as GUIDs); returns the lookup and mailbox -> sub id."""
+    subs, ids = [], {}
+    for i, box in enumerate(BOXES):
+        uid = fake.users.add(box).id
+        ids[box] = f"7d1c0a1e-1111-4222-8333-{1 if folder == 'inbox' else 2}{i:011d}"
+        subs.append(sub_for(uid, folder=folder, mailbox=box, sub_id=ids[box]))
+    return Subs(*subs), ids
+
+
+def test_real_consumer_sender_rule_junks_every_copy_once_the_third_mailbox_is_hit(fake: FakeGraph) -> None:
+    subs, ids = subscribed(fake)
+    h = Harness(fake, subs, tenant={"params": {"protected_recipients": BOXES}}, streaming=STREAMING)
+    bodies = []
+    for i, box in enumerate(BOXES):
+        uid, mid = deliver(fake, box, nmid=f"d051c5e4-93c2-4f22-1379-08dc5164322{i}",
+                           sender="eve.smith@gmail.com")
+        bodies.append(change(uid, mid, subscription_id=ids[box]))
+    results = h.process(*bodies)
+    assert [r.outcome for r in results] == ["no_match", "no_match", "requests"]
+    targets = sorted((r["target"]["recipient"], r["target"]["network_message_id"])
+                     for run in h.emitted for r in run.requests)
+    assert targets == sorted((box, f"d051c5e4-93c2-4f22-1379-08dc5164322{i}") for i, box in enumerate(BOXES))
+    assert {r["source"] for run in h.emitted for r in run.requests} == {"push"}
+    assert {r["rule"] for run in h.emitted for r in run.requests} == {RULE}
+
+
+def test_real_reply_chain_rule_junks_the_link_mail_after_a_reply(fake: FakeGraph) -> None:
+    inbox, in_ids = subscribed(fake)
+    sent, sent_ids = subscribed(fake, "sentitems")
+    subs = Subs(*inbox.subs.values(), *sent.subs.values())
+    h = Harness(fake, subs, tenant={"params": {"protected_recipients": BOXES}}, streaming=STREAMING)
+    uid = fake.users.get(MAILBOX).id
+    _, first = deliver(fake, MAILBOX, nmid="a0000000-0000-4000-8000-000000000001")
+    fake.push.advance(600)   # a person answers (not within auto_reply_max_delay: that is an auto-reply)
+    reply = fake.push.add_sent(MAILBOX, to=["eve@gmail.com"], subject="RE: Question")
+    fake.push.advance(600)   # the customer answers ten minutes later, with the link
+    _, link = deliver(fake, MAILBOX, nmid="a0000000-0000-4000-8000-000000000002",
+                      links=("https://www.dropbox.com/s/abc/invoice.pdf?dl=0",))
+    h.process(change(uid, first, subscription_id=in_ids[MAILBOX]),
+              change(uid, reply.id, subscription_id=sent_ids[MAILBOX]),
+              change(uid, link, subscription_id=in_ids[MAILBOX]))
+    junk = [r for run in h.emitted for r in run.requests if r["action"] == "move_to_junk"]
+    assert [(r["rule"], r["target"]["network_message_id"], r["source"]) for r in junk] == [
+        ("consumer-reply-chain-file-link", "a0000000-0000-4000-8000-000000000002", "push")]
