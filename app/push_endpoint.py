@@ -25,6 +25,8 @@ from push.intake import BadBody, parse
 log = logging.getLogger(__name__)
 # The handshake's echo is plain text that no browser may sniff into HTML (the token is caller input).
 _TEXT_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+# A forged batch may hold a thousand bad items: a line for each of the first few, a count for the rest.
+MAX_LOGGED_REJECTS = 10
 
 
 async def http_push_notifications(rt: Runtime, req: func.HttpRequest,
@@ -43,8 +45,11 @@ async def http_push_notifications(rt: Runtime, req: func.HttpRequest,
         log.info("push notifications: validation handshake answered")
         return func.HttpResponse(intake.validation_token, status_code=200, mimetype="text/plain",
                                  charset="utf-8", headers=_TEXT_HEADERS)
-    for rejected in intake.rejected:
+    for rejected in intake.rejected[:MAX_LOGGED_REJECTS]:
         log.warning("push notification dropped, nothing queued: %s", rejected.describe())
+    if len(intake.rejected) > MAX_LOGGED_REJECTS:
+        log.warning("push notifications: %d more dropped in the same request (not listed)",
+                    len(intake.rejected) - MAX_LOGGED_REJECTS)
     if intake.messages:
         msgs.set(list(intake.messages))
     kinds = [n["kind"] for n in intake.notifications]

@@ -250,3 +250,13 @@ def test_a_batch_whose_every_item_fails_is_still_202_with_nothing_queued(env: En
     push_on(env, secret="another-secret-of-at-least-32-characters")
     status, body, out, _ = post(env, {"value": [change(), lifecycle("missed")]})
     assert (status, body, out.value) == (202, b"", None)
+
+
+def test_a_flood_of_bad_items_logs_a_few_lines_and_a_count(env: Env,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    push_on(env)
+    with caplog.at_level(logging.WARNING, logger="app.push_endpoint"):
+        status, _, out, _ = post(env, {"value": [change(clientState="x")] * 500 + [change()]})
+    assert status == 202 and [m["message_id"] for m in queued(out)] == [MSG]
+    assert len(caplog.records) == 11
+    assert "490 more dropped in the same request" in caplog.records[-1].getMessage()
