@@ -20,6 +20,7 @@ from app.signin import PageAuth
 QUEUE = "%RESPONDER_REQUESTS_QUEUE%"
 POISON_QUEUE = "%RESPONDER_REQUESTS_QUEUE%-poison"
 STORAGE = "AzureWebJobsStorage"
+PUSH_QUEUE = "%RESPONDER_PUSH_QUEUE%"
 
 runtime = Runtime(load())
 # The approval page's sign-in (app/signin.py): Easy Auth must be on, else the page refuses everyone.
@@ -182,3 +183,13 @@ async def stop_clear(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="api/runs/{id}/undo", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def undo_run(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.http_undo_run(runtime, req)
+
+
+# --- the push path (issue 15, docs/push.md): Graph posts change and lifecycle notifications here. Anonymous:
+# Graph cannot send a function key; each notification's clientState is the check (app/push_endpoint.py).
+
+@app.function_name("push_notifications")
+@app.route(route="api/push/notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.queue_output(arg_name="msgs", queue_name=PUSH_QUEUE, connection=STORAGE)
+async def push_notifications(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
+    return await handlers.http_push_notifications(runtime, req, msgs)

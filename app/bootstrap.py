@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from app import schedules, telemetry
 from app.schedules import ScheduleError, TimerSpec
 from core import logsafe
-from core.settings import ConfigError, Settings
+from core.settings import ConfigError, PushSettings, Settings
 from core.tenant import TenantConfig, load_tenant_config
 from detections.catalog import Catalog, RuleError, load_catalog
 from detections.params import ParamError, check_param_names, resolve_params
@@ -60,6 +60,7 @@ class AppConfig:
     # What runs degraded (e.g. Teams notifications off because their Key Vault reference did not
     # resolve): reported by /api/health. Names and reasons only, never a setting's value.
     problems: tuple[str, ...] = ()
+    push: PushSettings | None = None     # the push path's settings (issue 15); None only in old tests
 
 
 def storage_from_env(env: Mapping[str, str], settings: Settings) -> StorageConfig:
@@ -87,6 +88,7 @@ def load(env: Mapping[str, str] | None = None) -> AppConfig:
     env = os.environ if env is None else env
     logsafe.install()   # before anything logs: caller values and URL secrets never reach a log line raw
     settings = Settings.from_env(env)
+    push = PushSettings.from_env(env)
     storage = storage_from_env(env, settings)
     tenant = load_tenant_config(settings.tenant_config_path, settings.params_json)
     try:
@@ -131,7 +133,7 @@ def load(env: Mapping[str, str] | None = None) -> AppConfig:
              settings.backend)
     return AppConfig(settings=settings, tenant=tenant, catalog=catalog, timers=timers, storage=storage,
                      api_base=f"https://{host}" if host else None, digest_schedule=digest or None,
-                     verify_schedule=verify or None, problems=problems)
+                     verify_schedule=verify or None, problems=problems, push=push)
 
 
 def _timer_schedule(env: Mapping[str, str], setting: str, default: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import azure.functions as func
 
-from app import runs, stop, telemetry, undo
+from app import push_endpoint, runs, stop, telemetry, undo
 from app.http import bad_request, check_query, json_response
 from app.runtime import Runtime
 from app.scanrequest import BadRequest, parse_body, validate_scan
@@ -250,6 +250,12 @@ async def http_stop(rt: Runtime, req: func.HttpRequest, on: bool) -> func.HttpRe
 async def http_undo_run(rt: Runtime, req: func.HttpRequest) -> func.HttpResponse:
     """``POST /api/runs/{id}/undo``: app/undo.py."""
     return await undo.http_undo_run(rt, req)
+
+
+async def http_push_notifications(rt: Runtime, req: func.HttpRequest,
+                                  msgs: func.Out[Any]) -> func.HttpResponse:
+    """``POST /api/push/notifications``: Graph's change and lifecycle notifications (app/push_endpoint.py)."""
+    return await push_endpoint.http_push_notifications(rt, req, msgs)
 
 
 _DECIDE_KEYS = frozenset({"by", "done"})

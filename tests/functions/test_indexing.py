@@ -34,10 +34,13 @@ HTTP = {"scan": ("api/scan", ["POST"], "FUNCTION"), "health": ("api/health", ["G
         "page_stop_on": ("stop", ["POST"], "ANONYMOUS"),
         "page_stop_clear": ("stop/clear", ["POST"], "ANONYMOUS"),
         "stop": ("api/stop", ["POST"], "FUNCTION"), "stop_clear": ("api/stop/clear", ["POST"], "FUNCTION"),
-        "undo_run": ("api/runs/{id}/undo", ["POST"], "FUNCTION")}
+        "undo_run": ("api/runs/{id}/undo", ["POST"], "FUNCTION"),
+        # Graph posts notifications without a function key; each one's clientState is the check.
+        "push_notifications": ("api/push/notifications", ["POST"], "ANONYMOUS")}
 # Anonymous to the Functions host: App Service authentication (Easy Auth) signs people in in front of
 # them, and the app refuses them unless Easy Auth is configured (app/signin.py).
 PAGES = frozenset(n for n in HTTP if n.startswith("page_"))
+ANONYMOUS_API = frozenset({"health", "push_notifications"})
 
 
 def bindings(fn: Any) -> dict[str, dict[str, Any]]:
@@ -90,12 +93,15 @@ def test_http_routes_methods_and_auth_levels(functions: dict[str, Any]) -> None:
         assert (b["req"]["route"], b["req"]["methods"], b["req"]["authLevel"]) == (route, methods, auth)
         assert b["$return"]["type"] == "http"
     assert bindings(functions["scan"])["msgs"]["queueName"] == QUEUE
+    assert bindings(functions["push_notifications"])["msgs"] == {
+        "direction": "OUT", "type": "queue", "name": "msgs", "queueName": "%RESPONDER_PUSH_QUEUE%",
+        "connection": "AzureWebJobsStorage"}
 
 
 def test_no_route_but_health_is_anonymous(functions: dict[str, Any]) -> None:
     for name, fn in functions.items():
         trig = bindings(fn).get("req")
-        if trig and trig["type"] == "httpTrigger" and name != "health" and name not in PAGES:
+        if trig and trig["type"] == "httpTrigger" and name not in ANONYMOUS_API and name not in PAGES:
             assert trig["authLevel"] in ("FUNCTION", "ADMIN"), name
         if trig and trig["type"] == "httpTrigger" and not trig["route"].startswith("api/"):
             assert name in PAGES, name   # outside /api only the Easy Auth-guarded page
