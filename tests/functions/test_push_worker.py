@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from azure.data.tables.aio import TableClient
 from azure.functions.queue import QueueMessage
 
 from app import handlers, telemetry
 from core.request import request_id
-from core.settings import PushSettings
+from core.settings import ROOT, PushSettings
 from devtools.fakegraph import FakeGraph
 from push.contract import Subscription
 from push.graphread import GraphTransient
@@ -118,6 +119,9 @@ def test_each_push_message_is_one_telemetry_record_and_a_message_without_an_id_i
     with caplog.at_level(logging.INFO, logger="xdr.telemetry"):
         run_push(env, fake, subs)
     records = [r for r in (telemetry.parse_line(m.getMessage()) for m in caplog.records) if r]
+    schema = json.loads((ROOT / "docs" / "telemetry.schema.json").read_text(encoding="utf-8"))
+    for rec in records:
+        jsonschema.validate(rec, schema)   # the contract the alerts and the workbook read
     pushes = [r for r in records if r["event"] == "push"]
     assert sorted(r["state"] for r in pushes) == ["no_match", "no_match", "no_network_message_id", "requests"]
     (done,) = [r for r in pushes if r["state"] == "requests"]
