@@ -10,13 +10,20 @@ as it arrives, while the flagging burst is within ``window`` (the KQL's lookback
 projection's columns, so ``requests_from_rows`` gives the scheduled path's request ids.
 
 State per campaign key (``sender:<normalised sender>`` / ``cluster:<EmailClusterId>``): the copies,
-pruned to ``window`` before the newest and at most :data:`MAX_COPIES` (the newest kept), each marked
-once returned. Graph has no EmailClusterId, so on the push path only the sender key is used; the
-throw-away-senders-one-content campaign is left to the scheduled path.
+pruned to ``window`` before the newest and at most :data:`MAX_COPIES` and STATE_BUDGET characters
+(the newest kept), each marked once returned. Older copies dropped by those bounds (a flood from one
+sender) are left to the scheduled path, which reads the whole lookback. Graph has no EmailClusterId,
+so on the push path only the sender key is used: the throw-away-senders-one-content campaign is left
+to the scheduled path.
+
+Window edges: the streaming window runs back from the newest copy seen, the KQL's lookback from the
+run time, so a burst is acted on as it arrives even when a run at a later `now` no longer reads all of
+it (tests/detections/test_streaming_rules.py, "window edge").
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,12 +42,12 @@ from detections.streaming.mailmatch import (
     sender_domain,
     trim,
 )
-from detections.streaming.update import update
+from detections.streaming.update import STATE_BUDGET, SUBJECT_KEPT, size, update
 
 SLUG = "consumer-sender-to-shared-mailboxes"
 # Copies kept per campaign: far above any threshold (the protected list is a handful of shared
-# mailboxes) and small enough for one Table storage entity (1 MiB; ~400 bytes a copy).
-MAX_COPIES = 200
+# mailboxes); at ~300 characters a copy they fit STATE_BUDGET.
+MAX_COPIES = 100
 PARAMS = ("window", "correlation_window", "threshold", "sender_domains", "extra_sender_domains",
           "excluded_sender_domains", "dotless_domains", "correlate_content", "protected_recipients")
 
@@ -101,14 +108,15 @@ async def observe(fact: MailFact, params: Mapping[str, Any], state: StreamState)
     flagged, then every remembered Inbox copy once, then each new one as it comes."""
     p = prepare(params)
     keys = campaign_keys(fact, p)
-    if not keys:
-        return []
+    if not keys or not fact.network_message_id.strip():
+        return []  # without the id no request can be made (nor told apart from another copy)
     mailbox = trim(fact.mailbox).lower()
     copy = {
         "t": iso(fact.timestamp), "mb": mailbox, "nm": fact.network_message_id,
         "rcpt": recipient_as_written(mailbox, fact.recipients), "ro": fact.recipient_object_id,
         "im": fact.internet_message_id, "smf": fact.sender_mail_from, "sf": fact.sender_from,
-        "sk": norm_sender(fact.sender_mail_from, p.dotless), "sub": fact.subject, "rep": fact.report_id,
+        "sk": norm_sender(fact.sender_mail_from, p.dotless), "sub": fact.subject[:SUBJECT_KEPT],
+        "rep": fact.report_id,
         "in": bool(fact.in_inbox), "e": False,
     }
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -125,12 +133,15 @@ async def observe(fact: MailFact, params: Mapping[str, Any], state: StreamState)
     return sorted(rows.values(), key=lambda r: r["Timestamp"], reverse=True)
 
 
+_FIELDS = {"t", "mb", "nm", "rcpt", "ro", "im", "smf", "sf", "sk", "sub", "rep", "in", "e"}
+
+
 def _copies(value: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for c in value.get("copies") or []:
         try:
             parse_iso(c["t"])
-            if isinstance(c["mb"], str) and isinstance(c["nm"], str):
+            if isinstance(c["mb"], str) and isinstance(c["nm"], str) and set(c) >= _FIELDS:
                 out.append(dict(c))
         except (KeyError, TypeError, ValueError):
             continue  # a damaged entry is dropped, not fatal: the scheduled path still sees that copy
@@ -149,6 +160,8 @@ def _apply(value: Mapping[str, Any], key: str, copy: dict[str, Any],
     kept = [c for c in copies if stamps[id(c)] > newest - p.window]  # Timestamp > ago(window)
     kept.sort(key=lambda c: stamps[id(c)])
     kept = kept[-MAX_COPIES:]
+    while kept and size(kept) > STATE_BUDGET:  # hostile-sized fields: the oldest copies go first
+        kept.pop(0)
     changed = changed or len(kept) != len(copies)
     distinct, anchor = _flagging(kept, stamps, p)
     rows = []
@@ -168,12 +181,19 @@ def _flagging(copies: list[dict[str, Any]], stamps: Mapping[int, datetime],
     """The KQL's self-join: each copy opens a window of correlation_window; count the distinct
     mailboxes in it. Returns the largest count and the latest anchor whose window is over the threshold."""
     best, anchor = 0, None
-    for i, first in enumerate(copies):
+    in_window: Counter[str] = Counter()
+    end = 0
+    for first in copies:  # copies are in time order: a two-pointer sweep
         start = stamps[id(first)]
-        mailboxes = {c["mb"] for c in copies[i:] if stamps[id(c)] <= start + p.correlation_window}
-        best = max(best, len(mailboxes))
-        if len(mailboxes) > p.threshold:
+        while end < len(copies) and stamps[id(copies[end])] <= start + p.correlation_window:
+            in_window[copies[end]["mb"]] += 1
+            end += 1
+        best = max(best, len(in_window))
+        if len(in_window) > p.threshold:
             anchor = start
+        in_window[first["mb"]] -= 1
+        if not in_window[first["mb"]]:
+            del in_window[first["mb"]]
     return best, anchor
 
 

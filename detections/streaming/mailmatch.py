@@ -92,18 +92,23 @@ def under(host: str, domains: Iterable[str]) -> str | None:
     return None
 
 
+URL_KEPT = 512  # characters of a lure URL kept (evidence only): ten long URLs must not evict the mail's state
+
+
 def lure_links(urls: Iterable[str], lure_domains: tuple[str, ...],
                excluded_url_domains: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(FileShareUrls, FileShareHosts) of one message: URLs whose host is under a lure domain and not
-    under an excluded one; each list at most 10 distinct items, as ``make_set(Url, 10)`` keeps."""
+    under an excluded one; each list at most 10 distinct items, as ``make_set(Url, 10)`` keeps. A URL
+    longer than URL_KEPT is cut, with a marker."""
     found_urls: list[str] = []
     found_hosts: list[str] = []
     for url in urls:
         host = url_host(url)
         if not host or under(host, excluded_url_domains) or not under(host, lure_domains):
             continue
-        if url not in found_urls and len(found_urls) < 10:
-            found_urls.append(url)
+        kept = url if len(url) <= URL_KEPT else url[:URL_KEPT] + f"\u2026(+{len(url) - URL_KEPT} more)"
+        if kept not in found_urls and len(found_urls) < 10:
+            found_urls.append(kept)
         if host not in found_hosts and len(found_hosts) < 10:
             found_hosts.append(host)
     return found_urls, found_hosts

@@ -18,7 +18,10 @@ returns them: ``link`` (moved to Junk), and the ``reply`` and ``earlier`` rows b
 (on-call is told); each row once. A link mail arriving with an armed chain gets its row at once; a
 reply arriving after a link mail it precedes (notifications out of order) returns that link then.
 
-Left to the scheduled path: ``earlier`` rows beyond the newest :data:`MAX_INBOUND` mails of a chain,
+Left to the scheduled path: rows of mails without a Network Message ID (a Sent Items copy may have
+none: the reply still arms the chain, its ``reply`` row comes from the scheduled run with the id the
+request needs); ``earlier`` rows beyond the newest :data:`MAX_INBOUND` mails of a chain
+(or beyond STATE_BUDGET characters of state),
 and a mail moved out of the Inbox after it was seen (the push path acts on what it saw; the move
 verifies the message's folder).
 """
@@ -46,11 +49,11 @@ from detections.streaming.mailmatch import (
     sender_domain,
     trim,
 )
-from detections.streaming.update import update
+from detections.streaming.update import STATE_BUDGET, SUBJECT_KEPT, size, update
 
 SLUG = "consumer-reply-chain-file-link"
-MAX_INBOUND = 100   # a peer's mails to one mailbox in a week; the opener and the link are the newest ones
-MAX_REPLIES = 50
+MAX_INBOUND = 60   # a peer's mails to one mailbox in a week; the opener and the link are the newest ones
+MAX_REPLIES = 30
 PARAMS = ("window", "sender_domains", "extra_sender_domains", "excluded_sender_domains", "dotless_domains",
           "protected_recipients", "auto_reply_subject_regex", "auto_reply_max_delay", "file_share_domains",
           "extra_lure_domains", "excluded_url_domains")
@@ -131,7 +134,8 @@ async def observe(fact: MailFact, params: Mapping[str, Any], state: StreamState)
                 continue
             items.append((chain_key(mailbox, peer), "replies", {
                 "t": iso(fact.timestamp), "nm": fact.network_message_id, "im": fact.internet_message_id,
-                "rcpt": recipient, "smf": fact.sender_mail_from, "sub": fact.subject, "rep": fact.report_id,
+                "rcpt": recipient, "smf": fact.sender_mail_from, "sub": fact.subject[:SUBJECT_KEPT],
+                "rep": fact.report_id,
                 "e": []}))
     elif direction == "inbound":
         mailbox = trim(fact.mailbox).lower()
@@ -141,7 +145,7 @@ async def observe(fact: MailFact, params: Mapping[str, Any], state: StreamState)
         items.append((chain_key(mailbox, norm_sender(fact.sender_mail_from, p.dotless)), "inbound", {
             "t": iso(fact.timestamp), "nm": fact.network_message_id, "im": fact.internet_message_id,
             "rcpt": recipient_as_written(mailbox, fact.recipients), "ro": fact.recipient_object_id,
-            "smf": fact.sender_mail_from, "sub": fact.subject, "rep": fact.report_id,
+            "smf": fact.sender_mail_from, "sub": fact.subject[:SUBJECT_KEPT], "rep": fact.report_id,
             "in": bool(fact.in_inbox), "urls": urls, "hosts": hosts, "e": []}))
     rows: list[dict[str, Any]] = []
     for key, kind, entry in items:
@@ -150,16 +154,32 @@ async def observe(fact: MailFact, params: Mapping[str, Any], state: StreamState)
     return rows
 
 
+_FIELDS = {"inbound": {"t", "nm", "im", "rcpt", "ro", "smf", "sub", "rep", "in", "urls", "hosts", "e"},
+           "replies": {"t", "nm", "im", "rcpt", "smf", "sub", "rep", "e"}}
+
+
 def _entries(value: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
     out = []
     for e in value.get(kind) or []:
         try:
             parse_iso(e["t"])
-            if isinstance(e["nm"], str) and isinstance(e["e"], list):
+            if isinstance(e["nm"], str) and isinstance(e["e"], list) and set(e) >= _FIELDS[kind]:
                 out.append(dict(e))
         except (KeyError, TypeError, ValueError):
             continue  # a damaged entry is dropped: the scheduled path still sees that mail
     return out
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """One mail notified twice. A Sent Items copy may carry no Network Message ID (it never went through
+    transport into that folder; push/mailfacts.py), so then the Internet Message ID, or the time and
+    subject, tell two replies apart."""
+    if str(a.get("rcpt", "")).lower() != str(b.get("rcpt", "")).lower():
+        return False
+    for field in ("nm", "im"):
+        if a.get(field) or b.get(field):
+            return a.get(field) == b.get(field)
+    return (a["t"], a.get("sub")) == (b["t"], b.get("sub"))
 
 
 def _apply(value: Mapping[str, Any], key: str, kind: str, entry: dict[str, Any],
@@ -168,8 +188,7 @@ def _apply(value: Mapping[str, Any], key: str, kind: str, entry: dict[str, Any],
     chain = {k: _entries(value, k) for k in ("inbound", "replies")}
     before = sum(len(v) for v in chain.values())
     changed = False
-    if not any(e["nm"] == entry["nm"] and e.get("rcpt", "").lower() == entry["rcpt"].lower()
-               for e in chain[kind]):
+    if not any(_same(e, entry) for e in chain[kind]):
         chain[kind].append(dict(entry))
         changed = True
     stamps = {id(e): parse_iso(e["t"]) for v in chain.values() for e in v}
@@ -177,6 +196,9 @@ def _apply(value: Mapping[str, Any], key: str, kind: str, entry: dict[str, Any],
     for k, cap in (("inbound", MAX_INBOUND), ("replies", MAX_REPLIES)):
         kept = sorted((e for e in chain[k] if stamps[id(e)] > newest - p.window), key=lambda e: stamps[id(e)])
         chain[k] = kept[-cap:]
+    while size(chain) > STATE_BUDGET:  # hostile-sized fields: the oldest entry of either list goes first
+        oldest = min((k for k in chain if chain[k]), key=lambda k: stamps[id(chain[k][0])])
+        chain[oldest].pop(0)
     changed = changed or sum(len(v) for v in chain.values()) != before + (1 if changed else 0)
     rows = _rows(chain, stamps, mailbox, peer, p)
     if rows:
@@ -209,7 +231,8 @@ def _rows(chain: Mapping[str, list[dict[str, Any]]], stamps: Mapping[int, dateti
                                         if stamps[id(e)] < last_link and id(e) not in link_ids]),
                            ("reply", [r for r in human if stamps[id(r)] < last_link])):
         for e in entries:
-            if stage in e["e"]:
+            # No Network Message ID, no request with the scheduled path's id: that row is left to it.
+            if stage in e["e"] or not e["nm"]:
                 continue
             e["e"].append(stage)
             rows.append({

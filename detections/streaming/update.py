@@ -9,6 +9,7 @@ is seen by the next, and a copy's row is returned once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,17 @@ T = TypeVar("T")
 # A handful of concurrent writers per campaign at most (one per protected mailbox): 16 rounds is far
 # more than contention needs; running out means something keeps overwriting the key.
 MAX_ATTEMPTS = 16
+
+
+# A state value's JSON text (json.dumps, ASCII) is kept under this many characters, so it fits one
+# Table storage string property: "String values may be up to 64 KiB in size", UTF-16 encoded
+# (learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model).
+STATE_BUDGET = 30_000
+SUBJECT_KEPT = 256   # characters of a subject kept in state (evidence only; ids never come from it)
+
+
+def size(value: Any) -> int:
+    return len(json.dumps(value))
 
 
 class StateConflict(RuntimeError):
