@@ -15,7 +15,8 @@ Public API::
         fake.users.add(upn, *, id=None, account_enabled=True, display_name="", mail=None,
                        privileged_role=None) -> FakeUser
         fake.users.get(upn_or_id) -> FakeUser | None
-        fake.mailboxes.add(user, internet_message_id, folder="inbox", *, subject="") -> str (message id)
+        fake.mailboxes.add(user, internet_message_id, folder="inbox", *, subject="", received=None,
+                           **fields) -> str (message id; fields: the richer FakeMessage fields)
         fake.mailboxes.add_folder(user, name) -> str (folder id)
         fake.mailboxes.folder_of(user, internet_message_id) -> str | None   (folder name: "junkemail")
         fake.mailboxes.messages(user) -> list[FakeMessage]
@@ -38,6 +39,9 @@ Public API::
         fake.add_latency(seconds, method="*", path_regex=".*", times=None, body_contains=None) -> Fault
         fake.outlook_limits(concurrent=4, per_window=10_000, window=600.0, retry_after=1.0)
         fake.peak_concurrency(user) -> int     (most mailbox requests in flight at once, per mailbox)
+
+        # the push path (devtools/fakegraph_push.py): subscriptions, notifications, delta, rich mail
+        fake.push.configure(manual=True) ; fake.push.deliver_inbound(...) ; fake.push.advance(seconds)
 
 ``path_regex`` is searched (``re.search``) in the decoded request path, e.g.
 ``/v1.0/users/support@contoso.com/messages``; ``method`` "*" matches any. An injected fault answers
@@ -64,7 +68,8 @@ Endpoints (Graph paths relative to ``/v1.0``):
   ``Location`` header and no body.
 * ``GET /users/{id}/messages?$filter=internetMessageId eq '...'`` (not Recoverable Items),
   ``GET /users/{id}/mailFolders/{idOrWellKnownName}/messages?$filter=...``,
-  ``GET /users/{id}/messages/{msgId}``,
+  ``GET /users/{id}/messages/{msgId}`` and ``GET /users/{id}/mailFolders/{folder}/messages/{msgId}``
+  (``$select`` honoured: internetMessageHeaders only when selected; fakegraph_push.message_json),
   ``POST /users/{id}/messages/{msgId}/move`` (body ``destinationId`` or ``DestinationId``: a well-known
   folder name or a folder id; 201 with the moved message, which has a new id),
   ``GET /users/{id}/mailFolders/{idOrWellKnownName}``.

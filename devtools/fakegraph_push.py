@@ -9,12 +9,15 @@ HTTPS protocol"), so a local function host can receive the notifications.
 Public API (``fake.push``)::
 
     fake.push.configure(*, manual=None, time_scale=None, drop_rate=None, seed=None, retry_delays=None,
-                        post_timeout=None, validation_timeout=None, latency=None) -> PushService
+                        post_timeout=None, validation_timeout=None, latency=None, transport=None)
+        -> PushService
         manual=True: the clock moves only with advance(); manual=False: real time x (1 / time_scale)
         (time_scale=0.01: 3 simulated minutes pass in 1.8 s) with a background thread delivering.
         drop_rate: share of change notifications dropped (seeded by seed); latency: rng -> seconds
         (default devtools.pushlatency.draw_latency); retry_delays: simulated seconds between attempts
         when the endpoint fails (default 60, 300, 900), then the notification is discarded.
+        transport: (url, headers, body, timeout) -> (status, content type, text) replaces HTTP (e.g. to
+        call a function app's handler in-process); raise TimeoutError / ConnectionError for no answer.
     fake.push.now() -> datetime                 (the simulated clock, UTC; use it as the client's clock)
     fake.push.advance(seconds) -> None          (manual: move the clock, deliver what falls due, in order)
     fake.push.wait_idle(timeout=10.0) -> bool   (scaled: until nothing is pending but expiries)
@@ -43,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import json
 import random
 import re
 import secrets
@@ -103,6 +107,10 @@ _PATCH_KEYS = {"expirationdatetime", "notificationurl", "@odata.type"}
 _RESOURCE = re.compile(r"/?users/(?P<user>[^/()']+)/"
                        r"(?:mailfolders(?:\('(?P<qf>[^'/]+)'\)|/(?P<pf>[^/()']+))/)?messages", re.IGNORECASE)
 APPLICATION_ID = "24a3f6d0-5b1e-4c8a-9e7f-3d2c1b0a9f8e"   # the fake's app registration
+# How the fake reaches an endpoint: (url, headers, body, timeout) -> (status, content type, text), raising
+# TimeoutError or ConnectionError when there is no answer. Default: HTTP (httpx); a test may plug in a
+# function app's handler directly.
+Transport = Callable[[str, dict[str, str], bytes, float], tuple[int, str, str]]
 _DELTA_PAGE = 10            # Graph's default page for messages; Prefer: odata.maxpagesize overrides it
 
 
@@ -296,6 +304,7 @@ class PushService:
         self._seed(0)
         self._clock = _Clock(datetime.now(UTC), manual=False, time_scale=1.0)
         self._http = httpx.Client(trust_env=False)   # loopback endpoints: never through a proxy
+        self.transport: Transport | None = None
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._stopped = False
@@ -312,8 +321,11 @@ class PushService:
                   drop_rate: float | None = None, seed: int | None = None,
                   retry_delays: Iterable[float] | None = None, post_timeout: float | None = None,
                   validation_timeout: float | None = None,
-                  latency: Callable[[random.Random], float] | None = None) -> PushService:
+                  latency: Callable[[random.Random], float] | None = None,
+                  transport: Transport | None = None) -> PushService:
         with self._lock:
+            if transport is not None:
+                self.transport = transport
             if drop_rate is not None:
                 if not 0.0 <= drop_rate <= 1.0:
                     raise ValueError(f"drop_rate must be within 0..1, not {drop_rate}")
@@ -334,12 +346,25 @@ class PushService:
                 self._clock = _Clock(self._clock.now(),
                                      manual=self._clock.manual if manual is None else manual,
                                      time_scale=self._clock.time_scale if time_scale is None else time_scale)
+            self._ensure_thread()
             self._cond.notify_all()
         return self
 
     def now(self) -> datetime:
         with self._lock:
             return self._clock.now()
+
+    def _post(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> tuple[int, str, str]:
+        """POST to an endpoint: (status, content type, text); TimeoutError or ConnectionError: no answer."""
+        if self.transport is not None:
+            return self.transport(url, headers, body, timeout)
+        try:
+            r = self._http.post(url, content=body, headers=headers, timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise TimeoutError(str(exc)) from None
+        except httpx.HTTPError as exc:
+            raise ConnectionError(str(exc)) from None
+        return r.status_code, r.headers.get("content-type", ""), r.text
 
     def advance(self, seconds: float) -> None:
         """Manual clock: move ``seconds`` forward, carrying out (synchronously, in due order) every delivery,
@@ -385,11 +410,15 @@ class PushService:
     def _schedule(self, due: datetime, kind: str, item: Any) -> None:
         """Under the lock."""
         heapq.heappush(self._heap, (due, next(self._seq), kind, item))
-        if not self._clock.manual and self._thread is None and not self._stopped:
+        self._ensure_thread()
+        self._cond.notify_all()
+
+    def _ensure_thread(self) -> None:
+        """Under the lock: the scaled clock's delivery thread, started on first need."""
+        if self._heap and not self._clock.manual and self._thread is None and not self._stopped:
             self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fakegraph-push-post")
             self._thread = threading.Thread(target=self._loop, name="fakegraph-push", daemon=True)
             self._thread.start()
-        self._cond.notify_all()
 
     def _loop(self) -> None:
         while True:
@@ -405,8 +434,11 @@ class PushService:
                     continue
                 _, _, kind, item = heapq.heappop(self._heap)
                 self._busy += 1
-            assert self._pool is not None
-            self._pool.submit(self._run_counted, kind, item)
+            try:
+                assert self._pool is not None
+                self._pool.submit(self._run_counted, kind, item)
+            except RuntimeError:   # the pool shut down under us: close() is under way
+                return
 
     def _run_counted(self, kind: str, item: Any) -> None:
         try:
@@ -503,9 +535,9 @@ class PushService:
             notice.attempts += 1
             url = notice.url
         try:
-            r = self._http.post(url, json=body, timeout=self.post_timeout)
-            status = r.status_code
-        except httpx.HTTPError:
+            status = self._post(url, {"Content-Type": "application/json; charset=utf-8"},
+                                json.dumps(body).encode("utf-8"), self.post_timeout)[0]
+        except (TimeoutError, ConnectionError):
             status = 0
         with self._lock:
             notice.answers.append(status)
@@ -744,23 +776,23 @@ class PushService:
         token = _TOKEN.format(uuid.uuid4())
         target = url + ("&" if urlsplit(url).query else "?") + urlencode({"validationToken": token})
         try:
-            r = self._http.post(target, content=b"", timeout=self.validation_timeout,
-                                headers={"Content-Type": "text/plain; charset=utf-8", "Accept": "text/plain"})
-        except httpx.TimeoutException:
+            status, ctype, text = self._post(target, {"Content-Type": "text/plain; charset=utf-8",
+                                                      "Accept": "text/plain"}, b"", self.validation_timeout)
+        except TimeoutError:
             self.validations.append(Validation(url, token, 0, "", False))
             raise _error(400, "Subscription validation request timed out.", "InvalidRequest") from None
-        except httpx.HTTPError:
+        except ConnectionError:
             self.validations.append(Validation(url, token, 0, "", False))
             raise _error(400, _NOT_200, "ValidationError") from None
-        ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
-        ok = r.status_code == 200 and ctype == "text/plain" and r.text == token
-        self.validations.append(Validation(url, token, r.status_code, r.text, ok))
-        if r.status_code != 200:
+        ctype = ctype.split(";")[0].strip().lower()
+        ok = status == 200 and ctype == "text/plain" and text == token
+        self.validations.append(Validation(url, token, status, text, ok))
+        if status != 200:
             raise _error(400, _NOT_200, "ValidationError")
         if ctype != "text/plain":
             raise _error(400, "Subscription validation request failed. The response must have content type "
                               f"text/plain, not {ctype or 'none'!r}.", "ValidationError")
-        if r.text != token:
+        if text != token:
             raise _error(400, "Subscription validation request failed. Response must exactly match "
                               "validationToken query parameter.", "InvalidRequest")
 
@@ -908,13 +940,13 @@ class PushService:
             if rest:
                 tok = secrets.token_urlsafe(18)
                 self._tokens[tok] = {**state, "kind": "skip", "items": rest}
-                out["@odata.nextLink"] = link + urlencode({"$skiptoken": tok})
+                out["@odata.nextLink"] = f"{link}$skiptoken={tok}"   # token_urlsafe: no escaping
             else:
                 tok = secrets.token_urlsafe(18)
                 self._tokens[tok] = {"kind": "delta", "user": user.id, "folder": folder.lower(),
                                      "select": state["select"], "change_type": state["change_type"],
                                      "seq": state["seq"]}
-                out["@odata.deltaLink"] = link + urlencode({"$deltatoken": tok})
+                out["@odata.deltaLink"] = f"{link}$deltatoken={tok}"
             out["value"] = value
         return _Reply(200, out)
 
