@@ -12,7 +12,9 @@ entries even with ``changeType=created``) and is skipped.
 * A new subscription's *baseline*: no stored link yet, so the first round is filtered to messages
   received in the last ``BASELINE_LOOKBACK`` (not the whole folder: a shared mailbox may hold years of
   mail); its deltaLink marks "now", so a later resync returns exactly what arrived after the subscription
-  was made.
+  was made. If the service refuses the filter (400), the round runs unfiltered (more pages, same items).
+* A stored link the service no longer knows (410 Gone, or a sync-state error: "synchronization reset"):
+  a new round over the last ``max_age``, so nothing the rules could still act on is skipped.
 * A *resync* (``missed``, a recreated subscription, an interrupted resync): one round from the stored
   link, every created message turned into a ``message`` queue item (push/contract.py), processed by the
   push worker like a change notification.
@@ -30,11 +32,13 @@ is under the Graph client's own base URL, so a forged row cannot send the app's 
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kiota_abstractions.api_error import APIError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_abstractions.request_information import RequestInformation
 from msgraph.generated.users.item.mail_folders.item.messages.delta.delta_request_builder import (
@@ -42,7 +46,9 @@ from msgraph.generated.users.item.mail_folders.item.messages.delta.delta_request
 )
 
 from push.contract import SCHEMA, Subscription
-from push.graphjson import GraphResponseError, send_json
+from push.graphjson import GraphResponseError, reason, send_json
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 50                  # Prefer: odata.maxpagesize (a preference: Graph may send fewer)
 MAX_PAGES = 10                  # pages per call
@@ -110,6 +116,17 @@ async def delta_round(graph: Any, sub: Subscription, *, now: datetime, max_pages
         raise ValueError("max_pages, max_items and page_size must be at least 1")
     adapter = graph.request_adapter
     base = adapter.base_url
+    oldest = now - max_age
+
+    def baseline(since: datetime, filtered: bool) -> RequestInformation:
+        q = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(
+            change_type="created", select=SELECT,
+            filter=f"receivedDateTime ge {iso(since)}" if filtered else None)
+        return (graph.users.by_user_id(sub.user_id).mail_folders.by_mail_folder_id(sub.folder).messages
+                .delta.to_get_request_information(RequestConfiguration(query_parameters=q)))
+
+    since: datetime | None = None          # set while the round is a baseline (no stored link)
+    filtered = False
     if sub.delta_link:
         if not link_allowed(sub.delta_link, base):
             raise ResyncError(f"stored delta link of {sub.mailbox}/{sub.folder} is not under the Graph base "
@@ -117,17 +134,37 @@ async def delta_round(graph: Any, sub: Subscription, *, now: datetime, max_pages
         info = _raw(adapter, sub.delta_link)
     else:
         since = (baseline_since or now - BASELINE_LOOKBACK).replace(microsecond=0)
-        q = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(
-            change_type="created", select=SELECT, filter=f"receivedDateTime ge {iso(since)}")
-        info = (graph.users.by_user_id(sub.user_id).mail_folders.by_mail_folder_id(sub.folder).messages
-                .delta.to_get_request_information(RequestConfiguration(query_parameters=q)))
+        oldest, filtered = max(oldest, since), True
+        info = baseline(since, True)
     items: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}
-    oldest = now - max_age
     pages = 0
     while True:
         info.headers.try_add("Prefer", f"odata.maxpagesize={page_size}")
-        page = await send_json(adapter, info)
+        try:
+            page = await send_json(adapter, info)
+        except APIError as exc:
+            if pages:
+                raise
+            if since is None and _sync_reset(exc):
+                # "Synchronization reset" (https://learn.microsoft.com/graph/delta-query-overview
+                # #synchronization-reset): the service no longer has this token's state (Outlook keeps a
+                # bounded cache of them) and the client must start again. A new round over what arrived
+                # within max_age: everything the rules could still act on, nothing older.
+                log.warning("delta of %s/%s: the stored delta link expired (%s); starting again over the "
+                            "last %s", sub.mailbox, sub.folder, reason(exc), max_age)
+                since = oldest.replace(microsecond=0)
+                info, filtered = baseline(since, True), True
+                continue
+            if not (filtered and exc.response_status_code == 400):
+                raise
+            # The docs list receivedDateTime ge as the one $filter message delta supports ("limited
+            # support"); a service that refuses it still does the unfiltered round, only in more pages.
+            # Messages older than ``since`` are then skipped (too_old), so the outcome is the same.
+            log.info("delta of %s/%s refused the receivedDateTime filter (%s); the round runs without it",
+                     sub.mailbox, sub.folder, reason(exc))
+            info, filtered = baseline(since or oldest, False), False
+            continue
         pages += 1
         if page is None or not isinstance(page.get("value"), list):
             raise GraphResponseError(f"delta of {sub.mailbox}/{sub.folder} answered no `value` list")
@@ -149,6 +186,14 @@ async def delta_round(graph: Any, sub: Subscription, *, now: datetime, max_pages
         if pages >= max_pages or len(items) >= max_items:
             return ResyncResult(items, next_link, False, pages, skipped)
         info = _raw(adapter, next_link)
+
+
+def _sync_reset(exc: APIError) -> bool:
+    """Graph's answer to a delta token it no longer has: 410 Gone, or 400 with a sync-state error code
+    (``syncStateNotFound``, ``SyncStateInvalid``, ``ErrorInvalidSyncStateData``)."""
+    code = str(getattr(getattr(exc, "error", None), "code", "") or "")
+    status = exc.response_status_code
+    return status == 410 or (status == 400 and "syncstate" in code.lower())
 
 
 def _raw(adapter: Any, url: str) -> RequestInformation:
