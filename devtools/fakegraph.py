@@ -15,7 +15,8 @@ Public API::
         fake.users.add(upn, *, id=None, account_enabled=True, display_name="", mail=None,
                        privileged_role=None) -> FakeUser
         fake.users.get(upn_or_id) -> FakeUser | None
-        fake.mailboxes.add(user, internet_message_id, folder="inbox", *, subject="") -> str (message id)
+        fake.mailboxes.add(user, internet_message_id, folder="inbox", *, subject="", received=None,
+                           **fields) -> str (message id; fields: the richer FakeMessage fields)
         fake.mailboxes.add_folder(user, name) -> str (folder id)
         fake.mailboxes.folder_of(user, internet_message_id) -> str | None   (folder name: "junkemail")
         fake.mailboxes.messages(user) -> list[FakeMessage]
@@ -38,6 +39,9 @@ Public API::
         fake.add_latency(seconds, method="*", path_regex=".*", times=None, body_contains=None) -> Fault
         fake.outlook_limits(concurrent=4, per_window=10_000, window=600.0, retry_after=1.0)
         fake.peak_concurrency(user) -> int     (most mailbox requests in flight at once, per mailbox)
+
+        # the push path (devtools/fakegraph_push.py): subscriptions, notifications, delta, rich mail
+        fake.push.configure(manual=True) ; fake.push.deliver_inbound(...) ; fake.push.advance(seconds)
 
 ``path_regex`` is searched (``re.search``) in the decoded request path, e.g.
 ``/v1.0/users/support@contoso.com/messages``; ``method`` "*" matches any. An injected fault answers
@@ -64,7 +68,8 @@ Endpoints (Graph paths relative to ``/v1.0``):
   ``Location`` header and no body.
 * ``GET /users/{id}/messages?$filter=internetMessageId eq '...'`` (not Recoverable Items),
   ``GET /users/{id}/mailFolders/{idOrWellKnownName}/messages?$filter=...``,
-  ``GET /users/{id}/messages/{msgId}``,
+  ``GET /users/{id}/messages/{msgId}`` and ``GET /users/{id}/mailFolders/{folder}/messages/{msgId}``
+  (``$select`` honoured: internetMessageHeaders only when selected; fakegraph_push.message_json),
   ``POST /users/{id}/messages/{msgId}/move`` (body ``destinationId`` or ``DestinationId``: a well-known
   folder name or a folder id; 201 with the moved message, which has a new id),
   ``GET /users/{id}/mailFolders/{idOrWellKnownName}``.
@@ -94,6 +99,7 @@ assert that a token was sent); ``Call``'s repr hides it.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -250,6 +256,17 @@ class FakeMessage:
     folder: str                        # well-known name or custom folder name
     subject: str = ""
     received: str = ""
+    # The richer message (devtools/fakegraph_push.py renders it as Graph's message resource and
+    # builds realistic ones: FakeGraph.push.deliver_inbound / add_sent). Addresses are (name, address).
+    sender: tuple[str, str] | None = None
+    from_: tuple[str, str] | None = None            # None: the sender
+    to: tuple[tuple[str, str], ...] = ()
+    cc: tuple[tuple[str, str], ...] = ()
+    body: str = ""
+    body_type: str = "text"                         # "text" or "html"
+    headers: tuple[tuple[str, str], ...] = ()       # internetMessageHeaders, in order
+    conversation_id: str = ""
+    sent: str = ""                                  # sentDateTime; "" means receivedDateTime
 
 
 class UserStore:
@@ -287,6 +304,14 @@ class MailboxStore:
         self._boxes: dict[str, dict[str, FakeMessage]] = {}   # user id -> message id -> message
         self._folders: dict[str, set[str]] = {}               # user id -> custom folder names
         self._ids = itertools.count(1)
+        # Called under the lock as (event, user id, message): "created" when a message appears in a
+        # folder (added or moved in), "removed" when it leaves one (moved out). The push side
+        # (devtools/fakegraph_push.py) turns these into change notifications and delta answers.
+        self.listeners: list[Callable[[str, str, FakeMessage], None]] = []
+
+    def _emit(self, event: str, user_id: str, msg: FakeMessage) -> None:
+        for listener in self.listeners:
+            listener(event, user_id, msg)
 
     def _box(self, user: str) -> dict[str, FakeMessage]:
         u = self._users.add(user)
@@ -295,12 +320,15 @@ class MailboxStore:
     def new_message_id(self) -> str:
         return f"AAMkAGI2{next(self._ids):08d}{uuid.uuid4().hex[:12]}"
 
-    def add(self, user: str, internet_message_id: str, folder: str = "inbox", *, subject: str = "") -> str:
+    def add(self, user: str, internet_message_id: str, folder: str = "inbox", *, subject: str = "",
+            received: str | None = None, **fields: Any) -> str:
+        """Put a message in ``folder``; ``fields`` are the richer FakeMessage fields (sender, to, ...)."""
         with self._lock:
             msg = FakeMessage(self.new_message_id(), internet_message_id, folder, subject,
-                              datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                              received or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **fields)
             self._box(user)[msg.id] = msg
             self.add_folder(user, folder)
+            self._emit("created", self._users.add(user).id, msg)
             return msg.id
 
     def add_folder(self, user: str, name: str) -> str:
@@ -337,9 +365,10 @@ class MailboxStore:
             msg = box.pop(message_id, None)
             if msg is None:
                 return None
-            moved = FakeMessage(self.new_message_id(), msg.internet_message_id, folder, msg.subject,
-                                msg.received)
+            moved = dataclasses.replace(msg, id=self.new_message_id(), folder=folder)
             box[moved.id] = moved
+            self._emit("removed", user_id, msg)
+            self._emit("created", user_id, moved)
             return moved
 
 
@@ -439,7 +468,11 @@ class FakeGraph:
         self._host, self._port = host, port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
+        from devtools.fakegraph_push import PushService  # its own module; it imports this one
+
+        self.push = PushService(self)
+        # Push routes first: .../messages/delta must not be read as a message id.
+        self._routes: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [*self.push.routes(),
             ("POST", re.compile(r"^/v1\.0/security/(microsoft\.graph\.security\.)?runHuntingQuery$"),
              self._hunt),
             ("POST", re.compile(r"^/v1\.0/security/collaboration/analyzedEmails/"
@@ -449,6 +482,8 @@ class FakeGraph:
             ("POST", re.compile(_USER + r"/messages/(?P<msg>[^/]+)/(microsoft\.graph\.)?move$"), self._move),
             ("GET", re.compile(_USER + r"/mailFolders/(?P<folder>[^/]+)$"), self._get_folder),
             ("GET", re.compile(_USER + r"/mailFolders/(?P<folder>[^/]+)/messages$"), self._list_messages),
+            ("GET", re.compile(_USER + r"/mailFolders/(?P<folder>[^/]+)/messages/(?P<msg>[^/]+)$"),
+             self._get_message),
             ("POST", re.compile(_USER + r"/(microsoft\.graph\.)?revokeSignInSessions$"), self._revoke),
             ("GET", re.compile(_USER + r"$"), self._get_user),
             ("PATCH", re.compile(_USER + r"$"), self._patch_user),
@@ -471,6 +506,7 @@ class FakeGraph:
         return self
 
     def close(self) -> None:
+        self.push.close()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -745,9 +781,10 @@ class FakeGraph:
                               "property objects are not present.", "Request_ResourceNotFound")
         return user
 
-    def _message_json(self, user: FakeUser, msg: FakeMessage) -> dict[str, Any]:
-        return {"id": msg.id, "internetMessageId": msg.internet_message_id, "subject": msg.subject,
-                "receivedDateTime": msg.received, "parentFolderId": folder_id(user.id, msg.folder)}
+    def _message_json(self, user: FakeUser, msg: FakeMessage, select: str | None = None) -> dict[str, Any]:
+        from devtools.fakegraph_push import message_json
+
+        return message_json(user.id, msg, select)
 
     def _list_messages(self, m: re.Match[str], q: dict[str, str], _b: Any) -> _Reply:
         user = self._user(m)
@@ -772,14 +809,21 @@ class FakeGraph:
             wanted = fm.group(1).replace("''", "'")
             msgs = [x for x in msgs if x.internet_message_id == wanted]
         ctx = f"https://graph.microsoft.com/v1.0/$metadata#users('{user.id}')/messages"
-        return _Reply(200, {"@odata.context": ctx, "value": [self._message_json(user, x) for x in msgs]})
+        select = q.get("$select")
+        return _Reply(200, {"@odata.context": ctx,
+                            "value": [self._message_json(user, x, select) for x in msgs]})
 
-    def _get_message(self, m: re.Match[str], _q: dict[str, str], _b: Any) -> _Reply:
+    def _get_message(self, m: re.Match[str], q: dict[str, str], _b: Any) -> _Reply:
+        """``GET /users/{id}/messages/{id}`` and ``.../mailFolders/{folder}/messages/{id}`` ($select honoured;
+        the item id alone names the message, as Exchange item ids are mailbox-wide)."""
         user = self._user(m)
+        folder = m.groupdict().get("folder")
+        if folder is not None and self._resolve_folder(user, folder) is None:
+            raise _error(404, "The specified folder could not be found in the store.", "ErrorItemNotFound")
         msg = self.mailboxes.get(user.id, m.group("msg"))
         if msg is None:
             raise _error(404, "The specified object was not found in the store.", "ErrorItemNotFound")
-        return _Reply(200, self._message_json(user, msg))
+        return _Reply(200, self._message_json(user, msg, q.get("$select")))
 
     def _resolve_folder(self, user: FakeUser, ref: str) -> str | None:
         if ref.lower() in WELL_KNOWN_FOLDERS:
