@@ -12,6 +12,7 @@ import typing
 import azure.functions as func
 
 from app import handlers, pages
+from app import push_subscriptions as push_subs
 from app.bootstrap import load
 from app.runtime import Runtime
 from app.schedules import TimerSpec
@@ -52,6 +53,14 @@ if runtime.config.verify_schedule:
     @app.timer_trigger(arg_name="timer", schedule=runtime.config.verify_schedule)
     async def verify(timer: func.TimerRequest) -> None:
         await handlers.on_verify(runtime, timer)
+
+
+# The push path's subscriptions (issue 15): reconcile + renew every 30 minutes; does nothing while
+# RESPONDER_PUSH is off (app/push_subscriptions.py).
+@app.function_name(push_subs.FUNCTION_NAME)
+@app.timer_trigger(arg_name="timer", schedule=push_subs.SCHEDULE)
+async def push_subscriptions(timer: func.TimerRequest) -> None:
+    await handlers.on_push_subscriptions(runtime, timer)
 
 
 @app.function_name("worker")

@@ -123,6 +123,13 @@ async def on_verify(rt: Runtime, timer: func.TimerRequest) -> dict[str, int]:
     return counts
 
 
+async def on_push_subscriptions(rt: Runtime, timer: func.TimerRequest) -> None:
+    """The push path's subscriptions: reconcile + renew (app/push_subscriptions.py); nothing while off."""
+    from app.push_subscriptions import on_timer
+
+    await on_timer(rt, timer)
+
+
 # --- queue ---------------------------------------------------------------------------------------
 
 def _dequeue_count(msg: func.QueueMessage) -> int:

@@ -50,7 +50,7 @@ def bindings(fn: Any) -> dict[str, dict[str, Any]]:
 def test_function_set_is_one_timer_per_enabled_rule_plus_fixed_functions(functions: dict[str, Any]) -> None:
     catalog = load_catalog()
     timers = {schedules.function_name(slug) for slug in catalog}
-    assert set(functions) == timers | {"worker", "poison", "digest", "verify", *HTTP}
+    assert set(functions) == timers | {"worker", "poison", "digest", "verify", "push_subscriptions", *HTTP}
     for name in functions:
         assert schedules.FUNCTION_NAME_RE.match(name), name
 
@@ -69,6 +69,12 @@ def test_rule_timers_schedule_from_query_frequency_and_write_to_the_queue(functi
 def test_daily_digest_timer_defaults_to_seven_utc(functions: dict[str, Any]) -> None:
     timer = {"direction": "IN", "type": "timerTrigger", "name": "timer", "schedule": "0 0 7 * * *"}
     assert bindings(functions["digest"]) == {"timer": timer}
+
+
+def test_push_subscriptions_timer_runs_every_thirty_minutes(functions: dict[str, Any]) -> None:
+    # Reconciles and renews the Graph subscriptions of the push path (app/push_subscriptions.py).
+    timer = {"name": "timer", "type": "timerTrigger", "direction": "IN", "schedule": "0 */30 * * * *"}
+    assert bindings(functions["push_subscriptions"]) == {"timer": timer}
 
 
 def test_verify_timer_defaults_to_every_five_minutes(functions: dict[str, Any]) -> None:
