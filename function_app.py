@@ -202,3 +202,19 @@ async def undo_run(req: func.HttpRequest) -> func.HttpResponse:
 @app.queue_output(arg_name="msgs", queue_name=PUSH_QUEUE, connection=STORAGE)
 async def push_notifications(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
     return await handlers.http_push_notifications(runtime, req, msgs)
+
+
+# The push worker (app/push_worker.py): one queued notification -> the streaming rules -> requests on the
+# requests queue, exactly as a scan queues them. Its poison queue is logged and counted (the scheduled
+# rules still cover what it gave up on).
+@app.function_name("push_worker")
+@app.queue_trigger(arg_name="msg", queue_name=PUSH_QUEUE, connection=STORAGE)
+@app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
+async def push_worker(msg: func.QueueMessage, msgs: func.Out[typing.List[str]]) -> None:  # noqa: UP006
+    await handlers.on_push_message(runtime, msg, msgs)
+
+
+@app.function_name("push_poison")
+@app.queue_trigger(arg_name="msg", queue_name=PUSH_QUEUE + "-poison", connection=STORAGE)
+async def push_poison(msg: func.QueueMessage) -> None:
+    await handlers.on_push_poison(runtime, msg)

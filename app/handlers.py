@@ -173,6 +173,20 @@ async def on_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
     return outcome.to_dict()
 
 
+async def on_push_message(rt: Runtime, msg: func.QueueMessage, msgs: func.Out[Any]) -> dict[str, Any]:
+    """One queued push notification (app/push_worker.py)."""
+    from app import push_worker
+
+    return await push_worker.on_push_message(rt, msg, msgs)
+
+
+async def on_push_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
+    """A push notification the host gave up on (app/push_worker.py)."""
+    from app import push_worker
+
+    return await push_worker.on_push_poison(rt, msg)
+
+
 # --- HTTP ----------------------------------------------------------------------------------------
 
 async def http_scan(rt: Runtime, req: func.HttpRequest, msgs: func.Out[Any]) -> func.HttpResponse:

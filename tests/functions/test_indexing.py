@@ -50,7 +50,8 @@ def bindings(fn: Any) -> dict[str, dict[str, Any]]:
 def test_function_set_is_one_timer_per_enabled_rule_plus_fixed_functions(functions: dict[str, Any]) -> None:
     catalog = load_catalog()
     timers = {schedules.function_name(slug) for slug in catalog}
-    assert set(functions) == timers | {"worker", "poison", "digest", "verify", "push_subscriptions", *HTTP}
+    assert set(functions) == timers | {"worker", "poison", "digest", "verify", "push_subscriptions",
+                                       "push_worker", "push_poison", *HTTP}
     for name in functions:
         assert schedules.FUNCTION_NAME_RE.match(name), name
 
@@ -81,6 +82,18 @@ def test_verify_timer_defaults_to_every_five_minutes(functions: dict[str, Any]) 
     # Confirms submitted Defender remediations (Worker.verify); RESPONDER_VERIFY_SCHEDULE overrides.
     timer = {"direction": "IN", "type": "timerTrigger", "name": "timer", "schedule": "30 */5 * * * *"}
     assert bindings(functions["verify"]) == {"timer": timer}
+
+
+def test_push_worker_reads_the_push_queue_and_writes_the_requests_queue(functions: dict[str, Any]) -> None:
+    worker, poison = bindings(functions["push_worker"]), bindings(functions["push_poison"])
+    assert set(worker) == {"msg", "msgs"} and set(poison) == {"msg"}
+    assert (worker["msg"]["type"], worker["msg"]["queueName"]) == ("queueTrigger", "%RESPONDER_PUSH_QUEUE%")
+    assert (worker["msgs"]["type"], worker["msgs"]["direction"], worker["msgs"]["queueName"]) == (
+        "queue", "OUT", QUEUE)
+    assert (poison["msg"]["type"], poison["msg"]["queueName"]) == ("queueTrigger",
+                                                                   "%RESPONDER_PUSH_QUEUE%-poison")
+    connections = {b["connection"] for b in (worker["msg"], worker["msgs"], poison["msg"])}
+    assert connections == {"AzureWebJobsStorage"}
 
 
 def test_worker_and_poison_queue_triggers(functions: dict[str, Any]) -> None:
