@@ -146,3 +146,60 @@ def test_a_campaign_is_junked_through_the_push_path_and_the_ledger_and_card_say_
     (card,) = app.sink.wait_for(1)
     assert card.problems == []
     assert "found by the push path" in json.dumps(card.card)
+
+
+def test_dropped_notifications_are_caught_by_the_missed_resync_and_the_campaign_is_still_junked(
+        app: PushApp) -> None:
+    """Graph drops every change notification and says so with ``missed`` lifecycle notifications (to the same
+    URL): the push worker resynchronises the folders with a delta query and the campaign is junked anyway."""
+    fake, env = app.fake, app.env
+    env.call("push_subscriptions", TimerRequest(past_due=False))
+    host_deliver(app, app.push_queue, "push_worker")
+    fake.push.configure(drop_rate=1.0, seed=7)
+    nmids = [f"6d2f3a4b-1c5e-4f70-9bac-1d2e3f4a5b6{i}" for i in range(3)]
+    copies = [fake.push.deliver_inbound(box, sender=SENDER, subject="Quick question", network_message_id=nmid)
+              for box, nmid in zip(PROTECTED, nmids, strict=True)]
+    fake.push.advance(MAX_LATENCY_S)
+    app.sync_clock()
+    assert (fake.push.stats["delivered"], fake.push.stats["dropped"]) == (0, 3)
+    assert fake.push.stats["missed"] == 3                    # one missed notification per inbox subscription
+
+    # missed -> delta resync queues the messages on the push queue -> the worker runs on them as on changes
+    outputs = host_deliver(app, app.push_queue, "push_worker")
+    requests = [json.loads(body) for out in outputs for body in out]
+    assert sorted(r["target"]["network_message_id"] for r in requests) == nmids
+    assert {r["source"] for r in requests} == {"push"}
+    host_deliver(app, app.requests_queue, "worker")
+    for box, msg in zip(PROTECTED, copies, strict=True):
+        assert fake.mailboxes.folder_of(box, msg.internet_message_id) == "junkemail"
+
+
+def test_the_reply_chain_link_mail_is_junked_as_it_arrives_in_a_mailbox_that_replied(app: PushApp) -> None:
+    """consumer-reply-chain-file-link's push form: the sentitems subscription shows the mailbox's reply, so
+    the customer's next mail with a file-share link is junked on arrival; the earlier mail is left alone."""
+    fake, env, box = app.fake, app.env, PROTECTED[0]
+    env.call("push_subscriptions", TimerRequest(past_due=False))
+    host_deliver(app, app.push_queue, "push_worker")
+
+    def settle(seconds: float) -> list[dict[str, Any]]:
+        fake.push.advance(seconds)
+        app.sync_clock()
+        return [json.loads(b) for out in host_deliver(app, app.push_queue, "push_worker") for b in out]
+
+    first = fake.push.deliver_inbound(box, sender="eve@gmail.com", subject="Question",
+                                      network_message_id="7e3a4b5c-2d6f-4a81-8cbd-2e3f4a5b6c70")
+    assert settle(600) == []
+    fake.push.add_sent(box, to=["eve@gmail.com"], subject="RE: Question", reply_to=first)  # a person answers
+    assert settle(600) == []
+    link = fake.push.deliver_inbound(box, sender="eve@gmail.com", subject="RE: Question",
+                                     network_message_id="7e3a4b5c-2d6f-4a81-8cbd-2e3f4a5b6c71",
+                                     links=("https://www.dropbox.com/s/abc/invoice.pdf?dl=0",))
+    requests = settle(MAX_LATENCY_S)
+    junk = [r for r in requests if r["action"] == "move_to_junk"]
+    assert [(r["rule"], r["target"]["network_message_id"], r["source"]) for r in junk] == [
+        ("consumer-reply-chain-file-link", "7e3a4b5c-2d6f-4a81-8cbd-2e3f4a5b6c71", "push")]
+    host_deliver(app, app.requests_queue, "worker")
+    assert fake.mailboxes.folder_of(box, link.internet_message_id) == "junkemail"
+    assert fake.mailboxes.folder_of(box, first.internet_message_id) == "inbox"
+    row = env.rt.ledger().read("consumer-reply-chain-file-link", junk[0]["id"])
+    assert (row.state, row.request["source"]) == ("confirmed", "push")
