@@ -127,7 +127,8 @@ async def on_push_subscriptions(rt: Runtime, timer: func.TimerRequest) -> None:
     """The push path's subscriptions: reconcile + renew (app/push_subscriptions.py); nothing while off."""
     from app.push_subscriptions import on_timer
 
-    await on_timer(rt, timer)
+    # The settings validated at start-up (app/bootstrap.py), as the endpoint and the push worker use.
+    await on_timer(rt, timer, push=rt.config.push)
 
 
 # --- queue ---------------------------------------------------------------------------------------

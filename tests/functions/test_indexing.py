@@ -50,8 +50,8 @@ def bindings(fn: Any) -> dict[str, dict[str, Any]]:
 def test_function_set_is_one_timer_per_enabled_rule_plus_fixed_functions(functions: dict[str, Any]) -> None:
     catalog = load_catalog()
     timers = {schedules.function_name(slug) for slug in catalog}
-    assert set(functions) == timers | {"worker", "poison", "digest", "verify", "push_worker", "push_poison",
-                                       "push_subscriptions", *HTTP}
+    assert set(functions) == timers | {"worker", "poison", "digest", "verify", "push_subscriptions",
+                                       "push_worker", "push_poison", *HTTP}
     for name in functions:
         assert schedules.FUNCTION_NAME_RE.match(name), name
 
