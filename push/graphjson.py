@@ -1,44 +1,18 @@
-"""Send a request built by msgraph-sdk's request builders and read the answer as plain JSON (push path).
-
-The same approach as remediation/actions/graph_json.py (which push may not import: push -> detections,
-core): the SDK builds the request (URL templates, query names, body serialization) and sends it through
-its request adapter (auth, base URL, RetryHandler); the answer is read as JSON for the few fields we use,
-and a non-2xx answer raises the SDK's own ``APIError`` (``{"XXX": ODataError}``, as every generated
-builder maps errors).
+"""Graph answers on the push path: ``send_json`` (core/graph_json.py, shared with remediation) plus the
+status, reason and id checks the subscription code needs.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any
 
 from kiota_abstractions.api_error import APIError
-from kiota_abstractions.request_adapter import RequestAdapter
-from kiota_abstractions.request_information import RequestInformation
-from kiota_abstractions.serialization import ParsableFactory
-from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
-ERROR_MAPPING: dict[str, type[ParsableFactory]] = {"XXX": ODataError}
+from core.graph_json import ERROR_MAPPING, GraphResponseError, send_json
+
+__all__ = ["ERROR_MAPPING", "GUID", "GraphResponseError", "reason", "send_json", "status_of"]
+
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-
-
-class GraphResponseError(Exception):
-    """A 2xx answer that is not what Graph documents (not JSON, or a field missing or malformed)."""
-
-
-async def send_json(adapter: RequestAdapter, info: RequestInformation) -> dict[str, Any] | None:
-    """Send ``info``; the JSON object answered, or None when there is no body (204)."""
-    body = await adapter.send_primitive_async(info, "bytes", ERROR_MAPPING)
-    if not body:
-        return None
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GraphResponseError(f"the response to {info.http_method} is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise GraphResponseError(f"the response to {info.http_method} is not a JSON object")
-    return data
 
 
 def status_of(exc: BaseException) -> int | None:

@@ -3,7 +3,7 @@
 Requests are built with msgraph-sdk's request builders and sent through its request adapter (auth, base
 URL, RetryHandler: 429/503/504 retried honouring Retry-After), but the answer is read as plain JSON:
 ``push.mailfacts`` wants the message as Graph sent it (the SDK's models turn strings into dates and
-cost ~20 ms of CPU per message; remediation/actions/graph_json.py does the same for the mailbox strategy).
+cost ~20 ms of CPU per message; core/graph_json.py, shared with the mailbox strategy).
 
 Errors: 404 (the message was moved or deleted before we read it; a move gives it a new id) is
 ``None``: nothing to do. 429, 408, 5xx, timeouts and connection errors raise :class:`GraphTransient`
@@ -13,22 +13,20 @@ of the app's RBAC scope or Mail.Read is missing; retrying cannot help).
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from typing import Any
 
 import httpx
 from kiota_abstractions.api_error import APIError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
-from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.users.item.mail_folders.item.mail_folder_item_request_builder import (
     MailFolderItemRequestBuilder,
 )
 from msgraph.generated.users.item.messages.item.message_item_request_builder import MessageItemRequestBuilder
 
+from core.graph_json import GraphResponseError, send_json
 from push.mailfacts import MESSAGE_SELECT
 
-ERROR_MAPPING: dict[str, Any] = {"XXX": ODataError}
 FOLDER_CACHE_SIZE = 2048     # mailboxes whose Inbox id this process remembers (ids never change)
 
 
@@ -58,7 +56,7 @@ class MessageReader:
 
     async def _send(self, info: Any, what: str, *, missing_ok: bool) -> dict[str, Any] | None:
         try:
-            body = await self.adapter.send_primitive_async(info, "bytes", ERROR_MAPPING)
+            data = await send_json(self.adapter, info)
         except APIError as exc:
             if exc.response_status_code == 404 and missing_ok:
                 return None
@@ -67,11 +65,9 @@ class MessageReader:
             raise GraphTransient(f"{what}: timed out") from None
         except httpx.TransportError as exc:
             raise GraphTransient(f"{what}: connection failed: {type(exc).__name__}") from None
-        try:
-            data = json.loads(body) if body else None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        except GraphResponseError:
             data = None
-        if not isinstance(data, dict):
+        if data is None:
             # Graph always answers a JSON object here: a broken answer is the service's (or a proxy's) fault.
             raise GraphTransient(f"{what}: the answer is not a JSON object")
         return data

@@ -51,9 +51,9 @@ from msgraph.generated.users.item.mail_folders.item.mail_folder_item_request_bui
 from msgraph.generated.users.item.messages.item.move.move_post_request_body import MovePostRequestBody
 from msgraph.generated.users.item.messages.messages_request_builder import MessagesRequestBuilder
 
+from core.graph_json import GraphResponseError, send_json, string_field
 from remediation.actions.base import ActionContext, ActionResult, failed
 from remediation.actions.errors import describe
-from remediation.actions.graph_json import GraphResponseError, send_json, string_field
 
 MAILBOX_CONCURRENCY = 4
 # At most this many requests in flight per execute, across all mailboxes. httpx's default pool keeps

@@ -38,7 +38,7 @@ async def send_json(adapter: RequestAdapter, info: RequestInformation) -> dict[s
         return None
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise GraphResponseError(f"the response to {info.http_method} is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise GraphResponseError(f"the response to {info.http_method} is not a JSON object")
