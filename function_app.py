@@ -21,6 +21,7 @@ from app.signin import PageAuth
 QUEUE = "%RESPONDER_REQUESTS_QUEUE%"
 POISON_QUEUE = "%RESPONDER_REQUESTS_QUEUE%-poison"
 STORAGE = "AzureWebJobsStorage"
+PUSH_QUEUE = "%RESPONDER_PUSH_QUEUE%"
 
 runtime = Runtime(load())
 # The approval page's sign-in (app/signin.py): Easy Auth must be on, else the page refuses everyone.
@@ -191,3 +192,29 @@ async def stop_clear(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="api/runs/{id}/undo", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def undo_run(req: func.HttpRequest) -> func.HttpResponse:
     return await handlers.http_undo_run(runtime, req)
+
+
+# --- the push path (issue 15, docs/push.md): Graph posts change and lifecycle notifications here. Anonymous:
+# Graph cannot send a function key; each notification's clientState is the check (app/push_endpoint.py).
+
+@app.function_name("push_notifications")
+@app.route(route="api/push/notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.queue_output(arg_name="msgs", queue_name=PUSH_QUEUE, connection=STORAGE)
+async def push_notifications(req: func.HttpRequest, msgs: func.Out[typing.List[str]]) -> func.HttpResponse:  # noqa: UP006
+    return await handlers.http_push_notifications(runtime, req, msgs)
+
+
+# The push worker (app/push_worker.py): one queued notification -> the streaming rules -> requests on the
+# requests queue, exactly as a scan queues them. Its poison queue is logged and counted (the scheduled
+# rules still cover what it gave up on).
+@app.function_name("push_worker")
+@app.queue_trigger(arg_name="msg", queue_name=PUSH_QUEUE, connection=STORAGE)
+@app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
+async def push_worker(msg: func.QueueMessage, msgs: func.Out[typing.List[str]]) -> None:  # noqa: UP006
+    await handlers.on_push_message(runtime, msg, msgs)
+
+
+@app.function_name("push_poison")
+@app.queue_trigger(arg_name="msg", queue_name=PUSH_QUEUE + "-poison", connection=STORAGE)
+async def push_poison(msg: func.QueueMessage) -> None:
+    await handlers.on_push_poison(runtime, msg)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from app import schedules, telemetry
 from app.schedules import ScheduleError, TimerSpec
 from core import logsafe
-from core.settings import ConfigError, Settings
+from core.settings import ConfigError, PushSettings, Settings
 from core.tenant import TenantConfig, load_tenant_config
 from detections.catalog import Catalog, RuleError, load_catalog
 from detections.params import ParamError, check_param_names, resolve_params
@@ -60,6 +60,7 @@ class AppConfig:
     # What runs degraded (e.g. Teams notifications off because their Key Vault reference did not
     # resolve): reported by /api/health. Names and reasons only, never a setting's value.
     problems: tuple[str, ...] = ()
+    push: PushSettings | None = None     # the push path's settings (issue 15); None only in old tests
 
 
 def storage_from_env(env: Mapping[str, str], settings: Settings) -> StorageConfig:
@@ -87,6 +88,7 @@ def load(env: Mapping[str, str] | None = None) -> AppConfig:
     env = os.environ if env is None else env
     logsafe.install()   # before anything logs: caller values and URL secrets never reach a log line raw
     settings = Settings.from_env(env)
+    push, push_problem = _push_settings(env, settings.unresolved_references)
     storage = storage_from_env(env, settings)
     tenant = load_tenant_config(settings.tenant_config_path, settings.params_json)
     try:
@@ -118,9 +120,10 @@ def load(env: Mapping[str, str] | None = None) -> AppConfig:
     digest = _timer_schedule(env, DIGEST_SETTING, DIGEST_DEFAULT)
     verify = _timer_schedule(env, VERIFY_SETTING, VERIFY_DEFAULT)
     problems = tuple(f"app setting {name}: unresolved Key Vault reference" for name in
-                     settings.unresolved_references)
+                     settings.unresolved_references) + push_problem
     for name in settings.unresolved_references:
-        what = "Teams notification" if name == "RESPONDER_TEAMS_WEBHOOK_URL" else "what it configures"
+        what = {"RESPONDER_TEAMS_WEBHOOK_URL": "Teams notification",
+                "RESPONDER_PUSH_CLIENT_STATE": "the push path"}.get(name, "what it configures")
         # An error, not a stop: the worker, poison handler and timers still run; only what needs this
         # secret is off. The value is never logged (it names the vault and secret).
         log.error("app setting %s is an unresolved Key Vault reference: %s is OFF until it resolves. "
@@ -131,7 +134,25 @@ def load(env: Mapping[str, str] | None = None) -> AppConfig:
              settings.backend)
     return AppConfig(settings=settings, tenant=tenant, catalog=catalog, timers=timers, storage=storage,
                      api_base=f"https://{host}" if host else None, digest_schedule=digest or None,
-                     verify_schedule=verify or None, problems=problems)
+                     verify_schedule=verify or None, problems=problems, push=push)
+
+
+def _push_settings(env: Mapping[str, str],
+                   unresolved: tuple[str, ...]) -> tuple[PushSettings | None, tuple[str, ...]]:
+    """The push path's settings; when they are wrong, the push path is off and health says why.
+
+    Not a stop: the push path is optional and the scheduled rules still catch everything, later; a bad
+    push setting (an http:// URL, a short secret) must not take them down with it. An unresolved Key Vault
+    reference is already reported (and logged) as one, like the Teams webhook's."""
+    try:
+        return PushSettings.from_env(env), ()
+    except ConfigError as exc:
+        if any(str(exc).startswith(f"app setting {name}:") for name in unresolved):
+            return None, ()
+        # The message names the setting, never its value (core/settings.py).
+        log.error("%s: the push path is OFF until it is fixed (the scheduled rules still run); see "
+                  "docs/push.md", exc)
+        return None, (f"{exc} (push path off)",)
 
 
 def _timer_schedule(env: Mapping[str, str], setting: str, default: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import azure.functions as func
 
-from app import runs, stop, telemetry, undo
+from app import push_endpoint, runs, stop, telemetry, undo
 from app.http import bad_request, check_query, json_response
 from app.runtime import Runtime
 from app.scanrequest import BadRequest, parse_body, validate_scan
@@ -127,7 +127,8 @@ async def on_push_subscriptions(rt: Runtime, timer: func.TimerRequest) -> None:
     """The push path's subscriptions: reconcile + renew (app/push_subscriptions.py); nothing while off."""
     from app.push_subscriptions import on_timer
 
-    await on_timer(rt, timer)
+    # The settings validated at start-up (app/bootstrap.py), as the endpoint and the push worker use.
+    await on_timer(rt, timer, push=rt.config.push)
 
 
 # --- queue ---------------------------------------------------------------------------------------
@@ -171,6 +172,20 @@ async def on_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
                             tenant_id=_tenant_id(rt), rule_names=_rule_names(rt),
                             api_base=rt.config.api_base, connector_actions=rt.settings.connector_actions)
     return outcome.to_dict()
+
+
+async def on_push_message(rt: Runtime, msg: func.QueueMessage, msgs: func.Out[Any]) -> dict[str, Any]:
+    """One queued push notification (app/push_worker.py)."""
+    from app import push_worker
+
+    return await push_worker.on_push_message(rt, msg, msgs)
+
+
+async def on_push_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
+    """A push notification the host gave up on (app/push_worker.py)."""
+    from app import push_worker
+
+    return await push_worker.on_push_poison(rt, msg)
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
@@ -257,6 +272,12 @@ async def http_stop(rt: Runtime, req: func.HttpRequest, on: bool) -> func.HttpRe
 async def http_undo_run(rt: Runtime, req: func.HttpRequest) -> func.HttpResponse:
     """``POST /api/runs/{id}/undo``: app/undo.py."""
     return await undo.http_undo_run(rt, req)
+
+
+async def http_push_notifications(rt: Runtime, req: func.HttpRequest,
+                                  msgs: func.Out[Any]) -> func.HttpResponse:
+    """``POST /api/push/notifications``: Graph's change and lifecycle notifications (app/push_endpoint.py)."""
+    return await push_endpoint.http_push_notifications(rt, req, msgs)
 
 
 _DECIDE_KEYS = frozenset({"by", "done"})

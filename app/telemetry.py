@@ -32,7 +32,7 @@ log.setLevel(logging.INFO)
 
 SCHEMA = "xdr-telemetry/1"
 PREFIX = "xdr-telemetry "
-EVENTS = ("startup", "scan_run", "request", "poison", "notify_failed")
+EVENTS = ("startup", "scan_run", "request", "poison", "notify_failed", "push")
 FIELDS = ("schema", "event", "run_id", "rule", "action", "request_id", "mode", "state", "trigger", "backend",
           "period_s", "duration_ms", "detect_to_state_s", "counts", "error_class", "hold_reason",
           "mailbox", "sender", "connector", "user")

@@ -27,6 +27,9 @@ ACTIONS = (
 EMAIL_ACTIONS = ("move_to_junk", "move_to_inbox", "soft_delete", "move_to_deleted_items")
 ACCOUNT_ACTIONS = ("revoke_sessions", "disable_user", "confirm_compromised", "enable_user")
 MODES = ("auto", "approval", "dry_run")
+# Which path found a request (issue 15): a scan of the hunting tables, or the push worker (Graph change
+# notifications). Optional: requests made before it existed, and undo requests, carry none.
+SOURCES = ("scheduled", "push")
 
 # Which target fields each action needs. Email targets may also carry internet_message_id.
 TARGET_FIELDS: dict[str, tuple[str, ...]] = {
@@ -128,6 +131,7 @@ def request_schema(target_fields: Mapping[str, tuple[str, ...]]) -> dict[str, An
             },
             "severity": {"type": "string"},
             "rule_name": {"type": "string"},
+            "source": {"enum": list(SOURCES)},
         },
         "allOf": [
             {"if": {"properties": {"action": {"const": a}}},

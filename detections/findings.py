@@ -125,8 +125,11 @@ def _empty(value: Any) -> bool:
 
 
 def requests_from_rows(rule: Rule, rows: Sequence[Mapping[str, Any]], *, modes: Mapping[int, str],
-                       detected_at: datetime, run_id: str) -> Findings:
+                       detected_at: datetime, run_id: str, source: str | None = None) -> Findings:
     """One request per (row, matching action), deduplicated by request id; ``modes`` by action index.
+
+    ``source`` (``core.request.SOURCES``: "scheduled" for a scan, "push" for the push worker) says which
+    path found the request; it is not part of the id, so both paths' requests for one copy are one id.
 
     ``run.index`` numbers this rule's requests *of the same action* within the run (the worker applies
     the per-rule target cap on it, so a notify row sorted first cannot push a protective move past the
@@ -155,10 +158,11 @@ def requests_from_rows(rule: Rule, rows: Sequence[Mapping[str, Any]], *, modes: 
                                     f"{', '.join(required_missing)}; no request made")
                 continue
             evidence = trim_evidence({col: json_safe(row.get(col)) for col in action.evidence})
+            extra = {"source": source} if source else {}
             try:
                 req = make_request(rule=rule.slug, action=action.action, mode=modes[i], target=target,
                                    evidence=evidence, detected_at=detected_at,
-                                   severity=rule.severity, rule_name=rule.name)
+                                   severity=rule.severity, rule_name=rule.name, **extra)
             except RequestInvalid as exc:
                 out.problems.append(f"{rule.slug}: row {n + 1}: {action.action}: {exc}; no request made")
                 continue

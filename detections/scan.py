@@ -111,7 +111,7 @@ async def scan(rules: Sequence[Rule], backend: QueryBackend, *, tenant: TenantCo
         modes = {i: effective_mode(rule, a, tenant_mode=tenant_mode, dry_run=dry_run)
                  for i, a in enumerate(rule.actions)}
         found = requests_from_rows(rule, result.rows, modes=modes, detected_at=now.astimezone(UTC),
-                                   run_id=run_id)
+                                   run_id=run_id, source="scheduled")
         run.requests = found.requests
         run.problems += found.problems
     return runs

@@ -73,6 +73,24 @@ def _scan_status(report: RunReport, w: int) -> list[Element]:
     return out
 
 
+def found_by(requests: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """(the "Found by" fact, a sentence) from the requests' ``source``: which path found each first (the
+    ledger keeps the first request of an id, so a card built from ledger rows tells who was first)."""
+    counts = Counter(r.get("source") for r in requests)
+    push, scheduled = counts.get("push", 0), counts.get("scheduled", 0)
+    if push and scheduled:
+        return (f"push path ({push}), scheduled scan ({scheduled})",
+                f"{push} of these requests were found by the push path (Graph change notifications), "
+                f"before any scheduled scan; {scheduled} by a scheduled scan.")
+    if push:
+        subject = "This request was" if push == 1 else "These requests were"
+        return ("push path", f"{subject} found by the push path (Graph change notifications on the "
+                             "protected mailboxes), before any scheduled scan.")
+    if scheduled:
+        return "scheduled scan", None
+    return None, None
+
+
 def _per_action_lines(report: RunReport) -> list[Element]:
     by_action: dict[str, Counter[str]] = {}
     outcomes = {o.request_id: o for o in report.outcomes}
@@ -164,10 +182,15 @@ def _scan(report: RunReport, n: int, w: int) -> dict[str, Any]:
     counts = report.bucket_counts()
     summary = [("Rows found", str(report.rows)), ("Requests", str(len(report.requests)))]
     summary += [(BUCKET_LABELS[b], str(counts[b])) for b in BUCKETS if b != "queued" or counts[b]]
+    found_fact, found_line = found_by(report.requests)
+    if found_fact:
+        summary.append(("Found by", found_fact))
     summary.append(("Finished", when(report.finished_at or report.started_at)))
     if report.backend:
         summary.append(("Backend", report.backend))
     body.append(facts(summary))
+    if found_line:
+        body.append(text(found_line, isSubtle=True, spacing="Small"))
     if report.run_id:
         body.append(labelled("Run", report.run_id, mono=True, isSubtle=True, spacing="Small"))
 

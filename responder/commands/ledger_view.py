@@ -17,7 +17,16 @@ _OBJECT_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA
 # SenderFromAddress, RecipientObjectId + RecipientEmailAddress).
 _UPN_OF = (("AccountObjectId", "AccountUpn"), ("SenderObjectId", "SenderFromAddress"),
            ("RecipientObjectId", "RecipientEmailAddress"))
-LIST_COLUMNS = ("id", "rule", "action", "state", "target", "by", "created", "updated", "detail")
+# "found": which path found the request first (the ledger keeps the first request of an id): "push"
+# (Graph change notifications, issue 15) or "scheduled" (a scan of the hunting tables).
+LIST_COLUMNS = ("id", "rule", "action", "state", "found", "target", "by", "created", "updated", "detail")
+FOUND_BY = {"push": "the push path (Graph change notification)", "scheduled": "a scheduled scan"}
+
+
+def source_of(rec: Record) -> str:
+    """``push``, ``scheduled`` or "" (a request from before requests carried their source, an undo)."""
+    source = (rec.request or {}).get("source")
+    return source if source in FOUND_BY else ""
 
 
 def is_object_id(value: object) -> bool:
@@ -79,7 +88,7 @@ def state_text(rec: Record) -> str:
 def print_list(records: list[Record]) -> None:
     by_id = {r.request_id: r for r in records}
     print_table(LIST_COLUMNS,
-                [(r.request_id, r.rule, r.action, state_text(r), target_text(r),
+                [(r.request_id, r.rule, r.action, state_text(r), source_of(r), target_text(r),
                   people(r, by_id.get(str(r.extra.get("undone_by") or ""))), r.created_at, r.updated_at,
                   r.error or r.detail) for r in records],
                 whole=("id", "rule", "action", "created", "updated"),
@@ -111,7 +120,8 @@ def print_record(rec: Record, out: TextIO, *, command: str | None, undo: Record 
     for key, value in rec.target.items():
         upn = upn_for(value, rec) if is_object_id(value) else None
         lines.append(("target", f"{key}={value}" + (f" ({upn})" if upn else "")))
-    lines += [("held for", rec.hold_reason), ("run", rec.run_id), ("created", rec.created_at),
+    lines += [("found by", FOUND_BY.get(source_of(rec))), ("held for", rec.hold_reason), ("run", rec.run_id),
+              ("created", rec.created_at),
               ("updated", rec.updated_at)]
     decided = {"approved": rec.extra.get("approved_by"), "rejected": rec.extra.get("rejected_by")}
     for at, state in history(rec):

@@ -623,7 +623,8 @@ def record_json(r: Record) -> dict[str, Any]:
     return {"id": r.request_id, "rule": r.rule, "action": r.action, "target": r.target, "mode": r.mode,
             "state": r.state, "hold_reason": r.hold_reason, "attempts": r.attempts, "detail": r.detail,
             "error": r.error, "link": r.link, "undo": r.undo, "run_id": r.run_id,
-            "created_at": r.created_at, "updated_at": r.updated_at, "state_times": r.state_times, **r.extra}
+            "created_at": r.created_at, "updated_at": r.updated_at, "state_times": r.state_times,
+            "source": (r.request or {}).get("source"), **r.extra}
 
 
 def print_outcomes(outcomes: list[Outcome], *, as_json: bool) -> None:

@@ -79,7 +79,8 @@ def test_ledger_lists_times_and_people_with_the_upn_beside_an_object_id(
     assert main(["ledger"]) == 0
     out = capsys.readouterr().out
     header = out.splitlines()[0].split()
-    assert header == ["id", "rule", "action", "state", "target", "by", "created", "updated", "detail"]
+    assert header == ["id", "rule", "action", "state", "found", "target", "by", "created", "updated",
+                      "detail"]
     account = row_of(out, ids["account"])
     assert f"user={ADMIN_OID} (admin@contoso.com)" in account
     assert "approved by alice" in account
@@ -87,6 +88,27 @@ def test_ledger_lists_times_and_people_with_the_upn_beside_an_object_id(
     assert "rejected by bob" in row_of(out, ids["rejected"])
     assert "undone by carol" in row_of(out, ids["moved"])
     assert f"undo of {ids['moved']} by carol" in row_of(out, ids["undo"])
+
+
+def test_ledger_shows_which_path_found_a_request_first(env: Ledger,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The ledger keeps the first request of an id: a scan finding a copy the push path found first
+    leaves the row saying push, and the other way round."""
+    pushed, scanned = junk("nm-push-first", mode="auto"), junk("nm-scan-first", mode="auto")
+    env.receive({**pushed, "source": "push"})
+    env.receive({**pushed, "source": "scheduled"})        # the scan finds the same copy later
+    env.receive({**scanned, "source": "scheduled"})
+    env.receive({**scanned, "source": "push"})
+    assert main(["ledger"]) == 0
+    out = capsys.readouterr().out
+    assert row_of(out, pushed["id"]).split()[4] == "push"
+    assert row_of(out, scanned["id"]).split()[4] == "scheduled"
+    assert main(["ledger", "show", pushed["id"]]) == 0
+    fields = dict((line[:12].strip(), line[12:].strip()) for line in capsys.readouterr().out.splitlines())
+    assert fields["found by"] == "the push path (Graph change notification)"
+    assert main(["ledger", "--json"]) == 0
+    sources = {r["id"]: r["source"] for r in json.loads(capsys.readouterr().out)}
+    assert (sources[pushed["id"]], sources[scanned["id"]]) == ("push", "scheduled")
 
 
 def test_ledger_show_prints_the_whole_record_and_its_history_in_order(

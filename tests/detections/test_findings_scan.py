@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.request import validate_request
+from core.request import RequestInvalid, validate_request
 from core.tenant import TenantConfig
 from detections.backends.local import LocalBackend
 from detections.catalog import Rule, load_rule
@@ -142,6 +142,28 @@ def test_ids_are_stable_across_runs(tmp_path: Path) -> None:
     first = [r["id"] for r in run_scan([rule])[0].requests]
     again = [r["id"] for r in run_scan([rule])[0].requests]
     assert first == again and len(set(first)) == 2
+
+
+def test_scan_requests_say_scheduled_and_a_push_request_for_the_same_copy_has_the_same_id(
+        tmp_path: Path) -> None:
+    rule = staged_rule(tmp_path)
+    (run,) = run_scan([rule])
+    assert {r["source"] for r in run.requests} == {"scheduled"}
+    # The push worker turns its rows (same columns) into requests with source "push": same ids.
+    pushed = requests_from_rows(rule, [{**ROWS[1], "Stage": "link"}], modes={0: "auto", 1: "approval"},
+                                detected_at=NOW, run_id="push-1", source="push").requests
+    (push_req,) = pushed
+    scheduled = next(r for r in run.requests if r["action"] == "move_to_junk")
+    assert push_req["source"] == "push" and push_req["id"] == scheduled["id"]
+    validate_request(json.loads(json.dumps(push_req)))
+
+
+@pytest.mark.parametrize("source", ["", "Push", "manual", 1, None])
+def test_a_request_with_an_unknown_source_is_invalid(tmp_path: Path, source: object) -> None:
+    (run,) = run_scan([staged_rule(tmp_path)])
+    req = {**json.loads(json.dumps(run.requests[0])), "source": source}
+    with pytest.raises(RequestInvalid, match="source"):
+        validate_request(req)
 
 
 @pytest.mark.parametrize(

@@ -34,10 +34,13 @@ HTTP = {"scan": ("api/scan", ["POST"], "FUNCTION"), "health": ("api/health", ["G
         "page_stop_on": ("stop", ["POST"], "ANONYMOUS"),
         "page_stop_clear": ("stop/clear", ["POST"], "ANONYMOUS"),
         "stop": ("api/stop", ["POST"], "FUNCTION"), "stop_clear": ("api/stop/clear", ["POST"], "FUNCTION"),
-        "undo_run": ("api/runs/{id}/undo", ["POST"], "FUNCTION")}
+        "undo_run": ("api/runs/{id}/undo", ["POST"], "FUNCTION"),
+        # Graph posts notifications without a function key; each one's clientState is the check.
+        "push_notifications": ("api/push/notifications", ["POST"], "ANONYMOUS")}
 # Anonymous to the Functions host: App Service authentication (Easy Auth) signs people in in front of
 # them, and the app refuses them unless Easy Auth is configured (app/signin.py).
 PAGES = frozenset(n for n in HTTP if n.startswith("page_"))
+ANONYMOUS_API = frozenset({"health", "push_notifications"})
 
 
 def bindings(fn: Any) -> dict[str, dict[str, Any]]:
@@ -47,7 +50,8 @@ def bindings(fn: Any) -> dict[str, dict[str, Any]]:
 def test_function_set_is_one_timer_per_enabled_rule_plus_fixed_functions(functions: dict[str, Any]) -> None:
     catalog = load_catalog()
     timers = {schedules.function_name(slug) for slug in catalog}
-    assert set(functions) == timers | {"worker", "poison", "digest", "verify", "push_subscriptions", *HTTP}
+    assert set(functions) == timers | {"worker", "poison", "digest", "verify", "push_subscriptions",
+                                       "push_worker", "push_poison", *HTTP}
     for name in functions:
         assert schedules.FUNCTION_NAME_RE.match(name), name
 
@@ -80,6 +84,18 @@ def test_verify_timer_defaults_to_every_five_minutes(functions: dict[str, Any]) 
     assert bindings(functions["verify"]) == {"timer": timer}
 
 
+def test_push_worker_reads_the_push_queue_and_writes_the_requests_queue(functions: dict[str, Any]) -> None:
+    worker, poison = bindings(functions["push_worker"]), bindings(functions["push_poison"])
+    assert set(worker) == {"msg", "msgs"} and set(poison) == {"msg"}
+    assert (worker["msg"]["type"], worker["msg"]["queueName"]) == ("queueTrigger", "%RESPONDER_PUSH_QUEUE%")
+    assert (worker["msgs"]["type"], worker["msgs"]["direction"], worker["msgs"]["queueName"]) == (
+        "queue", "OUT", QUEUE)
+    assert (poison["msg"]["type"], poison["msg"]["queueName"]) == ("queueTrigger",
+                                                                   "%RESPONDER_PUSH_QUEUE%-poison")
+    connections = {b["connection"] for b in (worker["msg"], worker["msgs"], poison["msg"])}
+    assert connections == {"AzureWebJobsStorage"}
+
+
 def test_worker_and_poison_queue_triggers(functions: dict[str, Any]) -> None:
     worker, poison = bindings(functions["worker"]), bindings(functions["poison"])
     assert worker == {"msg": {"direction": "IN", "type": "queueTrigger", "name": "msg", "queueName": QUEUE,
@@ -96,12 +112,15 @@ def test_http_routes_methods_and_auth_levels(functions: dict[str, Any]) -> None:
         assert (b["req"]["route"], b["req"]["methods"], b["req"]["authLevel"]) == (route, methods, auth)
         assert b["$return"]["type"] == "http"
     assert bindings(functions["scan"])["msgs"]["queueName"] == QUEUE
+    assert bindings(functions["push_notifications"])["msgs"] == {
+        "direction": "OUT", "type": "queue", "name": "msgs", "queueName": "%RESPONDER_PUSH_QUEUE%",
+        "connection": "AzureWebJobsStorage"}
 
 
 def test_no_route_but_health_is_anonymous(functions: dict[str, Any]) -> None:
     for name, fn in functions.items():
         trig = bindings(fn).get("req")
-        if trig and trig["type"] == "httpTrigger" and name != "health" and name not in PAGES:
+        if trig and trig["type"] == "httpTrigger" and name not in ANONYMOUS_API and name not in PAGES:
             assert trig["authLevel"] in ("FUNCTION", "ADMIN"), name
         if trig and trig["type"] == "httpTrigger" and not trig["route"].startswith("api/"):
             assert name in PAGES, name   # outside /api only the Easy Auth-guarded page

@@ -82,7 +82,8 @@ def test_example_indexes_every_function(sample_dir: Path) -> None:
     fixed = {"worker", "poison", "digest", "verify", "scan", "health", "approve", "reject",
              "page_request", "page_approve", "page_reject", "page_run", "page_run_approve",
              "page_undo", "page_done", "page_run_undo", "page_stop", "page_stop_on", "page_stop_clear",
-             "stop", "stop_clear", "undo_run"}
+             "stop", "stop_clear", "undo_run", "push_notifications", "push_subscriptions", "push_worker",
+             "push_poison"}
     assert functions == timers | fixed
 
 

@@ -216,3 +216,30 @@ def test_unresolved_key_vault_reference_in_a_non_secret_setting_names_it(tenant_
     with pytest.raises(ConfigError, match=f"app setting {setting}: unresolved Key Vault reference") as err:
         bootstrap.load(env_with(tenant_file, **{setting: UNRESOLVED}))
     assert "secretvaultname" not in str(err.value)
+
+
+# --- the push path's settings (issue 15) ------------------------------------------------------------------
+
+def test_push_settings_are_loaded_with_the_rest(tenant_file: Path) -> None:
+    config = bootstrap.load(env_with(tenant_file, RESPONDER_PUSH="on",
+                                     RESPONDER_PUSH_NOTIFICATION_URL="https://app.example/api/push/notifications",
+                                     RESPONDER_PUSH_CLIENT_STATE="c" * 40))
+    assert config.push is not None and config.push.enabled and config.push.queue == "push-notifications"
+    assert config.problems == ()
+    off = bootstrap.load(env_with(tenant_file))
+    assert off.push is not None and not off.push.enabled and off.problems == ()
+
+
+@pytest.mark.parametrize(("extra", "setting"), [
+    ({"RESPONDER_PUSH_NOTIFICATION_URL": "http://app.example/api/push/notifications",
+      "RESPONDER_PUSH_CLIENT_STATE": "c" * 40}, "RESPONDER_PUSH_NOTIFICATION_URL"),
+    ({"RESPONDER_PUSH_NOTIFICATION_URL": "https://app.example/api/push/notifications",
+      "RESPONDER_PUSH_CLIENT_STATE": UNRESOLVED}, "RESPONDER_PUSH_CLIENT_STATE")])
+def test_a_wrong_push_setting_turns_the_push_path_off_not_the_app(tenant_file: Path, extra: dict[str, str],
+                                                                   setting: str) -> None:
+    # The scheduled rules must keep running: the push path is optional (docs/push.md).
+    config = bootstrap.load(env_with(tenant_file, RESPONDER_PUSH="on", **extra))
+    assert config.push is None
+    (problem,) = config.problems        # once, also when it is an unresolved Key Vault reference
+    assert problem.startswith(f"app setting {setting}:")
+    assert "kv-xdr-secretvaultname" not in problem and config.timers

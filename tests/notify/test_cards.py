@@ -106,6 +106,27 @@ def test_scan_card_counts_every_bucket() -> None:
     assert card_kind(card) == "scan"
 
 
+def with_sources(report: RunReport, sources: list[str | None]) -> RunReport:
+    report.requests = [{**r, "source": src} if src else {k: v for k, v in r.items() if k != "source"}
+                       for r, src in zip(report.requests, sources, strict=True)]
+    return report
+
+
+def test_scan_card_says_which_path_found_the_requests() -> None:
+    pushed = scan_card(with_sources(examples.scan_report(3), ["push", "push", "push"]))
+    assert_teams_ok(pushed)
+    assert facts_of(pushed)["Found by"] == "push path"
+    assert "These requests were found by the push path" in all_text(pushed)
+    mixed = scan_card(with_sources(examples.scan_report(3), ["push", "scheduled", "push"]))
+    assert facts_of(mixed)["Found by"] == "push path (2), scheduled scan (1)"
+    assert "2 of these requests were found by the push path" in all_text(mixed)
+    scheduled = scan_card(with_sources(examples.scan_report(3), ["scheduled"] * 3))
+    assert facts_of(scheduled)["Found by"] == "scheduled scan"
+    assert "push path" not in all_text(scheduled)
+    unknown = scan_card(with_sources(examples.scan_report(3), [None] * 3))   # requests from before `source`
+    assert "Found by" not in facts_of(unknown)
+
+
 def test_scan_card_severity_colour() -> None:
     for severity, colour in (("High", "attention"), ("Medium", "warning"), ("Low", "accent")):
         report = examples.scan_report(2)

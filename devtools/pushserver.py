@@ -1,0 +1,129 @@
+"""The push notification endpoint served on a loopback port (dev, demo and tests only; never deployed).
+
+The fake Graph (devtools/fakegraph.py) delivers subscriptions' validation handshakes and notifications
+over real HTTP, so the function's handler must be reachable at a URL: this tiny server plays the
+Functions host for the one route ``POST /api/push/notifications`` (host.json's routePrefix is ""). It
+hands the request to the same handler function_app.py binds (``app.handlers.http_push_notifications``),
+with the query string decoded as the host decodes it, and what the handler puts in its queue output
+binding goes to ``on_queue`` after the handler returns, as the host writes output bindings.
+``azurite_sink`` writes them base64-encoded, as the host's queue output binding does (host.json
+messageEncoding), so the push worker's queue trigger reads them back unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import azure.functions as func
+
+from app import handlers
+from app.runtime import Runtime
+
+ROUTE = "/api/push/notifications"
+
+
+class _Out(func.Out):
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def set(self, val: Any) -> None:
+        self.value = val
+
+    def get(self) -> Any:
+        return self.value
+
+
+def azurite_sink(connection_string: str, queue: str) -> Callable[[list[str]], None]:
+    """``on_queue`` that puts each message on an Azurite queue the way the host's output binding does."""
+    from azure.storage.queue import QueueClient
+
+    client = QueueClient.from_connection_string(connection_string, queue)
+    try:
+        client.create_queue()
+    except Exception as exc:   # already there
+        if "QueueAlreadyExists" not in str(exc):
+            raise
+
+    def put(bodies: list[str]) -> None:
+        for body in bodies:
+            client.send_message(base64.b64encode(body.encode("utf-8")).decode("ascii"))
+
+    return put
+
+
+@dataclass
+class PushServer:
+    runtime: Runtime
+    on_queue: Callable[[list[str]], None] = lambda _bodies: None
+    host: str = "127.0.0.1"
+    port: int = 0
+    requests: list[tuple[str, int]] = field(default_factory=list)   # (query string kind, status) served
+    _server: ThreadingHTTPServer | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    @property
+    def url(self) -> str:
+        """The notification URL to subscribe with."""
+        assert self._server is not None
+        return f"http://{self.host}:{self._server.server_address[1]}{ROUTE}"
+
+    def __enter__(self) -> PushServer:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                outer._serve(self)
+
+            def do_GET(self) -> None:
+                outer._reply(self, 404, b"not found", {}, "text/plain")
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _serve(self, h: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(h.path)
+        if parts.path != ROUTE:
+            self._reply(h, 404, b"not found", {}, "text/plain")
+            return
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        req = func.HttpRequest(method="POST", url=f"http://{self.host}{h.path}", body=body,
+                               headers=dict(h.headers.items()), params=params, route_params={})
+        out = _Out()
+        with self._lock:   # one request at a time, like a single worker
+            resp = asyncio.run(handlers.http_push_notifications(self.runtime, req, out))
+            if out.value:
+                self.on_queue(list(out.value))
+            self.requests.append(("handshake" if "validationToken" in params else "notifications",
+                                  resp.status_code))
+        self._reply(h, resp.status_code, resp.get_body(), dict(resp.headers), resp.mimetype)
+
+    @staticmethod
+    def _reply(h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str],
+               mimetype: str | None) -> None:
+        h.send_response(status)
+        for k, v in headers.items():
+            if k.lower() not in ("content-length", "content-type"):
+                h.send_header(k, v)
+        if body:
+            h.send_header("Content-Type", f"{mimetype or 'text/plain'}; charset=utf-8")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
