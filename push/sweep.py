@@ -85,15 +85,6 @@ def hot_until(last_copy: datetime, window: timedelta, now: datetime) -> datetime
     return min(last_copy + min(window, MAX_HOT), now + MAX_HOT)
 
 
-def sweep_times(flagged_at: datetime, until: datetime) -> list[datetime]:
-    """When the chain's sweeps run: at flag time, then every SWEEP_EVERY while the previous one ran before
-    ``until`` (the last runs at or after it). The benchmark's model of ``Sweeper.sweep``'s loop."""
-    times = [flagged_at]
-    while times[-1] < until:
-        times.append(times[-1] + SWEEP_EVERY)
-    return times
-
-
 def campaign_row_key(campaign: str) -> str:
     return hashlib.sha256(campaign.encode("utf-8")).hexdigest()
 
