@@ -29,6 +29,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import azure.functions as func
@@ -39,6 +40,7 @@ from detections.scan import RuleRun
 from push.graphread import GraphTransient, MessageReader
 from push.notification import Notification, NotificationInvalid
 from push.state import TableState
+from push.sweep import Sweeper
 from push.worker import PushResult, PushRun, PushWorker
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class PushServices:
     table: Any                                  # azure.data.tables.aio.TableClient on the push table
     subscriptions: Any                          # push.contract.SubscriptionLookup
     manager: Any = None                         # push.subscriptions.SubscriptionManager (lifecycle items)
+    send: Any = None                            # (item, delay) -> None: a sweep message on the push queue
     states: dict[str, TableState] = field(default_factory=dict)
 
     def state_for(self, slug: str) -> TableState:
@@ -121,13 +124,25 @@ async def services(rt: Runtime) -> AsyncIterator[PushServices]:
         for item in items:
             await queue.send_message(json.dumps(item, separators=(",", ":")))
 
+    async def send(item: dict[str, Any], delay: timedelta) -> None:
+        # A sweep message (push/sweep.py), visible after ``delay`` (the queue's visibility timeout).
+        await queue.send_message(json.dumps(item, separators=(",", ":")),
+                                 visibility_timeout=_visibility(delay))
+
     async with table, queue:
         store = SubscriptionStore(table)
         if not shared.table_ready:
             await store.ensure_table()   # one table for the subscription rows and the stream state
             shared.table_ready = True
         manager = SubscriptionManager(shared.graph, store, push, enqueue, clock=rt.clock)
-        yield PushServices(reader=shared.reader, table=table, subscriptions=store, manager=manager)
+        yield PushServices(reader=shared.reader, table=table, subscriptions=store, manager=manager, send=send)
+
+
+def _visibility(delay: timedelta) -> int:
+    """Seconds a sweep message stays invisible (Put Message's visibilitytimeout, whole seconds:
+    https://learn.microsoft.com/rest/api/storageservices/put-message). Azurite honours it in real time, so
+    the function tests replace this to run a chain without waiting."""
+    return max(0, int(delay.total_seconds()))
 
 
 def _lifecycle(rt: Runtime, svc: PushServices) -> Callable[[Notification], Any]:
@@ -151,6 +166,13 @@ def _lifecycle(rt: Runtime, svc: PushServices) -> Callable[[Notification], Any]:
     return handle
 
 
+def _sweeper(rt: Runtime, svc: PushServices) -> Sweeper | None:
+    if svc.manager is None or svc.send is None:
+        return None
+    return Sweeper(svc.table, svc.send, svc.manager, clock=rt.clock,
+                   tenant_id=(rt.settings.tenant_id or "").lower())
+
+
 def _emit(rt: Runtime, messages: list[str]) -> Callable[[PushRun], Any]:
     async def emit(run: PushRun) -> None:
         now = rt.clock()
@@ -166,7 +188,8 @@ def _emit(rt: Runtime, messages: list[str]) -> Callable[[PushRun], Any]:
 
 
 # Outcomes someone should look at, as telemetry error classes (docs/telemetry.schema.json).
-_ERROR_CLASS = {"invalid": "invalid", "forged": "invalid", "poison": "poison", "graph_refused": "permission"}
+_ERROR_CLASS = {"invalid": "invalid", "forged": "invalid", "poison": "poison", "graph_refused": "permission",
+                "sweep_unknown": "invalid"}
 
 
 def _record(result: PushResult | None, outcome: str, *, delivery: int, mailbox: str | None = None,
@@ -202,7 +225,8 @@ async def _process(rt: Runtime, svc: PushServices, msg: func.QueueMessage,
     worker = PushWorker(graph=svc.reader, subscriptions=svc.subscriptions, state_for=svc.state_for,
                         catalog=rt.config.catalog, streaming=_streaming(), tenant=rt.config.tenant,
                         emit=_emit(rt, messages), on_lifecycle=_lifecycle(rt, svc) if svc.manager else None,
-                        dry_run=rt.settings.dry_run, tenant_id=rt.settings.tenant_id or "", clock=rt.clock)
+                        dry_run=rt.settings.dry_run, tenant_id=rt.settings.tenant_id or "", clock=rt.clock,
+                        sweeper=_sweeper(rt, svc))
     try:
         result = await worker.process(msg.get_body())
     except NotificationInvalid as exc:

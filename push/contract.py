@@ -12,6 +12,10 @@ kinds:
   missed), ``tenant_id``.
 * ``message``: a message found by a delta resync (after ``missed`` or a repaired subscription):
   ``subscription_id``, ``user_id``, ``message_id``; processed like a change.
+* ``sweep``: one step of a hot-campaign sweep (push/sweep.py): ``rule`` (a streaming rule's slug),
+  ``campaign`` (SHA-256 hex of the campaign key: the marker row's RowKey), ``chain_id`` (32 hex),
+  ``seq`` (an integer, the step), optional ``tenant_id``. It only causes delta reads of the rule's
+  protected Inboxes, and only while the rule (the catalog is the authority) and its marker row agree.
 Every message carries ``received_at`` (when the endpoint or the resync queued it, UTC ISO).
 """
 
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 SCHEMA = "push-notification/1"
-KINDS = ("change", "lifecycle", "message")
+KINDS = ("change", "lifecycle", "message", "sweep")
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
 
 

@@ -33,8 +33,13 @@ _REQUIRED = {
                "tenant_id", "received_at"),
     "lifecycle": ("schema", "kind", "subscription_id", "lifecycle_event", "tenant_id", "received_at"),
     "message": ("schema", "kind", "subscription_id", "user_id", "message_id", "received_at"),
+    "sweep": ("schema", "kind", "rule", "campaign", "chain_id", "seq", "received_at"),
 }
-_OPTIONAL = {"change": (), "lifecycle": (), "message": ("tenant_id",)}
+_OPTIONAL = {"change": (), "lifecycle": (), "message": ("tenant_id",), "sweep": ("tenant_id",)}
+_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}\Z")    # a rule slug (detections/catalog.py file names)
+_CAMPAIGN = re.compile(r"^[0-9a-f]{64}\Z")           # SHA-256 hex of the campaign key
+_CHAIN = re.compile(r"^[0-9a-f]{32}\Z")
+MAX_SEQ = 1_000_000
 
 
 class NotificationInvalid(ValueError):
@@ -52,9 +57,15 @@ class Notification:
     user_id: str = ""
     message_id: str = ""
     lifecycle_event: str = ""
+    rule: str = ""
+    campaign: str = ""
+    chain_id: str = ""
+    seq: int = 0
 
     def describe(self) -> str:
         """Ids only, for logs."""
+        if self.kind == "sweep":
+            return f"sweep {self.seq} of {self.rule}/{self.campaign[:16]} (chain {self.chain_id[:8]})"
         what = self.lifecycle_event if self.kind == "lifecycle" else f"message {self.message_id[-16:]}"
         return f"{self.kind} ({what}) of subscription {self.subscription_id}"
 
@@ -82,11 +93,22 @@ def parse_notification(body: str | bytes) -> Notification:
         if name not in data:
             raise NotificationInvalid(f"{name}: missing")
     for name in data:
-        if not isinstance(data[name], str):
+        if name == "seq":
+            seq = data[name]
+            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+                raise NotificationInvalid(f"seq: expected an integer from 0 to {MAX_SEQ}")
+        elif not isinstance(data[name], str):
             raise NotificationInvalid(f"{name}: expected a string")
-    _match(data, "subscription_id", _SUBSCRIPTION_ID)
     if "tenant_id" in data:
         _match(data, "tenant_id", _TENANT_ID)
+    if kind == "sweep":
+        _match(data, "rule", _RULE)
+        _match(data, "campaign", _CAMPAIGN)
+        _match(data, "chain_id", _CHAIN)
+        return Notification(kind=kind, subscription_id="", received_at=_received_at(data["received_at"]),
+                            tenant_id=data.get("tenant_id", "").lower(), rule=data["rule"],
+                            campaign=data["campaign"], chain_id=data["chain_id"], seq=data["seq"])
+    _match(data, "subscription_id", _SUBSCRIPTION_ID)
     fields: dict[str, Any] = {"kind": kind, "subscription_id": data["subscription_id"].lower(),
                               "received_at": _received_at(data["received_at"]),
                               "tenant_id": data.get("tenant_id", "").lower()}

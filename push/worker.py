@@ -17,6 +17,12 @@
 
 ``lifecycle``: handed to ``on_lifecycle`` (push/lifecycle.py, wired by the app).
 
+``sweep`` (push/sweep.py): the rule named must be a streaming rule of the catalog, enabled, with a
+``correlation_window``; else nothing is read at all. Then one step of the campaign's sweep chain: delta
+reads of that rule's protected Inboxes, whose new messages are queued as ``message`` items (the rule decides
+on each). A rule that returns rows for a message starts or extends its campaign's sweep; a failure to
+do so is logged and never fails the notification (it costs time, not coverage).
+
 Failures: an invalid message raises NotificationInvalid (the app logs it and drops it: retrying cannot
 fix it). Graph throttling/5xx/timeouts raise GraphTransient, and storage errors propagate, so the host
 retries the queue message and moves it to ``<queue>-poison`` after maxDequeueCount (host.json), like the
@@ -41,13 +47,15 @@ from push.contract import Subscription, SubscriptionLookup
 from push.graphread import GraphRefused, MessageReader
 from push.mailfacts import MailFactError, MissingNetworkMessageId, mail_fact
 from push.notification import Notification, parse_notification
+from push.sweep import Sweeper, hot_window
 
 log = logging.getLogger(__name__)
 SOURCE = "push"
 
 # What became of one queue message (PushResult.outcome); the app counts them in telemetry.
 OUTCOMES = ("requests", "no_match", "gone", "forged", "not_protected", "no_network_message_id",
-            "bad_message", "graph_refused", "lifecycle", "lifecycle_unhandled")
+            "bad_message", "graph_refused", "lifecycle", "lifecycle_unhandled", "sweep", "sweep_stopped",
+            "sweep_unknown")
 
 
 @dataclass
@@ -85,7 +93,8 @@ class PushWorker:
     def __init__(self, *, graph: Any, subscriptions: SubscriptionLookup, state_for: StateFor,
                  catalog: Mapping[str, Rule], streaming: Mapping[str, Observe], tenant: TenantConfig,
                  emit: Emit, on_lifecycle: OnLifecycle | None = None, dry_run: bool = False,
-                 tenant_id: str = "", clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 tenant_id: str = "", clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 sweeper: Sweeper | None = None) -> None:
         self.reader = graph if isinstance(graph, MessageReader) else MessageReader(graph)
         self.subscriptions = subscriptions
         self.state_for = state_for
@@ -97,6 +106,7 @@ class PushWorker:
         self.dry_run = dry_run
         self.tenant_id = tenant_id.lower()
         self.clock = clock
+        self.sweeper = sweeper
         self._params: dict[str, dict[str, Any] | None] = {}
 
     async def process(self, body: str | bytes) -> PushResult:
@@ -109,6 +119,8 @@ class PushWorker:
                 return PushResult(n, "lifecycle_unhandled")
             await self.on_lifecycle(n)
             return PushResult(n, "lifecycle")
+        if n.kind == "sweep":
+            return await self._sweep(n)
         sub = await self.subscriptions.by_id(n.subscription_id)
         if sub is None:
             return self._drop(n, "forged", "no such subscription of ours")
@@ -138,16 +150,44 @@ class PushWorker:
             log.warning("push: %s in %s: unusable message: %s", n.describe(), sub.mailbox, exc)
             return PushResult(n, "bad_message", str(exc))
         runs = []
+        flagged = []
         for rule, params, observe in rules:
             rows = await observe(fact, params, self.state_for(rule.slug))
             if rows:
                 runs.append(self._requests(rule, rows, fact))
+                flagged.append((rule.slug, params, rows))
         for run in runs:
             if run.problems:
                 log.warning("push: %s: %s", run.rule.slug, "; ".join(run.problems[:5]))
             if run.requests:
                 await self.emit(run)
+        for slug, params, rows in flagged:
+            await self._flag(slug, params, rows)
         return PushResult(n, "requests" if any(r.requests for r in runs) else "no_match", runs=runs)
+
+    async def _flag(self, slug: str, params: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        if self.sweeper is None:
+            return
+        try:
+            await self.sweeper.flagged(slug, params, rows)
+        except Exception as exc:   # the requests are out; a sweep only saves time
+            log.warning("push: rule %s: could not start the campaign sweep: %s", slug, type(exc).__name__)
+
+    async def _sweep(self, n: Notification) -> PushResult:
+        rule = self.catalog.get(n.rule)
+        params = self._resolved(n.rule) if rule is not None and n.rule in self.streaming else None
+        if params is None or hot_window(params) is None or self.sweeper is None:
+            return self._drop(n, "sweep_unknown", "no enabled streaming rule of that name sweeps")
+        done = await self.sweeper.sweep(n.rule, n.campaign, n.chain_id, n.seq,
+                                        params.get("protected_recipients") or ())
+        if done.outcome != "swept":
+            log.info("push: %s stopped: %s", n.describe(), done.outcome)
+            return PushResult(n, "sweep_stopped", done.outcome)
+        detail = (f"{done.mailboxes} inbox(es), {done.items} message(s) queued"
+                  + (f", failed: {', '.join(sorted(done.failed))}" if done.failed else "")
+                  + ("" if done.continues else ", chain ended"))
+        log.info("push: %s: %s", n.describe(), detail)
+        return PushResult(n, "sweep", detail)
 
     def _drop(self, n: Notification, outcome: str, why: str) -> PushResult:
         log.warning("push: %s dropped: %s (forged or stale)", n.describe(), why)

@@ -450,6 +450,9 @@ def run_push(v: Variant, trace: Trace, background: list[dict[str, Any]], rule: A
         "dropped_inbox_s": [(c.moved - c.arrived).total_seconds() for c in campaign if c.dropped and c.moved],
         "missed_resyncs": res.missed_resyncs,
         "resync_messages": res.resync_messages,
+        "sweeps": res.sweeps,
+        "sweep_delta_calls": res.sweep_delta_calls,
+        "sweep_messages": res.sweep_messages,
         "observe_calls": res.observe_calls,
         "evidence": evidence,
     }
@@ -479,6 +482,10 @@ def push_summary(res: list[dict[str, Any]]) -> dict[str, Any]:
         "dropped_campaign_notifications": sum(r["dropped_campaign"] for r in res),
         "missed_resyncs": sum(r["missed_resyncs"] for r in res),
         "resync_messages": sum(r["resync_messages"] for r in res),
+        # the hot-campaign sweep (push/sweep.py): sweep messages, their delta rounds, messages they found
+        "sweeps": sum(r["sweeps"] for r in res),
+        "sweep_delta_calls": sum(r["sweep_delta_calls"] for r in res),
+        "sweep_messages": sum(r["sweep_messages"] for r in res),
         "observe_calls": sum(r["observe_calls"] for r in res),
         "with_schedule_backstop": {
             "evidence_to_junk_s": _seconds([b["evidence_s"] for b in both if b["evidence_s"] is not None]),

@@ -12,6 +12,14 @@ real ``Observe``, ``detections.streaming.registry.STREAMING[slug]``) as a ``Mail
 requests through ``detections.findings.requests_from_rows`` exactly as the scheduled path's rows do
 (same ids, so a copy found twice is acted on once), and each new request is a mailbox-strategy move.
 
+The hot-campaign sweep (push/sweep.py, modelled with its own ``SWEEP_EVERY``, ``hot_window`` and
+``hot_until`` so the model and the product cannot drift): when the rule returns rows, each campaign they
+name gets a sweep chain (or its hot-until moved later): a sweep at flag time (one queue put and hop), then
+one every ``SWEEP_EVERY`` (the successor's visibility delay, then the queue hop) while the previous ran
+before hot-until. A sweep reads the marker and claims its step (two Table operations, one queue put), then
+resyncs every protected Inbox at once (one delta page each) from the folder's delta link, the same link a
+``missed`` resync uses; each message found is read and observed like a notified one.
+
 Processing latencies (``Latencies``, seconds, uniform draws; the figures and where they come from):
 
 * queue hop (endpoint -> push worker, and request -> remediation worker): 0-5 s. Our host.json sets the
@@ -49,6 +57,7 @@ from detections.findings import requests_from_rows
 from detections.streaming import MailFact, MemoryState, Observe
 from detections.streaming.tables import facts_from_tables
 from devtools.pushlatency import draw_latency
+from push.sweep import SWEEP_EVERY, campaigns, hot_until, hot_window
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,9 @@ class PushOutcome:
     dropped_campaign: int = 0  # of which the campaign's copies
     missed_resyncs: int = 0
     resync_messages: int = 0  # messages the delta resyncs handed to the worker again
+    sweeps: int = 0  # sweep messages processed (hot-campaign sweep)
+    sweep_delta_calls: int = 0  # delta rounds those sweeps ran (one per protected Inbox each)
+    sweep_messages: int = 0  # messages the sweeps handed to the worker
     false_positive_rows: int = 0
     observe_calls: int = 0
     request_ids: set[str] = field(default_factory=set)
@@ -116,10 +128,12 @@ async def simulate_push(
     horizon: datetime,
     delta_since: datetime,
     latencies: Latencies = Latencies(),
+    sweep: bool = True,
 ) -> PushOutcome:
     """Deliver every copy's notification (or drop it and resync through ``missed``), run the streaming
-    rule on each message the worker reads, move every copy it returns. ``copies`` may hold background
-    mail; only Inbox copies belong here (an Inbox subscription hears of nothing else).
+    rule on each message the worker reads, move every copy it returns, and (``sweep``) sweep the protected
+    Inboxes while a flagged campaign is hot. ``copies`` may hold background mail; only Inbox copies belong
+    here (an Inbox subscription hears of nothing else).
 
     The notification latencies come from their own generator (``seed``), drawn in the copies' order
     before anything else, so two runs of one trace that differ only in ``drop_rate`` share them.
@@ -134,6 +148,9 @@ async def simulate_push(
     for c in out.copies:
         by_mailbox.setdefault(c.fact.mailbox, []).append(c)
     last_link = dict.fromkeys(by_mailbox, delta_since)
+    protected = sorted({str(m).strip().lower() for m in params.get("protected_recipients") or ()})
+    window = hot_window(params) if sweep else None
+    hot: dict[str, datetime] = {}  # campaign key -> hot-until of its running chain (the marker row)
     seq = itertools.count()
     events: list[tuple[datetime, int, str, Any]] = []
 
@@ -154,20 +171,37 @@ async def simulate_push(
         else:
             at(c.arrived + latency[c.key], "change", c)
 
+    def resync(mailbox: str, t2: datetime) -> list[InboxCopy]:
+        """One delta round of the mailbox's Inbox answered at ``t2``: what arrived since the last one."""
+        since, last_link[mailbox] = last_link.get(mailbox, delta_since), t2 + _u(rng, latencies.state_op)
+        # Messages moved out of the Inbox since come back as @removed: nothing to do for them.
+        return [c for c in by_mailbox.get(mailbox, ())
+                if since < c.arrived <= t2 and (c.moved is None or c.moved > t2)]
+
     while events:
         t, _, kind, payload = heapq.heappop(events)
-        if kind == "change":  # endpoint: clientState check, one queue put; then the queue hop
+        if kind == "sweep":  # marker read + claim, successor put, then every protected Inbox at once
+            out.sweeps += 1
+            key = payload
+            t1 = t + _u(rng, latencies.state_op) + _u(rng, latencies.state_op)
+            if t < hot[key]:
+                nxt = t1 + _u(rng, latencies.queue_put) + SWEEP_EVERY  # visible after the delay
+                at(nxt + _u(rng, latencies.queue_hop), "sweep", key)
+            else:
+                del hot[key]  # the chain ends (marker deleted): the next flag starts another
+            for mailbox in protected:
+                out.sweep_delta_calls += 1
+                t2 = t1 + _u(rng, latencies.graph_call)
+                for c in resync(mailbox, t2):
+                    out.sweep_messages += 1
+                    at(t2 + _u(rng, latencies.queue_put) + _u(rng, latencies.queue_hop), "read", c)
+        elif kind == "change":  # endpoint: clientState check, one queue put; then the queue hop
             at(t + _u(rng, latencies.queue_put) + _u(rng, latencies.queue_hop), "read", payload)
         elif kind == "missed":  # endpoint, queue, then the resync: subscription row, delta page(s)
             out.missed_resyncs += 1
             t2 = (t + _u(rng, latencies.queue_put) + _u(rng, latencies.queue_hop)
                   + _u(rng, latencies.state_op) + _u(rng, latencies.graph_call))
-            mailbox = payload
-            since, last_link[mailbox] = last_link[mailbox], t2 + _u(rng, latencies.state_op)
-            # Messages moved out of the Inbox since come back as @removed: nothing to do for them.
-            found = [c for c in by_mailbox[mailbox]
-                     if since < c.arrived <= t2 and (c.moved is None or c.moved > t2)]
-            for c in found:
+            for c in resync(payload, t2):
                 out.resync_messages += 1
                 at(t2 + _u(rng, latencies.queue_put) + _u(rng, latencies.queue_hop), "read", c)
         elif kind == "read":  # push worker: GET the message, state load + save around the rule
@@ -180,6 +214,15 @@ async def simulate_push(
             rows = await observe(fact, params, state)
             if not rows:
                 continue
+            if window is not None:  # start (or extend) each campaign's sweep: marker read + write
+                for key, last in campaigns(rows).items():
+                    until = hot_until(last, window, t2)
+                    if key in hot:
+                        hot[key] = max(hot[key], until)
+                    elif until > t2:
+                        hot[key] = until
+                        at(t2 + _u(rng, latencies.state_op) * 2 + _u(rng, latencies.queue_put)
+                           + _u(rng, latencies.queue_hop), "sweep", key)
             findings = requests_from_rows(rule, rows, modes={i: a.mode for i, a in enumerate(rule.actions)},
                                           detected_at=t2,
                                           run_id=f"push-{c.fact.network_message_id}")

@@ -16,11 +16,12 @@ from core.tenant import load_tenant_config
 from detections.catalog import load_catalog
 from detections.params import resolve_params
 from devtools.bench import __main__ as bench_main
-from devtools.bench import ttr
+from devtools.bench import ttr, ttr_push
 from devtools.bench.report import render
 from devtools.bench.ttr_push import InboxCopy, fact_from_row, simulate_push
 from devtools.sample import generate
 from devtools.sample.rows import Mail, Recipient, email_rows
+from push.sweep import SWEEP_EVERY
 
 T0 = datetime(2026, 11, 20, 8, tzinfo=UTC)
 BOXES = ["support@contoso.com", "sales@contoso.com", "info@contoso.com", "jobs@contoso.com",
@@ -56,11 +57,12 @@ def copies_of(sender: str, mails: list[tuple[timedelta, list[str]]], nmid: str) 
     return out
 
 
-def push(copies: list[InboxCopy], rule_params: tuple[Any, dict[str, Any]], drop_rate: float) -> Any:
+def push(copies: list[InboxCopy], rule_params: tuple[Any, dict[str, Any]], drop_rate: float,
+         **kw: Any) -> Any:
     rule, params = rule_params
     return asyncio.run(simulate_push(copies, rule=rule, observe=ttr.OBSERVE, params=params,
                                      drop_rate=drop_rate, seed=11, horizon=T0 + ttr.HORIZON,
-                                     delta_since=T0 - timedelta(hours=2)))
+                                     delta_since=T0 - timedelta(hours=2), **kw))
 
 
 CAMPAIGN = [(timedelta(0), BOXES[:3]), (timedelta(minutes=4), [BOXES[3]]), (timedelta(minutes=9), [BOXES[4]])]
@@ -98,7 +100,8 @@ def test_report_shows_every_variant_and_the_push_targets(bench_json: dict[str, A
 
 def test_a_dropped_notification_is_caught_by_the_missed_resync(rule_params: Any) -> None:
     copies = copies_of("campaign.desk@gmail.com", CAMPAIGN, "c")
-    out = push(copies, rule_params, drop_rate=1.0)  # every change notification lost
+    # every change notification lost; no sweep, so the missed resyncs alone must find every copy
+    out = push(copies, rule_params, drop_rate=1.0, sweep=False)
     assert out.dropped == out.notifications == 5
     assert out.missed_resyncs == 5
     assert out.resync_messages >= 5
@@ -114,6 +117,28 @@ def test_delivered_notifications_move_every_copy_without_a_resync(rule_params: A
     assert all(c.moved is not None for c in out.copies)
 
 
+def test_a_late_notified_copy_is_moved_by_the_hot_campaign_sweep(rule_params: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The three first copies are notified in 10 s and flag the campaign; the two later ones' notifications
+    come at Graph's documented 3-minute cap. The sweep (push/sweep.py: every SWEEP_EVERY while hot) finds
+    them in their Inboxes first; without it they wait for their own notification."""
+    latencies = iter([10.0, 10.0, 10.0, 180.0, 180.0])
+    monkeypatch.setattr(ttr_push, "draw_latency", lambda _rng: next(latencies))
+    out = push(copies_of("campaign.desk@gmail.com", CAMPAIGN, "c"), rule_params, drop_rate=0.0)
+    late = [c for c in out.copies if c.arrived > T0]
+    assert len(late) == 2 and all(c.moved is not None for c in out.copies)
+    for c in late:  # found by a sweep within SWEEP_EVERY plus processing, long before its notification
+        assert c.moved - c.arrived < SWEEP_EVERY + timedelta(seconds=30), c.key
+    boxes = len(rule_params[1]["protected_recipients"])
+    assert out.sweeps >= 9 and out.sweep_delta_calls == out.sweeps * boxes
+    assert out.sweep_messages >= 2
+    latencies = iter([10.0, 10.0, 10.0, 180.0, 180.0])
+    without = push(copies_of("campaign.desk@gmail.com", CAMPAIGN, "c"), rule_params, drop_rate=0.0,
+                   sweep=False)
+    assert without.sweeps == 0
+    assert all(c.moved - c.arrived >= timedelta(seconds=180) for c in without.copies if c.arrived > T0)
+
+
 def test_a_trace_without_a_campaign_moves_nothing(rule_params: Any) -> None:
     below = copies_of("one.customer@gmail.com", [(timedelta(0), BOXES[:2])], "below")  # 2 of threshold 2
     business = copies_of("orders@fabrikam.example", [(timedelta(0), BOXES)], "biz")  # not consumer mail
@@ -124,6 +149,7 @@ def test_a_trace_without_a_campaign_moves_nothing(rule_params: Any) -> None:
     assert not out.request_ids
     assert all(c.moved is None for c in out.copies)
     assert out.false_positive_rows == 0
+    assert out.sweeps == 0  # nothing flagged: no sweep
 
 
 def test_evidence_is_the_copy_that_crosses_the_threshold() -> None:
