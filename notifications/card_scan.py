@@ -91,6 +91,17 @@ def found_by(requests: list[dict[str, Any]]) -> tuple[str | None, str | None]:
     return None, None
 
 
+PUSH_BACKEND = "push path (Graph change notifications)"
+
+
+def backend_label(report: RunReport) -> str | None:
+    """What the run read: the configured query backend, except for a push run (every request has
+    ``source`` push), which read the mailboxes through Graph change notifications, not the backend."""
+    if report.requests and all(r.get("source") == "push" for r in report.requests):
+        return PUSH_BACKEND
+    return report.backend
+
+
 def _per_action_lines(report: RunReport) -> list[Element]:
     by_action: dict[str, Counter[str]] = {}
     outcomes = {o.request_id: o for o in report.outcomes}
@@ -187,7 +198,7 @@ def _scan(report: RunReport, n: int, w: int) -> dict[str, Any]:
         summary.append(("Found by", found_fact))
     summary.append(("Finished", when(report.finished_at or report.started_at)))
     if report.backend:
-        summary.append(("Backend", report.backend))
+        summary.append(("Backend", backend_label(report)))
     body.append(facts(summary))
     if found_line:
         body.append(text(found_line, isSubtle=True, spacing="Small"))

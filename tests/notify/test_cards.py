@@ -127,6 +127,19 @@ def test_scan_card_says_which_path_found_the_requests() -> None:
     assert "Found by" not in facts_of(unknown)
 
 
+def test_a_push_runs_card_names_the_push_path_as_its_backend_not_the_query_backend() -> None:
+    # A push run read the mailboxes (Graph change notifications); the app's query backend never ran.
+    pushed = with_sources(examples.scan_report(3), ["push"] * 3)
+    pushed.backend = "defender"
+    assert facts_of(scan_card(pushed))["Backend"] == "push path (Graph change notifications)"
+    scheduled = with_sources(examples.scan_report(3), ["scheduled"] * 3)
+    scheduled.backend = "defender"
+    assert facts_of(scan_card(scheduled))["Backend"] == "defender"
+    mixed = with_sources(examples.scan_report(3), ["push", "scheduled", "push"])   # a scan's run
+    mixed.backend = "sentinel"
+    assert facts_of(scan_card(mixed))["Backend"] == "sentinel"
+
+
 def test_scan_card_severity_colour() -> None:
     for severity, colour in (("High", "attention"), ("Medium", "warning"), ("Low", "accent")):
         report = examples.scan_report(2)
