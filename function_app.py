@@ -205,13 +205,16 @@ async def push_notifications(req: func.HttpRequest, msgs: func.Out[typing.List[s
 
 
 # The push worker (app/push_worker.py): one queued notification -> the streaming rules -> requests on the
-# requests queue, exactly as a scan queues them. Its poison queue is logged and counted (the scheduled
-# rules still cover what it gave up on).
+# requests queue, exactly as a scan queues them. An invalid message goes to the push poison queue at once
+# (second output binding: a retry cannot fix it); push_poison records what lands there and the
+# push-rejected alert tells on-call (the scheduled rules still cover what the push path gave up on).
 @app.function_name("push_worker")
 @app.queue_trigger(arg_name="msg", queue_name=PUSH_QUEUE, connection=STORAGE)
 @app.queue_output(arg_name="msgs", queue_name=QUEUE, connection=STORAGE)
-async def push_worker(msg: func.QueueMessage, msgs: func.Out[typing.List[str]]) -> None:  # noqa: UP006
-    await handlers.on_push_message(runtime, msg, msgs)
+@app.queue_output(arg_name="poison", queue_name=PUSH_QUEUE + "-poison", connection=STORAGE)
+async def push_worker(msg: func.QueueMessage, msgs: func.Out[typing.List[str]],  # noqa: UP006
+                      poison: func.Out[typing.List[str]]) -> None:  # noqa: UP006
+    await handlers.on_push_message(runtime, msg, msgs, poison)
 
 
 @app.function_name("push_poison")

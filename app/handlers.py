@@ -174,11 +174,12 @@ async def on_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
     return outcome.to_dict()
 
 
-async def on_push_message(rt: Runtime, msg: func.QueueMessage, msgs: func.Out[Any]) -> dict[str, Any]:
+async def on_push_message(rt: Runtime, msg: func.QueueMessage, msgs: func.Out[Any],
+                          poison: func.Out[Any]) -> dict[str, Any]:
     """One queued push notification (app/push_worker.py)."""
     from app import push_worker
 
-    return await push_worker.on_push_message(rt, msg, msgs)
+    return await push_worker.on_push_message(rt, msg, msgs, poison)
 
 
 async def on_push_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:

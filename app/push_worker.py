@@ -13,10 +13,14 @@ subscription manager (push/lifecycle.py), whose delta resync queues ``message`` 
 itself (it must have queued them before it stores the new delta link, so an output binding written after
 the function returns would not do).
 
-Failures: an invalid message is logged (never its body) and dropped; a transient Graph, storage or
-lifecycle failure is raised, so the host retries the message and moves it to ``<queue>-poison`` after
-maxDequeueCount (host.json), where ``on_push_poison`` logs and counts it. A notification lost that way
-costs time, not coverage: the scheduled rules still find the message from the hunting tables.
+Failures: an invalid message (not a push-notification/1) goes to ``<queue>-poison`` at once through the
+function's second output binding, its body untouched plus why (push/poison.py): a retry cannot fix it,
+and bad input loses nothing. A transient Graph, storage or lifecycle failure is raised, so the host
+retries the message and moves it to ``<queue>-poison`` after maxDequeueCount (host.json). Either way
+``on_push_poison`` records it (telemetry ``push`` with state ``invalid`` or ``poison``), and the
+``push-rejected`` alert tells on-call (one alert, not a card per message: docs/monitoring.md). A
+notification lost that way costs time, not coverage: the scheduled rules still find the message from the
+hunting tables.
 """
 
 from __future__ import annotations
@@ -206,9 +210,10 @@ def _delivery(msg: func.QueueMessage) -> int:
     return int(msg.dequeue_count or 1)
 
 
-async def on_push_message(rt: Runtime, msg: func.QueueMessage, msgs: func.Out[Any], *,
-                          factory: ServicesFactory | None = None) -> dict[str, Any]:
-    """One push-notification/1 message (module doc); returns a summary (tests and logs)."""
+async def on_push_message(rt: Runtime, msg: func.QueueMessage, msgs: func.Out[Any], poison: func.Out[Any],
+                          *, factory: ServicesFactory | None = None) -> dict[str, Any]:
+    """One push-notification/1 message (module doc); returns a summary (tests and logs). ``msgs``: the
+    requests queue output; ``poison``: the push poison queue output (an invalid message)."""
     push = rt.config.push
     if push is None or not push.enabled:
         # Queued before the push path was turned off: nothing of it runs now (the scheduled path covers it).
@@ -216,11 +221,24 @@ async def on_push_message(rt: Runtime, msg: func.QueueMessage, msgs: func.Out[An
         msgs.set([])
         return {"outcome": "push_off"}
     async with (factory or services)(rt) as svc:
-        return await _process(rt, svc, msg, msgs)
+        return await _process(rt, svc, msg, msgs, poison)
+
+
+def _to_poison(rt: Runtime, msg: func.QueueMessage, poison: func.Out[Any], exc: NotificationInvalid) -> None:
+    """An invalid message to ``<queue>-poison`` now, body untouched plus why (push/poison.py). The reason
+    is the parser's, which names the field and never echoes a value, so it is safe in the log too."""
+    from push import poison as poisoned
+
+    body = msg.get_body()
+    item = poisoned.envelope(body, str(exc), queue_message_id=msg.id, dequeue_count=_delivery(msg),
+                             now=rt.clock())
+    poison.set([item])
+    log.error("push message %s is not a valid push-notification/1 (%s): moved to the poison queue",
+              msg.id, exc)
 
 
 async def _process(rt: Runtime, svc: PushServices, msg: func.QueueMessage,
-                   msgs: func.Out[Any]) -> dict[str, Any]:
+                   msgs: func.Out[Any], poison: func.Out[Any]) -> dict[str, Any]:
     messages: list[str] = []
     worker = PushWorker(graph=svc.reader, subscriptions=svc.subscriptions, state_for=svc.state_for,
                         catalog=rt.config.catalog, streaming=_streaming(), tenant=rt.config.tenant,
@@ -230,8 +248,8 @@ async def _process(rt: Runtime, svc: PushServices, msg: func.QueueMessage,
     try:
         result = await worker.process(msg.get_body())
     except NotificationInvalid as exc:
-        log.error("push message %s is not a valid push-notification/1 (%s): dropped", msg.id, exc)
-        _record(None, "invalid", delivery=_delivery(msg))
+        # Recorded (telemetry) by push_poison when it takes it, so the alert counts each message once.
+        _to_poison(rt, msg, poison, exc)
         msgs.set([])
         return {"outcome": "invalid", "error": str(exc)}
     except GraphTransient as exc:
@@ -245,14 +263,25 @@ async def _process(rt: Runtime, svc: PushServices, msg: func.QueueMessage,
 
 
 async def on_push_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
-    """A push message the host gave up on after maxDequeueCount: logged (ids only) and counted. Nothing
-    else: the scheduled path still finds the message, minutes later."""
+    """A message on the push poison queue: one the worker refused as invalid (an envelope, push/poison.py)
+    or one the host gave up on after maxDequeueCount. Logged (ids and the parser's reason only, never the
+    body) and recorded: telemetry ``push`` with state ``invalid`` or ``poison``, which the push-rejected
+    alert counts. Nothing else: the scheduled path still finds the message, minutes later. The message is
+    then deleted by the host; its body was on the queue for people to read until then, and the log has the
+    queue message id."""
+    from push import poison as poisoned
     from push.notification import parse_notification
 
+    item = poisoned.read(msg.get_body())
     try:
-        n: Notification | None = parse_notification(msg.get_body())
-    except NotificationInvalid:
-        n = None
+        n: Notification | None = parse_notification(item.body)
+        why = None
+    except NotificationInvalid as exc:
+        n, why = None, str(exc)    # recomputed from the body: an envelope's own reason is not trusted
+    if why is not None:
+        log.error("push message %s is not a valid push-notification/1 (%s); recorded as invalid", msg.id, why)
+        _record(None, "invalid", delivery=_delivery(msg))
+        return {"outcome": "invalid", "error": why}
     log.error("push message %s given up after %d deliveries%s; the scheduled rules still cover it", msg.id,
               _delivery(msg), f" ({n.describe()})" if n else "")
     _record(PushResult(n, "poison") if n else None, "poison", delivery=_delivery(msg))

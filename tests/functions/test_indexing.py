@@ -86,13 +86,16 @@ def test_verify_timer_defaults_to_every_five_minutes(functions: dict[str, Any]) 
 
 def test_push_worker_reads_the_push_queue_and_writes_the_requests_queue(functions: dict[str, Any]) -> None:
     worker, poison = bindings(functions["push_worker"]), bindings(functions["push_poison"])
-    assert set(worker) == {"msg", "msgs"} and set(poison) == {"msg"}
+    assert set(worker) == {"msg", "msgs", "poison"} and set(poison) == {"msg"}
     assert (worker["msg"]["type"], worker["msg"]["queueName"]) == ("queueTrigger", "%RESPONDER_PUSH_QUEUE%")
     assert (worker["msgs"]["type"], worker["msgs"]["direction"], worker["msgs"]["queueName"]) == (
         "queue", "OUT", QUEUE)
+    # An invalid message goes to the poison queue at once: the same queue push_poison reads.
+    assert (worker["poison"]["type"], worker["poison"]["direction"], worker["poison"]["queueName"]) == (
+        "queue", "OUT", "%RESPONDER_PUSH_QUEUE%-poison")
     assert (poison["msg"]["type"], poison["msg"]["queueName"]) == ("queueTrigger",
                                                                    "%RESPONDER_PUSH_QUEUE%-poison")
-    connections = {b["connection"] for b in (worker["msg"], worker["msgs"], poison["msg"])}
+    connections = {b["connection"] for b in (worker["msg"], worker["msgs"], worker["poison"], poison["msg"])}
     assert connections == {"AzureWebJobsStorage"}
 
 

@@ -94,11 +94,12 @@ def host_deliver(app: PushApp, queue: QueueClient, function: str) -> list[list[s
             msg = QueueMessage(id=qm.id, body=base64.b64decode(qm.content), dequeue_count=qm.dequeue_count,
                                pop_receipt=qm.pop_receipt)
             if function == "push_worker":
-                out = Out()
-                app.env.call(function, msg, out)
+                out, poison = Out(), Out()
+                app.env.call(function, msg, out, poison)
                 outputs.append(list(out.value or []))
                 for body in out.value or []:
                     app.requests_queue.send_message(base64.b64encode(body.encode("utf-8")).decode("ascii"))
+                assert poison.value is None, "a valid notification went to the poison queue"
             else:
                 app.env.call(function, msg)
             queue.delete_message(qm)

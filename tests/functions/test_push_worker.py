@@ -81,9 +81,9 @@ def run_push(env: Env, fake: FakeGraph, subs: dict[str, str]) -> list[dict[str, 
     queued: list[dict[str, Any]] = []
     for box in PROTECTED:
         for msg in fake.mailboxes.messages(box):
-            out = Out()
-            env.call("push_worker", notification(fake, box, msg.id, subs[box]), out)
-            assert out.calls == 1
+            out, poison = Out(), Out()
+            env.call("push_worker", notification(fake, box, msg.id, subs[box]), out, poison)
+            assert out.calls == 1 and poison.calls == 0
             queued += [json.loads(m) for m in out.value]
     return queued
 
@@ -164,10 +164,12 @@ def test_the_ledger_keeps_the_scheduled_request_when_the_scan_was_first(
 def test_invalid_forged_and_off(make_env: Any, fake: FakeGraph, unique_name: str, storage_conn: str,
                                 caplog: pytest.LogCaptureFixture) -> None:
     env, subs = push_env(make_env, fake, unique_name, storage_conn)
-    out = Out()
+    out, poison = Out(), Out()
     bad = QueueMessage(id="bad", body=b'{"schema":"push-notification/1","kind":"delete"}', dequeue_count=1)
-    assert handled(env, bad, out)["outcome"] == "invalid"
+    assert handled(env, bad, out, poison)["outcome"] == "invalid"
     assert out.value == [] and "kind: expected one of" in caplog.text
+    (item,) = poison.value      # not dropped: to the poison queue with why (tests below: on Azurite)
+    assert json.loads(item)["reason"].startswith("kind: expected one of")
     msg = fake.push.deliver_inbound(PROTECTED[0], sender=SENDER, subject="Q")
     forged = notification(fake, PROTECTED[0], msg.id, "0d1c0a1e-1111-4222-8333-000000000000")
     fake.clear_calls()
@@ -187,18 +189,18 @@ def test_a_transient_graph_error_is_raised_for_the_host_to_retry_then_poison_is_
     msg = fake.push.deliver_inbound(PROTECTED[0], sender=SENDER, subject="Q")
     fake.inject("GET", r"/messages/", 503, times=None)
     note = notification(fake, PROTECTED[0], msg.id, subs[PROTECTED[0]])
-    out = Out()
+    out, poison = Out(), Out()
     with pytest.raises(GraphTransient, match="HTTP 503"):
-        env.call("push_worker", note, out)
-    assert out.calls == 0
+        env.call("push_worker", note, out, poison)
+    assert out.calls == 0 and poison.calls == 0   # transient: the host retries, then poisons it itself
     poisoned = QueueMessage(id="p1", body=note.get_body(), dequeue_count=5)
     assert asyncio.run(handlers.on_push_poison(env.rt, poisoned))["outcome"] == "poison"
     assert "given up after 5 deliveries" in caplog.text and subs[PROTECTED[0]] in caplog.text
 
 
-def handled(env: Env, msg: QueueMessage, out: Out) -> dict[str, Any]:
+def handled(env: Env, msg: QueueMessage, out: Out, poison: Out | None = None) -> dict[str, Any]:
     """The function's work with its summary (the function itself returns nothing to the host)."""
-    return asyncio.run(handlers.on_push_message(env.rt, msg, out))
+    return asyncio.run(handlers.on_push_message(env.rt, msg, out, poison or Out()))
 
 
 def _timer() -> Any:
