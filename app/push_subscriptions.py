@@ -5,7 +5,10 @@
   clientState), remove, continue owed resyncs.
   Mailbox object ids come from ``GET /users/{address}``, or, when the app has no directory permission,
   from the push table and then EmailEvents (the app's query backend).
-  One summary line in the log (counts), plus one warning per failure.
+  Then deletes the push table's rows that are over (push/cleanup.py: streaming state past its window,
+  dead sweep markers; at most 500 a run). One summary line in the log (counts), one warning per
+  failure, and one telemetry record (``push`` with state ``subscriptions``: the counts, and an error
+  class when a mailbox failed), which the push-rejected alert and the workbook read.
 * ``on_lifecycle``: what the push worker calls for a ``lifecycle`` queue item (push/lifecycle.py).
 
 RESPONDER_PUSH=off (the default): the timer does nothing and says so once per process; a lifecycle item
@@ -28,7 +31,9 @@ from typing import Any
 
 from azure.core.exceptions import ResourceExistsError
 
+from app import telemetry
 from core.settings import ConfigError, PushSettings
+from push.cleanup import CleanupSummary, clean_expired
 from push.lifecycle import LifecycleError, LifecycleFailed, LifecycleOutcome, handle_lifecycle
 from push.subscriptions import (
     ReconcileSummary,
@@ -69,6 +74,7 @@ async def on_timer(rt: Any, timer: Any = None, *,
     ``push``: the settings (default: read from the app settings now)."""
     push = push or push_settings()
     if push is None:
+        telemetry.push_subscriptions(None, None, cls="config")
         return None
     if not push.enabled:
         _off("the subscription timer does nothing")
@@ -81,10 +87,24 @@ async def on_timer(rt: Any, timer: Any = None, *,
     async with _services(rt, push) as services:
         summary = await services.manager.reconcile(protected_mailboxes(rt.config.catalog, rt.config.tenant),
                                                    lookup=lookup)
+        cleaned = await _clean(services.table, rt.clock())
     log.info("push subscriptions: %s", summary.line())
     for what, why in summary.failed:
         log.warning("push subscriptions: %s: %s", what, why)
+    telemetry.push_subscriptions(summary, cleaned)
     return summary
+
+
+async def _clean(table: Any, now: Any) -> CleanupSummary | None:
+    """The expired rows' cleanup; a failure is logged and waits for the next run (the subscriptions, just
+    reconciled, matter more than a tidy table)."""
+    try:
+        cleaned = await clean_expired(table, now)
+    except Exception as exc:
+        log.warning("push cleanup failed (%s); the next run tries again", type(exc).__name__, exc_info=True)
+        return None
+    log.info("push cleanup: %s", cleaned.line())
+    return cleaned
 
 
 async def on_lifecycle(rt: Any, item: Any, *, push: PushSettings | None = None) -> LifecycleOutcome | None:
@@ -120,6 +140,7 @@ async def on_lifecycle(rt: Any, item: Any, *, push: PushSettings | None = None) 
 class _Services:
     manager: SubscriptionManager
     queue: Any
+    table: Any
 
 
 _ensured: set[tuple[str, str, str]] = set()     # (account, table, queue) created by this process
@@ -148,7 +169,7 @@ async def _services(rt: Any, push: PushSettings) -> AsyncIterator[_Services]:
 
             await asyncio.gather(*(send(i) for i in items))
 
-        yield _Services(SubscriptionManager(graph, store, push, enqueue, clock=rt.clock), queue)
+        yield _Services(SubscriptionManager(graph, store, push, enqueue, clock=rt.clock), queue, table)
 
 
 def _storage_clients(storage: Any, push: PushSettings) -> tuple[Any, Any]:

@@ -113,6 +113,23 @@ def _never_raises(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_never_raises
+def push_subscriptions(summary: Any, cleaned: Any, *, cls: str | None = None) -> dict:
+    """The push subscription timer's run (app/push_subscriptions.py): ``push`` with state
+    ``subscriptions``, its counts, and an error class when a mailbox's subscription failed (the class of
+    the first failure's reason) or the push settings are wrong (``config``)."""
+    counts: dict[str, int] = {}
+    if summary is not None:
+        counts = {k: len(v) if isinstance(v, list) else int(v) for k, v in summary.as_dict().items()}
+        if summary.failed and cls is None:
+            cls = error_class(summary.failed[0][1])
+    if cleaned is not None:
+        counts["deleted"] = cleaned.deleted
+    rec = record("push", state="subscriptions", trigger="timer", counts=counts, error_class=cls)
+    emit(rec, logging.WARNING if cls else logging.INFO)
+    return rec
+
+
+@_never_raises
 def scan_run(run: Any, queued: Any, backend: str | None, *, started: datetime, finished: datetime,
              trigger: str) -> dict:
     """A rule run (timer, on-demand or demo), from the clock's reading before and after it."""

@@ -8,14 +8,16 @@ import base64
 import json
 import logging
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
+import jsonschema
 import pytest
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
 from app import push_subscriptions as push_subs
-from core.settings import PushSettings
+from core.settings import ROOT, PushSettings
 from devtools.fakegraph import FakeGraph
 from push.contract import SCHEMA
 from tests.functions.conftest import PROTECTED, Env, SpyBackend
@@ -149,3 +151,72 @@ def test_without_directory_permission_the_timer_finds_ids_in_email_events(
     (query, span), = backend.queries
     assert "EmailEvents" in query and "RecipientObjectId" in query and span.days == 30
     assert all(f'"{m}"' in query for m in (PROTECTED[0], PROTECTED[1], PROTECTED[2]))
+
+
+def _records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    from app import telemetry
+
+    recs = [r for r in (telemetry.parse_line(m.getMessage()) for m in caplog.records) if r]
+    schema = json.loads((ROOT / "docs" / "telemetry.schema.json").read_text(encoding="utf-8"))
+    for rec in recs:
+        jsonschema.validate(rec, schema)      # the contract the alerts and the workbook read
+    return [r for r in recs if r["event"] == "push" and r["state"] == "subscriptions"]
+
+
+def test_the_timer_records_its_run_and_a_failed_mailbox_for_the_alert(
+        make_env: Callable[..., Env], fake: FakeGraph, receiver: Receiver, unique_name: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    env = make_env(graph_base_url=fake.base_url)
+    env.clock.now = fake.push.now()
+    push = push_on(receiver, unique_name)
+    with caplog.at_level(logging.INFO):
+        asyncio.run(push_subs.on_timer(env.rt, push=push))
+    (ok,) = _records(caplog)
+    assert ok["error_class"] is None and ok["counts"]["created"] == 6 and ok["counts"]["failed"] == 0
+    # One mailbox's subscription cannot be made (403): the record says so, with the error's class.
+    caplog.clear()
+    fake.inject("POST", r"/subscriptions$", 403, times=None)
+    env2 = make_env(graph_base_url=fake.base_url)
+    env2.clock.now = fake.push.now()
+    with caplog.at_level(logging.INFO):
+        summary = asyncio.run(push_subs.on_timer(env2.rt, push=push_on(receiver, unique_name + "b")))
+    assert summary is not None and summary.failed
+    (bad,) = _records(caplog)
+    assert bad["counts"]["failed"] == len(summary.failed) and bad["error_class"] == "permission"
+
+
+def test_the_timer_deletes_expired_stream_state_and_keeps_the_rest(
+        make_env: Callable[..., Env], fake: FakeGraph, receiver: Receiver, storage_conn: str,
+        unique_name: str, caplog: pytest.LogCaptureFixture) -> None:
+    from azure.data.tables.aio import TableClient
+
+    from push.resync import iso
+    from push.state import TableState, row_key
+
+    env = make_env(graph_base_url=fake.base_url)
+    env.clock.now = fake.push.now()
+    push = push_on(receiver, unique_name)
+    asyncio.run(push_subs.on_timer(env.rt, push=push))
+    later = fake.push.now() + timedelta(days=2)
+
+    async def plant() -> None:
+        async with TableClient.from_connection_string(storage_conn, push.table) as table:
+            state = TableState(table, "consumer-sender-to-shared-mailboxes")
+            assert await state.save("over", {"expires_at": iso(later - timedelta(days=1, hours=1))}, None)
+            assert await state.save("live", {"expires_at": iso(later + timedelta(hours=1))}, None)
+
+    async def left() -> set[str]:
+        async with TableClient.from_connection_string(storage_conn, push.table) as table:
+            return {e["RowKey"] async for e in table.query_entities(
+                "PartitionKey eq 'stream-consumer-sender-to-shared-mailboxes'")}
+
+    asyncio.run(plant())
+    fake.push.advance(2 * 86400)
+    env.clock.now = fake.push.now()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        summary = asyncio.run(push_subs.on_timer(env.rt, push=push))
+    assert summary is not None and summary.failed == []
+    assert asyncio.run(left()) == {row_key("live")}
+    (rec,) = _records(caplog)
+    assert rec["counts"]["deleted"] == 1
