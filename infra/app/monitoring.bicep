@@ -59,13 +59,17 @@ param heldAlertHours int = 4
 @minValue(1)
 param webhookFailures int = 1
 
+@description('Push path: alert at this many forged (or stale: a removed subscription\'s stragglers) notifications in an hour. Invalid and poisoned push messages alert at one.')
+@minValue(1)
+param pushForgedNotifications int = 5
+
 @description('Name of the action group the alerts notify.')
 param actionGroupName string = '${applicationInsightsName}-oncall'
 
 // Every alert query is: its thresholds as let statements, the records prelude, then the alert's own query.
 // The files are parser-checked and run against demo records by tests/telemetry/test_alert_queries.py.
 var records = loadTextContent('monitoring/records.kql')
-var thresholds = 'let dead_after_periods = ${deadManPeriods};\nlet consecutive_errors = ${consecutiveErrors};\nlet held_for = ${heldAlertHours}h;\nlet webhook_failures = ${webhookFailures};\n'
+var thresholds = 'let dead_after_periods = ${deadManPeriods};\nlet consecutive_errors = ${consecutiveErrors};\nlet held_for = ${heldAlertHours}h;\nlet webhook_failures = ${webhookFailures};\nlet push_forged = ${pushForgedNotifications};\n'
 // lookbackHours is both the query's own time filter and the rule's overrideQueryTimeRange, so the local
 // tests see the range Azure uses. Every query returns only offending rows: the alert fires on any row.
 var alertDefinitions = [
@@ -128,6 +132,16 @@ var alertDefinitions = [
     autoMitigate: true
     query: loadTextContent('monitoring/alerts/webhook-failing.kql')
     anchor: 'teams-webhook-failing'
+  }
+  {
+    name: 'push-rejected'
+    displayName: 'xdr-responder: the push path refuses messages or loses subscriptions'
+    description: 'Push messages went to the push poison queue (invalid or given up), ${pushForgedNotifications}+ forged notifications came in an hour, a mailbox\'s subscription failed, or push_poison / push_subscriptions is failing. The scheduled rules still cover the mailboxes, later. Runbook: docs/runbook.md#push-path-alert'
+    severity: 2
+    lookbackHours: 1
+    autoMitigate: true
+    query: loadTextContent('monitoring/alerts/push-rejected.kql')
+    anchor: 'push-path-alert'
   }
 ]
 

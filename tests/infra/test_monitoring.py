@@ -24,6 +24,7 @@ THRESHOLDS = {
     "backend-errors": ("consecutiveErrors", "consecutive_errors", 3),
     "held-too-long": ("heldAlertHours", "held_for", 4),
     "webhook-failing": ("webhookFailures", "webhook_failures", 1),
+    "push-rejected": ("pushForgedNotifications", "push_forged", 5),
 }
 
 

@@ -9,6 +9,7 @@ avoided. It applies no outer time range, so every query filters its own (``lookb
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,11 +27,12 @@ from remediation.outcome import Outcome
 from tests.telemetry.monitoring import alert_queries, at, record, run, stamp_of, tables, workbook_queries
 
 QUERIES = alert_queries()
-ALERTS = ("dead-man", "startup-failure", "backend-errors", "poison", "held-too-long", "webhook-failing")
+ALERTS = ("dead-man", "startup-failure", "backend-errors", "poison", "held-too-long", "webhook-failing",
+          "push-rejected")
 RULE = "consumer-sender-to-shared-mailboxes"
 
 
-def test_the_six_alerts_of_issue_16_are_deployed() -> None:
+def test_the_six_alerts_of_issue_16_and_the_push_paths_are_deployed() -> None:
     assert set(QUERIES) == set(ALERTS)
 
 
@@ -209,6 +211,80 @@ def test_poison_fires_when_the_poison_function_fails(demo: dict[str, Any]) -> No
               "operation_Name": "poison", "success": "False", "resultCode": "0"}
     assert len(_fired("poison", now, demo["rows"], [failed])) == 1
     assert _fired("poison", now, demo["rows"], [{**failed, "success": "True"}]) == []
+
+
+# push path rejected --------------------------------------------------------------------------------
+
+def _push_poisoned(body: bytes, deliveries: int = 1) -> Callable[[], Any]:
+    """What push_poison records for a message it takes off the push poison queue (it reads no runtime)."""
+    import asyncio
+
+    from azure.functions.queue import QueueMessage
+
+    from app import push_worker
+
+    msg = QueueMessage(id="m", body=body, dequeue_count=deliveries)
+    return lambda: asyncio.run(push_worker.on_push_poison(None, msg))   # type: ignore[arg-type]
+
+
+_VALID_PUSH = json.dumps({
+    "schema": "push-notification/1", "kind": "lifecycle",
+    "subscription_id": "7d1c0a1e-1111-4222-8333-000000000001", "lifecycle_event": "missed",
+    "tenant_id": "00000000-0000-0000-0000-00000000abcd",
+    "received_at": "2026-12-02T04:00:00Z"}).encode()
+
+
+@pytest.mark.parametrize(("body", "what"), [(b'{"schema":"push-notification/1","kind":"delete"}', "invalid"),
+                                            (_VALID_PUSH, "poison")])
+def test_push_rejected_fires_on_a_message_push_poison_took(body: bytes, what: str, tmp_path: Path,
+                                                           demo: dict[str, Any]) -> None:
+    rows = _made(tmp_path, _push_poisoned(body, 5 if what == "poison" else 1))
+    assert [(record(r)["event"], record(r)["state"]) for r in rows] == [("push", what)]
+    fired = _fired("push-rejected", _now(rows), demo["rows"] + rows)
+    assert [(r["what"], r["events"]) for r in fired] == [(what, 1)]
+    # Many messages are one alert row (one notification), not one per message.
+    many = _fired("push-rejected", _now(rows), demo["rows"] + rows * 40)
+    assert [(r["what"], r["events"]) for r in many] == [(what, 40)]
+    # An hour later (the lookback) it is quiet again: the alert resolves itself.
+    assert _fired("push-rejected", _now(rows) + timedelta(hours=1), demo["rows"] + rows) == []
+
+
+def test_push_rejected_fires_on_forged_notifications_from_the_threshold(tmp_path: Path,
+                                                                        demo: dict[str, Any]) -> None:
+    from app import push_worker
+
+    rows = _made(tmp_path, lambda: push_worker._record(None, "forged", delivery=1))
+    assert [record(r)["state"] for r in rows] == ["forged"]
+    now = _now(rows)
+    # Four: a removed subscription's stragglers, as likely as forgery; five: someone should look.
+    assert _fired("push-rejected", now, demo["rows"] + rows * 4) == []
+    assert [(r["what"], r["events"]) for r in _fired("push-rejected", now, demo["rows"] + rows * 5)] == [
+        ("forged", 5)]
+
+
+def test_push_rejected_fires_when_the_subscription_timer_fails_for_a_mailbox(tmp_path: Path,
+                                                                           demo: dict[str, Any]) -> None:
+    from push.subscriptions import ReconcileSummary
+
+    ok = _made(tmp_path, lambda: telemetry.push_subscriptions(ReconcileSummary(unchanged=6), None))
+    assert _fired("push-rejected", _now(ok), demo["rows"] + ok) == []
+    failed = ReconcileSummary(unchanged=4, failed=[("sales@contoso.com/inbox", "HTTP 403 Forbidden")])
+    bad = _made(tmp_path, lambda: telemetry.push_subscriptions(failed, None))
+    fired = _fired("push-rejected", _now(bad), demo["rows"] + ok + bad)
+    assert [(r["what"], r["events"]) for r in fired] == [("subscriptions: permission", 1)]
+    config = _made(tmp_path, lambda: telemetry.push_subscriptions(None, None, cls="config"))
+    assert [r["what"] for r in _fired("push-rejected", _now(config), config)] == ["subscriptions: config"]
+
+
+@pytest.mark.parametrize("function", ["push_poison", "push_subscriptions"])
+def test_push_rejected_fires_when_a_push_function_fails(function: str, demo: dict[str, Any]) -> None:
+    now = _now(demo["rows"])
+    failed = {"timestamp": (now - timedelta(minutes=5)).isoformat(), "name": function,
+              "operation_Name": function, "success": "False", "resultCode": "0"}
+    assert [r["what"] for r in _fired("push-rejected", now, demo["rows"], [failed])] == [
+        f"{function} function failing"]
+    assert _fired("push-rejected", now, demo["rows"], [{**failed, "success": "True"}]) == []
+    assert _fired("push-rejected", now, demo["rows"], [{**failed, "operation_Name": "push_worker"}]) == []
 
 
 # held too long -------------------------------------------------------------------------------------
