@@ -17,7 +17,8 @@ Failures: an invalid message (not a push-notification/1) goes to ``<queue>-poiso
 function's second output binding, its body untouched plus why (push/poison.py): a retry cannot fix it,
 and bad input loses nothing. A transient Graph, storage or lifecycle failure is raised, so the host
 retries the message and moves it to ``<queue>-poison`` after maxDequeueCount (host.json). Either way
-``on_push_poison`` records it (telemetry ``push`` with state ``invalid`` or ``poison``), and the
+``on_push_poison`` keeps its body in the push table for 14 days and records it (telemetry ``push`` with
+state ``invalid`` or ``poison``), and the
 ``push-rejected`` alert tells on-call (one alert, not a card per message: docs/monitoring.md). A
 notification lost that way costs time, not coverage: the scheduled rules still find the message from the
 hunting tables.
@@ -262,13 +263,14 @@ async def _process(rt: Runtime, svc: PushServices, msg: func.QueueMessage,
             "requests": [r["id"] for r in result.requests], "queued": len(messages)}
 
 
-async def on_push_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
+async def on_push_poison(rt: Runtime, msg: func.QueueMessage, *,
+                         factory: ServicesFactory | None = None) -> dict[str, Any]:
     """A message on the push poison queue: one the worker refused as invalid (an envelope, push/poison.py)
-    or one the host gave up on after maxDequeueCount. Logged (ids and the parser's reason only, never the
-    body) and recorded: telemetry ``push`` with state ``invalid`` or ``poison``, which the push-rejected
-    alert counts. Nothing else: the scheduled path still finds the message, minutes later. The message is
-    then deleted by the host; its body was on the queue for people to read until then, and the log has the
-    queue message id."""
+    or one the host gave up on after maxDequeueCount. Its body is kept in the push table for 14 days
+    (``push.poison.keep``: the host deletes the queue message when this returns), then it is logged (ids
+    and the parser's reason only, never the body) and recorded: telemetry ``push`` with state ``invalid``
+    or ``poison``, which the push-rejected alert counts. Nothing else: the scheduled path still finds the
+    message, minutes later. A failure to keep it raises, so the host delivers it again."""
     from push import poison as poisoned
     from push.notification import parse_notification
 
@@ -278,6 +280,13 @@ async def on_push_poison(rt: Runtime, msg: func.QueueMessage) -> dict[str, Any]:
         why = None
     except NotificationInvalid as exc:
         n, why = None, str(exc)    # recomputed from the body: an envelope's own reason is not trusted
+    if rt.config.push is not None:
+        async with (factory or services)(rt) as svc:
+            row = await poisoned.keep(svc.table, item.body, outcome="invalid" if why else "poison",
+                                      reason=why, queue_message_id=msg.id, deliveries=_delivery(msg),
+                                      now=rt.clock())
+        log.info("push message %s kept in %s (PartitionKey %s, RowKey %s)", msg.id, rt.config.push.table,
+                 poisoned.PARTITION, row)
     if why is not None:
         log.error("push message %s is not a valid push-notification/1 (%s); recorded as invalid", msg.id, why)
         _record(None, "invalid", delivery=_delivery(msg))

@@ -11,6 +11,7 @@ every 30 minutes), bounded per run.
   ends, but a chain whose sweep message was lost leaves it behind (the next flag replaces it). A marker
   is deleted when both ``HotUntil`` and ``NextDue`` are more than GRACE past: no chain runs on it (a
   running chain's NextDue is at most SWEEP_EVERY ahead) and a flag would already treat it as dead.
+* Kept poison messages (push/poison.py, PartitionKey ``poisoned``): deleted GRACE after ``KeepUntil``.
 * A row whose value or times do not read (not written by this code) is left alone and counted: nothing
   says it is over.
 
@@ -33,7 +34,7 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotFoundError
 
-from push import state, sweep
+from push import poison, state, sweep
 from push.resync import parse_time
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ MAX_SCANNED = 5_000         # rows read per run (5 query pages of 1,000)
 class CleanupSummary:
     stream_deleted: int = 0
     sweep_deleted: int = 0
+    poison_deleted: int = 0
     kept: int = 0               # read, still in (or near) its window
     unreadable: int = 0         # no readable expiry: left alone
     scanned: int = 0
@@ -55,10 +57,11 @@ class CleanupSummary:
 
     @property
     def deleted(self) -> int:
-        return self.stream_deleted + self.sweep_deleted
+        return self.stream_deleted + self.sweep_deleted + self.poison_deleted
 
     def line(self) -> str:
-        return (f"{self.stream_deleted} stream state and {self.sweep_deleted} sweep marker row(s) deleted, "
+        return (f"{self.stream_deleted} stream state, {self.sweep_deleted} sweep marker and "
+                f"{self.poison_deleted} kept poison row(s) deleted, "
                 f"{self.kept} kept, {self.unreadable} unreadable, {self.scanned} read"
                 + (" (bound reached: the next run goes on)" if self.capped else ""))
 
@@ -80,9 +83,15 @@ def _marker_over(entity: Any, cutoff: datetime) -> bool | None:
     return max(until, due) < cutoff
 
 
+def _kept_over(entity: Any, cutoff: datetime) -> bool | None:
+    until = parse_time(entity.get("KeepUntil"))
+    return None if until is None else until < cutoff
+
+
 _KINDS = (
     (state.PARTITION_PREFIX, [state.VALUE_PROPERTY], _stream_over, "stream_deleted"),
     (sweep.PARTITION_PREFIX, ["HotUntil", "NextDue"], _marker_over, "sweep_deleted"),
+    (poison.PARTITION, ["KeepUntil"], _kept_over, "poison_deleted"),
 )
 
 
@@ -97,8 +106,11 @@ async def clean_expired(table: Any, now: datetime, *, max_deletes: int = MAX_DEL
     out = CleanupSummary()
     cutoff = now - GRACE
     for prefix, props, over, counter in _KINDS:
+        # A prefix range for stream-<slug> / sweep-<slug>; the one ``poisoned`` partition matches exactly.
+        where = ("PartitionKey ge @lo and PartitionKey lt @hi" if prefix.endswith("-")
+                 else "PartitionKey eq @lo")
         entities = table.query_entities(
-            "PartitionKey ge @lo and PartitionKey lt @hi and Timestamp lt @cutoff",
+            f"{where} and Timestamp lt @cutoff",
             parameters={"lo": prefix, "hi": _after(prefix), "cutoff": cutoff},
             select=["PartitionKey", "RowKey", *props], results_per_page=1000)
         async for entity in entities:

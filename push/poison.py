@@ -12,6 +12,13 @@ The envelope is for people reading the queue (Storage Explorer shows it as text)
 none of it: the queue is writable by anything with the storage data role, so the reason it logs is
 recomputed from the body by the parser, whose text never echoes a value.
 
+``push_poison`` takes the message off the queue when it returns, so it first keeps the body (``keep``) in
+the push table for ``KEEP_FOR``: PartitionKey ``poisoned``, RowKey the SHA-256 of the queue message id (a
+redelivery writes the same row), the body as a binary property (an Edm.Binary holds 64 KiB, a queue message's
+body at most 48 KiB), the outcome, the parser's reason, the delivery count and ``KeepUntil``, after which the
+subscription timer's cleanup (push/cleanup.py) deletes it. Bad input loses nothing, and no log line ever
+carries it.
+
 Size: a queue message holds at most 64 KiB, and the host base64-encodes what it writes (host.json
 ``messageEncoding``), so the envelope must be at most 48 KiB of UTF-8
 (https://learn.microsoft.com/rest/api/storageservices/put-message). A body whose envelope would be
@@ -22,12 +29,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from azure.data.tables import UpdateMode
+
 SCHEMA = "push-poison/1"
+PARTITION = "poisoned"
+KEEP_FOR = timedelta(days=14)
 MAX_ENVELOPE_BYTES = 48 * 1024          # 64 KiB after the host's base64 encoding
 _FIELDS = {"schema", "reason", "queue_message_id", "dequeue_count", "poisoned_at", "body", "body_base64"}
 
@@ -87,3 +99,14 @@ def read(body: bytes) -> Poisoned:
         except (binascii.Error, ValueError):
             pass
     return Poisoned(body, refused=False)    # not one of ours after all: the host's poison, as it came
+
+
+async def keep(table: Any, body: bytes, *, outcome: str, reason: str | None, queue_message_id: str | None,
+               deliveries: int, now: datetime) -> str:
+    """Keep a poisoned message's body in the push table (module doc); returns the row key."""
+    rk = hashlib.sha256(str(queue_message_id or "").encode("utf-8")).hexdigest()
+    await table.upsert_entity({
+        "PartitionKey": PARTITION, "RowKey": rk, "Body": body, "Bytes": len(body), "Outcome": outcome,
+        "Reason": (reason or "")[:500], "Deliveries": deliveries, "PoisonedAt": _iso(now),
+        "KeepUntil": _iso(now + KEEP_FOR)}, mode=UpdateMode.REPLACE)
+    return rk

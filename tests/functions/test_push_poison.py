@@ -13,6 +13,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from azure.data.tables import TableClient
 from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient
 
@@ -91,6 +92,15 @@ def test_an_invalid_push_message_lands_in_the_poison_queue_at_once_with_its_body
     jsonschema.validate(rec, SCHEMA)
     assert (rec["state"], rec["error_class"]) == ("invalid", "invalid")
     assert "evil.example" not in caplog.text and "forged log line" not in caplog.text
+    # The host deletes the poison message when push_poison returns: the body is kept in the push table.
+    (kept,) = kept_rows(storage_conn, env.rt.config.push.table)
+    assert (kept["Body"], kept["Outcome"], kept["Deliveries"]) == (body, "invalid", 1)
+    assert kept["Reason"] == envelope["reason"]
+
+
+def kept_rows(conn: str, table: str) -> list[Any]:
+    with TableClient.from_connection_string(conn, table) as client:
+        return list(client.query_entities("PartitionKey eq 'poisoned'"))
 
 
 def test_push_poison_recomputes_why_and_never_trusts_the_envelopes_reason(

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from azure.data.tables.aio import TableClient
 
-from push import cleanup
+from push import cleanup, poison
 from push.resync import iso
 from push.state import TableState, row_key
 
@@ -59,6 +59,11 @@ def test_expired_rows_go_and_rows_in_their_window_stay(storage_conn: str, unique
                 await stream(t, "rule-a", "no expiry", None),
                 await marker(t, "e" * 64, NOW + timedelta(minutes=30), NOW + timedelta(seconds=60)),
                 await marker(t, "f" * 64, NOW - timedelta(days=3), NOW - timedelta(hours=1))}
+        gone.add(("poisoned", await poison.keep(t, b"x", outcome="invalid", reason="kind: ...",
+                                                 queue_message_id="q1", deliveries=1,
+                                                 now=NOW - poison.KEEP_FOR - timedelta(days=2))))
+        stay.add(("poisoned", await poison.keep(t, b"y", outcome="poison", reason=None, queue_message_id="q2",
+                                                deliveries=5, now=NOW - timedelta(days=3))))
         await t.create_entity({"PartitionKey": "stream-rule-a", "RowKey": "junk", "value": "not json"})
         await t.create_entity({"PartitionKey": "subscription", "RowKey": "u:inbox",
                                "ExpiresAt": iso(NOW - timedelta(days=9))})   # not ours to clean
@@ -69,9 +74,9 @@ def test_expired_rows_go_and_rows_in_their_window_stay(storage_conn: str, unique
     summary, gone, stay, left = run(flow, storage_conn, unique_name)
     assert not (left & gone), "an expired row was kept"
     assert stay <= left, "a row still in its window (or not ours) was deleted"
-    assert (summary.stream_deleted, summary.sweep_deleted) == (2, 1)
+    assert (summary.stream_deleted, summary.sweep_deleted, summary.poison_deleted) == (2, 1, 1)
     assert summary.unreadable == 2 and not summary.capped
-    assert summary.kept == 4
+    assert summary.kept == 5
 
 
 def test_nothing_written_within_the_grace_is_even_read(storage_conn: str, unique_name: str) -> None:

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -224,7 +225,8 @@ def _push_poisoned(body: bytes, deliveries: int = 1) -> Callable[[], Any]:
     from app import push_worker
 
     msg = QueueMessage(id="m", body=body, dequeue_count=deliveries)
-    return lambda: asyncio.run(push_worker.on_push_poison(None, msg))   # type: ignore[arg-type]
+    no_table = SimpleNamespace(config=SimpleNamespace(push=None))   # nothing to keep the body in here
+    return lambda: asyncio.run(push_worker.on_push_poison(no_table, msg))   # type: ignore[arg-type]
 
 
 _VALID_PUSH = json.dumps({
