@@ -107,6 +107,17 @@ def test_a_campaign_is_queued_by_the_push_path_and_the_outcome_card_says_so(
     (card,) = env.notifier.cards
     text = json.dumps(card)
     assert "found by the push path" in text
+    # The run read the mailboxes, not the app's query backend (RESPONDER_BACKEND): the card says so.
+    (backend,) = [f["value"] for f in _facts(card) if f.get("title") == "Backend"]
+    assert backend == "push path (Graph change notifications)"
+
+
+def _facts(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        return list(node.get("facts") or []) + [f for v in node.values() for f in _facts(v)]
+    if isinstance(node, list):
+        return [f for v in node for f in _facts(v)]
+    return []
 
 
 def test_each_push_message_is_one_telemetry_record_and_a_message_without_an_id_is_counted(
