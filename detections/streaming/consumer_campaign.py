@@ -133,12 +133,15 @@ async def observe(fact: MailFact, params: Mapping[str, Any], state: StreamState)
     return sorted(rows.values(), key=lambda r: r["Timestamp"], reverse=True)
 
 
+_FIELDS = {"t", "mb", "nm", "rcpt", "ro", "im", "smf", "sf", "sk", "sub", "rep", "in", "e"}
+
+
 def _copies(value: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for c in value.get("copies") or []:
         try:
             parse_iso(c["t"])
-            if isinstance(c["mb"], str) and isinstance(c["nm"], str):
+            if isinstance(c["mb"], str) and isinstance(c["nm"], str) and set(c) >= _FIELDS:
                 out.append(dict(c))
         except (KeyError, TypeError, ValueError):
             continue  # a damaged entry is dropped, not fatal: the scheduled path still sees that copy

@@ -154,12 +154,16 @@ async def observe(fact: MailFact, params: Mapping[str, Any], state: StreamState)
     return rows
 
 
+_FIELDS = {"inbound": {"t", "nm", "im", "rcpt", "ro", "smf", "sub", "rep", "in", "urls", "hosts", "e"},
+           "replies": {"t", "nm", "im", "rcpt", "smf", "sub", "rep", "e"}}
+
+
 def _entries(value: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
     out = []
     for e in value.get(kind) or []:
         try:
             parse_iso(e["t"])
-            if isinstance(e["nm"], str) and isinstance(e["e"], list):
+            if isinstance(e["nm"], str) and isinstance(e["e"], list) and set(e) >= _FIELDS[kind]:
                 out.append(dict(e))
         except (KeyError, TypeError, ValueError):
             continue  # a damaged entry is dropped: the scheduled path still sees that mail

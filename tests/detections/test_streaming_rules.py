@@ -521,3 +521,15 @@ def test_the_link_host_is_the_host_a_browser_goes_to() -> None:
                  fact("link", "support@contoso.com", 1, urls=(url,))]
         out = asyncio.run(observe_all(CHAIN, facts, p))
         assert bool(out[1]) is lure, url
+
+
+def test_a_damaged_chain_entry_is_dropped_not_fatal() -> None:
+    p = params_of(CHAIN)
+    state = MemoryState()
+    key = reply_chain.chain_key("support@contoso.com", "eve@gmail.com")
+    asyncio.run(state.save(key, {"inbound": [{"t": "2026-11-20T11:00:00Z", "nm": "x", "e": []}, 7],
+                                 "replies": "nonsense"}, None))
+    facts = [reply("rep", "support@contoso.com", "eve@gmail.com", 60),
+             fact("link", "support@contoso.com", 1, urls=("https://bit.ly/x",))]
+    out = asyncio.run(observe_all(CHAIN, facts, p, state))
+    assert [r["Stage"] for r in out[1]] == ["link", "reply"]
