@@ -434,8 +434,11 @@ class PushService:
                     continue
                 _, _, kind, item = heapq.heappop(self._heap)
                 self._busy += 1
-            assert self._pool is not None
-            self._pool.submit(self._run_counted, kind, item)
+            try:
+                assert self._pool is not None
+                self._pool.submit(self._run_counted, kind, item)
+            except RuntimeError:   # the pool shut down under us: close() is under way
+                return
 
     def _run_counted(self, kind: str, item: Any) -> None:
         try:
