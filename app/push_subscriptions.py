@@ -2,6 +2,8 @@
 
 * ``on_timer`` (function ``push_subscriptions``, every 30 minutes): reconcile the Graph subscriptions with
   the protected mailboxes (push/subscriptions.py): create, renew, repair, remove, continue owed resyncs.
+  Mailbox object ids come from ``GET /users/{address}``, or, when the app has no directory permission,
+  from the push table and then EmailEvents (the app's query backend).
   One summary line in the log (counts), plus one warning per failure.
 * ``on_lifecycle``: what the push worker calls for a ``lifecycle`` queue item (push/lifecycle.py).
 
@@ -31,6 +33,7 @@ from push.subscriptions import (
     ReconcileSummary,
     SubscriptionManager,
     SubscriptionStore,
+    ids_from_email_events,
     protected_mailboxes,
 )
 
@@ -69,8 +72,14 @@ async def on_timer(rt: Any, timer: Any = None, *,
     if not push.enabled:
         _off("the subscription timer does nothing")
         return None
+    async def lookup(mailboxes: list[str]) -> dict[str, str]:
+        # Object ids Graph would not give (no directory permission): EmailEvents' RecipientObjectId. The
+        # backend is only built when needed (reconcile logs a failure here and goes on without the ids).
+        return await ids_from_email_events(await rt.backend(), mailboxes)
+
     async with _services(rt, push) as services:
-        summary = await services.manager.reconcile(protected_mailboxes(rt.config.catalog, rt.config.tenant))
+        summary = await services.manager.reconcile(protected_mailboxes(rt.config.catalog, rt.config.tenant),
+                                                   lookup=lookup)
     log.info("push subscriptions: %s", summary.line())
     for what, why in summary.failed:
         log.warning("push subscriptions: %s: %s", what, why)

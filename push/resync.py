@@ -13,6 +13,8 @@ entries even with ``changeType=created``) and is skipped.
   received in the last ``BASELINE_LOOKBACK`` (not the whole folder: a shared mailbox may hold years of
   mail); its deltaLink marks "now", so a later resync returns exactly what arrived after the subscription
   was made. If the service refuses the filter (400), the round runs unfiltered (more pages, same items).
+* A stored link the service no longer knows (410 Gone, or a sync-state error: "synchronization reset"):
+  a new round over the last ``max_age``, so nothing the rules could still act on is skipped.
 * A *resync* (``missed``, a recreated subscription, an interrupted resync): one round from the stored
   link, every created message turned into a ``message`` queue item (push/contract.py), processed by the
   push worker like a change notification.
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -116,7 +117,16 @@ async def delta_round(graph: Any, sub: Subscription, *, now: datetime, max_pages
     adapter = graph.request_adapter
     base = adapter.base_url
     oldest = now - max_age
-    baseline: Callable[[bool], RequestInformation] | None = None
+
+    def baseline(since: datetime, filtered: bool) -> RequestInformation:
+        q = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(
+            change_type="created", select=SELECT,
+            filter=f"receivedDateTime ge {iso(since)}" if filtered else None)
+        return (graph.users.by_user_id(sub.user_id).mail_folders.by_mail_folder_id(sub.folder).messages
+                .delta.to_get_request_information(RequestConfiguration(query_parameters=q)))
+
+    since: datetime | None = None          # set while the round is a baseline (no stored link)
+    filtered = False
     if sub.delta_link:
         if not link_allowed(sub.delta_link, base):
             raise ResyncError(f"stored delta link of {sub.mailbox}/{sub.folder} is not under the Graph base "
@@ -124,16 +134,8 @@ async def delta_round(graph: Any, sub: Subscription, *, now: datetime, max_pages
         info = _raw(adapter, sub.delta_link)
     else:
         since = (baseline_since or now - BASELINE_LOOKBACK).replace(microsecond=0)
-        oldest = max(oldest, since)
-
-        def baseline(filtered: bool) -> RequestInformation:
-            q = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(
-                change_type="created", select=SELECT,
-                filter=f"receivedDateTime ge {iso(since)}" if filtered else None)
-            return (graph.users.by_user_id(sub.user_id).mail_folders.by_mail_folder_id(sub.folder).messages
-                    .delta.to_get_request_information(RequestConfiguration(query_parameters=q)))
-
-        info = baseline(True)
+        oldest, filtered = max(oldest, since), True
+        info = baseline(since, True)
     items: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}
     pages = 0
@@ -142,14 +144,26 @@ async def delta_round(graph: Any, sub: Subscription, *, now: datetime, max_pages
         try:
             page = await send_json(adapter, info)
         except APIError as exc:
-            if baseline is None or pages or exc.response_status_code != 400:
+            if pages:
+                raise
+            if since is None and _sync_reset(exc):
+                # "Synchronization reset" (https://learn.microsoft.com/graph/delta-query-overview
+                # #synchronization-reset): the service no longer has this token's state (Outlook keeps a
+                # bounded cache of them) and the client must start again. A new round over what arrived
+                # within max_age: everything the rules could still act on, nothing older.
+                log.warning("delta of %s/%s: the stored delta link expired (%s); starting again over the "
+                            "last %s", sub.mailbox, sub.folder, reason(exc), max_age)
+                since = oldest.replace(microsecond=0)
+                info, filtered = baseline(since, True), True
+                continue
+            if not (filtered and exc.response_status_code == 400):
                 raise
             # The docs list receivedDateTime ge as the one $filter message delta supports ("limited
             # support"); a service that refuses it still does the unfiltered round, only in more pages.
-            # Messages older than the lookback are then skipped (too_old), so the outcome is the same.
-            log.info("delta of %s/%s refused the receivedDateTime filter (%s); baseline without it",
+            # Messages older than ``since`` are then skipped (too_old), so the outcome is the same.
+            log.info("delta of %s/%s refused the receivedDateTime filter (%s); the round runs without it",
                      sub.mailbox, sub.folder, reason(exc))
-            info, baseline = baseline(False), None
+            info, filtered = baseline(since or oldest, False), False
             continue
         pages += 1
         if page is None or not isinstance(page.get("value"), list):
@@ -172,6 +186,14 @@ async def delta_round(graph: Any, sub: Subscription, *, now: datetime, max_pages
         if pages >= max_pages or len(items) >= max_items:
             return ResyncResult(items, next_link, False, pages, skipped)
         info = _raw(adapter, next_link)
+
+
+def _sync_reset(exc: APIError) -> bool:
+    """Graph's answer to a delta token it no longer has: 410 Gone, or 400 with a sync-state error code
+    (``syncStateNotFound``, ``SyncStateInvalid``, ``ErrorInvalidSyncStateData``)."""
+    code = str(getattr(getattr(exc, "error", None), "code", "") or "")
+    status = exc.response_status_code
+    return status == 410 or (status == 400 and "syncstate" in code.lower())
 
 
 def _raw(adapter: Any, url: str) -> RequestInformation:

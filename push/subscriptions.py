@@ -68,8 +68,11 @@ CONCURRENCY = 4                               # mailboxes worked on at once
 SUBSCRIPTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$")
 ADDRESS = re.compile(r"^[^@\s\x00-\x1f\"'<>/\\]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 MAX_LINK = 8192
+ROW_KEY = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}:(" + "|".join(FOLDERS) + ")$")
 
 Enqueue = Callable[[list[dict[str, Any]]], Awaitable[None]]
+# Object ids of mailboxes Graph would not resolve: addresses in, {address: object id} out.
+Lookup = Callable[[list[str]], Awaitable[dict[str, str]]]
 
 
 class RowError(ValueError):
@@ -171,8 +174,8 @@ class SubscriptionStore:
         try:
             index = await self.table.get_entity(INDEX_PARTITION, subscription_id)
             key = index.get("Key")
-            if not isinstance(key, str) or len(key) > 300:
-                raise RowError("Key: expected a row key")
+            if not isinstance(key, str) or not ROW_KEY.match(key):
+                raise RowError("Key: expected '{user id}:{folder}'")
             entry = entry_from_row(await self.table.get_entity(PARTITION, key))
         except ResourceNotFoundError:
             return None
@@ -306,19 +309,49 @@ def protected_mailboxes(catalog: Any, tenant: Any) -> list[str]:
     return sorted(found)
 
 
+async def ids_from_email_events(backend: Any, mailboxes: list[str]) -> dict[str, str]:
+    """The mailboxes' object ids as EmailEvents records them (RecipientObjectId), through the app's own
+    query backend (advanced hunting or Sentinel: permissions the app has anyway). Only mailboxes that
+    received mail within 30 days are found. Addresses reach KQL only as escaped string literals."""
+    from detections.params import kql_string
+
+    if not mailboxes:
+        return {}
+    listed = ", ".join(kql_string(normalise_mailbox(m)) for m in mailboxes)
+    query = ("EmailEvents\n"
+             "| where Timestamp > ago(30d)\n"
+             f"| where RecipientEmailAddress in~ ({listed})\n"
+             "| where isnotempty(RecipientObjectId)\n"
+             "| summarize arg_max(Timestamp, RecipientObjectId) by Mailbox = tolower(RecipientEmailAddress)\n"
+             "| project Mailbox, RecipientObjectId")
+    result = await backend.run(query, timespan=timedelta(days=30))
+    out: dict[str, str] = {}
+    for row in result.rows:
+        mailbox, user_id = row.get("Mailbox"), row.get("RecipientObjectId")
+        if isinstance(mailbox, str) and isinstance(user_id, str) and GUID.match(user_id.strip()):
+            with contextlib.suppress(ValueError):
+                out[normalise_mailbox(mailbox)] = user_id.strip().lower()
+    return out
+
+
 class SubscriptionManager:
     """Creates, renews, repairs and removes the subscriptions, and runs the folders' delta resyncs.
 
     ``graph``: the msgraph-sdk client (core/graph.py). ``enqueue``: puts ``message`` items on the push
     queue; it is awaited before a delta link is stored, so a failure to queue never skips messages.
+    ``verify``: each reconcile also GETs every subscription not due for renewal, so one Graph dropped
+    without a lifecycle notification is repaired within a timer period instead of at its renewal.
     """
 
     def __init__(self, graph: Any, store: SubscriptionStore, settings: PushSettings, enqueue: Enqueue, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 renew_within: timedelta = RENEW_WITHIN, verify: bool = True) -> None:
+                 renew_within: timedelta = RENEW_WITHIN, verify: bool = True,
+                 resync_bounds: dict[str, int] | None = None) -> None:
         self.graph, self.store, self.settings, self.enqueue = graph, store, settings, enqueue
         self.adapter = graph.request_adapter
         self.clock, self.renew_within, self.verify = clock, renew_within, verify
+        # delta_round's max_pages / max_items / page_size (push/resync.py defaults otherwise)
+        self.resync_bounds = dict(resync_bounds or {})
 
     # --- Graph calls ----------------------------------------------------------------------------------
 
@@ -425,7 +458,7 @@ class SubscriptionManager:
         (logged; the row keeps owing a resync, so the timer tries again)."""
         sub = entry.sub
         try:
-            result = await delta_round(self.graph, sub, now=self.clock())
+            result = await delta_round(self.graph, sub, now=self.clock(), **self.resync_bounds)
             if result.items:
                 await self.enqueue(result.items)
         except Exception as exc:
@@ -441,9 +474,15 @@ class SubscriptionManager:
 
     # --- the timer's reconcile ------------------------------------------------------------------------------
 
-    async def reconcile(self, mailboxes: Iterable[str]) -> ReconcileSummary:
+    async def reconcile(self, mailboxes: Iterable[str], *, lookup: Lookup | None = None) -> ReconcileSummary:
         """Make the table and Graph match the protected mailboxes (module doc). One mailbox's failure is
-        recorded in the summary and never stops the others."""
+        recorded in the summary and never stops the others.
+
+        Object ids: ``GET /users/{address}?$select=id`` needs a directory read permission
+        (User.ReadBasic.All, https://learn.microsoft.com/graph/api/user-get#permissions). When Graph
+        refuses it (403), the id comes from the mailbox's existing rows, else from ``lookup`` (one call
+        with every such address; the app's looks them up in EmailEvents' RecipientObjectId:
+        ``ids_from_email_events``)."""
         summary = ReconcileSummary()
         wanted: set[str] = set()
         for address in mailboxes:
@@ -455,24 +494,18 @@ class SubscriptionManager:
         summary.invalid_rows.extend((k, why) for k, (why, _) in sorted(scan.invalid.items()))
         for k, why in summary.invalid_rows:
             log.warning("push table: row %s is unreadable (%s); a wanted folder's row is replaced", k, why)
-        resolved: dict[str, str] = {}
+        resolved = await self._resolve_all(sorted(wanted), scan, lookup, summary)
         sem = asyncio.Semaphore(CONCURRENCY)
 
-        async def one(mailbox: str) -> None:
+        async def one(mailbox: str, user_id: str) -> None:
             async with sem:
-                try:
-                    user_id = await self.resolve(mailbox)
-                except Exception as exc:
-                    summary.failed.append((mailbox, f"resolve user: {reason(exc)}"))
-                    return
-                resolved[mailbox] = user_id
                 for folder in FOLDERS:
                     try:
                         await self._ensure(mailbox, user_id, folder, scan, summary)
                     except Exception as exc:
                         summary.failed.append((f"{mailbox}/{folder}", reason(exc)))
 
-        await asyncio.gather(*(one(m) for m in sorted(wanted)))
+        await asyncio.gather(*(one(m, uid) for m, uid in sorted(resolved.items())))
         keep = set(resolved.values())
         for entry in scan.entries.values():
             # A mailbox that failed to resolve this run is still protected: keep its subscriptions.
@@ -488,6 +521,44 @@ class SubscriptionManager:
             name.sort()
         summary.failed.sort()
         return summary
+
+    async def _resolve_all(self, mailboxes: list[str], scan: Scan, lookup: Lookup | None,
+                           summary: ReconcileSummary) -> dict[str, str]:
+        resolved: dict[str, str] = {}
+        refused: dict[str, str] = {}          # mailbox -> why Graph would not say
+        sem = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(mailbox: str) -> None:
+            async with sem:
+                try:
+                    resolved[mailbox] = await self.resolve(mailbox)
+                except Exception as exc:
+                    if status_of(exc) == 403:
+                        refused[mailbox] = reason(exc)
+                    else:
+                        summary.failed.append((mailbox, f"resolve user: {reason(exc)}"))
+
+        await asyncio.gather(*(one(m) for m in mailboxes))
+        if not refused:
+            return resolved
+        known = {e.sub.mailbox: e.sub.user_id for e in scan.entries.values()}
+        rest = sorted(m for m in refused if m not in known)
+        found: dict[str, str] = {}
+        if rest and lookup is not None:
+            try:
+                found = {normalise_mailbox(k): v.lower() for k, v in (await lookup(rest)).items()
+                         if isinstance(v, str) and GUID.match(v)}
+            except Exception as exc:
+                log.warning("push: looking up the object ids of %d mailbox(es) failed: %s", len(rest),
+                            reason(exc))
+        for mailbox, why in refused.items():
+            user_id = known.get(mailbox) or found.get(mailbox)
+            if user_id:
+                resolved[mailbox] = user_id
+            else:
+                summary.failed.append((mailbox, f"resolve user: {why}; no directory read permission "
+                                                "(User.ReadBasic.All) and no object id known for it"))
+        return resolved
 
     async def _ensure(self, mailbox: str, user_id: str, folder: str, scan: Scan,
                       summary: ReconcileSummary) -> None:

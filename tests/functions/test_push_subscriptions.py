@@ -18,7 +18,7 @@ from app import push_subscriptions as push_subs
 from core.settings import PushSettings
 from devtools.fakegraph import FakeGraph
 from push.contract import SCHEMA
-from tests.functions.conftest import PROTECTED, Env
+from tests.functions.conftest import PROTECTED, Env, SpyBackend
 from tests.push.conftest import CLIENT_STATE, Receiver
 
 pytestmark = pytest.mark.azurite
@@ -133,3 +133,19 @@ def test_a_transient_lifecycle_failure_raises_so_the_queue_redelivers(
     fake.inject("POST", r"/reauthorize$", 403)
     assert asyncio.run(push_subs.on_lifecycle(env.rt, item, push=push)) is None     # permanent: logged
     assert asyncio.run(push_subs.on_lifecycle(env.rt, item, push=push)).action == "reauthorized"
+
+
+def test_without_directory_permission_the_timer_finds_ids_in_email_events(
+        make_env: Callable[..., Env], fake: FakeGraph, receiver: Receiver, unique_name: str) -> None:
+    sales = fake.users.get(PROTECTED[1]).id
+    backend = SpyBackend(rows=[{"Mailbox": PROTECTED[1], "RecipientObjectId": sales}])
+    env = make_env(graph_base_url=fake.base_url, backend=backend)
+    env.clock.now = fake.push.now()
+    fake.inject("GET", r"^/v1\.0/users/[^/]+$", 403, times=None, code="Authorization_RequestDenied")
+    summary = asyncio.run(push_subs.on_timer(env.rt, push=push_on(receiver, unique_name)))
+    assert summary is not None
+    assert summary.created == [f"{PROTECTED[1]}/inbox", f"{PROTECTED[1]}/sentitems"]
+    assert sorted(w for w, _ in summary.failed) == sorted([PROTECTED[0], PROTECTED[2]])
+    (query, span), = backend.queries
+    assert "EmailEvents" in query and "RecipientObjectId" in query and span.days == 30
+    assert all(f'"{m}"' in query for m in (PROTECTED[0], PROTECTED[1], PROTECTED[2]))

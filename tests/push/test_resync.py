@@ -132,3 +132,28 @@ def first_link(fake: Any) -> str:
     result = run(fake, sub(fake))
     assert result.complete
     return result.link
+
+
+@pytest.mark.parametrize("answer", [(410, "SyncStateNotFound"), (400, "ErrorInvalidSyncStateData")])
+def test_an_expired_delta_link_starts_again_over_the_last_max_age(fake: Any, answer: tuple[int, str]) -> None:
+    # "Synchronization reset" (delta-query-overview): the token's state is gone; start a new round.
+    link = first_link(fake)
+    day_old = (fake.push.now() - timedelta(hours=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fake.mailboxes.add(SUPPORT, "<too-old@x>", received=day_old)
+    recent = fake.mailboxes.add(SUPPORT, "<recent@x>")
+    fake.clear_calls()
+    fake.inject("GET", r"/messages/delta", answer[0], code=answer[1], times=1)
+    result = run(fake, sub(fake, link))
+    assert result.complete and [i["message_id"] for i in result.items] == [recent]
+    assert result.skipped == {"too_old": 1}
+    restart = next(c for c in fake.calls_to("GET", r"/messages/delta") if c.status == 200)
+    assert restart.query["changeType"] == "created" and "deltatoken" not in str(restart.query)
+
+
+def test_other_errors_on_a_stored_link_are_not_mistaken_for_a_reset(fake: Any) -> None:
+    link = first_link(fake)
+    fake.inject("GET", r"/messages/delta", 503, times=1)
+    with pytest.raises(Exception, match="503"):
+        run(fake, sub(fake, link))
+    calls = fake.calls_to("GET", r"/messages/delta")
+    assert calls[-1].status == 503 and "$deltatoken" in calls[-1].query     # no new round after it

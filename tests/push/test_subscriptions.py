@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from push.contract import SCHEMA
+from push.contract import SCHEMA, Subscription
 from push.resync import parse_time
 from push.subscriptions import (
     INDEX_PARTITION,
@@ -189,7 +189,10 @@ def test_unreadable_rows_are_reported_never_followed_and_replaced(harness: Any, 
                                      "Key": row_key(uid, "inbox")})
         # ... and junk under another key.
         await h.table.create_entity({"PartitionKey": PARTITION, "RowKey": "junk", "UserId": "nope"})
+        await h.table.create_entity({"PartitionKey": INDEX_PARTITION, "RowKey": "odd-key",
+                                     "Key": "x' or PartitionKey ne 'y"})
         by_forged = await h.store.by_id("forged-id")
+        assert await h.store.by_id("odd-key") is None
         summary = await h.manager.reconcile([SUPPORT])
         return summary, by_forged, await h.store.get(uid, "inbox")
 
@@ -234,3 +237,66 @@ def test_protected_mailboxes_are_the_union_of_the_mail_rules_protected_recipient
                                                "consumer-reply-chain-file-link": {"enabled": False}}},
                                     source="test")
     assert protected_mailboxes(load_catalog(), off) == []
+
+
+def test_a_resync_cut_short_by_its_bound_is_continued_by_the_next_runs(harness: Any, fake: Any) -> None:
+    async def body(h: Harness) -> tuple[list[Any], set[str], set[str]]:
+        await h.manager.reconcile([SUPPORT])
+        entry = await h.store.get(h.user_id(SUPPORT), "inbox")
+        h.queued.clear()
+        sent = {fake.mailboxes.add(SUPPORT, f"<burst{i}@x>") for i in range(12)}
+        first = await h.manager.resync(entry)                 # e.g. after `missed`: 2 pages of 5
+        states = [(first.complete, (await h.store.get(h.user_id(SUPPORT), "inbox")).pending)]
+        for _ in range(2):
+            summary = await h.manager.reconcile([SUPPORT])
+            after = await h.store.get(h.user_id(SUPPORT), "inbox")
+            states.append((summary.resynced, after.pending))
+        return states, sent, {i["message_id"] for i in h.queued}
+
+    states, sent, queued = harness(body, resync_bounds={"page_size": 5, "max_pages": 2})
+    assert states == [(False, True), ([f"{SUPPORT}/inbox"], False), ([], False)]
+    assert queued == sent
+
+
+def test_without_directory_permission_the_ids_come_from_the_rows_then_from_email_events(
+        harness: Any, fake: Any) -> None:
+    from datetime import UTC, datetime
+
+    from detections.backends.local import LocalBackend
+    from push.subscriptions import ids_from_email_events
+
+    fake.inject("GET", r"^/v1\.0/users/[^/]+$", 403, times=None, code="Authorization_RequestDenied",
+                message="Insufficient privileges to complete the operation.")
+    sales, info = fake.users.get(SALES).id, fake.users.get(INFO).id
+    now = datetime.now(UTC)
+    events = LocalBackend.from_rows({"EmailEvents": [
+        {"Timestamp": now - timedelta(days=2), "RecipientEmailAddress": "Sales@Contoso.com",
+         "RecipientObjectId": sales},
+        {"Timestamp": now - timedelta(days=1), "RecipientEmailAddress": "someone@contoso.com",
+         "RecipientObjectId": info}]}, now, source="test")
+    asked: list[list[str]] = []
+
+    async def lookup(mailboxes: list[str]) -> dict[str, str]:
+        asked.append(mailboxes)
+        return await ids_from_email_events(events, mailboxes)
+
+    async def body(h: Harness) -> tuple[ReconcileSummary, ReconcileSummary]:
+        support = h.user_id(SUPPORT)
+        await h.store.save(Subscription("b8b1c1a4-1111-4a4a-9a9a-123456789abc", SUPPORT, support, "inbox",
+                                        "2000-01-01T00:00:00Z"), etag=None, pending=False)
+        first = await h.manager.reconcile([SUPPORT, SALES, INFO], lookup=lookup)
+        return first, await h.manager.reconcile([SUPPORT, SALES, INFO], lookup=lookup)
+
+    first, second = harness(body)
+    # support: its row's id (its stale inbox subscription repaired, sentitems created); sales: from
+    # EmailEvents; info: in neither, so it fails with the reason (and is never removed).
+    assert first.created == [f"{SALES}/inbox", f"{SALES}/sentitems", f"{SUPPORT}/sentitems"]
+    assert first.repaired == [f"{SUPPORT}/inbox"]
+    assert [w for w, _ in first.failed] == [INFO]
+    assert "HTTP 403" in first.failed[0][1] and "User.ReadBasic.All" in first.failed[0][1]
+    assert asked[0] == [INFO, SALES]
+    resources = sorted(s["resource"] for s in graph_subs(fake).values())
+    users = (fake.users.get(SUPPORT).id, sales)
+    assert resources == sorted(f"users/{u}/mailFolders('{f}')/messages" for u in users
+                               for f in ("inbox", "sentitems"))
+    assert second.created == [] and second.unchanged == 4 and asked[1] == [INFO]
