@@ -165,14 +165,17 @@ def _emit(rt: Runtime, messages: list[str]) -> Callable[[PushRun], Any]:
     return emit
 
 
+# Outcomes someone should look at, as telemetry error classes (docs/telemetry.schema.json).
+_ERROR_CLASS = {"invalid": "invalid", "forged": "invalid", "poison": "poison", "graph_refused": "permission"}
+
+
 def _record(result: PushResult | None, outcome: str, *, delivery: int, mailbox: str | None = None,
             queued: int = 0) -> None:
     n = result.notification if result is not None else None
     rec = telemetry.record("push", state=outcome, trigger=n.kind if n else None, mailbox=mailbox,
                            counts={"requests": len(result.requests) if result else 0, "queued": queued,
                                    "delivery": delivery},
-                           error_class="invalid" if outcome in ("invalid", "forged") else
-                           "poison" if outcome == "poison" else None)
+                           error_class=_ERROR_CLASS.get(outcome))
     telemetry.emit(rec, logging.WARNING if rec["error_class"] else logging.INFO)
 
 

@@ -8,17 +8,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from azure.data.tables.aio import TableClient
 from azure.functions.queue import QueueMessage
 
-from app import handlers
+from app import handlers, telemetry
 from core.request import request_id
-from core.settings import PushSettings
+from core.settings import ROOT, PushSettings
 from devtools.fakegraph import FakeGraph
 from push.contract import Subscription
 from push.graphread import GraphTransient
@@ -105,6 +107,28 @@ def test_a_campaign_is_queued_by_the_push_path_and_the_outcome_card_says_so(
     (card,) = env.notifier.cards
     text = json.dumps(card)
     assert "found by the push path" in text
+
+
+def test_each_push_message_is_one_telemetry_record_and_a_message_without_an_id_is_counted(
+        make_env: Any, fake: FakeGraph, unique_name: str, storage_conn: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    env, subs = push_env(make_env, fake, unique_name, storage_conn)
+    campaign(fake)
+    no_id = fake.mailboxes.add(PROTECTED[0], "<x@gmail.com>", "inbox", subject="Q", sender=("", SENDER),
+                               body="<p>x</p>", body_type="html", headers=(("Return-Path", f"<{SENDER}>"),))
+    with caplog.at_level(logging.INFO, logger="xdr.telemetry"):
+        run_push(env, fake, subs)
+    records = [r for r in (telemetry.parse_line(m.getMessage()) for m in caplog.records) if r]
+    schema = json.loads((ROOT / "docs" / "telemetry.schema.json").read_text(encoding="utf-8"))
+    for rec in records:
+        jsonschema.validate(rec, schema)   # the contract the alerts and the workbook read
+    pushes = [r for r in records if r["event"] == "push"]
+    assert sorted(r["state"] for r in pushes) == ["no_match", "no_match", "no_network_message_id", "requests"]
+    (done,) = [r for r in pushes if r["state"] == "requests"]
+    assert done["counts"]["queued"] == 3 and done["trigger"] == "change"
+    runs = [r for r in records if r["event"] == "scan_run"]
+    assert [(r["trigger"], r["backend"], r["counts"]["requests"]) for r in runs] == [("push", "push", 3)]
+    assert no_id
 
 
 def test_the_ledger_keeps_the_push_request_when_a_scan_finds_the_same_copies_later(
