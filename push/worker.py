@@ -121,13 +121,13 @@ class PushWorker:
             return PushResult(n, "not_protected")
         try:
             message = await self.reader.message(sub.user_id, n.message_id)
+            if message is None:
+                return PushResult(n, "gone", "moved or deleted before it was read")
+            inbox = await self.reader.inbox_id(sub.user_id) if sub.folder == "inbox" else ""
         except GraphRefused as exc:
             log.error("push: %s: Graph refused (%s); check the app's Mail.Read grant and its RBAC scope on "
                       "%s", n.describe(), exc, sub.mailbox)
             return PushResult(n, "graph_refused", str(exc))
-        if message is None:
-            return PushResult(n, "gone", "moved or deleted before it was read")
-        inbox = await self.reader.inbox_id(sub.user_id) if sub.folder == "inbox" else ""
         try:
             fact = mail_fact(message, subscription=sub, inbox_folder_id=inbox)
         except MissingNetworkMessageId as exc:

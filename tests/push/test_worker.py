@@ -246,12 +246,13 @@ def test_transient_graph_errors_raise_so_the_queue_retries(fake: FakeGraph, stat
     assert emitted == []
 
 
-def test_graph_refusing_is_an_outcome_not_a_retry(fake: FakeGraph) -> None:
+@pytest.mark.parametrize("path", [r"/messages/", r"/mailFolders/inbox$"])
+def test_graph_refusing_is_an_outcome_not_a_retry(fake: FakeGraph, path: str) -> None:
     uid, mid = deliver(fake)
-    fake.inject("GET", r"/messages/", 403, times=None)
-    worker, _, _ = make_worker(fake, Subs(sub_for(uid)))
+    fake.inject("GET", path, 403, times=None)
+    worker, emitted, _ = make_worker(fake, Subs(sub_for(uid)))
     result = worker.process(change(uid, mid))
-    assert result.outcome == "graph_refused" and "HTTP 403" in result.detail
+    assert result.outcome == "graph_refused" and "HTTP 403" in result.detail and emitted == []
 
 
 def test_inbox_folder_id_is_read_once_per_mailbox_and_moved_copies_are_not_in_inbox(
