@@ -40,7 +40,8 @@ async def http_push_notifications(rt: Runtime, req: func.HttpRequest,
     except BadBody as err:
         # Which field and why; never the body (a forged request's content is the sender's to choose).
         log.warning("push notifications: refused a request (%d): %s", err.status, err)
-        return json_response(err.status, {"error": "bad request", "field": err.field, "message": err.message})
+        error = "payload too large" if err.status == 413 else "bad request"
+        return json_response(err.status, {"error": error, "field": err.field, "message": err.message})
     if intake.validation_token is not None:
         log.info("push notifications: validation handshake answered")
         return func.HttpResponse(intake.validation_token, status_code=200, mimetype="text/plain",

@@ -70,6 +70,8 @@ class DemoRun:
     cards: list[str] = field(default_factory=list)
     pngs: list[str] = field(default_factory=list)
     scan_window: tuple[datetime, datetime] | None = None  # wall-clock start and end of the first scan
+    push: dict[str, Any] = field(default_factory=dict)  # the push phase (devtools/demo_push.py)
+    azurite: str | None = field(default=None, repr=False)  # its connection string (the push phase needs it)
 
 
 class _Timer:
@@ -182,9 +184,20 @@ async def run_demo(options: DemoOptions, step: Step = lambda _: None) -> DemoRun
         step("writing the Teams cards")
         await _scan_cards(run, notifier, settings)
         run.cards = [str(p) for p in notifier.paths]
+
+        # The push path (issue 15): a new campaign caught from Graph change notifications, within minutes.
+        from devtools.demo_push import run_push_phase
+
+        with _Timer(run, "push"):
+            pushed = await run_push_phase(out, gen.tenant_path, run.azurite, DEMO_TENANT_ID, step)
+        run.push = pushed.to_dict()
+        if pushed.skipped:
+            run.notes.append(f"push path not shown: {pushed.skipped}")
     if options.render:
         step("rendering cards to PNG")
         _render(run, out / "cards")
+        if run.push.get("cards"):
+            _render(run, out / "push" / "cards", run.push["cards"])
     run.timings["total"] = round(time.perf_counter() - started, 3)
     return run
 
@@ -243,6 +256,7 @@ def _storage(
     if options.use_azurite and azurite_binary() is not None:
         step("starting Azurite (queues and tables)")
         az = stack.enter_context(running_azurite())
+        run.azurite = az.connection_string
         run.environment.update(
             {
                 "queue": "Azurite storage queue (base64 messages, as the Functions host reads them)",
@@ -331,7 +345,7 @@ async def _scan_cards(run: DemoRun, notifier: Any, settings: Settings) -> None:
         await notifier.send(scan_card(report))
 
 
-def _render(run: DemoRun, folder: Path) -> None:
+def _render(run: DemoRun, folder: Path, paths: list[str] | None = None) -> None:
     try:
         from devtools.cardrender.render import RenderError, chromium_path, render_cards
 
@@ -339,7 +353,8 @@ def _render(run: DemoRun, folder: Path) -> None:
     except Exception as exc:  # no Chromium (or no node): the JSON cards are still there
         run.notes.append(f"cards not rendered to PNG: {exc}")
         return
-    cards = {Path(p).stem: json.loads(Path(p).read_text(encoding="utf-8")) for p in run.cards}
+    cards = {Path(p).stem: json.loads(Path(p).read_text(encoding="utf-8"))
+             for p in (run.cards if paths is None else paths)}
     if not cards:
         return
     try:

@@ -69,6 +69,8 @@ def summarize(run: DemoRun) -> dict[str, Any]:
         "rule_details": rules,
         "second_scan": {"requests": len(second), "deduplicated": run.duplicates, "acted": run.second_actions},
         "email_moves_applied": len(run.moves),
+        # The push phase (devtools/demo_push.py): a new campaign junked from Graph change notifications.
+        "push": run.push,
         "graph_calls": run.graph_calls,
         "timings_s": run.timings,
         "cards": run.cards,
@@ -137,6 +139,7 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
         f"ledger (nothing done twice), {s['acted']} new."
     )
     console.print(f"Messages moved in the tables by the fake Defender: {summary['email_moves_applied']}")
+    _print_push(summary.get("push") or {}, console)
     console.print(
         f"Cards: {len(summary['cards'])} JSON, {len(summary['pngs'])} PNG in "
         f"{escape(summary['environment'].get('cards', ''))}"
@@ -144,3 +147,31 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
     for note in summary["notes"]:
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
     console.print("Timings (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
+
+
+def _print_push(push: dict[str, Any], console: Any) -> None:
+    """The push phase in a few lines: subscriptions, notifications, each copy's time in the Inbox."""
+    from rich.markup import escape
+
+    if not push or push.get("skipped"):
+        return
+    colour = "green" if push["copies_in_junk"] == push["copies"] and push["card_says_push"] else "red"
+    console.print(
+        f"\n[bold]Push path[/bold] (Graph change notifications, simulated clock): {push['subscriptions']} "
+        f"subscriptions ({push['handshakes_ok']} validation handshakes answered: each notification and "
+        "lifecycle URL), notifications "
+        + ", ".join(f"{k} {v}" for k, v in push["notifications"].items())
+        + "; endpoint answers " + ", ".join(f"{k}: {v}" for k, v in push["endpoint_answers"].items()))
+    for c in push["timeline"]:
+        junk = f"in Junk at {c['in_junk_s']:.0f} s" if c["in_junk_s"] is not None else "[red]not moved[/red]"
+        notified = f"{c['notified_s']:.0f} s" if c["notified_s"] is not None else "-"
+        console.print(f"  {escape(c['mailbox'])}: arrived {c['arrived_s']:.0f} s, notified {notified}, "
+                      f"{junk}")
+    times = push["inbox_time_s"] or {}
+    console.print(
+        f"[bold {colour}]Push path: {push['copies_in_junk']} of {push['copies']} copies in Junk"
+        + (f" (time in Inbox p50 {times['p50']:.0f} s, max {times['max']:.0f} s)" if times else "")
+        + f"; ledger sources {push['sources']}; card says 'found by the push path': "
+        f"{push['card_says_push']}; "
+        f"partner mail in {push['partner_mail_folder']}; hunting queries {push['hunting_queries']}"
+        f"[/bold {colour}]")

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from responder.commands import console as rich_console
 
     output = args.output
-    for sub in ("tenant", "cards"):  # a re-run starts from a fresh tenant and writes only its own cards
+    for sub in ("tenant", "cards", "push"):  # a re-run starts from a fresh tenant, writes only its own cards
         if (output / sub).exists():
             shutil.rmtree(output / sub)
     options = DemoOptions(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from core.settings import ROOT
 
@@ -146,8 +147,34 @@ def test_cards_written_for_scans_and_approvals(demo: tuple[Path, dict[str, Any]]
     assert kinds["approval"] >= 1 and kinds["scan"] >= 1, kinds
 
 
+@pytest.mark.azurite
+def test_push_phase_junks_a_new_campaign_from_change_notifications(demo: tuple[Path, dict[str, Any]]) -> None:
+    """Issue 15: the demo shows the push path acting: subscriptions validated over HTTP, notifications
+    answered 202, every copy in Junk, the ledger and the card saying the push path found them."""
+    out, summary = demo
+    push = summary["push"]
+    tenant = yaml.safe_load((out / "tenant" / "tenant.yaml").read_text(encoding="utf-8"))
+    protected = len(tenant["params"]["protected_recipients"])
+    assert push["subscriptions"] == 2 * protected                # Inbox and Sent Items of each
+    assert push["handshakes_ok"] == 2 * push["subscriptions"]    # notification and lifecycle URL each
+    assert push["copies"] == protected and push["copies_in_junk"] == protected
+    assert push["notifications"]["delivered"] == protected + 1   # and the partner's mail
+    assert push["endpoint_answers"] == {"handshake 200": push["handshakes_ok"],
+                                        "notifications 202": protected + 1}
+    assert push["sources"] == {"push": protected} and push["card_says_push"] is True
+    assert push["partner_mail_folder"] == "inbox" and push["hunting_queries"] == 0
+    # Documented latency is at most 3 minutes; the campaign completes with its third copy (80 s).
+    assert push["inbox_time_s"]["max"] <= 80 + 180 + 5
+    rows = load(out / "push" / "ledger.json")
+    assert {(r["rule"], r["action"], r["state"], r["source"]) for r in rows} == {
+        ("consumer-sender-to-shared-mailboxes", "move_to_junk", "confirmed", "push")}
+    assert len(rows) == protected
+
+
 def test_without_azurite_the_demo_says_so_and_still_matches_truth(tmp_path: Path) -> None:
     summary, _ = run_demo(tmp_path, "--no-azurite")
     assert summary["environment"]["queue"].startswith("in-process")
     assert any("Azurite not used" in n for n in summary["notes"])
+    assert summary["push"] == {"skipped": "the push path needs Azurite (its queue and table); run without "
+                                          "--no-azurite"}
     assert (summary["truth"]["missed"], summary["truth"]["false_positives"]) == (0, 0)

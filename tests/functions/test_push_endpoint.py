@@ -205,6 +205,7 @@ def test_oversized_body_is_413_and_nothing_is_queued(env: Env) -> None:
     padding = " " * (MAX_BODY_BYTES + 1 - len(json.dumps({"value": [change()]})))
     status, body, out, _ = post(env, (json.dumps({"value": [change()]}) + padding).encode())
     assert status == 413 and json.loads(body)["field"] == "body"
+    assert json.loads(body)["error"] == "payload too large"
     assert out.value is None
 
 

@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
@@ -204,3 +205,25 @@ def test_the_reply_chain_link_mail_is_junked_as_it_arrives_in_a_mailbox_that_rep
     assert fake.mailboxes.folder_of(box, first.internet_message_id) == "inbox"
     row = env.rt.ledger().read("consumer-reply-chain-file-link", junk[0]["id"])
     assert (row.state, row.request["source"]) == ("confirmed", "push")
+
+
+def test_a_notification_for_a_subscription_that_is_not_ours_moves_nothing(app: PushApp) -> None:
+    """Even with the clientState (a leaked secret), a POST can only point at a message: the push worker checks
+    the subscription against its own table, so an unknown subscription id reads nothing and queues nothing."""
+    fake, env = app.fake, app.env
+    env.call("push_subscriptions", TimerRequest(past_due=False))
+    host_deliver(app, app.push_queue, "push_worker")
+    copies = [fake.mailboxes.add(box, f"<planted-{i}@gmail.com>", "inbox") for i, box in enumerate(PROTECTED)]
+    forged = {"value": [{
+        "subscriptionId": f"0badc0de-0000-4000-8000-00000000000{i}", "clientState": CLIENT_STATE,
+        "subscriptionExpirationDateTime": "2026-12-09T00:00:00.0000000Z", "changeType": "created",
+        "resource": f"Users/{fake.users.get(box).id}/Messages/{mid}", "tenantId": TENANT}
+        for i, (box, mid) in enumerate(zip(PROTECTED, copies, strict=True))]}
+    resp = httpx.post(app.server.url, json=forged, timeout=10)
+    assert resp.status_code == 202                        # the endpoint cannot know; it only checks the shape
+    fake.clear_calls()
+    assert host_deliver(app, app.push_queue, "push_worker") == [[], [], []]
+    assert [c for c in fake.calls if "/messages/" in c.path.lower()] == []     # no message was read
+    for i, box in enumerate(PROTECTED):
+        assert fake.mailboxes.folder_of(box, f"<planted-{i}@gmail.com>") == "inbox"
+    assert env.rt.ledger().list() == []
