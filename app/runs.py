@@ -185,6 +185,17 @@ async def run_card(ledger: Ledger, notifier: Any, run: RuleRun, queued: Queued, 
     return "scan"
 
 
+def _registered_at(rows: list[Record]) -> datetime | None:
+    """When the run's first request was recorded (the card's start); None if no row says."""
+    times = []
+    for r in rows:
+        try:
+            times.append(datetime.fromisoformat(str(r.created_at).replace("Z", "+00:00")))
+        except ValueError:
+            continue   # a row's timestamps are table data: one unreadable one costs only this fact
+    return min(times, default=None)
+
+
 def stop_line(ledger: Ledger) -> str | None:
     """The emergency stop's line for a card when it is on (one point read per card), else None; a card
     is never lost over it."""
@@ -255,7 +266,8 @@ async def outcome_card(ledger: Ledger, notifier: Any, body: str | bytes, *, back
                        rows=int(run.get("rows") or total), requests=requests,
                        outcomes=outcomes, run_id=run_id, backend=backend,
                        tenant_id=tenant_id, api_base=api_base, commands=commands, by_hand=by_hand,
-                       emergency_stop=stop_line(ledger))
+                       emergency_stop=stop_line(ledger), started_at=_registered_at(rows),
+                       finished_at=ledger.clock())
     # One message per run (docs/function-app.md): when every request waits for a person, the outcome
     # card is the approval card (evidence, exact command, approve/reject for each id); otherwise the
     # scan card, whose held section carries the same approve commands. The worker sends no approval

@@ -66,6 +66,16 @@ def ids(bodies: list[str]) -> list[str]:
     return [json.loads(b)["id"] for b in bodies]
 
 
+def _facts(node: Any) -> list[dict[str, Any]]:
+    """Every FactSet fact in a card, wherever it sits."""
+    if isinstance(node, dict):
+        found = list(node.get("facts", [])) if node.get("type") == "FactSet" else []
+        return found + [f for v in node.values() for f in _facts(v)]
+    if isinstance(node, list):
+        return [f for v in node for f in _facts(v)]
+    return []
+
+
 def card_text(card: dict[str, Any]) -> str:
     return json.dumps(card)
 
@@ -122,6 +132,10 @@ def test_overlapping_runs_each_send_their_own_outcome_card_once(make_env: Any, f
     assert kinds(env) == ["scan", "scan", "scan", "scan"]   # two scan cards, two outcome cards
     outcome2, outcome1 = (card_text(c) for c in env.notifier.cards[2:])
     assert run2 in outcome2 and "1 submitted" in outcome2 and run1 in outcome1 and "2 submitted" in outcome1
+    # The outcome card says when the run finished (it said "unknown": the report had no times).
+    for card in env.notifier.cards[2:]:
+        finished = [f["value"] for f in _facts(card) if f.get("title") == "Finished"]
+        assert finished and finished[0] != "unknown" and finished[0].endswith(" UTC")
 
 
 def test_a_dry_run_run_still_gets_its_card_when_a_live_run_takes_part_of_it_over(make_env: Any,
