@@ -56,6 +56,14 @@ def test_example_has_the_core_tools_shape() -> None:
     assert VALUES["RESPONDER_TENANT_ID"] == localgraph.LOCAL_TENANT_ID
 
 
+def test_example_names_every_queue_the_bindings_resolve() -> None:
+    # A binding's %NAME% is resolved from app settings when the host indexes the functions; an unset one
+    # stops the function from loading ("binding expressions - app settings",
+    # learn.microsoft.com/azure/azure-functions/functions-bindings-expressions-patterns).
+    names = set(re.findall(r"%([A-Za-z0-9_]+)%", (ROOT / "function_app.py").read_text(encoding="utf-8")))
+    assert names and names <= set(VALUES), sorted(names - set(VALUES))
+
+
 def test_example_passes_the_app_s_own_validation(sample_dir: Path) -> None:
     config = bootstrap.load(values_with_sample(sample_dir))
     enabled = {slug for slug in load_catalog()
