@@ -86,7 +86,7 @@ def sentinel_columns(table: str, columns: Sequence[tuple[str, str]]) -> list[tup
 
 
 def _when(value: Any, now: datetime) -> datetime | None:
-    from detections.backends.local import parse_datetime
+    from detections.timestamps import parse_datetime
 
     try:
         return parse_datetime(value, now) if value is not None else None

@@ -8,7 +8,7 @@ action plus the target's identifying fields (and any other target field or mode 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
@@ -218,8 +218,17 @@ async def _run_on(tests: RuleTests, case: Case, platform: str) -> CaseResult:
     if run.error:
         result.error = run.error
         return result
-    actual = {identity(r["action"], r["target"]): r for r in run.requests}
-    expected = {e.key(): e for e in case.expect}
+    compare_requests(result, case.expect, run.requests, run.problems)
+    return result
+
+
+def compare_requests(result: CaseResult, expect: Iterable[Expected], requests: Iterable[Mapping[str, Any]],
+                     problems: Iterable[str]) -> None:
+    """Fill ``result`` with how the produced ``requests`` (and their ``problems``) differ from a case's
+    expectations: missing and unexpected requests (by :func:`identity`), then listed target fields and
+    modes that differ; it passes when nothing does. The scheduled and the streaming form share it."""
+    actual = {identity(r["action"], r["target"]): r for r in requests}
+    expected = {e.key(): e for e in expect}
     result.missing = [_show(k) for k in expected if k not in actual]
     result.unexpected = [_show(k) for k in actual if k not in expected]
     for key, exp in expected.items():
@@ -232,10 +241,8 @@ async def _run_on(tests: RuleTests, case: Case, platform: str) -> CaseResult:
                     f"{_show(key)}: target.{k} is {got['target'].get(k)!r}, expected {v!r}")
         if exp.mode and got["mode"] != exp.mode:
             result.mismatched.append(f"{_show(key)}: mode is {got['mode']!r}, expected {exp.mode!r}")
-    if run.problems:
-        result.mismatched.extend(run.problems)
+    result.mismatched.extend(problems)
     result.passed = not (result.missing or result.unexpected or result.mismatched)
-    return result
 
 
 async def run_rule_tests(rule: Rule) -> list[CaseResult]:
@@ -243,5 +250,5 @@ async def run_rule_tests(rule: Rule) -> list[CaseResult]:
     return [await run_case(tests, case) for case in tests.cases]
 
 
-__all__ = ["Case", "CaseResult", "Expected", "ParamError", "RuleTests", "load_tests", "run_case",
-           "run_rule_tests"]
+__all__ = ["Case", "CaseResult", "Expected", "ParamError", "RuleTests", "compare_requests", "load_tests",
+           "run_case", "run_rule_tests"]

@@ -26,9 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import azure.functions as func
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
+
+from devtools.loopback import Out
 
 CLIENT_STATE = "demo-push-client-state-" + "0123456789abcdef" * 2   # 32+ characters, as the app requires
 CONSUMER_SENDER = "eve.smith@gmail.com"
@@ -82,17 +83,6 @@ class _NoHunting:
     async def run(self, query: str, **_: Any) -> Any:
         self.queries += 1
         raise RuntimeError("the push phase ran a hunting query")
-
-
-class _Out(func.Out):
-    def __init__(self) -> None:
-        self.value: Any = None
-
-    def set(self, val: Any) -> None:
-        self.value = val
-
-    def get(self) -> Any:
-        return self.value
 
 
 async def run_push_phase(out: Path, tenant_path: Path, connection_string: str | None, tenant_id: str,
@@ -151,7 +141,7 @@ async def run_push_phase(out: Path, tenant_path: Path, connection_string: str | 
                         msg = QueueMessage(id=str(handled), body=d.body.encode("utf-8"),
                                            dequeue_count=d.dequeue_count)
                         if _is_push(d.body):
-                            o, poison = _Out(), _Out()
+                            o, poison = Out(), Out()
                             await handlers.on_push_message(rt, msg, o, poison)
                             if poison.value:     # the demo queues only valid notifications
                                 raise RuntimeError("demo: a push message went to the poison queue")

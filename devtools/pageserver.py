@@ -13,17 +13,16 @@ import asyncio
 import base64
 import json
 import re
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 
 import azure.functions as func
 
 from app import pages
 from app.runtime import Runtime
 from app.signin import PRINCIPAL, PRINCIPAL_ID, PRINCIPAL_NAME, PageAuth
+from devtools.loopback import LoopbackServer, Out, reply
 
 ROUTES = [("GET", re.compile(r"^/requests/([^/]+)$"), "request"),
           ("POST", re.compile(r"^/requests/([^/]+)/(approve|reject|undo|done)$"), "decide"),
@@ -50,56 +49,14 @@ class Identity:
                 PRINCIPAL_ID: self.oid}
 
 
-class _Out(func.Out):
-    def __init__(self) -> None:
-        self.value: Any = None
-
-    def set(self, val: Any) -> None:
-        self.value = val
-
-    def get(self) -> Any:
-        return self.value
-
-
 @dataclass
-class PageServer:
+class PageServer(LoopbackServer):
     runtime: Runtime
     auth: PageAuth
     identity: Identity
     on_queue: Callable[[list[str]], None] = lambda _bodies: None
-    host: str = "127.0.0.1"
-    port: int = 0
-    _server: ThreadingHTTPServer | None = field(default=None, init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None
-        return f"http://{self.host}:{self._server.server_address[1]}"
-
-    def __enter__(self) -> PageServer:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                outer._serve(self, "GET")
-
-            def do_POST(self) -> None:
-                outer._serve(self, "POST")
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def _serve(self, h: BaseHTTPRequestHandler, method: str) -> None:
+    def serve(self, h: BaseHTTPRequestHandler, method: str) -> None:
         path = h.path.split("?", 1)[0]
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
@@ -113,14 +70,14 @@ class PageServer:
                 continue
             req = func.HttpRequest(method=method, url=f"{self.base_url}{h.path}", body=body, headers=headers,
                                    route_params={"id": m.group(1)}, params={})
-            with self._lock:   # one request at a time, like a single worker
+            with self.lock:   # one request at a time, like a single worker
                 resp = asyncio.run(self._call(kind, req, m))
-            self._reply(h, resp.status_code, resp.get_body(), dict(resp.headers), resp.mimetype)
+            reply(h, resp.status_code, resp.get_body(), dict(resp.headers), resp.mimetype)
             return
-        self._reply(h, 404, b"not found", {}, "text/plain")
+        reply(h, 404, b"not found", {}, "text/plain")
 
     async def _call(self, kind: str, req: func.HttpRequest, m: re.Match[str]) -> func.HttpResponse:
-        out = _Out()
+        out = Out()
         if kind == "request":
             return await pages.get_request(self.runtime, req, self.auth)
         if kind == "run":
@@ -138,15 +95,3 @@ class PageServer:
         if out.value:
             self.on_queue(list(out.value))
         return resp
-
-    @staticmethod
-    def _reply(h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str],
-               mimetype: str) -> None:
-        h.send_response(status)
-        for k, v in headers.items():
-            if k.lower() not in ("content-length", "content-type"):
-                h.send_header(k, v)
-        h.send_header("Content-Type", f"{mimetype}; charset=utf-8")
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)

@@ -15,30 +15,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 
 from app import handlers
 from app.runtime import Runtime
+from devtools.loopback import LoopbackServer, Out, reply
 
 ROUTE = "/api/push/notifications"
-
-
-class _Out(func.Out):
-    def __init__(self) -> None:
-        self.value: Any = None
-
-    def set(self, val: Any) -> None:
-        self.value = val
-
-    def get(self) -> Any:
-        return self.value
 
 
 def azurite_sink(connection_string: str, queue: str) -> Callable[[list[str]], None]:
@@ -58,71 +46,31 @@ def azurite_sink(connection_string: str, queue: str) -> Callable[[list[str]], No
 
 
 @dataclass
-class PushServer:
+class PushServer(LoopbackServer):
     runtime: Runtime
     on_queue: Callable[[list[str]], None] = lambda _bodies: None
-    host: str = "127.0.0.1"
-    port: int = 0
     requests: list[tuple[str, int]] = field(default_factory=list)   # (query string kind, status) served
-    _server: ThreadingHTTPServer | None = field(default=None, init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     @property
     def url(self) -> str:
         """The notification URL to subscribe with."""
-        assert self._server is not None
-        return f"http://{self.host}:{self._server.server_address[1]}{ROUTE}"
+        return f"{self.base_url}{ROUTE}"
 
-    def __enter__(self) -> PushServer:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                outer._serve(self)
-
-            def do_GET(self) -> None:
-                outer._reply(self, 404, b"not found", {}, "text/plain")
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def _serve(self, h: BaseHTTPRequestHandler) -> None:
+    def serve(self, h: BaseHTTPRequestHandler, method: str) -> None:
         parts = urlsplit(h.path)
-        if parts.path != ROUTE:
-            self._reply(h, 404, b"not found", {}, "text/plain")
+        if method != "POST" or parts.path != ROUTE:
+            reply(h, 404, b"not found", {}, "text/plain")
             return
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         req = func.HttpRequest(method="POST", url=f"http://{self.host}{h.path}", body=body,
                                headers=dict(h.headers.items()), params=params, route_params={})
-        out = _Out()
-        with self._lock:   # one request at a time, like a single worker
+        out = Out()
+        with self.lock:   # one request at a time, like a single worker
             resp = asyncio.run(handlers.http_push_notifications(self.runtime, req, out))
             if out.value:
                 self.on_queue(list(out.value))
             self.requests.append(("handshake" if "validationToken" in params else "notifications",
                                   resp.status_code))
-        self._reply(h, resp.status_code, resp.get_body(), dict(resp.headers), resp.mimetype)
-
-    @staticmethod
-    def _reply(h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str],
-               mimetype: str | None) -> None:
-        h.send_response(status)
-        for k, v in headers.items():
-            if k.lower() not in ("content-length", "content-type"):
-                h.send_header(k, v)
-        if body:
-            h.send_header("Content-Type", f"{mimetype or 'text/plain'}; charset=utf-8")
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
+        reply(h, resp.status_code, resp.get_body(), dict(resp.headers), resp.mimetype, type_empty=False)

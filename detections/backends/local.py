@@ -17,7 +17,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,11 @@ from duckdb_kql.types import kusto_type
 from detections.backends import kustonulls
 from detections.backends.base import BackendError, QueryResult, TableError
 from detections.catalog import SCHEMAS_DIR
-from detections.params import parse_timespan
 from detections.platforms import PLATFORMS, for_platform, sentinel_columns
+from detections.timestamps import parse_datetime
 
 _SQL_TYPES = {"String": "VARCHAR", "DateTime": "TIMESTAMPTZ", "Int": "INTEGER", "Long": "BIGINT",
               "Real": "DOUBLE", "Bool": "BOOLEAN", "Dynamic": "JSON", "Guid": "UUID"}
-_RELATIVE = re.compile(r"^now\s*(?:([+-])\s*(\S+))?$")
 
 
 def load_schemas(schemas_dir: Path = SCHEMAS_DIR) -> dict[str, list[tuple[str, str]]]:
@@ -57,28 +56,6 @@ def with_time_generated(cols: list[tuple[str, str]]) -> list[tuple[str, str]]:
     if any(c == "TimeGenerated" for c, _ in cols):
         return cols
     return [*cols, ("TimeGenerated", "DateTime")]
-
-
-def parse_datetime(value: Any, now: datetime) -> datetime:
-    """ISO 8601 (naive means UTC, as in Kusto) or ``now``, ``now-10m``, ``now+1h``."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    if not isinstance(value, str):
-        raise ValueError(f"expected an ISO 8601 datetime or now-<timespan>, got {value!r}")
-    rel = _RELATIVE.match(value.strip())
-    if rel:
-        sign, span = rel.groups()
-        if not sign:
-            return now
-        delta = parse_timespan(span)
-        return now - delta if sign == "-" else now + delta
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"expected an ISO 8601 datetime or now-<timespan>, got {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _typed(ctype: str, value: Any, now: datetime, *, from_text: bool) -> Any:

@@ -12,7 +12,6 @@ Where the two forms legitimately differ, the case gets an explicit streaming exp
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from core.tenant import TenantConfig
 from detections.findings import effective_mode, requests_from_rows
 from detections.params import ParamError, resolve_params
-from detections.ruletests import Case, CaseResult, Expected, RuleTests, identity, load_tests
+from detections.ruletests import Case, CaseResult, Expected, RuleTests, compare_requests, load_tests
 from detections.streaming import MemoryState
 from detections.streaming.registry import STREAMING, streaming_rule
 from detections.streaming.tables import facts_from_tables
@@ -46,11 +45,6 @@ def expectation(slug: str, case: Case) -> tuple[list[Expected], str | None]:
     case's own."""
     dev = DEVIATIONS.get((slug, case.name))
     return (list(dev.expect), dev.reason) if dev else (list(case.expect), None)
-
-
-def _show(key: tuple[str, tuple[tuple[str, str], ...]]) -> str:
-    action, fields = key
-    return f"{action} " + json.dumps(dict(fields), sort_keys=True)
 
 
 async def observe_case(tests: RuleTests, case: Case) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
@@ -79,22 +73,7 @@ async def run_streaming_case(tests: RuleTests, case: Case) -> CaseResult:
         result.error = str(exc)
         return result
     expect, _ = expectation(tests.rule.slug, case)
-    actual = {identity(r["action"], r["target"]): r for r in requests}
-    expected = {e.key(): e for e in expect}
-    result.missing = [_show(k) for k in expected if k not in actual]
-    result.unexpected = [_show(k) for k in actual if k not in expected]
-    for key, exp in expected.items():
-        got = actual.get(key)
-        if got is None:
-            continue
-        for k, v in exp.target.items():
-            if got["target"].get(k) != v:
-                result.mismatched.append(
-                    f"{_show(key)}: target.{k} is {got['target'].get(k)!r}, expected {v!r}")
-        if exp.mode and got["mode"] != exp.mode:
-            result.mismatched.append(f"{_show(key)}: mode is {got['mode']!r}, expected {exp.mode!r}")
-    result.mismatched.extend(problems)
-    result.passed = not (result.missing or result.unexpected or result.mismatched)
+    compare_requests(result, expect, requests, problems)
     return result
 
 

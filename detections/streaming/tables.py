@@ -12,35 +12,19 @@ when observed).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from detections.params import parse_timespan
 from detections.streaming import MailFact
 from detections.streaming.mailmatch import trim
-
-_RELATIVE = re.compile(r"^now\s*(?:([+-])\s*(\S+))?$")  # as the local engine reads test rows
+from detections.timestamps import parse_datetime
 
 
 def moment(value: Any, now: datetime) -> datetime:
-    """ISO 8601 (naive means UTC) or ``now``, ``now-10m``, ``now+1h``: the test cases' Timestamp forms."""
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    if not isinstance(value, str):
-        raise ValueError(f"expected an ISO 8601 datetime or now-<timespan>, got {value!r}")
-    rel = _RELATIVE.match(value.strip())
-    if rel:
-        sign, span = rel.groups()
-        if not sign:
-            return now
-        delta = parse_timespan(span)
-        return now - delta if sign == "-" else now + delta
-    parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    """A row's Timestamp as the local engine reads it (ISO 8601, naive means UTC, or ``now-10m`` etc.),
+    in UTC."""
+    return parse_datetime(value, now).astimezone(UTC)
 
 
 def _text(row: Mapping[str, Any], column: str) -> str:

@@ -21,25 +21,21 @@ from core.settings import ROOT, PushSettings
 from devtools.fakegraph import FakeGraph
 from push.contract import SCHEMA
 from tests.functions.conftest import PROTECTED, Env, SpyBackend
-from tests.push.conftest import CLIENT_STATE, Receiver
+from tests.push.conftest import CLIENT_STATE, Receiver, push_fake
 
 pytestmark = pytest.mark.azurite
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeGraph]:
-    with FakeGraph() as g:
-        g.push.configure(manual=True)
-        for address in PROTECTED:
-            g.users.add(address)
+    with push_fake(PROTECTED) as g:
         yield g
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
+    with Receiver() as r:
+        yield r
 
 
 def push_on(receiver: Receiver, name: str) -> PushSettings:

@@ -22,6 +22,7 @@ from devtools.fakegraph import FakeGraph
 from push.sweep import SWEEP_EVERY, campaign_row_key, partition
 from tests.functions.conftest import PROTECTED, RULE, Out
 from tests.functions.test_push_worker import SENDER, TENANT, campaign, handled, notification, push_env
+from tests.push.conftest import push_fake
 
 # The campaign key is the rule's normalised sender (dots dropped at gmail.com).
 SWEEP_KEY = campaign_row_key("sender:evesmith@gmail.com")
@@ -29,8 +30,7 @@ SWEEP_KEY = campaign_row_key("sender:evesmith@gmail.com")
 
 @pytest.fixture
 def fake() -> Iterator[FakeGraph]:
-    with FakeGraph() as graph:
-        graph.push.configure(manual=True)
+    with push_fake() as graph:
         yield graph
 
 

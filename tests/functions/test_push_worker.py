@@ -26,6 +26,7 @@ from push.contract import Subscription
 from push.graphread import GraphTransient
 from push.subscriptions import SubscriptionStore
 from tests.functions.conftest import PROTECTED, RULE, Env, Out, SpyBackend, inbox_row
+from tests.push.conftest import push_fake
 
 TENANT = "00000000-0000-0000-0000-00000000abcd"     # RESPONDER_TENANT_ID in tests/functions/conftest.py
 SENDER = "eve.smith@gmail.com"
@@ -33,8 +34,7 @@ SENDER = "eve.smith@gmail.com"
 
 @pytest.fixture
 def fake() -> Iterator[FakeGraph]:
-    with FakeGraph() as graph:
-        graph.push.configure(manual=True)
+    with push_fake() as graph:
         yield graph
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,7 +29,19 @@ from devtools.fakegraph import FakeGraph
 from push.subscriptions import SubscriptionManager, SubscriptionStore
 
 CLIENT_STATE = "s3cret-client-state-" + "x" * 20
-MAILBOXES = ("support@contoso.com", "sales@contoso.com", "info@contoso.com")
+SUPPORT, SALES, INFO = "support@contoso.com", "sales@contoso.com", "info@contoso.com"
+MAILBOXES = (SUPPORT, SALES, INFO)
+
+
+@contextmanager
+def push_fake(mailboxes: Iterable[str] = ()) -> Iterator[FakeGraph]:
+    """The loopback fake Graph with its push side on a manual clock (it moves only with ``advance``),
+    and a user for each of ``mailboxes``."""
+    with FakeGraph() as g:
+        g.push.configure(manual=True)
+        for address in mailboxes:
+            g.users.add(address)
+        yield g
 
 
 class Receiver:
@@ -82,12 +94,17 @@ class Receiver:
         self.server.shutdown()
         self.server.server_close()
 
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
+    with Receiver() as r:
+        yield r
 
 
 @pytest.fixture
@@ -97,10 +114,7 @@ def settings(receiver: Receiver) -> PushSettings:
 
 @pytest.fixture
 def fake() -> Iterator[FakeGraph]:
-    with FakeGraph() as g:
-        g.push.configure(manual=True)
-        for address in MAILBOXES:
-            g.users.add(address)
+    with push_fake(MAILBOXES) as g:
         yield g
 
 

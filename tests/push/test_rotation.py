@@ -20,11 +20,10 @@ from push.subscriptions import (
     SubscriptionManager,
     row_key,
 )
-from tests.push.conftest import CLIENT_STATE, Harness, graph_subs
+from tests.push.conftest import CLIENT_STATE, INFO, SALES, SUPPORT, Harness, graph_subs
 
 pytestmark = pytest.mark.azurite
 
-SUPPORT, SALES, INFO = "support@contoso.com", "sales@contoso.com", "info@contoso.com"
 NEW_STATE = "n3w-client-state-after-azd-provision-" + "y" * 20
 ALL = [f"{m}/{f}" for m in (INFO, SALES, SUPPORT) for f in ("inbox", "sentitems")]
 

@@ -17,11 +17,10 @@ from push.subscriptions import (
     protected_mailboxes,
     row_key,
 )
-from tests.push.conftest import CLIENT_STATE, Harness, drop_in_graph, graph_subs
+from tests.push.conftest import CLIENT_STATE, INFO, SALES, SUPPORT, Harness, drop_in_graph, graph_subs
 
 pytestmark = pytest.mark.azurite
 
-SUPPORT, SALES, INFO = "support@contoso.com", "sales@contoso.com", "info@contoso.com"
 
 
 def test_reconcile_creates_one_subscription_per_mailbox_and_folder_as_documented(harness: Any) -> None:

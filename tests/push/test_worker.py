@@ -23,6 +23,7 @@ from push.contract import Subscription
 from push.graphread import GraphTransient
 from push.notification import NotificationInvalid
 from push.worker import PushRun, PushWorker
+from tests.push.conftest import push_fake
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 TENANT_ID = "00000000-0000-0000-0000-00000000abcd"
@@ -34,8 +35,7 @@ NMID = "d051c5e4-93c2-4f22-1379-08dc51643222"
 
 @pytest.fixture
 def fake() -> Iterator[FakeGraph]:
-    with FakeGraph() as graph:
-        graph.push.configure(manual=True)
+    with push_fake() as graph:
         yield graph
 
 
