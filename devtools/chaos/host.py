@@ -228,14 +228,16 @@ class Host:
             action = worker.registry.executor(req["action"], worker.settings.email_strategy)
             await action.execute([req], worker.ctx)
             return
-        # Falsify only a row that says the work was done (confirmed/submitted): that is what contradicts
-        # the fake (target changed, ledger says skipped). A row the faults left failed, held or received
-        # says the target did not change, which is true; rewriting it would test nothing. The ids written
-        # are reported (run_scenario "falsified") so the harness's test checks each one was counted.
+        # Falsify only a row that says the work was done and seen done (confirmed): that contradicts the fake
+        # (target changed, ledger says skipped). A row the faults left failed, held or received says the
+        # target did not change, which is true; a Defender row still `submitted` is not known to have taken
+        # effect (verification, after the drain, settles it: a submission can be accepted and not applied),
+        # so rewriting either tests nothing. The ids written are reported (run_scenario "falsified") so the
+        # harness's test checks each one was counted.
         table = self.flaky._table   # the real table: the plant itself must not meet the injected faults
         with contextlib.suppress(Exception):
             row = table.get_entity(req["rule"], req["id"])
-            if row.get("state") in ("confirmed", "submitted"):
+            if row.get("state") == "confirmed":
                 table.update_entity({"PartitionKey": req["rule"], "RowKey": req["id"], "state": "skipped"},
                                     etag=row.metadata["etag"], match_condition=MatchConditions.IfNotModified)
                 with (self.dir / f"falsified-{os.getpid()}.txt").open("a", encoding="utf-8") as f:
